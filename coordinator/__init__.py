@@ -1,0 +1,1 @@
+"""The pairdb coordinator: routes client reads and writes to storage nodes."""

@@ -1,0 +1,68 @@
+"""Input checks at the coordinator's edge: a refused request writes nothing."""
+
+from __future__ import annotations
+
+from coordinator.errors import InvalidArgument
+from coordinator.quorum import Consistency
+from pairdb.keyspace import (
+    MAX_KEY_BYTES,
+    MAX_REPLICATION_FACTOR,
+    MAX_VALUE_BYTES,
+    TENANT_ID_PATTERN,
+)
+
+NODE_ID_PATTERN = TENANT_ID_PATTERN
+
+
+def tenant_id(value: str) -> str:
+    if not TENANT_ID_PATTERN.fullmatch(value):
+        raise InvalidArgument(
+            f"invalid tenant_id {value[:80]!r}: use 1-64 characters from A-Z a-z 0-9 _ . - "
+            "starting with a letter or digit")
+    return value
+
+
+def key(value: str) -> str:
+    size = len(value.encode())
+    if size == 0:
+        raise InvalidArgument("key must not be empty")
+    if size > MAX_KEY_BYTES:
+        raise InvalidArgument(f"key is {size} bytes; the limit is {MAX_KEY_BYTES}")
+    return value
+
+
+def value(data: bytes) -> bytes:
+    if len(data) > MAX_VALUE_BYTES:
+        raise InvalidArgument(f"value is {len(data)} bytes; the limit is {MAX_VALUE_BYTES}")
+    return data
+
+
+def consistency(raw: int) -> Consistency:
+    if raw == 0:
+        return Consistency.QUORUM
+    try:
+        return Consistency(raw)
+    except ValueError:
+        raise InvalidArgument(f"unknown consistency level {raw}: use ONE (1), QUORUM (2) or ALL (3)") from None
+
+
+def replication_factor(raw: int) -> int:
+    if not 1 <= raw <= MAX_REPLICATION_FACTOR:
+        raise InvalidArgument(f"replication_factor {raw} is out of range 1..{MAX_REPLICATION_FACTOR}")
+    return raw
+
+
+def node_id(value: str) -> str:
+    if not NODE_ID_PATTERN.fullmatch(value):
+        raise InvalidArgument(
+            f"invalid node_id {value[:80]!r}: use 1-64 characters from A-Z a-z 0-9 _ . - "
+            "starting with a letter or digit")
+    return value
+
+
+def host_port(host: str, port: int) -> tuple[str, int]:
+    if not host or len(host) > 253 or any(c.isspace() for c in host):
+        raise InvalidArgument(f"invalid host {host[:80]!r}")
+    if not 1 <= port <= 65535:
+        raise InvalidArgument(f"port {port} is out of range 1..65535")
+    return host, port

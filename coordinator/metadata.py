@@ -1,0 +1,162 @@
+"""pairdb's metadata in PostgreSQL, through asyncpg: tenants, nodes, ring tokens, leases.
+
+Every change to what coordinators route by bumps the registry epoch in the
+same transaction and NOTIFYs `pairdb_registry`, so caches know to reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from coordinator import schema
+from coordinator.errors import AlreadyExists
+
+NOTIFY_CHANNEL = "pairdb_registry"
+_TOKEN_OFFSET = 1 << 63
+
+
+@dataclass(frozen=True, slots=True)
+class TenantInfo:
+    tenant_id: str
+    replication_factor: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    node_id: str
+    host: str
+    port: int
+    status: str
+    virtual_nodes: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a coordinator routes by, read in one transaction."""
+
+    epoch: int
+    nodes: dict[str, NodeInfo]
+    tokens: list[tuple[int, str]]
+    tenants: dict[str, TenantInfo]
+
+
+def _to_db_token(token: int) -> int:
+    return token - _TOKEN_OFFSET
+
+
+def _from_db_token(value: int) -> int:
+    return value + _TOKEN_OFFSET
+
+
+def _tenant(row: asyncpg.Record) -> TenantInfo:
+    return TenantInfo(row["tenant_id"], row["replication_factor"], row["created_at"])
+
+
+def _node(row: asyncpg.Record) -> NodeInfo:
+    return NodeInfo(row["node_id"], row["host"], row["port"], row["status"], row["virtual_nodes"])
+
+
+async def _bump_epoch(conn: asyncpg.Connection) -> int:
+    epoch: int = await conn.fetchval("UPDATE registry SET epoch = epoch + 1 RETURNING epoch")
+    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(epoch))
+    return epoch
+
+
+class Metadata:
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self.pool = pool
+        self.dsn = dsn
+
+    @classmethod
+    async def connect(cls, dsn: str, min_size: int = 1, max_size: int = 10) -> Metadata:
+        """Open a pool and bring the schema up to date."""
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        async with pool.acquire() as conn:
+            await schema.apply(conn)
+        return cls(pool, dsn)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def epoch(self) -> int:
+        value: int = await self.pool.fetchval("SELECT epoch FROM registry")
+        return value
+
+    async def snapshot(self) -> Snapshot:
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            epoch = await conn.fetchval("SELECT epoch FROM registry")
+            nodes = {r["node_id"]: _node(r) for r in await conn.fetch("SELECT * FROM nodes")}
+            tokens = [(_from_db_token(r["token"]), r["node_id"])
+                      for r in await conn.fetch("SELECT token, node_id FROM ring_tokens")]
+            tenants = {r["tenant_id"]: _tenant(r) for r in await conn.fetch("SELECT * FROM tenants")}
+        return Snapshot(epoch, nodes, tokens, tenants)
+
+    # -- tenants ---------------------------------------------------------------
+
+    async def create_tenant(self, tenant_id: str, replication_factor: int) -> TenantInfo:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO tenants (tenant_id, replication_factor) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING RETURNING *", tenant_id, replication_factor)
+            if row is None:
+                raise AlreadyExists(f"tenant {tenant_id!r} already exists")
+            await _bump_epoch(conn)
+        return _tenant(row)
+
+    async def get_tenant(self, tenant_id: str) -> TenantInfo | None:
+        row = await self.pool.fetchrow("SELECT * FROM tenants WHERE tenant_id = $1", tenant_id)
+        return None if row is None else _tenant(row)
+
+    # -- nodes -----------------------------------------------------------------
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        return [_node(r) for r in await self.pool.fetch("SELECT * FROM nodes ORDER BY node_id")]
+
+    async def join_node_directly(self, node: NodeInfo, tokens: Sequence[int]) -> None:
+        """Put a node straight into the ring as active: only for a cluster that holds no data."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Serialise ring changes; the caller decided under the same rule.
+            await conn.execute("LOCK TABLE ring_tokens IN EXCLUSIVE MODE")
+            exists = await conn.fetchval("SELECT 1 FROM nodes WHERE node_id = $1", node.node_id)
+            if exists:
+                raise AlreadyExists(f"node {node.node_id!r} is already in the cluster")
+            taken = await conn.fetchval("SELECT node_id FROM nodes WHERE host = $1 AND port = $2",
+                                        node.host, node.port)
+            if taken:
+                raise AlreadyExists(f"{node.address} is already the address of node {taken!r}")
+            await conn.execute(
+                "INSERT INTO nodes (node_id, host, port, status, virtual_nodes) VALUES ($1, $2, $3, $4, $5)",
+                node.node_id, node.host, node.port, node.status, node.virtual_nodes)
+            await conn.executemany("INSERT INTO ring_tokens (token, node_id) VALUES ($1, $2)",
+                                   [(_to_db_token(t), node.node_id) for t in tokens])
+            await _bump_epoch(conn)
+
+    # -- coordinators ------------------------------------------------------------
+
+    async def register_coordinator(self, coordinator_id: str, address: str, lease_seconds: float) -> int:
+        """Create or refresh this coordinator's row; returns its version origin number."""
+        origin: int = await self.pool.fetchval(
+            "INSERT INTO coordinators (coordinator_id, address, lease_expires_at)"
+            " VALUES ($1, $2, now() + make_interval(secs => $3))"
+            " ON CONFLICT (coordinator_id) DO UPDATE SET address = EXCLUDED.address,"
+            "   lease_expires_at = EXCLUDED.lease_expires_at, started_at = now()"
+            " RETURNING origin", coordinator_id, address, lease_seconds)
+        return origin
+
+    async def renew_lease(self, coordinator_id: str, applied_epoch: int, lease_seconds: float) -> None:
+        await self.pool.execute(
+            "UPDATE coordinators SET applied_epoch = $2, lease_expires_at = now() + make_interval(secs => $3)"
+            " WHERE coordinator_id = $1", coordinator_id, applied_epoch, lease_seconds)
+
+    async def release_lease(self, coordinator_id: str) -> None:
+        await self.pool.execute("UPDATE coordinators SET lease_expires_at = now() WHERE coordinator_id = $1",
+                                coordinator_id)

@@ -1,0 +1,70 @@
+"""How many replicas must answer, and when a write counts as acknowledged.
+
+During a ring change a write has two replica sets, `old` (current ring) and
+`new` (future ring). It is acknowledged only when its consistency level is met
+in each set separately (DESIGN.md §5): a quorum of the union could be made of
+old replicas alone and leave the future owners without the write.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+
+class Consistency(enum.IntEnum):
+    # Values match proto pairdb.v1.Consistency.
+    ONE = 1
+    QUORUM = 2
+    ALL = 3
+
+
+def required(level: Consistency, replicas: int) -> int:
+    """Answers needed from a replica set of the given size."""
+    if level is Consistency.ONE:
+        return min(1, replicas)
+    if level is Consistency.QUORUM:
+        return replicas // 2 + 1
+    return replicas
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPlan:
+    """The nodes one request must reach and the sets whose level it must meet."""
+
+    level: Consistency
+    old: tuple[str, ...]
+    # The future ring's set while a ring change is in flight, else None.
+    new: tuple[str, ...] | None = None
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Every node the request goes to: old ∪ new, old's order first."""
+        if self.new is None:
+            return self.old
+        return self.old + tuple(n for n in self.new if n not in self.old)
+
+    @property
+    def sets(self) -> tuple[tuple[str, ...], ...]:
+        return (self.old,) if self.new is None else (self.old, self.new)
+
+    def satisfied(self, acknowledged: Collection[str]) -> bool:
+        return all(
+            sum(1 for n in s if n in acknowledged) >= required(self.level, len(s)) for s in self.sets
+        )
+
+    def still_possible(self, acknowledged: Collection[str], failed: Iterable[str]) -> bool:
+        """Whether the replies still outstanding could yet satisfy every set."""
+        failed_set = set(failed)
+        return all(
+            sum(1 for n in s if n not in failed_set) >= required(self.level, len(s)) for s in self.sets
+        )
+
+    def describe_shortfall(self, acknowledged: Collection[str]) -> str:
+        parts = []
+        for name, s in zip(("replicas", "future replicas"), self.sets, strict=False):
+            got = [n for n in s if n in acknowledged]
+            parts.append(f"{self.level.name} needs {required(self.level, len(s))} of {len(s)} {name}, "
+                         f"{len(got)} answered ({', '.join(got) or 'none'})")
+        return "; ".join(parts)

@@ -1,0 +1,71 @@
+"""The coordinator process: `pairdb coordinator --port P --postgres-dsn DSN`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from coordinator.hlc import HybridLogicalClock
+from coordinator.membership import Membership
+from coordinator.metadata import Metadata
+from coordinator.read_path import ReadPath
+from coordinator.service import CoordinatorService
+from coordinator.topology import TopologyCache
+from coordinator.write_path import WritePath
+from proto import coordinator_pb2_grpc
+from storage_node.client import StoragePool
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    postgres_dsn: str
+    host: str = "127.0.0.1"
+    port: int = 50051
+    coordinator_id: str = ""
+    # Per storage-node call deadline.
+    storage_timeout: float = 2.0
+    lease_seconds: float = 5.0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def effective_id(self) -> str:
+        return self.coordinator_id or f"coordinator-{socket.gethostname()}-{self.port}"
+
+
+async def serve(config: CoordinatorConfig) -> None:
+    metadata = await Metadata.connect(config.postgres_dsn)
+    cache = TopologyCache(metadata, config.effective_id, config.address, lease_seconds=config.lease_seconds)
+    await cache.start()
+    pool = StoragePool(timeout=config.storage_timeout)
+    clock = HybridLogicalClock(cache.origin)
+    service = CoordinatorService(cache, metadata, WritePath(cache, pool, clock), ReadPath(cache, pool, clock),
+                                 Membership(cache, metadata, pool))
+    server = grpc.aio.server()
+    coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(service, server)
+    if server.add_insecure_port(config.address) == 0:
+        raise SystemExit(f"coordinator: cannot listen on {config.address}")
+    await server.start()
+    log.info("Coordinator started", coordinator_id=config.effective_id, address=config.address,
+             origin=cache.origin, epoch=cache.current.epoch)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("Coordinator stopping", coordinator_id=config.effective_id)
+    await server.stop(grace=5)
+    await cache.stop()
+    await pool.close()
+    await metadata.close()
+    log.info("Coordinator stopped", coordinator_id=config.effective_id)

@@ -1,0 +1,172 @@
+"""CoordinatorService: the client and admin gRPC API. Thin: check input, call the layer, map errors."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from coordinator import limits
+from coordinator.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PairdbError,
+    Unavailable,
+)
+from coordinator.membership import Membership
+from coordinator.metadata import Metadata, TenantInfo
+from coordinator.read_path import ReadPath
+from coordinator.topology import LeaseLapsed, TopologyCache
+from coordinator.write_path import WritePath
+from pairdb.keyspace import DEFAULT_REPLICATION_FACTOR, Version
+from proto import coordinator_pb2 as pb
+from proto import coordinator_pb2_grpc
+
+log = structlog.get_logger()
+
+_STATUS = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Turn pairdb errors into gRPC statuses with their messages."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except PairdbError as exc:
+            await context.abort(_STATUS.get(type(exc), grpc.StatusCode.INTERNAL), str(exc))
+        except LeaseLapsed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+def _version(v: Version | None) -> pb.WriteVersion:
+    return pb.WriteVersion() if v is None else pb.WriteVersion(hlc=v.hlc, origin=v.origin)
+
+
+def _tenant(info: TenantInfo) -> pb.Tenant:
+    return pb.Tenant(tenant_id=info.tenant_id, replication_factor=info.replication_factor,
+                     created_at=int(info.created_at.timestamp()))
+
+
+class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
+    def __init__(self, cache: TopologyCache, metadata: Metadata, writes: WritePath, reads: ReadPath,
+                 membership: Membership) -> None:
+        self._cache = cache
+        self._metadata = metadata
+        self._writes = writes
+        self._reads = reads
+        self._membership = membership
+
+    # -- data --------------------------------------------------------------------
+
+    @rpc
+    async def WriteKeyValue(self, request: pb.WriteKeyValueRequest,
+                            context: grpc.aio.ServicerContext) -> pb.WriteKeyValueResponse:
+        tenant_id, key = limits.tenant_id(request.tenant_id), limits.key(request.key)
+        value, level = limits.value(request.value), limits.consistency(request.consistency)
+        self._cache.check_lease()
+        result = await self._writes.put(tenant_id, key, value, level)
+        return pb.WriteKeyValueResponse(version=_version(result.version), acknowledged=result.acknowledged)
+
+    @rpc
+    async def ReadKeyValue(self, request: pb.ReadKeyValueRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ReadKeyValueResponse:
+        tenant_id, key = limits.tenant_id(request.tenant_id), limits.key(request.key)
+        level = limits.consistency(request.consistency)
+        self._cache.check_lease()
+        result = await self._reads.get(tenant_id, key, level)
+        return pb.ReadKeyValueResponse(found=result.found, value=result.value,
+                                       version=_version(result.version))
+
+    @rpc
+    async def DeleteKeyValue(self, request: pb.DeleteKeyValueRequest,
+                             context: grpc.aio.ServicerContext) -> pb.DeleteKeyValueResponse:
+        tenant_id, key = limits.tenant_id(request.tenant_id), limits.key(request.key)
+        level = limits.consistency(request.consistency)
+        self._cache.check_lease()
+        result = await self._writes.delete(tenant_id, key, level)
+        return pb.DeleteKeyValueResponse(version=_version(result.version), acknowledged=result.acknowledged)
+
+    # -- tenants -----------------------------------------------------------------
+
+    @rpc
+    async def CreateTenant(self, request: pb.CreateTenantRequest,
+                           context: grpc.aio.ServicerContext) -> pb.CreateTenantResponse:
+        tenant_id = limits.tenant_id(request.tenant_id)
+        rf = limits.replication_factor(request.replication_factor or DEFAULT_REPLICATION_FACTOR)
+        self._cache.check_lease()
+        active = len((await self._cache.refresh()).ring.node_ids)
+        if rf > active:
+            raise FailedPrecondition(
+                f"replication_factor {rf} needs at least {rf} active storage nodes; the cluster has {active}")
+        info = await self._metadata.create_tenant(tenant_id, rf)
+        log.info("Tenant created", tenant_id=tenant_id, replication_factor=rf)
+        return pb.CreateTenantResponse(tenant=_tenant(info))
+
+    @rpc
+    async def GetTenant(self, request: pb.GetTenantRequest,
+                        context: grpc.aio.ServicerContext) -> pb.GetTenantResponse:
+        tenant_id = limits.tenant_id(request.tenant_id)
+        info = await self._cache.tenant(tenant_id)
+        if info is None:
+            raise NotFound(f"tenant {tenant_id!r} does not exist")
+        return pb.GetTenantResponse(tenant=_tenant(info))
+
+    # -- nodes and migrations --------------------------------------------------------
+
+    @rpc
+    async def AddStorageNode(self, request: pb.AddStorageNodeRequest,
+                             context: grpc.aio.ServicerContext) -> pb.AddStorageNodeResponse:
+        node_id = limits.node_id(request.node_id)
+        host, port = limits.host_port(request.host, request.port)
+        self._cache.check_lease()
+        outcome = await self._membership.add(node_id, host, port, request.virtual_nodes or None)
+        return pb.AddStorageNodeResponse(success=True, node_id=node_id, migration_id=outcome.migration_id,
+                                         message=outcome.message)
+
+    @rpc
+    async def ListStorageNodes(self, request: pb.ListStorageNodesRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ListStorageNodesResponse:
+        nodes = await self._metadata.list_nodes()
+        return pb.ListStorageNodesResponse(nodes=[
+            pb.StorageNode(node_id=n.node_id, host=n.host, port=n.port, status=n.status,
+                           virtual_nodes=n.virtual_nodes) for n in nodes])
+
+    async def RemoveStorageNode(self, request: pb.RemoveStorageNodeRequest,
+                                context: grpc.aio.ServicerContext) -> pb.RemoveStorageNodeResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "node removal is not implemented yet")
+        raise AssertionError("unreachable")
+
+    async def GetMigrationStatus(self, request: pb.GetMigrationStatusRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.GetMigrationStatusResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "online migrations are not implemented yet")
+        raise AssertionError("unreachable")
+
+    async def CancelMigration(self, request: pb.CancelMigrationRequest,
+                              context: grpc.aio.ServicerContext) -> pb.CancelMigrationResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "online migrations are not implemented yet")
+        raise AssertionError("unreachable")
+
+    async def RollbackMigration(self, request: pb.RollbackMigrationRequest,
+                                context: grpc.aio.ServicerContext) -> pb.RollbackMigrationResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "online migrations are not implemented yet")
+        raise AssertionError("unreachable")

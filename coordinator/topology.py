@@ -1,0 +1,132 @@
+"""The coordinator's cached view of the cluster, kept current from PostgreSQL.
+
+Reloaded when the registry epoch moves: on NOTIFY, and by polling in case a
+notification is lost. The coordinator's lease is renewed on the same beat with
+the epoch it has applied; while the lease is lapsed (PostgreSQL unreachable),
+the coordinator refuses requests rather than route by a view it cannot vouch for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from coordinator.metadata import NOTIFY_CHANNEL, Metadata, NodeInfo, Snapshot, TenantInfo
+from coordinator.ring import Ring
+
+log = structlog.get_logger()
+
+
+class LeaseLapsed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Topology:
+    epoch: int
+    ring: Ring
+    nodes: dict[str, NodeInfo]
+    tenants: dict[str, TenantInfo]
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> Topology:
+        active = {n for n, info in snap.nodes.items() if info.status == "active"}
+        ring = Ring.from_tokens((t, n) for t, n in snap.tokens if n in active)
+        return cls(snap.epoch, ring, snap.nodes, snap.tenants)
+
+    def address(self, node_id: str) -> str:
+        return self.nodes[node_id].address
+
+
+class TopologyCache:
+    def __init__(self, metadata: Metadata, coordinator_id: str, address: str,
+                 lease_seconds: float = 5.0, poll_interval: float = 1.0) -> None:
+        self._metadata = metadata
+        self.coordinator_id = coordinator_id
+        self._address = address
+        self._lease_seconds = lease_seconds
+        self._poll_interval = poll_interval
+        self.origin = 0
+        self._current: Topology | None = None
+        self._lease_valid_until = 0.0
+        self._changed = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def current(self) -> Topology:
+        assert self._current is not None, "TopologyCache.start() not awaited"
+        return self._current
+
+    async def start(self) -> None:
+        renewed_at = time.monotonic()
+        self.origin = await self._metadata.register_coordinator(
+            self.coordinator_id, self._address, self._lease_seconds)
+        self._lease_valid_until = renewed_at + self._lease_seconds
+        await self.refresh()
+        self._task = asyncio.create_task(self._run(), name="topology-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close_listener()
+        with contextlib.suppress(Exception):
+            await self._metadata.release_lease(self.coordinator_id)
+
+    def check_lease(self) -> None:
+        """Raise LeaseLapsed when this coordinator may not serve requests."""
+        if time.monotonic() > self._lease_valid_until:
+            raise LeaseLapsed(
+                f"coordinator {self.coordinator_id} cannot reach PostgreSQL and its lease has lapsed; "
+                "it serves again once it has refreshed its view of the cluster")
+
+    async def refresh(self) -> Topology:
+        snap = await self._metadata.snapshot()
+        if self._current is None or snap.epoch != self._current.epoch:
+            self._current = Topology.from_snapshot(snap)
+            log.info("Topology applied", epoch=snap.epoch, nodes=len(self._current.ring.node_ids),
+                     tenants=len(snap.tenants))
+        return self._current
+
+    async def tenant(self, tenant_id: str) -> TenantInfo | None:
+        """A tenant from the cache; on a miss, reload first (it may have just been created)."""
+        info = self.current.tenants.get(tenant_id)
+        if info is None:
+            info = (await self.refresh()).tenants.get(tenant_id)
+        return info
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self._listener is None or self._listener.is_closed():
+                    await self._listen()
+                renewed_at = time.monotonic()
+                topology = await self.refresh()
+                await self._metadata.renew_lease(self.coordinator_id, topology.epoch, self._lease_seconds)
+                self._lease_valid_until = renewed_at + self._lease_seconds
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("Metadata refresh failed", error=str(exc))
+                await self._close_listener()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._poll_interval)
+            self._changed.clear()
+
+    async def _listen(self) -> None:
+        self._listener = await asyncpg.connect(self._metadata.dsn, timeout=5)
+        await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self._changed.set()
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close(timeout=1)
+            self._listener = None

@@ -1,0 +1,190 @@
+"""The `pairdb` command: run the processes, and talk to a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from pairdb import logs
+from pairdb.processes import die_with_parent
+from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError
+
+DEV_COORDINATOR_PORT = 50051
+DEV_STORAGE_BASE_PORT = 7001
+DEV_POSTGRES_PORT = 54329
+
+
+def _add_client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator", default=os.environ.get("PAIRDB_COORDINATOR", DEFAULT_ADDRESS),
+                   help="coordinator address host:port (env PAIRDB_COORDINATOR; default %(default)s)")
+
+
+def _add_consistency(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--consistency", choices=sorted(CONSISTENCY), default="QUORUM",
+                   help="consistency level (default %(default)s)")
+
+
+def _add_log_level(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default=os.environ.get("PAIRDB_LOG_LEVEL", "INFO"),
+                   help="DEBUG, INFO, WARNING or ERROR (env PAIRDB_LOG_LEVEL; default %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pairdb", description="pairdb: a replicated key-value store "
+                                     "that grows its cluster online")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("dev", help="run a whole local cluster in the foreground")
+    p.add_argument("--data-dir", type=Path, default=Path(".pairdb"),
+                   help="where the cluster keeps its data, reused on the next start (default %(default)s)")
+    p.add_argument("--port", type=int, default=DEV_COORDINATOR_PORT, help="coordinator port (default %(default)s)")
+    p.add_argument("--storage-nodes", type=int, default=3, help="storage nodes to run (default %(default)s)")
+    _add_log_level(p)
+
+    p = sub.add_parser("storage-node", help="run one storage node")
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    _add_log_level(p)
+
+    p = sub.add_parser("coordinator", help="run one coordinator")
+    p.add_argument("--port", type=int, default=DEV_COORDINATOR_PORT, help="default %(default)s")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--postgres-dsn", default=os.environ.get("PAIRDB_POSTGRES_DSN"),
+                   help="PostgreSQL metadata DSN (env PAIRDB_POSTGRES_DSN; required)")
+    p.add_argument("--coordinator-id", default="", help="stable id (default coordinator-HOSTNAME-PORT)")
+    p.add_argument("--storage-timeout", type=float, default=2.0,
+                   help="deadline of each storage-node call, seconds (default %(default)s)")
+    _add_log_level(p)
+
+    p = sub.add_parser("put", help="write a value")
+    p.add_argument("tenant")
+    p.add_argument("key")
+    p.add_argument("value")
+    _add_consistency(p)
+    _add_client_flags(p)
+
+    p = sub.add_parser("get", help="read a value (prints it; exit 1 if not found)")
+    p.add_argument("tenant")
+    p.add_argument("key")
+    _add_consistency(p)
+    _add_client_flags(p)
+
+    p = sub.add_parser("delete", help="delete a key")
+    p.add_argument("tenant")
+    p.add_argument("key")
+    _add_consistency(p)
+    _add_client_flags(p)
+
+    p = sub.add_parser("tenant", help="manage tenants")
+    tsub = p.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
+    tp = tsub.add_parser("create", help="create a tenant")
+    tp.add_argument("tenant")
+    tp.add_argument("--rf", type=int, default=0, help="replication factor (default 3)")
+    _add_client_flags(tp)
+
+    p = sub.add_parser("nodes", help="list storage nodes")
+    _add_client_flags(p)
+    return parser
+
+
+async def _client_command(args: argparse.Namespace) -> int:
+    async with Client(args.coordinator) as client:
+        if args.command == "put":
+            hlc, origin = await client.put(args.tenant, args.key, args.value.encode(), args.consistency)
+            print(f"ok version={hlc}@{origin}")
+        elif args.command == "get":
+            value = await client.get(args.tenant, args.key, args.consistency)
+            if not value.found:
+                print(f"not found: {args.tenant}/{args.key}", file=sys.stderr)
+                return 1
+            sys.stdout.buffer.write(value.value + b"\n")
+        elif args.command == "delete":
+            hlc, origin = await client.delete(args.tenant, args.key, args.consistency)
+            print(f"deleted version={hlc}@{origin}")
+        elif args.command == "tenant":
+            rf = await client.create_tenant(args.tenant, args.rf)
+            print(f"tenant {args.tenant} created with replication factor {rf}")
+        elif args.command == "nodes":
+            for node in await client.nodes():
+                print(f"{node.node_id}\t{node.address}\t{node.status}\tvnodes={node.virtual_nodes}")
+    return 0
+
+
+async def _run_until_signal(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await start()
+        await stopping.wait()
+    finally:
+        await stop()
+
+
+async def _dev(args: argparse.Namespace) -> None:
+    from pairdb.cluster import LocalCluster
+
+    cluster = LocalCluster(args.data_dir, storage_nodes=args.storage_nodes, coordinator_port=args.port,
+                           storage_base_port=DEV_STORAGE_BASE_PORT, postgres_port=DEV_POSTGRES_PORT,
+                           log_level=args.log_level)
+
+    async def start() -> None:
+        await cluster.start()
+        print(f"pairdb dev cluster is up (data in {cluster.data_dir})")
+        print(f"  coordinator   {cluster.coordinator_address}")
+        for node in cluster.nodes.values():
+            print(f"  storage node  {node.node_id} {node.address}")
+        print(f"  postgresql    {cluster.dsn}")
+        print(f"  logs          {cluster.data_dir / 'logs'}")
+        print("try: pairdb put default k v && pairdb get default k   (Ctrl-C stops the cluster)", flush=True)
+
+    async def stop() -> None:
+        print("stopping the cluster...", flush=True)
+        await cluster.stop()
+        print("stopped", flush=True)
+
+    await _run_until_signal(start, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    die_with_parent()
+    try:
+        if args.command == "storage-node":
+            from storage_node.server import StorageNodeConfig, serve
+
+            logs.configure(json=True, level=args.log_level)
+            asyncio.run(serve(StorageNodeConfig(args.node_id, args.data_dir, args.host, args.port)))
+        elif args.command == "coordinator":
+            from coordinator.server import CoordinatorConfig
+            from coordinator.server import serve as serve_coordinator
+
+            if not args.postgres_dsn:
+                print("error: --postgres-dsn or PAIRDB_POSTGRES_DSN is required", file=sys.stderr)
+                return 2
+            logs.configure(json=True, level=args.log_level)
+            asyncio.run(serve_coordinator(CoordinatorConfig(
+                args.postgres_dsn, args.host, args.port, args.coordinator_id, args.storage_timeout)))
+        elif args.command == "dev":
+            logs.configure(json=False, level=args.log_level)
+            asyncio.run(_dev(args))
+        else:
+            return asyncio.run(_client_command(args))
+    except ClientError as exc:
+        print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

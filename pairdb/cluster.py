@@ -1,0 +1,154 @@
+"""A whole pairdb cluster on this machine: PostgreSQL, storage nodes, coordinators.
+
+`pairdb dev` runs one in the foreground; tests and benchmarks start their own
+with free ports. Data lives under one directory and is reused on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from pairdb.client import Client, ClientError
+from pairdb.postgres import EmbeddedPostgres
+from pairdb.processes import ManagedProcess, pairdb_command
+from storage_node.client import NodeClient
+
+log = structlog.get_logger()
+
+DATABASE = "pairdb"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class StorageNodeProcess:
+    node_id: str
+    port: int
+    process: ManagedProcess
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self) -> NodeClient:
+        return NodeClient(self.node_id, self.address)
+
+
+@dataclass
+class CoordinatorProcess:
+    coordinator_id: str
+    port: int
+    process: ManagedProcess
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class LocalCluster:
+    data_dir: Path
+    storage_nodes: int = 3
+    coordinators: int = 1
+    # 0 picks free ports; `pairdb dev` uses fixed ones so data and addresses match across restarts.
+    coordinator_port: int = 0
+    storage_base_port: int = 0
+    postgres_port: int = 0
+    default_tenant: str | None = "default"
+    log_level: str = "INFO"
+    postgres: EmbeddedPostgres = field(init=False)
+    dsn: str = field(init=False, default="")
+    nodes: dict[str, StorageNodeProcess] = field(init=False, default_factory=dict)
+    coordinator_procs: list[CoordinatorProcess] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        self.postgres = EmbeddedPostgres(self.data_dir / "postgres", port=self.postgres_port,
+                                         log_path=self.data_dir / "logs" / "postgres.log")
+
+    @property
+    def coordinator_address(self) -> str:
+        return self.coordinator_procs[0].address
+
+    def client(self, index: int = 0) -> Client:
+        return Client(self.coordinator_procs[index].address)
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.postgres.start()
+        self.dsn = await self.postgres.ensure_database(DATABASE)
+        for i in range(1, self.storage_nodes + 1):
+            port = self.storage_base_port + i - 1 if self.storage_base_port else free_port()
+            await self.start_storage_node(f"node-{i}", port)
+        for i in range(self.coordinators):
+            port = self.coordinator_port + i if self.coordinator_port else free_port()
+            await self.start_coordinator(port)
+        await self._bootstrap()
+
+    async def stop(self) -> None:
+        """Stop everything this cluster started, coordinators first, PostgreSQL last."""
+        await asyncio.gather(*(c.process.stop() for c in self.coordinator_procs))
+        await asyncio.gather(*(n.process.stop() for n in self.nodes.values()))
+        await self.postgres.stop()
+
+    def _process(self, name: str, *args: str) -> ManagedProcess:
+        return ManagedProcess(name, pairdb_command(*args, "--log-level", self.log_level),
+                              self.data_dir / "logs" / f"{name}.log")
+
+    async def start_storage_node(self, node_id: str, port: int) -> StorageNodeProcess:
+        proc = self._process(node_id, "storage-node", "--node-id", node_id, "--port", str(port),
+                             "--data-dir", str(self.data_dir / "nodes" / node_id))
+        node = StorageNodeProcess(node_id, port, proc)
+        self.nodes[node_id] = node
+        await self.restart_storage_node(node_id)
+        return node
+
+    async def restart_storage_node(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        await node.process.start()
+        client = node.client()
+        try:
+            await node.process.wait_ready(client.stats)
+        finally:
+            await client.close()
+
+    async def kill_storage_node(self, node_id: str) -> None:
+        await self.nodes[node_id].process.kill()
+
+    async def start_coordinator(self, port: int) -> CoordinatorProcess:
+        coordinator_id = f"coordinator-{len(self.coordinator_procs) + 1}"
+        proc = self._process(coordinator_id, "coordinator", "--port", str(port), "--postgres-dsn", self.dsn,
+                             "--coordinator-id", coordinator_id)
+        coordinator = CoordinatorProcess(coordinator_id, port, proc)
+        self.coordinator_procs.append(coordinator)
+        await proc.start()
+        client = Client(coordinator.address, timeout=2)
+        try:
+            await proc.wait_ready(client.nodes)
+        finally:
+            await client.close()
+        return coordinator
+
+    async def _bootstrap(self) -> None:
+        """Join the storage nodes to an empty ring and create the default tenant, once."""
+        async with self.client() as client:
+            known = {n.node_id for n in await client.nodes()}
+            for node in self.nodes.values():
+                if node.node_id not in known:
+                    await client.add_node(node.node_id, "127.0.0.1", node.port)
+            if self.default_tenant:
+                try:
+                    await client.create_tenant(self.default_tenant)
+                except ClientError as exc:
+                    if exc.code.name != "ALREADY_EXISTS":
+                        raise

@@ -1,0 +1,59 @@
+"""What a key is: its token on the ring, its version, and the documented size limits.
+
+Shared by coordinators (routing), storage nodes (record order) and the migration
+worker (range copy), so all three agree on where a key lives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+TOKEN_BITS = 64
+TOKEN_MAX = (1 << TOKEN_BITS) - 1
+
+# Limits enforced by the coordinator with INVALID_ARGUMENT.
+TENANT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_TENANT_ID_BYTES = 64
+MAX_KEY_BYTES = 256
+MAX_VALUE_BYTES = 1024 * 1024
+MAX_REPLICATION_FACTOR = 7
+DEFAULT_REPLICATION_FACTOR = 3
+
+
+def token(tenant_id: str, key: str) -> int:
+    """The key's position on the ring: the first 8 bytes of blake2b, big-endian.
+
+    The tenant id is length-prefixed so ("ab", "c") and ("a", "bc") differ.
+    """
+    tenant = tenant_id.encode()
+    digest = hashlib.blake2b(
+        len(tenant).to_bytes(2, "big") + tenant + key.encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Version:
+    """A write's version; newer is larger. Compared as (hlc, origin)."""
+
+    hlc: int
+    origin: int
+
+    @property
+    def wall_ms(self) -> int:
+        return self.hlc >> 16
+
+    def __str__(self) -> str:
+        return f"{self.wall_ms}.{self.hlc & 0xFFFF}@{self.origin}"
+
+
+ZERO_VERSION = Version(0, 0)
+
+
+def in_range(t: int, start: int, end: int) -> bool:
+    """Whether token t lies in the ring range (start, end]; start >= end wraps."""
+    if start < end:
+        return start < t <= end
+    return t > start or t <= end

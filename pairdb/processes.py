@@ -1,0 +1,108 @@
+"""Child processes of a local cluster: start, wait until ready, stop gently, or kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger()
+
+_PR_SET_PDEATHSIG = 1
+PARENT_PID_ENV = "PAIRDB_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """In a child we started: get SIGTERM when the supervisor dies, so no process is orphaned.
+
+    Called by the child itself (not as a preexec_fn, which would make the
+    parent fork while gRPC threads run) and a no-op for processes run by hand.
+    """
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent:
+        return
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def pairdb_command(*args: str) -> list[str]:
+    """argv running a pairdb CLI subcommand with this interpreter."""
+    return [sys.executable, "-m", "pairdb.cli", *args]
+
+
+class ManagedProcess:
+    def __init__(self, name: str, argv: list[str], log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **(self.env or {}), PARENT_PID_ENV: str(os.getpid())}
+        with open(self.log_path, "ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env)
+
+    async def wait_ready(self, probe: Callable[[], Awaitable[object]], timeout: float = 30.0) -> None:
+        """Call probe until it succeeds; fail early, with the log's tail, if the process exits."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        last_error: BaseException | None = None
+        while asyncio.get_running_loop().time() < deadline:
+            if not self.running:
+                raise RuntimeError(f"{self.name} exited with code "
+                                   f"{self.proc.returncode if self.proc else '?'}\n{self.log_tail()}")
+            try:
+                await probe()
+                return
+            except Exception as exc:
+                last_error = exc
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s: {last_error}\n{self.log_tail()}")
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within timeout."""
+        if not self.running:
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            log.warning("Process ignored SIGTERM; killing it", process=self.name, pid=self.proc.pid)
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def kill(self) -> None:
+        """kill -9: no chance to flush or clean up, as in a crash."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.kill()
+            await self.proc.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

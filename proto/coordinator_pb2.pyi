@@ -1,0 +1,265 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Consistency(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONSISTENCY_UNSPECIFIED: _ClassVar[Consistency]
+    ONE: _ClassVar[Consistency]
+    QUORUM: _ClassVar[Consistency]
+    ALL: _ClassVar[Consistency]
+CONSISTENCY_UNSPECIFIED: Consistency
+ONE: Consistency
+QUORUM: Consistency
+ALL: Consistency
+
+class WriteVersion(_message.Message):
+    __slots__ = ("hlc", "origin")
+    HLC_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    hlc: int
+    origin: int
+    def __init__(self, hlc: _Optional[int] = ..., origin: _Optional[int] = ...) -> None: ...
+
+class WriteKeyValueRequest(_message.Message):
+    __slots__ = ("tenant_id", "key", "value", "consistency")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    key: str
+    value: bytes
+    consistency: Consistency
+    def __init__(self, tenant_id: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., consistency: _Optional[_Union[Consistency, str]] = ...) -> None: ...
+
+class WriteKeyValueResponse(_message.Message):
+    __slots__ = ("version", "acknowledged")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    version: WriteVersion
+    acknowledged: int
+    def __init__(self, version: _Optional[_Union[WriteVersion, _Mapping]] = ..., acknowledged: _Optional[int] = ...) -> None: ...
+
+class ReadKeyValueRequest(_message.Message):
+    __slots__ = ("tenant_id", "key", "consistency")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    key: str
+    consistency: Consistency
+    def __init__(self, tenant_id: _Optional[str] = ..., key: _Optional[str] = ..., consistency: _Optional[_Union[Consistency, str]] = ...) -> None: ...
+
+class ReadKeyValueResponse(_message.Message):
+    __slots__ = ("found", "value", "version")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    value: bytes
+    version: WriteVersion
+    def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ..., version: _Optional[_Union[WriteVersion, _Mapping]] = ...) -> None: ...
+
+class DeleteKeyValueRequest(_message.Message):
+    __slots__ = ("tenant_id", "key", "consistency")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    key: str
+    consistency: Consistency
+    def __init__(self, tenant_id: _Optional[str] = ..., key: _Optional[str] = ..., consistency: _Optional[_Union[Consistency, str]] = ...) -> None: ...
+
+class DeleteKeyValueResponse(_message.Message):
+    __slots__ = ("version", "acknowledged")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    version: WriteVersion
+    acknowledged: int
+    def __init__(self, version: _Optional[_Union[WriteVersion, _Mapping]] = ..., acknowledged: _Optional[int] = ...) -> None: ...
+
+class CreateTenantRequest(_message.Message):
+    __slots__ = ("tenant_id", "replication_factor")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    replication_factor: int
+    def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ...) -> None: ...
+
+class Tenant(_message.Message):
+    __slots__ = ("tenant_id", "replication_factor", "created_at")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    replication_factor: int
+    created_at: int
+    def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ..., created_at: _Optional[int] = ...) -> None: ...
+
+class CreateTenantResponse(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: Tenant
+    def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ...) -> None: ...
+
+class GetTenantRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class GetTenantResponse(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: Tenant
+    def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ...) -> None: ...
+
+class AddStorageNodeRequest(_message.Message):
+    __slots__ = ("node_id", "host", "port", "virtual_nodes")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_NODES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    host: str
+    port: int
+    virtual_nodes: int
+    def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., virtual_nodes: _Optional[int] = ...) -> None: ...
+
+class AddStorageNodeResponse(_message.Message):
+    __slots__ = ("success", "node_id", "migration_id", "message", "estimated_completion", "error_message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    node_id: str
+    migration_id: str
+    message: str
+    estimated_completion: int
+    error_message: str
+    def __init__(self, success: _Optional[bool] = ..., node_id: _Optional[str] = ..., migration_id: _Optional[str] = ..., message: _Optional[str] = ..., estimated_completion: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class RemoveStorageNodeRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class RemoveStorageNodeResponse(_message.Message):
+    __slots__ = ("success", "migration_id", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    migration_id: str
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., migration_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class StorageNode(_message.Message):
+    __slots__ = ("node_id", "host", "port", "status", "virtual_nodes")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_NODES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    host: str
+    port: int
+    status: str
+    virtual_nodes: int
+    def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., status: _Optional[str] = ..., virtual_nodes: _Optional[int] = ...) -> None: ...
+
+class ListStorageNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListStorageNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[StorageNode]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[StorageNode, _Mapping]]] = ...) -> None: ...
+
+class MigrationProgress(_message.Message):
+    __slots__ = ("keys_copied", "keys_total", "percent", "bytes_copied", "ranges_done", "ranges_total", "keys_per_second")
+    KEYS_COPIED_FIELD_NUMBER: _ClassVar[int]
+    KEYS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_COPIED_FIELD_NUMBER: _ClassVar[int]
+    RANGES_DONE_FIELD_NUMBER: _ClassVar[int]
+    RANGES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    KEYS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    keys_copied: int
+    keys_total: int
+    percent: float
+    bytes_copied: int
+    ranges_done: int
+    ranges_total: int
+    keys_per_second: float
+    def __init__(self, keys_copied: _Optional[int] = ..., keys_total: _Optional[int] = ..., percent: _Optional[float] = ..., bytes_copied: _Optional[int] = ..., ranges_done: _Optional[int] = ..., ranges_total: _Optional[int] = ..., keys_per_second: _Optional[float] = ...) -> None: ...
+
+class GetMigrationStatusRequest(_message.Message):
+    __slots__ = ("migration_id",)
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
+
+class GetMigrationStatusResponse(_message.Message):
+    __slots__ = ("success", "migration_id", "type", "node_id", "status", "started_at", "phase", "progress", "estimated_completion", "error_message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    migration_id: str
+    type: str
+    node_id: str
+    status: str
+    started_at: int
+    phase: str
+    progress: MigrationProgress
+    estimated_completion: int
+    error_message: str
+    def __init__(self, success: _Optional[bool] = ..., migration_id: _Optional[str] = ..., type: _Optional[str] = ..., node_id: _Optional[str] = ..., status: _Optional[str] = ..., started_at: _Optional[int] = ..., phase: _Optional[str] = ..., progress: _Optional[_Union[MigrationProgress, _Mapping]] = ..., estimated_completion: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class CancelMigrationRequest(_message.Message):
+    __slots__ = ("migration_id",)
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
+
+class CancelMigrationResponse(_message.Message):
+    __slots__ = ("success", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RollbackMigrationRequest(_message.Message):
+    __slots__ = ("migration_id",)
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
+
+class RollbackMigrationResponse(_message.Message):
+    __slots__ = ("success", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...

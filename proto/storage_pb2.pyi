@@ -1,0 +1,139 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Version(_message.Message):
+    __slots__ = ("hlc", "origin")
+    HLC_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    hlc: int
+    origin: int
+    def __init__(self, hlc: _Optional[int] = ..., origin: _Optional[int] = ...) -> None: ...
+
+class Record(_message.Message):
+    __slots__ = ("tenant_id", "key", "value", "version", "tombstone", "token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    key: str
+    value: bytes
+    version: Version
+    tombstone: bool
+    token: int
+    def __init__(self, tenant_id: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., tombstone: _Optional[bool] = ..., token: _Optional[int] = ...) -> None: ...
+
+class TokenRange(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class ApplyRequest(_message.Message):
+    __slots__ = ("record",)
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    record: Record
+    def __init__(self, record: _Optional[_Union[Record, _Mapping]] = ...) -> None: ...
+
+class ApplyResponse(_message.Message):
+    __slots__ = ("applied", "current")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    current: Version
+    def __init__(self, applied: _Optional[bool] = ..., current: _Optional[_Union[Version, _Mapping]] = ...) -> None: ...
+
+class ApplyBatchRequest(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
+
+class ApplyBatchResponse(_message.Message):
+    __slots__ = ("applied",)
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    applied: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, applied: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("tenant_id", "key")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    key: str
+    def __init__(self, tenant_id: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("found", "record")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    record: Record
+    def __init__(self, found: _Optional[bool] = ..., record: _Optional[_Union[Record, _Mapping]] = ...) -> None: ...
+
+class ScanRangeRequest(_message.Message):
+    __slots__ = ("range", "batch_size", "include_tombstones")
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
+    range: TokenRange
+    batch_size: int
+    include_tombstones: bool
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_tombstones: _Optional[bool] = ...) -> None: ...
+
+class ScanRangeBatch(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
+
+class RangeDigestRequest(_message.Message):
+    __slots__ = ("range",)
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    range: TokenRange
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ...) -> None: ...
+
+class RangeDigestResponse(_message.Message):
+    __slots__ = ("digest", "count")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    digest: bytes
+    count: int
+    def __init__(self, digest: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
+
+class DeleteRangeRequest(_message.Message):
+    __slots__ = ("range",)
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    range: TokenRange
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ...) -> None: ...
+
+class DeleteRangeResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("node_id", "keys", "bytes", "tombstones")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    keys: int
+    bytes: int
+    tombstones: int
+    def __init__(self, node_id: _Optional[str] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ..., tombstones: _Optional[int] = ...) -> None: ...

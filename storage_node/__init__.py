@@ -1,0 +1,1 @@
+"""A pairdb storage node: durable, versioned, token-ordered records."""

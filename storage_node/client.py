@@ -1,0 +1,143 @@
+"""The one client of StorageService, used by coordinators and the migration worker alike.
+
+One channel per node, reused by every request; every call has a deadline.
+Failures surface as StorageError naming the node, so callers can say which
+replica failed and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from proto import storage_pb2, storage_pb2_grpc
+from storage_node.engine import StoredRecord
+from storage_node.wire import from_proto, to_proto
+
+DEFAULT_TIMEOUT = 2.0
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # A restarted node should be found again quickly, not after a long backoff.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+]
+
+
+class StorageError(Exception):
+    def __init__(self, node_id: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{node_id}: {code.name} {details}")
+        self.node_id = node_id
+        self.code = code
+        self.details = details
+
+
+def describe_failure(exc: BaseException | None) -> str:
+    """A short reason for a failed call, for logs and client-facing messages."""
+    if isinstance(exc, StorageError):
+        return f"{exc.code.name}: {exc.details}"
+    return repr(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStats:
+    node_id: str
+    keys: int
+    bytes: int
+    tombstones: int
+
+
+class NodeClient:
+    def __init__(self, node_id: str, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self._stub = storage_pb2_grpc.StorageServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> StorageError:
+        return StorageError(self.node_id, exc.code(), exc.details() or "")
+
+    async def apply(self, record: StoredRecord, timeout: float | None = None) -> bool:
+        try:
+            reply = await self._stub.Apply(storage_pb2.ApplyRequest(record=to_proto(record)),
+                                           timeout=timeout or self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        return reply.applied
+
+    async def apply_batch(self, records: Sequence[StoredRecord], timeout: float | None = None) -> list[bool]:
+        request = storage_pb2.ApplyBatchRequest(records=[to_proto(r) for r in records])
+        try:
+            reply = await self._stub.ApplyBatch(request, timeout=timeout or self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        return list(reply.applied)
+
+    async def get(self, tenant_id: str, key: str, timeout: float | None = None) -> StoredRecord | None:
+        try:
+            reply = await self._stub.Get(storage_pb2.GetRequest(tenant_id=tenant_id, key=key),
+                                         timeout=timeout or self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        return from_proto(reply.record) if reply.found else None
+
+    async def scan_range(self, start: int, end: int, *, batch_size: int = 0, include_tombstones: bool = True,
+                         timeout: float | None = None) -> AsyncIterator[list[StoredRecord]]:
+        """Batches of the records in (start, end], in token order. timeout bounds the whole stream."""
+        request = storage_pb2.ScanRangeRequest(range=storage_pb2.TokenRange(start=start, end=end),
+                                               batch_size=batch_size, include_tombstones=include_tombstones)
+        try:
+            async for batch in self._stub.ScanRange(request, timeout=timeout):
+                yield [from_proto(r) for r in batch.records]
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+
+    async def range_digest(self, start: int, end: int, timeout: float | None = None) -> tuple[bytes, int]:
+        request = storage_pb2.RangeDigestRequest(range=storage_pb2.TokenRange(start=start, end=end))
+        try:
+            reply = await self._stub.RangeDigest(request, timeout=timeout or 10 * self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        return reply.digest, reply.count
+
+    async def delete_range(self, start: int, end: int, timeout: float | None = None) -> int:
+        request = storage_pb2.DeleteRangeRequest(range=storage_pb2.TokenRange(start=start, end=end))
+        try:
+            reply = await self._stub.DeleteRange(request, timeout=timeout or 30 * self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        return reply.deleted
+
+    async def stats(self, timeout: float | None = None) -> NodeStats:
+        try:
+            reply = await self._stub.Stats(storage_pb2.StatsRequest(), timeout=timeout or self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        return NodeStats(self.node_id, reply.keys, reply.bytes, reply.tombstones)
+
+
+class StoragePool:
+    """NodeClients by node id, kept while the node's address stays the same."""
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._clients: dict[str, NodeClient] = {}
+
+    def node(self, node_id: str, address: str) -> NodeClient:
+        client = self._clients.get(node_id)
+        if client is None or client.address != address:
+            client = NodeClient(node_id, address, self.timeout)
+            self._clients[node_id] = client
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()

@@ -1,0 +1,225 @@
+"""The storage engine: durable, token-ordered, versioned last-write-wins records on LMDB.
+
+Chosen over RocksDB by bench/engines.py (figures in the README). Every method
+is synchronous and short; storage_node/committer.py runs writes on one thread
+with group commit, so the event loop never waits on an fsync.
+
+Layout of the `records` database:
+    key   = token (8 bytes, big-endian) | len(tenant) (1 byte) | tenant | key
+    value = hlc (8) | origin (4) | flags (1) | value
+Keys sort by token, so a token range is one sequential cursor walk. The `meta`
+database holds counters kept in the same transaction as the writes they count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from pairdb.keyspace import TOKEN_MAX, Version, token
+
+_VERSION = struct.Struct(">QIB")
+_TOMBSTONE = 0x01
+_TOKEN = struct.Struct(">Q")
+_COUNTERS = struct.Struct(">QQQ")
+_COUNTERS_KEY = b"counters"
+DEFAULT_MAP_SIZE = 1 << 40  # address space, not disk: LMDB files grow as written
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    tenant_id: str
+    key: str
+    value: bytes
+    version: Version
+    tombstone: bool = False
+
+    @property
+    def token(self) -> int:
+        return token(self.tenant_id, self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    keys: int
+    bytes: int
+    tombstones: int
+
+
+def encode_key(tenant_id: str, key: str) -> bytes:
+    tenant = tenant_id.encode()
+    return _TOKEN.pack(token(tenant_id, key)) + bytes([len(tenant)]) + tenant + key.encode()
+
+
+def _decode(db_key: bytes, db_value: bytes) -> StoredRecord:
+    tenant_len = db_key[8]
+    tenant_id = db_key[9 : 9 + tenant_len].decode()
+    key = db_key[9 + tenant_len :].decode()
+    hlc, origin, flags = _VERSION.unpack_from(db_value)
+    return StoredRecord(tenant_id, key, bytes(db_value[_VERSION.size :]), Version(hlc, origin),
+                        bool(flags & _TOMBSTONE))
+
+
+def _encode_value(record: StoredRecord) -> bytes:
+    flags = _TOMBSTONE if record.tombstone else 0
+    return _VERSION.pack(record.version.hlc, record.version.origin, flags) + record.value
+
+
+def _segments(start: int, end: int) -> list[tuple[int, int]]:
+    """The inclusive token intervals of the ring range (start, end]."""
+    if start < end:
+        return [(start + 1, end)]
+    # Wrapping (start == end is the whole ring): (start, MAX] then [0, end].
+    parts = [(start + 1, TOKEN_MAX)] if start < TOKEN_MAX else []
+    return [*parts, (0, end)]
+
+
+class Engine:
+    def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        # sync/metasync on: a committed transaction is on disk, so an
+        # acknowledged write survives kill -9 and power loss.
+        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=2, sync=True, metasync=True,
+                              readahead=False)
+        self._records = self._env.open_db(b"records")
+        self._meta = self._env.open_db(b"meta")
+
+    def close(self) -> None:
+        self._env.close()
+
+    # -- writes (call from one thread at a time) ---------------------------------
+
+    def apply_many(self, records: Sequence[StoredRecord]) -> list[bool]:
+        """Apply each record whose version is newer than the stored one; one durable commit.
+
+        Returns, per record, whether it was applied. An equal or older version
+        is ignored, which makes retries and copies idempotent.
+        """
+        applied: list[bool] = []
+        with self._env.begin(write=True) as txn:
+            keys, size, tombstones = self._counters(txn)
+            for record in records:
+                db_key = encode_key(record.tenant_id, record.key)
+                current = txn.get(db_key, db=self._records)
+                if current is not None:
+                    old = _decode(db_key, current)
+                    if record.version <= old.version:
+                        applied.append(False)
+                        continue
+                    if old.tombstone:
+                        tombstones -= 1
+                    else:
+                        keys -= 1
+                        size -= len(old.value)
+                txn.put(db_key, _encode_value(record), db=self._records)
+                if record.tombstone:
+                    tombstones += 1
+                else:
+                    keys += 1
+                    size += len(record.value)
+                applied.append(True)
+            txn.put(_COUNTERS_KEY, _COUNTERS.pack(keys, size, tombstones), db=self._meta)
+        return applied
+
+    def delete_range(self, start: int, end: int) -> int:
+        """Remove every record, tombstones included, in (start, end]; one durable commit."""
+        deleted = 0
+        with self._env.begin(write=True) as txn:
+            keys, size, tombstones = self._counters(txn)
+            cursor = txn.cursor(db=self._records)
+            for lo, hi in _segments(start, end):
+                if not cursor.set_range(_TOKEN.pack(lo)):
+                    continue
+                while True:
+                    db_key = cursor.key()
+                    if _TOKEN.unpack_from(db_key)[0] > hi:
+                        break
+                    old = _decode(db_key, cursor.value())
+                    if old.tombstone:
+                        tombstones -= 1
+                    else:
+                        keys -= 1
+                        size -= len(old.value)
+                    deleted += 1
+                    # delete() moves the cursor to the next record.
+                    if not cursor.delete() or cursor.key() == b"":
+                        break
+            txn.put(_COUNTERS_KEY, _COUNTERS.pack(keys, size, tombstones), db=self._meta)
+        return deleted
+
+    # -- reads (any thread) --------------------------------------------------------
+
+    def get(self, tenant_id: str, key: str) -> StoredRecord | None:
+        db_key = encode_key(tenant_id, key)
+        with self._env.begin() as txn:
+            raw = txn.get(db_key, db=self._records)
+            return None if raw is None else _decode(db_key, raw)
+
+    def scan(self, start: int, end: int, *, limit: int, after: bytes | None = None,
+             include_tombstones: bool = True) -> tuple[list[StoredRecord], bytes | None]:
+        """Up to limit records of (start, end] in token order, resuming after the key `after`.
+
+        Returns the records and the resume key for the next call (None at the end).
+        Each call is its own short read transaction, so a long scan never pins
+        old pages while writes go on.
+        """
+        out: list[StoredRecord] = []
+        last: bytes | None = None
+        with self._env.begin() as txn:
+            for db_key, db_value in self._walk(txn, start, end, after):
+                last = db_key
+                record = _decode(db_key, db_value)
+                if include_tombstones or not record.tombstone:
+                    out.append(record)
+                if len(out) >= limit:
+                    return out, last
+        return out, None
+
+    def digest(self, start: int, end: int) -> tuple[bytes, int]:
+        """blake2b over (token, tenant, key, version) of every record in (start, end], and their count."""
+        h = hashlib.blake2b(digest_size=16)
+        count = 0
+        with self._env.begin() as txn:
+            for db_key, db_value in self._walk(txn, start, end, None):
+                h.update(len(db_key).to_bytes(2, "big") + db_key + db_value[: _VERSION.size - 1])
+                count += 1
+        return h.digest(), count
+
+    def stats(self) -> Stats:
+        with self._env.begin() as txn:
+            return Stats(*self._counters(txn))
+
+    def _counters(self, txn: lmdb.Transaction) -> tuple[int, int, int]:
+        raw = txn.get(_COUNTERS_KEY, db=self._meta)
+        return (0, 0, 0) if raw is None else _COUNTERS.unpack(raw)
+
+    def _walk(self, txn: lmdb.Transaction, start: int, end: int,
+              after: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        cursor = txn.cursor(db=self._records)
+        segments = _segments(start, end)
+        resume_in = 0
+        if after is not None:
+            after_token = _TOKEN.unpack_from(after)[0]
+            resume_in = next(i for i, (lo, hi) in enumerate(segments) if lo <= after_token <= hi)
+        for i, (lo, hi) in enumerate(segments):
+            if i < resume_in:
+                continue  # finished by an earlier call
+            if i == resume_in and after is not None:
+                if not cursor.set_range(after):
+                    continue
+                if cursor.key() == after and not cursor.next():
+                    continue
+            elif not cursor.set_range(_TOKEN.pack(lo)):
+                continue
+            while True:
+                db_key = cursor.key()
+                if _TOKEN.unpack_from(db_key)[0] > hi:
+                    break
+                yield bytes(db_key), bytes(cursor.value())
+                if not cursor.next():
+                    break
