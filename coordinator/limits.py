@@ -18,7 +18,8 @@ def tenant_id(value: str) -> str:
     if not TENANT_ID_PATTERN.fullmatch(value):
         raise InvalidArgument(
             f"invalid tenant_id {value[:80]!r}: use 1-64 characters from A-Z a-z 0-9 _ . - "
-            "starting with a letter or digit")
+            "starting with a letter or digit"
+        )
     return value
 
 
@@ -43,7 +44,9 @@ def consistency(raw: int) -> Consistency:
     try:
         return Consistency(raw)
     except ValueError:
-        raise InvalidArgument(f"unknown consistency level {raw}: use ONE (1), QUORUM (2) or ALL (3)") from None
+        raise InvalidArgument(
+            f"unknown consistency level {raw}: use ONE (1), QUORUM (2) or ALL (3)"
+        ) from None
 
 
 def replication_factor(raw: int) -> int:
@@ -56,7 +59,8 @@ def node_id(value: str) -> str:
     if not NODE_ID_PATTERN.fullmatch(value):
         raise InvalidArgument(
             f"invalid node_id {value[:80]!r}: use 1-64 characters from A-Z a-z 0-9 _ . - "
-            "starting with a letter or digit")
+            "starting with a letter or digit"
+        )
     return value
 
 

@@ -45,15 +45,17 @@ class Membership:
         async with self._lock:
             topology = await self._cache.refresh()
             if node_id in topology.nodes:
-                raise AlreadyExists(f"node {node_id!r} is already in the cluster "
-                                    f"({topology.nodes[node_id].status})")
+                raise AlreadyExists(
+                    f"node {node_id!r} is already in the cluster ({topology.nodes[node_id].status})"
+                )
             joining = NodeClient(node_id, f"{host}:{port}")
             try:
                 new_stats = await self._stats(joining)
                 if new_stats.keys or new_stats.tombstones:
                     raise FailedPrecondition(
                         f"node {node_id} at {host}:{port} already holds {new_stats.keys} keys; "
-                        "a joining node must start empty")
+                        "a joining node must start empty"
+                    )
                 held = 0
                 for member in sorted(topology.ring.node_ids):
                     stats = await self._stats(self._pool.node(member, topology.address(member)))
@@ -63,9 +65,9 @@ class Membership:
             if held:
                 raise FailedPrecondition(
                     f"the cluster holds {held} records, so {node_id} must join online through "
-                    "NodeAdditionWorkflow, which is not available in this build")
-            tokens = allocate_tokens(((v.token, v.node_id) for v in topology.ring.vnodes),
-                                     node_id, vnodes)
+                    "NodeAdditionWorkflow, which is not available in this build"
+                )
+            tokens = allocate_tokens(((v.token, v.node_id) for v in topology.ring.vnodes), node_id, vnodes)
             node = NodeInfo(node_id, host, port, "active", vnodes)
             await self._metadata.join_node_directly(node, tokens)
             await self._cache.refresh()
@@ -76,5 +78,7 @@ class Membership:
         try:
             return await client.stats()
         except StorageError as exc:
-            raise Unavailable(f"storage node {client.node_id} at {client.address} is unreachable: "
-                              f"{exc.code.name} {exc.details}") from None
+            raise Unavailable(
+                f"storage node {client.node_id} at {client.address} is unreachable: "
+                f"{exc.code.name} {exc.details}"
+            ) from None

@@ -65,7 +65,7 @@ def _node(row: asyncpg.Record) -> NodeInfo:
     return NodeInfo(row["node_id"], row["host"], row["port"], row["status"], row["virtual_nodes"])
 
 
-async def _bump_epoch(conn: asyncpg.Connection) -> int:
+async def _bump_epoch(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> int:
     epoch: int = await conn.fetchval("UPDATE registry SET epoch = epoch + 1 RETURNING epoch")
     await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(epoch))
     return epoch
@@ -95,8 +95,10 @@ class Metadata:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             epoch = await conn.fetchval("SELECT epoch FROM registry")
             nodes = {r["node_id"]: _node(r) for r in await conn.fetch("SELECT * FROM nodes")}
-            tokens = [(_from_db_token(r["token"]), r["node_id"])
-                      for r in await conn.fetch("SELECT token, node_id FROM ring_tokens")]
+            tokens = [
+                (_from_db_token(r["token"]), r["node_id"])
+                for r in await conn.fetch("SELECT token, node_id FROM ring_tokens")
+            ]
             tenants = {r["tenant_id"]: _tenant(r) for r in await conn.fetch("SELECT * FROM tenants")}
         return Snapshot(epoch, nodes, tokens, tenants)
 
@@ -106,7 +108,10 @@ class Metadata:
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "INSERT INTO tenants (tenant_id, replication_factor) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING RETURNING *", tenant_id, replication_factor)
+                " ON CONFLICT DO NOTHING RETURNING *",
+                tenant_id,
+                replication_factor,
+            )
             if row is None:
                 raise AlreadyExists(f"tenant {tenant_id!r} already exists")
             await _bump_epoch(conn)
@@ -129,15 +134,23 @@ class Metadata:
             exists = await conn.fetchval("SELECT 1 FROM nodes WHERE node_id = $1", node.node_id)
             if exists:
                 raise AlreadyExists(f"node {node.node_id!r} is already in the cluster")
-            taken = await conn.fetchval("SELECT node_id FROM nodes WHERE host = $1 AND port = $2",
-                                        node.host, node.port)
+            taken = await conn.fetchval(
+                "SELECT node_id FROM nodes WHERE host = $1 AND port = $2", node.host, node.port
+            )
             if taken:
                 raise AlreadyExists(f"{node.address} is already the address of node {taken!r}")
             await conn.execute(
                 "INSERT INTO nodes (node_id, host, port, status, virtual_nodes) VALUES ($1, $2, $3, $4, $5)",
-                node.node_id, node.host, node.port, node.status, node.virtual_nodes)
-            await conn.executemany("INSERT INTO ring_tokens (token, node_id) VALUES ($1, $2)",
-                                   [(_to_db_token(t), node.node_id) for t in tokens])
+                node.node_id,
+                node.host,
+                node.port,
+                node.status,
+                node.virtual_nodes,
+            )
+            await conn.executemany(
+                "INSERT INTO ring_tokens (token, node_id) VALUES ($1, $2)",
+                [(_to_db_token(t), node.node_id) for t in tokens],
+            )
             await _bump_epoch(conn)
 
     # -- coordinators ------------------------------------------------------------
@@ -149,14 +162,23 @@ class Metadata:
             " VALUES ($1, $2, now() + make_interval(secs => $3))"
             " ON CONFLICT (coordinator_id) DO UPDATE SET address = EXCLUDED.address,"
             "   lease_expires_at = EXCLUDED.lease_expires_at, started_at = now()"
-            " RETURNING origin", coordinator_id, address, lease_seconds)
+            " RETURNING origin",
+            coordinator_id,
+            address,
+            lease_seconds,
+        )
         return origin
 
     async def renew_lease(self, coordinator_id: str, applied_epoch: int, lease_seconds: float) -> None:
         await self.pool.execute(
             "UPDATE coordinators SET applied_epoch = $2, lease_expires_at = now() + make_interval(secs => $3)"
-            " WHERE coordinator_id = $1", coordinator_id, applied_epoch, lease_seconds)
+            " WHERE coordinator_id = $1",
+            coordinator_id,
+            applied_epoch,
+            lease_seconds,
+        )
 
     async def release_lease(self, coordinator_id: str) -> None:
-        await self.pool.execute("UPDATE coordinators SET lease_expires_at = now() WHERE coordinator_id = $1",
-                                coordinator_id)
+        await self.pool.execute(
+            "UPDATE coordinators SET lease_expires_at = now() WHERE coordinator_id = $1", coordinator_id
+        )

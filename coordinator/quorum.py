@@ -50,9 +50,7 @@ class ReplicaPlan:
         return (self.old,) if self.new is None else (self.old, self.new)
 
     def satisfied(self, acknowledged: Collection[str]) -> bool:
-        return all(
-            sum(1 for n in s if n in acknowledged) >= required(self.level, len(s)) for s in self.sets
-        )
+        return all(sum(1 for n in s if n in acknowledged) >= required(self.level, len(s)) for s in self.sets)
 
     def still_possible(self, acknowledged: Collection[str], failed: Iterable[str]) -> bool:
         """Whether the replies still outstanding could yet satisfy every set."""
@@ -65,6 +63,8 @@ class ReplicaPlan:
         parts = []
         for name, s in zip(("replicas", "future replicas"), self.sets, strict=False):
             got = [n for n in s if n in acknowledged]
-            parts.append(f"{self.level.name} needs {required(self.level, len(s))} of {len(s)} {name}, "
-                         f"{len(got)} answered ({', '.join(got) or 'none'})")
+            parts.append(
+                f"{self.level.name} needs {required(self.level, len(s))} of {len(s)} {name}, "
+                f"{len(got)} answered ({', '.join(got) or 'none'})"
+            )
         return "; ".join(parts)

@@ -76,8 +76,10 @@ class ReadPath:
             self._later(self._drain(r.topology, {t: asks[t] for t in pending}, None))
             got = ", ".join(sorted(answers)) or "none"
             failures = ", ".join(f"{n} ({why})" for n, why in sorted(failed.items()))
-            raise Unavailable(f"{level.name} read needs {need} of {len(replicas)} replicas, "
-                              f"{len(answers)} answered ({got}); failed: {failures}")
+            raise Unavailable(
+                f"{level.name} read needs {need} of {len(replicas)} replicas, "
+                f"{len(answers)} answered ({got}); failed: {failures}"
+            )
 
         newest = _newest(list(answers.values()))
         if newest is not None:
@@ -93,16 +95,23 @@ class ReadPath:
 
     async def _repair(self, topology: Topology, newest: StoredRecord, nodes: list[str]) -> None:
         results = await asyncio.gather(
-            *(self._pool.node(n, topology.address(n)).apply(newest) for n in nodes), return_exceptions=True)
+            *(self._pool.node(n, topology.address(n)).apply(newest) for n in nodes), return_exceptions=True
+        )
         for node, result in zip(nodes, results, strict=True):
             if isinstance(result, BaseException):
-                log.warning("Read repair failed", node_id=node, tenant_id=newest.tenant_id,
-                            key=newest.key, error=describe_failure(result))
+                log.warning(
+                    "Read repair failed",
+                    node_id=node,
+                    tenant_id=newest.tenant_id,
+                    key=newest.key,
+                    error=describe_failure(result),
+                )
             else:
                 log.debug("Read repair", node_id=node, tenant_id=newest.tenant_id, key=newest.key)
 
-    async def _drain(self, topology: Topology, late: dict[asyncio.Future[_Answer], str],
-                     newest: _Answer) -> None:
+    async def _drain(
+        self, topology: Topology, late: dict[asyncio.Future[_Answer], str], newest: _Answer
+    ) -> None:
         """Repair replicas whose answers came after the reply."""
         answers: dict[str, _Answer] = {}
         for task, node in late.items():

@@ -85,16 +85,19 @@ class Ring:
     def ranges(self) -> list[tuple[int, int, str]]:
         """Every vnode range as (start exclusive, end inclusive, owner)."""
         n = len(self._tokens)
-        return [(self._tokens[i - 1] if n > 1 else self._tokens[i], self._tokens[i], self._owners[i])
-                for i in range(n)]
+        return [
+            (self._tokens[i - 1] if n > 1 else self._tokens[i], self._tokens[i], self._owners[i])
+            for i in range(n)
+        ]
 
 
 def _hash64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
-def allocate_tokens(existing: Iterable[tuple[int, str]], node_id: str, count: int,
-                    choices: int = 8) -> list[int]:
+def allocate_tokens(
+    existing: Iterable[tuple[int, str]], node_id: str, count: int, choices: int = 8
+) -> list[int]:
     """Choose count tokens for a joining node so ownership stays even.
 
     Purely random tokens leave nodes up to ±18% apart at 128 vnodes. Each
@@ -127,8 +130,12 @@ def allocate_tokens(existing: Iterable[tuple[int, str]], node_id: str, count: in
             if donor == node_id:
                 score = 0  # splitting our own range moves nothing
             else:
-                score = (load[donor] - piece) ** 2 + (load[node_id] + piece) ** 2 \
-                    - load[donor] ** 2 - load[node_id] ** 2
+                score = (
+                    (load[donor] - piece) ** 2
+                    + (load[node_id] + piece) ** 2
+                    - load[donor] ** 2
+                    - load[node_id] ** 2
+                )
             if best is None or score < best[0]:
                 best = (score, candidate, donor, piece)
         if best is None:

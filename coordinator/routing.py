@@ -27,5 +27,6 @@ async def route(cache: TopologyCache, tenant_id: str, key: str, level: Consisten
     if len(replicas) < tenant.replication_factor:
         raise Unavailable(
             f"tenant {tenant_id!r} has replication factor {tenant.replication_factor} but the ring "
-            f"has {len(replicas)} active node(s); add storage nodes")
+            f"has {len(replicas)} active node(s); add storage nodes"
+        )
     return Route(topology, t, ReplicaPlan(level, replicas))

@@ -48,15 +48,25 @@ async def serve(config: CoordinatorConfig) -> None:
     await cache.start()
     pool = StoragePool(timeout=config.storage_timeout)
     clock = HybridLogicalClock(cache.origin)
-    service = CoordinatorService(cache, metadata, WritePath(cache, pool, clock), ReadPath(cache, pool, clock),
-                                 Membership(cache, metadata, pool))
+    service = CoordinatorService(
+        cache,
+        metadata,
+        WritePath(cache, pool, clock),
+        ReadPath(cache, pool, clock),
+        Membership(cache, metadata, pool),
+    )
     server = grpc.aio.server()
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(service, server)
     if server.add_insecure_port(config.address) == 0:
         raise SystemExit(f"coordinator: cannot listen on {config.address}")
     await server.start()
-    log.info("Coordinator started", coordinator_id=config.effective_id, address=config.address,
-             origin=cache.origin, epoch=cache.current.epoch)
+    log.info(
+        "Coordinator started",
+        coordinator_id=config.effective_id,
+        address=config.address,
+        origin=cache.origin,
+        epoch=cache.current.epoch,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

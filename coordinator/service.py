@@ -28,6 +28,7 @@ from proto import coordinator_pb2 as pb
 from proto import coordinator_pb2_grpc
 
 log = structlog.get_logger()
+Context = grpc.aio.ServicerContext[Any, Any]
 
 _STATUS = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -39,14 +40,14 @@ _STATUS = {
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
 
 
 def rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Turn pairdb errors into gRPC statuses with their messages."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+    async def wrapper(self: Any, request: Req, context: Context) -> Resp:
         try:
             return await fn(self, request, context)
         except PairdbError as exc:
@@ -63,13 +64,22 @@ def _version(v: Version | None) -> pb.WriteVersion:
 
 
 def _tenant(info: TenantInfo) -> pb.Tenant:
-    return pb.Tenant(tenant_id=info.tenant_id, replication_factor=info.replication_factor,
-                     created_at=int(info.created_at.timestamp()))
+    return pb.Tenant(
+        tenant_id=info.tenant_id,
+        replication_factor=info.replication_factor,
+        created_at=int(info.created_at.timestamp()),
+    )
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
-    def __init__(self, cache: TopologyCache, metadata: Metadata, writes: WritePath, reads: ReadPath,
-                 membership: Membership) -> None:
+    def __init__(
+        self,
+        cache: TopologyCache,
+        metadata: Metadata,
+        writes: WritePath,
+        reads: ReadPath,
+        membership: Membership,
+    ) -> None:
         self._cache = cache
         self._metadata = metadata
         self._writes = writes
@@ -79,8 +89,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     # -- data --------------------------------------------------------------------
 
     @rpc
-    async def WriteKeyValue(self, request: pb.WriteKeyValueRequest,
-                            context: grpc.aio.ServicerContext) -> pb.WriteKeyValueResponse:
+    async def WriteKeyValue(
+        self, request: pb.WriteKeyValueRequest, context: Context
+    ) -> pb.WriteKeyValueResponse:
         tenant_id, key = limits.tenant_id(request.tenant_id), limits.key(request.key)
         value, level = limits.value(request.value), limits.consistency(request.consistency)
         self._cache.check_lease()
@@ -88,18 +99,21 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return pb.WriteKeyValueResponse(version=_version(result.version), acknowledged=result.acknowledged)
 
     @rpc
-    async def ReadKeyValue(self, request: pb.ReadKeyValueRequest,
-                           context: grpc.aio.ServicerContext) -> pb.ReadKeyValueResponse:
+    async def ReadKeyValue(
+        self, request: pb.ReadKeyValueRequest, context: Context
+    ) -> pb.ReadKeyValueResponse:
         tenant_id, key = limits.tenant_id(request.tenant_id), limits.key(request.key)
         level = limits.consistency(request.consistency)
         self._cache.check_lease()
         result = await self._reads.get(tenant_id, key, level)
-        return pb.ReadKeyValueResponse(found=result.found, value=result.value,
-                                       version=_version(result.version))
+        return pb.ReadKeyValueResponse(
+            found=result.found, value=result.value, version=_version(result.version)
+        )
 
     @rpc
-    async def DeleteKeyValue(self, request: pb.DeleteKeyValueRequest,
-                             context: grpc.aio.ServicerContext) -> pb.DeleteKeyValueResponse:
+    async def DeleteKeyValue(
+        self, request: pb.DeleteKeyValueRequest, context: Context
+    ) -> pb.DeleteKeyValueResponse:
         tenant_id, key = limits.tenant_id(request.tenant_id), limits.key(request.key)
         level = limits.consistency(request.consistency)
         self._cache.check_lease()
@@ -109,22 +123,23 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     # -- tenants -----------------------------------------------------------------
 
     @rpc
-    async def CreateTenant(self, request: pb.CreateTenantRequest,
-                           context: grpc.aio.ServicerContext) -> pb.CreateTenantResponse:
+    async def CreateTenant(
+        self, request: pb.CreateTenantRequest, context: Context
+    ) -> pb.CreateTenantResponse:
         tenant_id = limits.tenant_id(request.tenant_id)
         rf = limits.replication_factor(request.replication_factor or DEFAULT_REPLICATION_FACTOR)
         self._cache.check_lease()
         active = len((await self._cache.refresh()).ring.node_ids)
         if rf > active:
             raise FailedPrecondition(
-                f"replication_factor {rf} needs at least {rf} active storage nodes; the cluster has {active}")
+                f"replication_factor {rf} needs at least {rf} active storage nodes; the cluster has {active}"
+            )
         info = await self._metadata.create_tenant(tenant_id, rf)
         log.info("Tenant created", tenant_id=tenant_id, replication_factor=rf)
         return pb.CreateTenantResponse(tenant=_tenant(info))
 
     @rpc
-    async def GetTenant(self, request: pb.GetTenantRequest,
-                        context: grpc.aio.ServicerContext) -> pb.GetTenantResponse:
+    async def GetTenant(self, request: pb.GetTenantRequest, context: Context) -> pb.GetTenantResponse:
         tenant_id = limits.tenant_id(request.tenant_id)
         info = await self._cache.tenant(tenant_id)
         if info is None:
@@ -134,39 +149,55 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     # -- nodes and migrations --------------------------------------------------------
 
     @rpc
-    async def AddStorageNode(self, request: pb.AddStorageNodeRequest,
-                             context: grpc.aio.ServicerContext) -> pb.AddStorageNodeResponse:
+    async def AddStorageNode(
+        self, request: pb.AddStorageNodeRequest, context: Context
+    ) -> pb.AddStorageNodeResponse:
         node_id = limits.node_id(request.node_id)
         host, port = limits.host_port(request.host, request.port)
         self._cache.check_lease()
         outcome = await self._membership.add(node_id, host, port, request.virtual_nodes or None)
-        return pb.AddStorageNodeResponse(success=True, node_id=node_id, migration_id=outcome.migration_id,
-                                         message=outcome.message)
+        return pb.AddStorageNodeResponse(
+            success=True, node_id=node_id, migration_id=outcome.migration_id, message=outcome.message
+        )
 
     @rpc
-    async def ListStorageNodes(self, request: pb.ListStorageNodesRequest,
-                               context: grpc.aio.ServicerContext) -> pb.ListStorageNodesResponse:
+    async def ListStorageNodes(
+        self, request: pb.ListStorageNodesRequest, context: Context
+    ) -> pb.ListStorageNodesResponse:
         nodes = await self._metadata.list_nodes()
-        return pb.ListStorageNodesResponse(nodes=[
-            pb.StorageNode(node_id=n.node_id, host=n.host, port=n.port, status=n.status,
-                           virtual_nodes=n.virtual_nodes) for n in nodes])
+        return pb.ListStorageNodesResponse(
+            nodes=[
+                pb.StorageNode(
+                    node_id=n.node_id,
+                    host=n.host,
+                    port=n.port,
+                    status=n.status,
+                    virtual_nodes=n.virtual_nodes,
+                )
+                for n in nodes
+            ]
+        )
 
-    async def RemoveStorageNode(self, request: pb.RemoveStorageNodeRequest,
-                                context: grpc.aio.ServicerContext) -> pb.RemoveStorageNodeResponse:
+    async def RemoveStorageNode(
+        self, request: pb.RemoveStorageNodeRequest, context: Context
+    ) -> pb.RemoveStorageNodeResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "node removal is not implemented yet")
         raise AssertionError("unreachable")
 
-    async def GetMigrationStatus(self, request: pb.GetMigrationStatusRequest,
-                                 context: grpc.aio.ServicerContext) -> pb.GetMigrationStatusResponse:
+    async def GetMigrationStatus(
+        self, request: pb.GetMigrationStatusRequest, context: Context
+    ) -> pb.GetMigrationStatusResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "online migrations are not implemented yet")
         raise AssertionError("unreachable")
 
-    async def CancelMigration(self, request: pb.CancelMigrationRequest,
-                              context: grpc.aio.ServicerContext) -> pb.CancelMigrationResponse:
+    async def CancelMigration(
+        self, request: pb.CancelMigrationRequest, context: Context
+    ) -> pb.CancelMigrationResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "online migrations are not implemented yet")
         raise AssertionError("unreachable")
 
-    async def RollbackMigration(self, request: pb.RollbackMigrationRequest,
-                                context: grpc.aio.ServicerContext) -> pb.RollbackMigrationResponse:
+    async def RollbackMigration(
+        self, request: pb.RollbackMigrationRequest, context: Context
+    ) -> pb.RollbackMigrationResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "online migrations are not implemented yet")
         raise AssertionError("unreachable")

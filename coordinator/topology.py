@@ -44,8 +44,14 @@ class Topology:
 
 
 class TopologyCache:
-    def __init__(self, metadata: Metadata, coordinator_id: str, address: str,
-                 lease_seconds: float = 5.0, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        metadata: Metadata,
+        coordinator_id: str,
+        address: str,
+        lease_seconds: float = 5.0,
+        poll_interval: float = 1.0,
+    ) -> None:
         self._metadata = metadata
         self.coordinator_id = coordinator_id
         self._address = address
@@ -66,7 +72,8 @@ class TopologyCache:
     async def start(self) -> None:
         renewed_at = time.monotonic()
         self.origin = await self._metadata.register_coordinator(
-            self.coordinator_id, self._address, self._lease_seconds)
+            self.coordinator_id, self._address, self._lease_seconds
+        )
         self._lease_valid_until = renewed_at + self._lease_seconds
         await self.refresh()
         self._task = asyncio.create_task(self._run(), name="topology-refresh")
@@ -85,14 +92,19 @@ class TopologyCache:
         if time.monotonic() > self._lease_valid_until:
             raise LeaseLapsed(
                 f"coordinator {self.coordinator_id} cannot reach PostgreSQL and its lease has lapsed; "
-                "it serves again once it has refreshed its view of the cluster")
+                "it serves again once it has refreshed its view of the cluster"
+            )
 
     async def refresh(self) -> Topology:
         snap = await self._metadata.snapshot()
         if self._current is None or snap.epoch != self._current.epoch:
             self._current = Topology.from_snapshot(snap)
-            log.info("Topology applied", epoch=snap.epoch, nodes=len(self._current.ring.node_ids),
-                     tenants=len(snap.tenants))
+            log.info(
+                "Topology applied",
+                epoch=snap.epoch,
+                nodes=len(self._current.ring.node_ids),
+                tenants=len(snap.tenants),
+            )
         return self._current
 
     async def tenant(self, tenant_id: str) -> TenantInfo | None:

@@ -45,8 +45,9 @@ class WritePath:
     async def delete(self, tenant_id: str, key: str, level: Consistency) -> WriteResult:
         return await self._write(tenant_id, key, b"", tombstone=True, level=level)
 
-    async def _write(self, tenant_id: str, key: str, value: bytes, *, tombstone: bool,
-                     level: Consistency) -> WriteResult:
+    async def _write(
+        self, tenant_id: str, key: str, value: bytes, *, tombstone: bool, level: Consistency
+    ) -> WriteResult:
         r = await route(self._cache, tenant_id, key, level)
         record = StoredRecord(tenant_id, key, value, self._clock.now(), tombstone)
         acknowledged = await self.replicate(r.topology, r.plan, record)
@@ -73,8 +74,13 @@ class WritePath:
                         acked.add(node)
                     else:
                         failed[node] = describe_failure(exc)
-                        log.warning("Replica write failed", node_id=node, tenant_id=record.tenant_id,
-                                    key=record.key, error=failed[node])
+                        log.warning(
+                            "Replica write failed",
+                            node_id=node,
+                            tenant_id=record.tenant_id,
+                            key=record.key,
+                            error=failed[node],
+                        )
         finally:
             # Keep the slower sends running: they still make replicas converge.
             for task in pending:

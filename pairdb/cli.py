@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pairdb import logs
-from pairdb.processes import die_with_parent
 from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError
+from pairdb.processes import die_with_parent
 
 DEV_COORDINATOR_PORT = 50051
 DEV_STORAGE_BASE_PORT = 7001
@@ -20,30 +20,59 @@ DEV_POSTGRES_PORT = 54329
 
 
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--coordinator", default=os.environ.get("PAIRDB_COORDINATOR", DEFAULT_ADDRESS),
-                   help="coordinator address host:port (env PAIRDB_COORDINATOR; default %(default)s)")
+    p.add_argument(
+        "--coordinator",
+        default=os.environ.get("PAIRDB_COORDINATOR", DEFAULT_ADDRESS),
+        help="coordinator address host:port (env PAIRDB_COORDINATOR; default %(default)s)",
+    )
 
 
 def _add_consistency(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--consistency", choices=sorted(CONSISTENCY), default="QUORUM",
-                   help="consistency level (default %(default)s)")
+    p.add_argument(
+        "--consistency",
+        choices=sorted(CONSISTENCY),
+        default="QUORUM",
+        help="consistency level (default %(default)s)",
+    )
 
 
 def _add_log_level(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-level", default=os.environ.get("PAIRDB_LOG_LEVEL", "INFO"),
-                   help="DEBUG, INFO, WARNING or ERROR (env PAIRDB_LOG_LEVEL; default %(default)s)")
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("PAIRDB_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR (env PAIRDB_LOG_LEVEL; default %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pairdb", description="pairdb: a replicated key-value store "
-                                     "that grows its cluster online")
+    parser = argparse.ArgumentParser(
+        prog="pairdb", description="pairdb: a replicated key-value store that grows its cluster online"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("dev", help="run a whole local cluster in the foreground")
-    p.add_argument("--data-dir", type=Path, default=Path(".pairdb"),
-                   help="where the cluster keeps its data, reused on the next start (default %(default)s)")
-    p.add_argument("--port", type=int, default=DEV_COORDINATOR_PORT, help="coordinator port (default %(default)s)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".pairdb"),
+        help="where the cluster keeps its data, reused on the next start (default %(default)s)",
+    )
+    p.add_argument(
+        "--port", type=int, default=DEV_COORDINATOR_PORT, help="coordinator port (default %(default)s)"
+    )
     p.add_argument("--storage-nodes", type=int, default=3, help="storage nodes to run (default %(default)s)")
+    p.add_argument(
+        "--storage-port",
+        type=int,
+        default=DEV_STORAGE_BASE_PORT,
+        help="first storage node's port; the others follow (default %(default)s)",
+    )
+    p.add_argument(
+        "--postgres-port",
+        type=int,
+        default=DEV_POSTGRES_PORT,
+        help="embedded PostgreSQL's port (default %(default)s)",
+    )
     _add_log_level(p)
 
     p = sub.add_parser("storage-node", help="run one storage node")
@@ -56,11 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("coordinator", help="run one coordinator")
     p.add_argument("--port", type=int, default=DEV_COORDINATOR_PORT, help="default %(default)s")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    p.add_argument("--postgres-dsn", default=os.environ.get("PAIRDB_POSTGRES_DSN"),
-                   help="PostgreSQL metadata DSN (env PAIRDB_POSTGRES_DSN; required)")
+    p.add_argument(
+        "--postgres-dsn",
+        default=os.environ.get("PAIRDB_POSTGRES_DSN"),
+        help="PostgreSQL metadata DSN (env PAIRDB_POSTGRES_DSN; required)",
+    )
     p.add_argument("--coordinator-id", default="", help="stable id (default coordinator-HOSTNAME-PORT)")
-    p.add_argument("--storage-timeout", type=float, default=2.0,
-                   help="deadline of each storage-node call, seconds (default %(default)s)")
+    p.add_argument(
+        "--storage-timeout",
+        type=float,
+        default=2.0,
+        help="deadline of each storage-node call, seconds (default %(default)s)",
+    )
     _add_log_level(p)
 
     p = sub.add_parser("put", help="write a value")
@@ -117,7 +153,9 @@ async def _client_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run_until_signal(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
+async def _run_until_signal(
+    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -132,9 +170,14 @@ async def _run_until_signal(start: Callable[[], Awaitable[None]], stop: Callable
 async def _dev(args: argparse.Namespace) -> None:
     from pairdb.cluster import LocalCluster
 
-    cluster = LocalCluster(args.data_dir, storage_nodes=args.storage_nodes, coordinator_port=args.port,
-                           storage_base_port=DEV_STORAGE_BASE_PORT, postgres_port=DEV_POSTGRES_PORT,
-                           log_level=args.log_level)
+    cluster = LocalCluster(
+        args.data_dir,
+        storage_nodes=args.storage_nodes,
+        coordinator_port=args.port,
+        storage_base_port=args.storage_port,
+        postgres_port=args.postgres_port,
+        log_level=args.log_level,
+    )
 
     async def start() -> None:
         await cluster.start()
@@ -171,8 +214,13 @@ def main(argv: list[str] | None = None) -> int:
                 print("error: --postgres-dsn or PAIRDB_POSTGRES_DSN is required", file=sys.stderr)
                 return 2
             logs.configure(json=True, level=args.log_level)
-            asyncio.run(serve_coordinator(CoordinatorConfig(
-                args.postgres_dsn, args.host, args.port, args.coordinator_id, args.storage_timeout)))
+            asyncio.run(
+                serve_coordinator(
+                    CoordinatorConfig(
+                        args.postgres_dsn, args.host, args.port, args.coordinator_id, args.storage_timeout
+                    )
+                )
+            )
         elif args.command == "dev":
             logs.configure(json=False, level=args.log_level)
             asyncio.run(_dev(args))

@@ -51,12 +51,13 @@ class Client:
     async def __aenter__(self) -> Client:
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def _call(self, method: Callable[..., Awaitable[T]], request: object) -> T:
         try:
@@ -64,25 +65,44 @@ class Client:
         except grpc.aio.AioRpcError as exc:
             raise ClientError(exc.code(), exc.details() or "") from None
 
-    async def put(self, tenant_id: str, key: str, value: bytes, consistency: str = "QUORUM") -> tuple[int, int]:
-        reply = await self._call(self._stub.WriteKeyValue, pb.WriteKeyValueRequest(tenant_id=tenant_id, key=key, value=value, consistency=CONSISTENCY[consistency]))
+    async def put(
+        self, tenant_id: str, key: str, value: bytes, consistency: str = "QUORUM"
+    ) -> tuple[int, int]:
+        reply = await self._call(
+            self._stub.WriteKeyValue,
+            pb.WriteKeyValueRequest(
+                tenant_id=tenant_id, key=key, value=value, consistency=CONSISTENCY[consistency]
+            ),
+        )
         return reply.version.hlc, reply.version.origin
 
     async def get(self, tenant_id: str, key: str, consistency: str = "QUORUM") -> Value:
-        reply = await self._call(self._stub.ReadKeyValue, pb.ReadKeyValueRequest(tenant_id=tenant_id, key=key, consistency=CONSISTENCY[consistency]))
+        reply = await self._call(
+            self._stub.ReadKeyValue,
+            pb.ReadKeyValueRequest(tenant_id=tenant_id, key=key, consistency=CONSISTENCY[consistency]),
+        )
         return Value(reply.found, reply.value, (reply.version.hlc, reply.version.origin))
 
     async def delete(self, tenant_id: str, key: str, consistency: str = "QUORUM") -> tuple[int, int]:
-        reply = await self._call(self._stub.DeleteKeyValue, pb.DeleteKeyValueRequest(tenant_id=tenant_id, key=key, consistency=CONSISTENCY[consistency]))
+        reply = await self._call(
+            self._stub.DeleteKeyValue,
+            pb.DeleteKeyValueRequest(tenant_id=tenant_id, key=key, consistency=CONSISTENCY[consistency]),
+        )
         return reply.version.hlc, reply.version.origin
 
     async def create_tenant(self, tenant_id: str, replication_factor: int = 0) -> int:
-        reply = await self._call(self._stub.CreateTenant, pb.CreateTenantRequest(tenant_id=tenant_id, replication_factor=replication_factor))
-        return reply.tenant.replication_factor
+        reply = await self._call(
+            self._stub.CreateTenant,
+            pb.CreateTenantRequest(tenant_id=tenant_id, replication_factor=replication_factor),
+        )
+        return int(reply.tenant.replication_factor)
 
     async def add_node(self, node_id: str, host: str, port: int, virtual_nodes: int = 0) -> str:
-        reply = await self._call(self._stub.AddStorageNode, pb.AddStorageNodeRequest(node_id=node_id, host=host, port=port, virtual_nodes=virtual_nodes))
-        return reply.message
+        reply = await self._call(
+            self._stub.AddStorageNode,
+            pb.AddStorageNodeRequest(node_id=node_id, host=host, port=port, virtual_nodes=virtual_nodes),
+        )
+        return str(reply.message)
 
     async def nodes(self) -> list[Node]:
         reply = await self._call(self._stub.ListStorageNodes, pb.ListStorageNodesRequest())

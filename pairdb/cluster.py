@@ -73,8 +73,11 @@ class LocalCluster:
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
-        self.postgres = EmbeddedPostgres(self.data_dir / "postgres", port=self.postgres_port,
-                                         log_path=self.data_dir / "logs" / "postgres.log")
+        self.postgres = EmbeddedPostgres(
+            self.data_dir / "postgres",
+            port=self.postgres_port,
+            log_path=self.data_dir / "logs" / "postgres.log",
+        )
 
     @property
     def coordinator_address(self) -> str:
@@ -102,12 +105,21 @@ class LocalCluster:
         await self.postgres.stop()
 
     def _process(self, name: str, *args: str) -> ManagedProcess:
-        return ManagedProcess(name, pairdb_command(*args, "--log-level", self.log_level),
-                              self.data_dir / "logs" / f"{name}.log")
+        return ManagedProcess(
+            name, pairdb_command(*args, "--log-level", self.log_level), self.data_dir / "logs" / f"{name}.log"
+        )
 
     async def start_storage_node(self, node_id: str, port: int) -> StorageNodeProcess:
-        proc = self._process(node_id, "storage-node", "--node-id", node_id, "--port", str(port),
-                             "--data-dir", str(self.data_dir / "nodes" / node_id))
+        proc = self._process(
+            node_id,
+            "storage-node",
+            "--node-id",
+            node_id,
+            "--port",
+            str(port),
+            "--data-dir",
+            str(self.data_dir / "nodes" / node_id),
+        )
         node = StorageNodeProcess(node_id, port, proc)
         self.nodes[node_id] = node
         await self.restart_storage_node(node_id)
@@ -127,8 +139,16 @@ class LocalCluster:
 
     async def start_coordinator(self, port: int) -> CoordinatorProcess:
         coordinator_id = f"coordinator-{len(self.coordinator_procs) + 1}"
-        proc = self._process(coordinator_id, "coordinator", "--port", str(port), "--postgres-dsn", self.dsn,
-                             "--coordinator-id", coordinator_id)
+        proc = self._process(
+            coordinator_id,
+            "coordinator",
+            "--port",
+            str(port),
+            "--postgres-dsn",
+            self.dsn,
+            "--coordinator-id",
+            coordinator_id,
+        )
         coordinator = CoordinatorProcess(coordinator_id, port, proc)
         self.coordinator_procs.append(coordinator)
         await proc.start()

@@ -28,9 +28,7 @@ def token(tenant_id: str, key: str) -> int:
     The tenant id is length-prefixed so ("ab", "c") and ("a", "bc") differ.
     """
     tenant = tenant_id.encode()
-    digest = hashlib.blake2b(
-        len(tenant).to_bytes(2, "big") + tenant + key.encode(), digest_size=8
-    ).digest()
+    digest = hashlib.blake2b(len(tenant).to_bytes(2, "big") + tenant + key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 

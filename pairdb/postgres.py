@@ -93,6 +93,7 @@ class EmbeddedPostgres:
         self._proc: asyncio.subprocess.Process | None = None
         self._killed = False
         self._run_as: _RunAs | None = None
+        self._socket_dir: Path | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -172,6 +173,10 @@ class EmbeddedPostgres:
                 await proc.wait()
             self._proc = None
             self._killed = False
+            if self._socket_dir is not None and self._socket_dir != self._data_dir:
+                # Only succeeds when empty, i.e. the server removed its socket on a clean exit.
+                with contextlib.suppress(OSError):
+                    self._socket_dir.rmdir()
             log.info("postgres.stopped", pid=proc.pid, returncode=proc.returncode)
 
     def kill(self) -> None:
@@ -300,6 +305,7 @@ class EmbeddedPostgres:
         assert self._port is not None
         port = self._port
         socket_dir = await asyncio.to_thread(_socket_dir, self._data_dir, port, run_as)
+        self._socket_dir = socket_dir
         await asyncio.to_thread(_remove_lock_if_pid_reused, socket_dir / f".s.PGSQL.{port}.lock")
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
@@ -336,7 +342,9 @@ class EmbeddedPostgres:
                 f"last lines of {self._log_path}:\n{_last_lines(_read_tail(self._log_path))}"
             ) from exc
         except BaseException:
-            # Cancelled (or interrupted): do not leave a half-started server behind.
+            # Cancelled (or interrupted): do not leave a half-started server behind. No
+            # awaiting here; the next start() or stop() reaps it.
+            self._killed = True
             self._kill_server(proc)
             raise
 

@@ -40,8 +40,7 @@ def pairdb_command(*args: str) -> list[str]:
 
 
 class ManagedProcess:
-    def __init__(self, name: str, argv: list[str], log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
@@ -61,9 +60,11 @@ class ManagedProcess:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(self.env or {}), PARENT_PID_ENV: str(os.getpid())}
-        with open(self.log_path, "ab") as out:
+        out = await asyncio.to_thread(open, self.log_path, "ab")
+        with out:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env)
+                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env
+            )
 
     async def wait_ready(self, probe: Callable[[], Awaitable[object]], timeout: float = 30.0) -> None:
         """Call probe until it succeeds; fail early, with the log's tail, if the process exits."""
@@ -71,8 +72,10 @@ class ManagedProcess:
         last_error: BaseException | None = None
         while asyncio.get_running_loop().time() < deadline:
             if not self.running:
-                raise RuntimeError(f"{self.name} exited with code "
-                                   f"{self.proc.returncode if self.proc else '?'}\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited with code "
+                    f"{self.proc.returncode if self.proc else '?'}\n{self.log_tail()}"
+                )
             try:
                 await probe()
                 return

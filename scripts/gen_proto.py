@@ -7,7 +7,6 @@ tests/proto/test_stubs_fresh.py fails while the committed stubs are stale.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from grpc_tools import protoc
@@ -43,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

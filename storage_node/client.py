@@ -7,8 +7,9 @@ replica failed and why.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -59,67 +60,64 @@ class NodeClient:
         self._stub = storage_pb2_grpc.StorageServiceStub(self._channel)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
-    def _error(self, exc: grpc.aio.AioRpcError) -> StorageError:
-        return StorageError(self.node_id, exc.code(), exc.details() or "")
+    async def _call(self, method: Callable[..., Awaitable[Any]], request: object, timeout: float) -> Any:
+        try:
+            return await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise StorageError(self.node_id, exc.code(), exc.details() or "") from None
 
     async def apply(self, record: StoredRecord, timeout: float | None = None) -> bool:
-        try:
-            reply = await self._stub.Apply(storage_pb2.ApplyRequest(record=to_proto(record)),
-                                           timeout=timeout or self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
-        return reply.applied
+        reply = await self._call(
+            self._stub.Apply, storage_pb2.ApplyRequest(record=to_proto(record)), timeout or self.timeout
+        )
+        return bool(reply.applied)
 
     async def apply_batch(self, records: Sequence[StoredRecord], timeout: float | None = None) -> list[bool]:
         request = storage_pb2.ApplyBatchRequest(records=[to_proto(r) for r in records])
-        try:
-            reply = await self._stub.ApplyBatch(request, timeout=timeout or self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+        reply = await self._call(self._stub.ApplyBatch, request, timeout or self.timeout)
         return list(reply.applied)
 
     async def get(self, tenant_id: str, key: str, timeout: float | None = None) -> StoredRecord | None:
-        try:
-            reply = await self._stub.Get(storage_pb2.GetRequest(tenant_id=tenant_id, key=key),
-                                         timeout=timeout or self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+        reply = await self._call(
+            self._stub.Get, storage_pb2.GetRequest(tenant_id=tenant_id, key=key), timeout or self.timeout
+        )
         return from_proto(reply.record) if reply.found else None
 
-    async def scan_range(self, start: int, end: int, *, batch_size: int = 0, include_tombstones: bool = True,
-                         timeout: float | None = None) -> AsyncIterator[list[StoredRecord]]:
+    async def scan_range(
+        self,
+        start: int,
+        end: int,
+        *,
+        batch_size: int = 0,
+        include_tombstones: bool = True,
+        timeout: float | None = None,
+    ) -> AsyncIterator[list[StoredRecord]]:
         """Batches of the records in (start, end], in token order. timeout bounds the whole stream."""
-        request = storage_pb2.ScanRangeRequest(range=storage_pb2.TokenRange(start=start, end=end),
-                                               batch_size=batch_size, include_tombstones=include_tombstones)
+        request = storage_pb2.ScanRangeRequest(
+            range=storage_pb2.TokenRange(start=start, end=end),
+            batch_size=batch_size,
+            include_tombstones=include_tombstones,
+        )
         try:
             async for batch in self._stub.ScanRange(request, timeout=timeout):
                 yield [from_proto(r) for r in batch.records]
         except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+            raise StorageError(self.node_id, exc.code(), exc.details() or "") from None
 
     async def range_digest(self, start: int, end: int, timeout: float | None = None) -> tuple[bytes, int]:
         request = storage_pb2.RangeDigestRequest(range=storage_pb2.TokenRange(start=start, end=end))
-        try:
-            reply = await self._stub.RangeDigest(request, timeout=timeout or 10 * self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
-        return reply.digest, reply.count
+        reply = await self._call(self._stub.RangeDigest, request, timeout or 10 * self.timeout)
+        return bytes(reply.digest), int(reply.count)
 
     async def delete_range(self, start: int, end: int, timeout: float | None = None) -> int:
         request = storage_pb2.DeleteRangeRequest(range=storage_pb2.TokenRange(start=start, end=end))
-        try:
-            reply = await self._stub.DeleteRange(request, timeout=timeout or 30 * self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
-        return reply.deleted
+        reply = await self._call(self._stub.DeleteRange, request, timeout or 30 * self.timeout)
+        return int(reply.deleted)
 
     async def stats(self, timeout: float | None = None) -> NodeStats:
-        try:
-            reply = await self._stub.Stats(storage_pb2.StatsRequest(), timeout=timeout or self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+        reply = await self._call(self._stub.Stats, storage_pb2.StatsRequest(), timeout or self.timeout)
         return NodeStats(self.node_id, reply.keys, reply.bytes, reply.tombstones)
 
 

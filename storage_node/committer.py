@@ -51,7 +51,8 @@ class GroupCommitter:
     async def delete_range(self, start: int, end: int) -> int:
         """Engine.delete_range on the writer thread, ordered with the applies."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._writer, self._engine.delete_range, start, end)
+            self._writer, self._engine.delete_range, start, end
+        )
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -61,8 +61,9 @@ def _decode(db_key: bytes, db_value: bytes) -> StoredRecord:
     tenant_id = db_key[9 : 9 + tenant_len].decode()
     key = db_key[9 + tenant_len :].decode()
     hlc, origin, flags = _VERSION.unpack_from(db_value)
-    return StoredRecord(tenant_id, key, bytes(db_value[_VERSION.size :]), Version(hlc, origin),
-                        bool(flags & _TOMBSTONE))
+    return StoredRecord(
+        tenant_id, key, bytes(db_value[_VERSION.size :]), Version(hlc, origin), bool(flags & _TOMBSTONE)
+    )
 
 
 def _encode_value(record: StoredRecord) -> bytes:
@@ -84,8 +85,9 @@ class Engine:
         path.mkdir(parents=True, exist_ok=True)
         # sync/metasync on: a committed transaction is on disk, so an
         # acknowledged write survives kill -9 and power loss.
-        self._env = lmdb.open(str(path), map_size=map_size, max_dbs=2, sync=True, metasync=True,
-                              readahead=False)
+        self._env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=2, sync=True, metasync=True, readahead=False
+        )
         self._records = self._env.open_db(b"records")
         self._meta = self._env.open_db(b"meta")
 
@@ -160,8 +162,9 @@ class Engine:
             raw = txn.get(db_key, db=self._records)
             return None if raw is None else _decode(db_key, raw)
 
-    def scan(self, start: int, end: int, *, limit: int, after: bytes | None = None,
-             include_tombstones: bool = True) -> tuple[list[StoredRecord], bytes | None]:
+    def scan(
+        self, start: int, end: int, *, limit: int, after: bytes | None = None, include_tombstones: bool = True
+    ) -> tuple[list[StoredRecord], bytes | None]:
         """Up to limit records of (start, end] in token order, resuming after the key `after`.
 
         Returns the records and the resume key for the next call (None at the end).
@@ -198,8 +201,9 @@ class Engine:
         raw = txn.get(_COUNTERS_KEY, db=self._meta)
         return (0, 0, 0) if raw is None else _COUNTERS.unpack(raw)
 
-    def _walk(self, txn: lmdb.Transaction, start: int, end: int,
-              after: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+    def _walk(
+        self, txn: lmdb.Transaction, start: int, end: int, after: bytes | None
+    ) -> Iterator[tuple[bytes, bytes]]:
         cursor = txn.cursor(db=self._records)
         segments = _segments(start, end)
         resume_in = 0

@@ -32,19 +32,27 @@ async def serve(config: StorageNodeConfig) -> None:
     engine = Engine(config.data_dir)
     committer = GroupCommitter(engine)
     committer.start()
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
     storage_pb2_grpc.add_StorageServiceServicer_to_server(
-        StorageService(config.node_id, engine, committer), server)
+        StorageService(config.node_id, engine, committer), server
+    )
     address = f"{config.host}:{config.port}"
     if server.add_insecure_port(address) == 0:
         raise SystemExit(f"storage node {config.node_id}: cannot listen on {address}")
     await server.start()
     stats = engine.stats()
-    log.info("Storage node started", node_id=config.node_id, address=address,
-             data_dir=str(config.data_dir), keys=stats.keys)
+    log.info(
+        "Storage node started",
+        node_id=config.node_id,
+        address=address,
+        data_dir=str(config.data_dir),
+        keys=stats.keys,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import structlog
@@ -15,6 +16,7 @@ from storage_node.engine import Engine
 from storage_node.wire import from_proto, to_proto
 
 log = structlog.get_logger()
+Context = grpc.aio.ServicerContext[Any, Any]
 
 DEFAULT_SCAN_BATCH = 512
 MAX_SCAN_BATCH = 10_000
@@ -40,8 +42,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         self._engine = engine
         self._committer = committer
 
-    async def Apply(self, request: storage_pb2.ApplyRequest,
-                    context: grpc.aio.ServicerContext) -> storage_pb2.ApplyResponse:
+    async def Apply(self, request: storage_pb2.ApplyRequest, context: Context) -> storage_pb2.ApplyResponse:
         problem = _check_record(request.record)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -49,11 +50,13 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         [applied] = await self._committer.apply([record])
         return storage_pb2.ApplyResponse(applied=applied)
 
-    async def ApplyBatch(self, request: storage_pb2.ApplyBatchRequest,
-                         context: grpc.aio.ServicerContext) -> storage_pb2.ApplyBatchResponse:
+    async def ApplyBatch(
+        self, request: storage_pb2.ApplyBatchRequest, context: Context
+    ) -> storage_pb2.ApplyBatchResponse:
         if len(request.records) > MAX_APPLY_BATCH:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"a batch holds at most {MAX_APPLY_BATCH} records")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"a batch holds at most {MAX_APPLY_BATCH} records"
+            )
         for i, message in enumerate(request.records):
             problem = _check_record(message)
             if problem:
@@ -62,8 +65,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         applied = await self._committer.apply([from_proto(r) for r in request.records])
         return storage_pb2.ApplyBatchResponse(applied=applied)
 
-    async def Get(self, request: storage_pb2.GetRequest,
-                  context: grpc.aio.ServicerContext) -> storage_pb2.GetResponse:
+    async def Get(self, request: storage_pb2.GetRequest, context: Context) -> storage_pb2.GetResponse:
         if not request.tenant_id or not request.key:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id and key are required")
         # An LMDB point read is a memory-mapped lookup of a few microseconds:
@@ -73,34 +75,47 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             return storage_pb2.GetResponse(found=False)
         return storage_pb2.GetResponse(found=True, record=to_proto(record, with_token=True))
 
-    async def ScanRange(self, request: storage_pb2.ScanRangeRequest,
-                        context: grpc.aio.ServicerContext) -> AsyncIterator[storage_pb2.ScanRangeBatch]:
+    async def ScanRange(
+        self, request: storage_pb2.ScanRangeRequest, context: Context
+    ) -> AsyncIterator[storage_pb2.ScanRangeBatch]:
         batch_size = min(request.batch_size or DEFAULT_SCAN_BATCH, MAX_SCAN_BATCH)
         start, end = request.range.start, request.range.end
         after: bytes | None = None
         while True:
             records, after = await asyncio.to_thread(
-                self._engine.scan, start, end, limit=batch_size, after=after,
-                include_tombstones=request.include_tombstones)
+                self._engine.scan,
+                start,
+                end,
+                limit=batch_size,
+                after=after,
+                include_tombstones=request.include_tombstones,
+            )
             if records:
                 yield storage_pb2.ScanRangeBatch(records=[to_proto(r, with_token=True) for r in records])
             if after is None:
                 return
 
-    async def RangeDigest(self, request: storage_pb2.RangeDigestRequest,
-                          context: grpc.aio.ServicerContext) -> storage_pb2.RangeDigestResponse:
+    async def RangeDigest(
+        self, request: storage_pb2.RangeDigestRequest, context: Context
+    ) -> storage_pb2.RangeDigestResponse:
         digest, count = await asyncio.to_thread(self._engine.digest, request.range.start, request.range.end)
         return storage_pb2.RangeDigestResponse(digest=digest, count=count)
 
-    async def DeleteRange(self, request: storage_pb2.DeleteRangeRequest,
-                          context: grpc.aio.ServicerContext) -> storage_pb2.DeleteRangeResponse:
+    async def DeleteRange(
+        self, request: storage_pb2.DeleteRangeRequest, context: Context
+    ) -> storage_pb2.DeleteRangeResponse:
         deleted = await self._committer.delete_range(request.range.start, request.range.end)
-        log.info("Range deleted", node_id=self._node_id, start=request.range.start,
-                 end=request.range.end, deleted=deleted)
+        log.info(
+            "Range deleted",
+            node_id=self._node_id,
+            start=request.range.start,
+            end=request.range.end,
+            deleted=deleted,
+        )
         return storage_pb2.DeleteRangeResponse(deleted=deleted)
 
-    async def Stats(self, request: storage_pb2.StatsRequest,
-                    context: grpc.aio.ServicerContext) -> storage_pb2.StatsResponse:
+    async def Stats(self, request: storage_pb2.StatsRequest, context: Context) -> storage_pb2.StatsResponse:
         stats = self._engine.stats()
-        return storage_pb2.StatsResponse(node_id=self._node_id, keys=stats.keys, bytes=stats.bytes,
-                                         tombstones=stats.tombstones)
+        return storage_pb2.StatsResponse(
+            node_id=self._node_id, keys=stats.keys, bytes=stats.bytes, tombstones=stats.tombstones
+        )

@@ -20,7 +20,7 @@ def schema_files() -> list[tuple[int, Path]]:
     return [(int(f.name[:4]), f) for f in files]
 
 
-async def apply(conn: asyncpg.Connection) -> list[int]:
+async def apply(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> list[int]:
     """Apply every schema file not yet applied; returns the versions applied now."""
     applied_now: list[int] = []
     async with conn.transaction():
@@ -35,7 +35,8 @@ async def apply(conn: asyncpg.Connection) -> list[int]:
             if version in done:
                 continue
             await conn.execute(path.read_text())
-            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                               version, path.name)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, path.name
+            )
             applied_now.append(version)
     return applied_now

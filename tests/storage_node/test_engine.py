@@ -1,0 +1,139 @@
+"""The engine keeps the newest version of each key, in token order, durably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pairdb.keyspace import TOKEN_MAX, Version, in_range, token
+from storage_node.engine import Engine, StoredRecord
+
+
+def rec(key: str, hlc: int, value: bytes = b"v", tombstone: bool = False, tenant: str = "t") -> StoredRecord:
+    return StoredRecord(tenant, key, value if not tombstone else b"", Version(hlc, 1), tombstone)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    return Engine(tmp_path / "db")
+
+
+def test_newest_version_wins_whatever_the_arrival_order(engine: Engine) -> None:
+    assert engine.apply_many([rec("k", 30, b"third")]) == [True]
+    assert engine.apply_many([rec("k", 10, b"first"), rec("k", 20, b"second")]) == [False, False]
+    stored = engine.get("t", "k")
+    assert stored is not None and stored.value == b"third" and stored.version == Version(30, 1)
+
+
+def test_reapplying_the_same_version_is_a_no_op(engine: Engine) -> None:
+    assert engine.apply_many([rec("k", 10, b"a")]) == [True]
+    assert engine.apply_many([rec("k", 10, b"a")]) == [False]
+    assert engine.stats().keys == 1
+
+
+def test_origin_breaks_a_tie_on_hlc(engine: Engine) -> None:
+    engine.apply_many([StoredRecord("t", "k", b"from-2", Version(10, 2))])
+    assert engine.apply_many([StoredRecord("t", "k", b"from-1", Version(10, 1))]) == [False]
+    stored = engine.get("t", "k")
+    assert stored is not None and stored.value == b"from-2"
+
+
+def test_a_tombstone_beats_older_values_and_loses_to_newer_ones(engine: Engine) -> None:
+    engine.apply_many([rec("k", 10, b"old")])
+    assert engine.apply_many([rec("k", 20, tombstone=True)]) == [True]
+    assert engine.apply_many([rec("k", 15, b"late-but-older")]) == [False]
+    stored = engine.get("t", "k")
+    assert stored is not None and stored.tombstone
+    assert engine.apply_many([rec("k", 25, b"newer")]) == [True]
+    stored = engine.get("t", "k")
+    assert stored is not None and not stored.tombstone and stored.value == b"newer"
+
+
+def test_tenants_are_separate_keyspaces(engine: Engine) -> None:
+    engine.apply_many([rec("k", 10, b"a", tenant="one"), rec("k", 10, b"b", tenant="two")])
+    one, two = engine.get("one", "k"), engine.get("two", "k")
+    assert one is not None and one.value == b"a"
+    assert two is not None and two.value == b"b"
+
+
+def test_stats_count_live_keys_bytes_and_tombstones(engine: Engine) -> None:
+    engine.apply_many([rec("a", 1, b"xx"), rec("b", 1, b"yyy"), rec("c", 1, b"z")])
+    engine.apply_many([rec("a", 2, b"xxxx"), rec("c", 2, tombstone=True)])
+    stats = engine.stats()
+    assert (stats.keys, stats.bytes, stats.tombstones) == (2, 7, 1)
+
+
+def _fill(engine: Engine, n: int = 500) -> list[StoredRecord]:
+    records = [rec(f"key-{i}", 5 + i % 3, f"value-{i}".encode(), tombstone=i % 10 == 0) for i in range(n)]
+    engine.apply_many(records)
+    return records
+
+
+def _scan_all(engine: Engine, start: int, end: int, limit: int) -> list[StoredRecord]:
+    out: list[StoredRecord] = []
+    after: bytes | None = None
+    while True:
+        batch, after = engine.scan(start, end, limit=limit, after=after)
+        out += batch
+        if after is None:
+            return out
+
+
+@pytest.mark.parametrize("limit", [1, 7, 1000])
+def test_scan_returns_exactly_the_range_in_token_order(engine: Engine, limit: int) -> None:
+    records = _fill(engine)
+    tokens = sorted(r.token for r in records)
+    for start, end in [
+        (tokens[100], tokens[300]),
+        (tokens[400], tokens[50]),
+        (0, TOKEN_MAX // 2),
+        (tokens[10], tokens[10]),
+    ]:
+        got = _scan_all(engine, start, end, limit)
+        # Clockwise from start: a wrapping range lists the tokens above start first.
+        expected = sorted(
+            (r for r in records if in_range(r.token, start, end)), key=lambda r: (r.token <= start, r.token)
+        )
+        assert [(r.tenant_id, r.key) for r in got] == [(r.tenant_id, r.key) for r in expected]
+
+
+def test_scan_can_skip_tombstones(engine: Engine) -> None:
+    records = _fill(engine)
+    live, _ = engine.scan(0, 0, limit=10_000, include_tombstones=False)
+    assert len(live) == sum(1 for r in records if not r.tombstone)
+
+
+def test_digest_depends_on_keys_and_versions_only(engine: Engine, tmp_path: Path) -> None:
+    records = _fill(engine)
+    other = Engine(tmp_path / "other")
+    other.apply_many(list(reversed(records)))
+    start, end = 0, TOKEN_MAX // 3
+    assert engine.digest(start, end) == other.digest(start, end)
+    inside = next(r for r in records if in_range(r.token, start, end) and not r.tombstone)
+    other.apply_many([StoredRecord(inside.tenant_id, inside.key, b"changed", Version(99, 1))])
+    assert engine.digest(start, end)[0] != other.digest(start, end)[0]
+    assert engine.digest(start, end)[1] == other.digest(start, end)[1]
+
+
+def test_delete_range_removes_only_that_range(engine: Engine) -> None:
+    records = _fill(engine)
+    start, end = TOKEN_MAX // 2, TOKEN_MAX // 4  # wraps
+    deleted = engine.delete_range(start, end)
+    expected_gone = [r for r in records if in_range(r.token, start, end)]
+    assert deleted == len(expected_gone)
+    for r in records:
+        assert (engine.get(r.tenant_id, r.key) is None) == in_range(r.token, start, end)
+    remaining = [r for r in records if not in_range(r.token, start, end)]
+    stats = engine.stats()
+    assert stats.keys + stats.tombstones == len(remaining)
+
+
+def test_data_survives_reopen(tmp_path: Path) -> None:
+    engine = Engine(tmp_path / "db")
+    engine.apply_many([rec("k", 10, b"kept")])
+    engine.close()
+    reopened = Engine(tmp_path / "db")
+    stored = reopened.get("t", "k")
+    assert stored is not None and stored.value == b"kept"
+    assert stored.token == token("t", "k")
