@@ -13,10 +13,11 @@ Every write below is acknowledged only after it is durable on disk:
   flushed so reads come from an SST file, not the memtable (at the default size the
   whole data set would otherwise fit in the memtable).
 
-Record layout (the one the real engine will use):
+Record layout (the storage node's own):
 
 * key   = 8-byte big-endian token (first 8 bytes of blake2b over the
-          tenant-length + tenant + key suffix) + 2-byte tenant length + tenant + key
+          tenant length + tenant + key) + 1-byte tenant length + tenant + key,
+          built by storage_node.engine.encode_key
 * value = 8-byte HLC + 4-byte origin (big-endian) + 1 tombstone flag byte + 100 bytes
 
 Operations (ratio column = lmdb / rocksdict; > 1 means the lmdb figure is higher):
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import importlib.metadata
 import os
 import platform
@@ -59,6 +59,8 @@ from typing import cast
 import lmdb
 import rocksdict
 
+from storage_node.engine import encode_key
+
 Record = tuple[bytes, bytes]
 
 TOKEN_SPACE = 1 << 64
@@ -73,11 +75,8 @@ TENANTS = (b"acme", b"globex-corp", b"initech")
 
 
 def make_key(tenant: bytes, user_key: bytes) -> bytes:
-    """Build the engine key: token + tenant length + tenant + key."""
-    # Hash the length-prefixed suffix so ("ab", "c") and ("a", "bc") differ.
-    suffix = struct.pack(">H", len(tenant)) + tenant + user_key
-    token = hashlib.blake2b(suffix).digest()[:8]
-    return token + suffix
+    """The storage node's own key layout: token + tenant length + tenant + key."""
+    return encode_key(tenant.decode(), user_key.decode())
 
 
 def make_value(hlc: int, payload: bytes, tombstone: bool = False) -> bytes:

@@ -406,9 +406,14 @@ def _prepare_filesystem(data_dir: Path) -> _RunAs:
         return _RunAs(drop=False, uid=os.geteuid(), gid=os.getegid())
     try:
         ensure_user_exists(PG_SYSTEM_USER)
-    except subprocess.CalledProcessError:
-        pass  # useradd lost a race with another process creating the same user
-    entry = pwd.getpwnam(PG_SYSTEM_USER)
+    except subprocess.CalledProcessError as exc:
+        useradd_error = exc.stderr  # maybe only lost a race with another process adding the user
+    else:
+        useradd_error = None
+    try:
+        entry = pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        raise RuntimeError(f"could not create system user {PG_SYSTEM_USER!r}: {useradd_error}") from None
     _make_binaries_accessible()
     # e.g. pytest's tmp dirs are 0700 root; the server user must traverse to the data dir.
     ensure_prefix_permissions(data_dir)
