@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +16,34 @@ from pairdb.cluster import LocalCluster
 _tenant_numbers = itertools.count(1)
 
 
+def fresh_dir(prefix: str) -> Path:
+    """A new directory the embedded PostgreSQL's system user can reach.
+
+    Not pytest's tmp_path: its root is mode 0700, reset by every pytest session.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f"pairdb-{prefix}-"))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def scratch_dir() -> Iterator[Path]:
+    path = fresh_dir("test")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalCluster]:
+async def cluster() -> AsyncIterator[LocalCluster]:
     """Three storage nodes and one coordinator over gRPC on loopback, metadata in real PostgreSQL."""
-    local = LocalCluster(tmp_path_factory.mktemp("cluster"), storage_nodes=3, log_level="WARNING")
+    path = fresh_dir("cluster")
+    local = LocalCluster(path, storage_nodes=3, log_level="WARNING")
     try:
         await local.start()
         yield local
     finally:
         await local.stop()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def test_dev_cluster_then_put_and_get_from_another_shell(tmp_path: Path) -> None:
+def test_dev_cluster_then_put_and_get_from_another_shell(scratch_dir: Path) -> None:
     port, storage, pg = free_port(), free_port(), free_port()
     # Three consecutive storage ports from a free one: good enough on loopback.
     dev = subprocess.Popen(
@@ -30,7 +30,7 @@ def test_dev_cluster_then_put_and_get_from_another_shell(tmp_path: Path) -> None
             *PAIRDB,
             "dev",
             "--data-dir",
-            str(tmp_path / "data"),
+            str(scratch_dir / "data"),
             "--port",
             str(port),
             "--storage-port",
