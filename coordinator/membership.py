@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 
 from coordinator.errors import AlreadyExists, FailedPrecondition, Unavailable
 from coordinator.metadata import Metadata, NodeInfo
+from coordinator.migrations import Migrations
 from coordinator.ring import DEFAULT_VIRTUAL_NODES, allocate_tokens
-from coordinator.topology import TopologyCache
+from coordinator.topology import Topology, TopologyCache
 from storage_node.client import NodeClient, NodeStats, StorageError, StoragePool
 
 log = structlog.get_logger()
@@ -27,52 +29,67 @@ MAX_VIRTUAL_NODES = 1024
 class AddOutcome:
     migration_id: str
     message: str
+    estimated_completion: datetime | None
 
 
 class Membership:
-    def __init__(self, cache: TopologyCache, metadata: Metadata, pool: StoragePool) -> None:
+    def __init__(
+        self, cache: TopologyCache, metadata: Metadata, pool: StoragePool, migrations: Migrations
+    ) -> None:
         self._cache = cache
         self._metadata = metadata
         self._pool = pool
+        self._migrations = migrations
         # One ring change at a time from this coordinator; the metadata
         # transaction serialises coordinators among themselves.
         self._lock = asyncio.Lock()
 
-    async def add(self, node_id: str, host: str, port: int, virtual_nodes: int | None) -> AddOutcome:
+    async def add(
+        self, node_id: str, host: str, port: int, virtual_nodes: int | None, started_by: str
+    ) -> AddOutcome:
         vnodes = virtual_nodes or DEFAULT_VIRTUAL_NODES
         if not 1 <= vnodes <= MAX_VIRTUAL_NODES:
             raise FailedPrecondition(f"virtual_nodes must be 1..{MAX_VIRTUAL_NODES}")
         async with self._lock:
             topology = await self._cache.refresh()
-            if node_id in topology.nodes:
-                raise AlreadyExists(
-                    f"node {node_id!r} is already in the cluster ({topology.nodes[node_id].status})"
-                )
+            known = topology.nodes.get(node_id)
+            if known is not None and known.status != "removed":
+                raise AlreadyExists(f"node {node_id!r} is already in the cluster ({known.status})")
             joining = NodeClient(node_id, f"{host}:{port}")
             try:
                 new_stats = await self._stats(joining)
-                if new_stats.keys or new_stats.tombstones:
-                    raise FailedPrecondition(
-                        f"node {node_id} at {host}:{port} already holds {new_stats.keys} keys; "
-                        "a joining node must start empty"
-                    )
-                held = 0
-                for member in sorted(topology.ring.node_ids):
-                    stats = await self._stats(self._pool.node(member, topology.address(member)))
-                    held += stats.keys + stats.tombstones
             finally:
                 await joining.close()
-            if held:
-                raise FailedPrecondition(
-                    f"the cluster holds {held} records, so {node_id} must join online through "
-                    "NodeAdditionWorkflow, which is not available in this build"
-                )
-            tokens = allocate_tokens(((v.token, v.node_id) for v in topology.ring.vnodes), node_id, vnodes)
-            node = NodeInfo(node_id, host, port, "active", vnodes)
-            await self._metadata.join_node_directly(node, tokens)
-            await self._cache.refresh()
+            held = 0
+            for member in sorted(topology.ring.node_ids):
+                stats = await self._stats(self._pool.node(member, topology.address(member)))
+                held += stats.keys + stats.tombstones
+            if held == 0 and topology.future is None and not new_stats.keys and not new_stats.tombstones:
+                await self._join_empty_ring(topology, node_id, host, port, vnodes)
+                return AddOutcome("", f"node {node_id} joined the empty ring directly; nothing to copy", None)
+        if new_stats.keys or new_stats.tombstones:
+            log.warning(
+                "Joining node is not empty; the copy overwrites only older versions",
+                node_id=node_id,
+                keys=new_stats.keys,
+            )
+        started = await self._migrations.start_node_addition(
+            node_id, host, port, vnodes, held // max(len(topology.ring.node_ids), 1), started_by
+        )
+        return AddOutcome(
+            started.migration_id,
+            f"node addition started: dual writes, data copy, cutover and cleanup run in workflow "
+            f"{started.workflow_id}; track it with GetMigrationStatus or the Temporal UI",
+            started.estimated_completion,
+        )
+
+    async def _join_empty_ring(
+        self, topology: Topology, node_id: str, host: str, port: int, vnodes: int
+    ) -> None:
+        tokens = allocate_tokens(((v.token, v.node_id) for v in topology.ring.vnodes), node_id, vnodes)
+        await self._metadata.join_node_directly(NodeInfo(node_id, host, port, "active", vnodes), tokens)
+        await self._cache.refresh()
         log.info("Node joined the empty ring", node_id=node_id, host=host, port=port, virtual_nodes=vnodes)
-        return AddOutcome("", f"node {node_id} joined the empty ring directly; nothing to copy")
 
     async def _stats(self, client: NodeClient) -> NodeStats:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -40,6 +41,45 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class InFlight:
+    """The ring change in progress, as the dual-write registry knows it."""
+
+    migration_id: str
+    node_id: str
+    phase: str
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationRow:
+    migration_id: str
+    type: str
+    node_id: str
+    host: str
+    port: int
+    virtual_nodes: int
+    workflow_id: str
+    phase: str
+    status: str
+    progress: dict[str, Any]
+    error: str
+    started_at: datetime
+    completed_at: datetime | None
+    estimated_completion: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRange:
+    index: int
+    start: int
+    end: int
+    sources: list[str]
+    keys_estimate: int
+    copied: bool
+    verified: bool
+    copies: int
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything a coordinator routes by, read in one transaction."""
 
@@ -47,6 +87,7 @@ class Snapshot:
     nodes: dict[str, NodeInfo]
     tokens: list[tuple[int, str]]
     tenants: dict[str, TenantInfo]
+    in_flight: InFlight | None = None
 
 
 def _to_db_token(token: int) -> int:
@@ -100,7 +141,11 @@ class Metadata:
                 for r in await conn.fetch("SELECT token, node_id FROM ring_tokens")
             ]
             tenants = {r["tenant_id"]: _tenant(r) for r in await conn.fetch("SELECT * FROM tenants")}
-        return Snapshot(epoch, nodes, tokens, tenants)
+            row = await conn.fetchrow(
+                "SELECT migration_id, node_id, phase FROM migrations WHERE status = 'in_progress'"
+            )
+        in_flight = InFlight(row["migration_id"], row["node_id"], row["phase"]) if row else None
+        return Snapshot(epoch, nodes, tokens, tenants, in_flight)
 
     # -- tenants ---------------------------------------------------------------
 

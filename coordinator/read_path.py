@@ -19,7 +19,7 @@ import structlog
 from coordinator.errors import Unavailable
 from coordinator.hlc import HybridLogicalClock
 from coordinator.quorum import Consistency, required
-from coordinator.routing import route
+from coordinator.routing import Route, route
 from coordinator.topology import Topology, TopologyCache
 from pairdb.keyspace import Version
 from storage_node.client import StoragePool, describe_failure
@@ -54,8 +54,12 @@ class ReadPath:
         self._background: set[asyncio.Task[None]] = set()
 
     async def get(self, tenant_id: str, key: str, level: Consistency) -> ReadResult:
-        r = await route(self._cache, tenant_id, key, level)
-        replicas = r.plan.old
+        with self._cache.pin() as topology:
+            r = await route(self._cache, topology, tenant_id, key, level, write=False)
+            return await self._get(r, tenant_id, key)
+
+    async def _get(self, r: Route, tenant_id: str, key: str) -> ReadResult:
+        level, replicas = r.plan.level, r.plan.old
         need = required(level, len(replicas))
         asks = {
             asyncio.ensure_future(self._pool.node(n, r.topology.address(n)).get(tenant_id, key)): n

@@ -1,4 +1,14 @@
-"""Which storage nodes a request for a key goes to, and whose answers count."""
+"""Which storage nodes a request for a key goes to, and whose answers count.
+
+The read and write sets follow the in-flight ring change's phase (DESIGN.md §5):
+
+| phase                              | writes go to | acknowledged when        | reads use |
+|------------------------------------|--------------|--------------------------|-----------|
+| none                               | old          | level met in old         | old       |
+| dual_write, data_copy, rolling_back| old ∪ new    | level met in old and new | old       |
+| cutover                            | old ∪ new    | level met in old and new | new       |
+| cleanup                            | new          | level met in new         | new       |
+"""
 
 from __future__ import annotations
 
@@ -7,7 +17,11 @@ from dataclasses import dataclass
 from coordinator.errors import NotFound, Unavailable
 from coordinator.quorum import Consistency, ReplicaPlan
 from coordinator.topology import Topology, TopologyCache
+from pairdb import migration as m
 from pairdb.keyspace import token
+
+_READS_ON_NEW = (m.CUTOVER, m.CLEANUP)
+_WRITES_ON_NEW_ONLY = (m.CLEANUP,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,16 +31,29 @@ class Route:
     plan: ReplicaPlan
 
 
-async def route(cache: TopologyCache, tenant_id: str, key: str, level: Consistency) -> Route:
-    tenant = await cache.tenant(tenant_id)
+def plan(topology: Topology, t: int, rf: int, level: Consistency, *, write: bool) -> ReplicaPlan:
+    old = topology.ring.replicas(t, rf)
+    if topology.future is None:
+        return ReplicaPlan(level, old)
+    new = topology.future.replicas(t, rf)
+    if topology.phase in _WRITES_ON_NEW_ONLY or (not write and topology.phase in _READS_ON_NEW):
+        return ReplicaPlan(level, new)
+    if not write or old == new:
+        return ReplicaPlan(level, old)
+    return ReplicaPlan(level, old, new)
+
+
+async def route(
+    cache: TopologyCache, topology: Topology, tenant_id: str, key: str, level: Consistency, *, write: bool
+) -> Route:
+    tenant = topology.tenants.get(tenant_id) or await cache.tenant(tenant_id)
     if tenant is None:
         raise NotFound(f"tenant {tenant_id!r} does not exist; create it with CreateTenant")
-    topology = cache.current
     t = token(tenant_id, key)
-    replicas = topology.ring.replicas(t, tenant.replication_factor)
-    if len(replicas) < tenant.replication_factor:
+    p = plan(topology, t, tenant.replication_factor, level, write=write)
+    if len(p.old) < tenant.replication_factor:
         raise Unavailable(
             f"tenant {tenant_id!r} has replication factor {tenant.replication_factor} but the ring "
-            f"has {len(replicas)} active node(s); add storage nodes"
+            f"has {len(p.old)} active node(s); add storage nodes"
         )
-    return Route(topology, t, ReplicaPlan(level, replicas))
+    return Route(topology, t, p)

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 
 import grpc
 import structlog
+from temporalio.client import Client
 
 from coordinator.hlc import HybridLogicalClock
 from coordinator.membership import Membership
 from coordinator.metadata import Metadata
+from coordinator.migration_store import MigrationStore
+from coordinator.migrations import Migrations
 from coordinator.read_path import ReadPath
 from coordinator.service import CoordinatorService
 from coordinator.topology import TopologyCache
@@ -32,6 +35,10 @@ class CoordinatorConfig:
     # Per storage-node call deadline.
     storage_timeout: float = 2.0
     lease_seconds: float = 5.0
+    # Temporal frontend; without it the coordinator serves data but cannot run migrations.
+    temporal_address: str = ""
+    temporal_namespace: str = "default"
+    temporal_ui_url: str = ""
 
     @property
     def address(self) -> str:
@@ -48,12 +55,17 @@ async def serve(config: CoordinatorConfig) -> None:
     await cache.start()
     pool = StoragePool(timeout=config.storage_timeout)
     clock = HybridLogicalClock(cache.origin)
+    temporal = None
+    if config.temporal_address:
+        temporal = await Client.connect(config.temporal_address, namespace=config.temporal_namespace)
+    migrations = Migrations(MigrationStore(metadata), temporal, config.temporal_ui_url)
     service = CoordinatorService(
         cache,
         metadata,
         WritePath(cache, pool, clock),
         ReadPath(cache, pool, clock),
-        Membership(cache, metadata, pool),
+        Membership(cache, metadata, pool, migrations),
+        migrations,
     )
     server = grpc.aio.server()
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(service, server)

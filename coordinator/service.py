@@ -20,9 +20,11 @@ from coordinator.errors import (
 )
 from coordinator.membership import Membership
 from coordinator.metadata import Metadata, TenantInfo
+from coordinator.migrations import Migrations
 from coordinator.read_path import ReadPath
 from coordinator.topology import LeaseLapsed, TopologyCache
 from coordinator.write_path import WritePath
+from pairdb import migration as m
 from pairdb.keyspace import DEFAULT_REPLICATION_FACTOR, Version
 from proto import coordinator_pb2 as pb
 from proto import coordinator_pb2_grpc
@@ -79,7 +81,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         writes: WritePath,
         reads: ReadPath,
         membership: Membership,
+        migrations: Migrations,
     ) -> None:
+        self._migrations = migrations
         self._cache = cache
         self._metadata = metadata
         self._writes = writes
@@ -155,9 +159,16 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         node_id = limits.node_id(request.node_id)
         host, port = limits.host_port(request.host, request.port)
         self._cache.check_lease()
-        outcome = await self._membership.add(node_id, host, port, request.virtual_nodes or None)
+        outcome = await self._membership.add(
+            node_id, host, port, request.virtual_nodes or None, _peer(context)
+        )
+        eta = int(outcome.estimated_completion.timestamp()) if outcome.estimated_completion else 0
         return pb.AddStorageNodeResponse(
-            success=True, node_id=node_id, migration_id=outcome.migration_id, message=outcome.message
+            success=True,
+            node_id=node_id,
+            migration_id=outcome.migration_id,
+            message=outcome.message,
+            estimated_completion=eta,
         )
 
     @rpc
@@ -184,20 +195,71 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "node removal is not implemented yet")
         raise AssertionError("unreachable")
 
+    @rpc
     async def GetMigrationStatus(
         self, request: pb.GetMigrationStatusRequest, context: Context
     ) -> pb.GetMigrationStatusResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "online migrations are not implemented yet")
-        raise AssertionError("unreachable")
+        row = await self._migrations.get(request.migration_id)
+        control = await self._migrations.control(row)
+        p = row.progress
+        return pb.GetMigrationStatusResponse(
+            success=True,
+            migration_id=row.migration_id,
+            type=row.type,
+            node_id=row.node_id,
+            status=row.status,
+            phase=row.phase,
+            started_at=int(row.started_at.timestamp()),
+            progress=pb.MigrationProgress(
+                keys_copied=int(p.get("keys_copied", 0)),
+                keys_total=int(p.get("keys_total", 0)),
+                percent=100.0 if row.status == m.S_COMPLETED else float(p.get("percent", 0.0)),
+                bytes_copied=int(p.get("bytes_copied", 0)),
+                ranges_done=int(p.get("ranges_done", 0)),
+                ranges_total=int(p.get("ranges_total", 0)),
+                keys_per_second=float(p.get("keys_per_second", 0.0)),
+            ),
+            estimated_completion=int(row.estimated_completion.timestamp()) if row.estimated_completion else 0,
+            error_message=row.error,
+            workflow_id=row.workflow_id,
+            workflow_url=self._migrations.workflow_url(row.workflow_id),
+            paused=control.paused,
+            throttle_keys_per_second=control.throttle_keys_per_second,
+        )
 
+    @rpc
     async def CancelMigration(
         self, request: pb.CancelMigrationRequest, context: Context
     ) -> pb.CancelMigrationResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "online migrations are not implemented yet")
-        raise AssertionError("unreachable")
+        message = await self._migrations.cancel(request.migration_id)
+        return pb.CancelMigrationResponse(success=True, message=message)
 
+    @rpc
     async def RollbackMigration(
         self, request: pb.RollbackMigrationRequest, context: Context
     ) -> pb.RollbackMigrationResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "online migrations are not implemented yet")
-        raise AssertionError("unreachable")
+        message = await self._migrations.rollback(request.migration_id)
+        return pb.RollbackMigrationResponse(success=True, message=message)
+
+    @rpc
+    async def PauseMigration(
+        self, request: pb.PauseMigrationRequest, context: Context
+    ) -> pb.PauseMigrationResponse:
+        message = await self._migrations.pause(request.migration_id, request.paused)
+        return pb.PauseMigrationResponse(success=True, message=message)
+
+    @rpc
+    async def ThrottleMigration(
+        self, request: pb.ThrottleMigrationRequest, context: Context
+    ) -> pb.ThrottleMigrationResponse:
+        if request.keys_per_second > 10_000_000:
+            raise InvalidArgument("keys_per_second must be at most 10,000,000 (0 removes the limit)")
+        message = await self._migrations.throttle(request.migration_id, request.keys_per_second)
+        return pb.ThrottleMigrationResponse(success=True, message=message)
+
+
+def _peer(context: Context) -> str:
+    try:
+        return str(context.peer())
+    except Exception:
+        return ""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -18,8 +20,13 @@ import structlog
 
 from coordinator.metadata import NOTIFY_CHANNEL, Metadata, NodeInfo, Snapshot, TenantInfo
 from coordinator.ring import Ring
+from pairdb import migration as m
 
 log = structlog.get_logger()
+
+
+# Phases in which requests route over both rings (see routing.py).
+ROUTED_PHASES = (m.DUAL_WRITE, m.DATA_COPY, m.CUTOVER, m.CLEANUP, m.ROLLING_BACK)
 
 
 class LeaseLapsed(Exception):
@@ -29,15 +36,25 @@ class LeaseLapsed(Exception):
 @dataclass(frozen=True)
 class Topology:
     epoch: int
+    # The ring without the node being added: what reads and writes use when no
+    # ring change is in flight, and the `old` side of one that is.
     ring: Ring
     nodes: dict[str, NodeInfo]
     tenants: dict[str, TenantInfo]
+    # While a node addition is in flight: the ring with the joining node, its phase and its node.
+    future: Ring | None = None
+    phase: str | None = None
+    moving_node: str | None = None
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> Topology:
-        active = {n for n, info in snap.nodes.items() if info.status == "active"}
-        ring = Ring.from_tokens((t, n) for t, n in snap.tokens if n in active)
-        return cls(snap.epoch, ring, snap.nodes, snap.tenants)
+        moving = snap.in_flight.node_id if snap.in_flight else None
+        members = {n for n, info in snap.nodes.items() if info.status == "active" and n != moving}
+        ring = Ring.from_tokens((t, n) for t, n in snap.tokens if n in members)
+        if snap.in_flight is None or snap.in_flight.phase not in ROUTED_PHASES:
+            return cls(snap.epoch, ring, snap.nodes, snap.tenants)
+        future = Ring.from_tokens((t, n) for t, n in snap.tokens if n in members or n == moving)
+        return cls(snap.epoch, ring, snap.nodes, snap.tenants, future, snap.in_flight.phase, moving)
 
     def address(self, node_id: str) -> str:
         return self.nodes[node_id].address
@@ -63,6 +80,9 @@ class TopologyCache:
         self._changed = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        # Requests in flight per epoch: an epoch counts as applied only once no
+        # request routed by an older epoch is still running (barrier safety).
+        self._in_flight: Counter[int] = Counter()
 
     @property
     def current(self) -> Topology:
@@ -86,6 +106,27 @@ class TopologyCache:
         await self._close_listener()
         with contextlib.suppress(Exception):
             await self._metadata.release_lease(self.coordinator_id)
+
+    @contextlib.contextmanager
+    def pin(self) -> Iterator[Topology]:
+        """The current topology, counted as in use until the request finishes."""
+        self.check_lease()
+        topology = self.current
+        self._in_flight[topology.epoch] += 1
+        try:
+            yield topology
+        finally:
+            self._in_flight[topology.epoch] -= 1
+            if not self._in_flight[topology.epoch]:
+                del self._in_flight[topology.epoch]
+                if topology.epoch < self.current.epoch:
+                    self._changed.set()  # report the newer epoch now, not at the next poll
+
+    @property
+    def applied_epoch(self) -> int:
+        """The epoch this coordinator vouches for: the oldest one a running request still uses."""
+        current = self.current.epoch
+        return min([current, *self._in_flight])
 
     def check_lease(self) -> None:
         """Raise LeaseLapsed when this coordinator may not serve requests."""
@@ -120,8 +161,8 @@ class TopologyCache:
                 if self._listener is None or self._listener.is_closed():
                     await self._listen()
                 renewed_at = time.monotonic()
-                topology = await self.refresh()
-                await self._metadata.renew_lease(self.coordinator_id, topology.epoch, self._lease_seconds)
+                await self.refresh()
+                await self._metadata.renew_lease(self.coordinator_id, self.applied_epoch, self._lease_seconds)
                 self._lease_valid_until = renewed_at + self._lease_seconds
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("Metadata refresh failed", error=str(exc))

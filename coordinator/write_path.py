@@ -48,9 +48,11 @@ class WritePath:
     async def _write(
         self, tenant_id: str, key: str, value: bytes, *, tombstone: bool, level: Consistency
     ) -> WriteResult:
-        r = await route(self._cache, tenant_id, key, level)
-        record = StoredRecord(tenant_id, key, value, self._clock.now(), tombstone)
-        acknowledged = await self.replicate(r.topology, r.plan, record)
+        # Pinned: a barrier waits for this write before counting our new epoch as applied.
+        with self._cache.pin() as topology:
+            r = await route(self._cache, topology, tenant_id, key, level, write=True)
+            record = StoredRecord(tenant_id, key, value, self._clock.now(), tombstone)
+            acknowledged = await self.replicate(r.topology, r.plan, record)
         return WriteResult(record.version, acknowledged)
 
     async def replicate(self, topology: Topology, plan: ReplicaPlan, record: StoredRecord) -> int:

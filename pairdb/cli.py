@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from pairdb import logs
+from pairdb import logs, progress
 from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError
 from pairdb.processes import die_with_parent
 
@@ -92,12 +92,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--coordinator-id", default="", help="stable id (default coordinator-HOSTNAME-PORT)")
     p.add_argument(
+        "--temporal",
+        default=os.environ.get("PAIRDB_TEMPORAL", ""),
+        help="Temporal frontend host:port, needed to run migrations (env PAIRDB_TEMPORAL)",
+    )
+    p.add_argument(
+        "--temporal-ui",
+        default=os.environ.get("PAIRDB_TEMPORAL_UI", ""),
+        help="Temporal UI base URL, for the workflow links in migration status (env PAIRDB_TEMPORAL_UI)",
+    )
+    p.add_argument(
         "--storage-timeout",
         type=float,
         default=2.0,
         help="deadline of each storage-node call, seconds (default %(default)s)",
     )
     _add_log_level(p)
+
+    p = sub.add_parser("worker", help="run a migration worker (NodeAdditionWorkflow and its activities)")
+    p.add_argument(
+        "--postgres-dsn",
+        default=os.environ.get("PAIRDB_POSTGRES_DSN"),
+        help="PostgreSQL metadata DSN (env PAIRDB_POSTGRES_DSN; required)",
+    )
+    p.add_argument(
+        "--temporal",
+        default=os.environ.get("PAIRDB_TEMPORAL", "127.0.0.1:7233"),
+        help="Temporal frontend host:port (env PAIRDB_TEMPORAL; default %(default)s)",
+    )
+    _add_log_level(p)
+
+    p = sub.add_parser("node", help="manage storage nodes")
+    nsub = p.add_subparsers(dest="node_command", required=True, metavar="ACTION")
+    np_ = nsub.add_parser("add", help="add a storage node online (runs NodeAdditionWorkflow)")
+    np_.add_argument("node_id")
+    np_.add_argument("address", metavar="HOST:PORT")
+    np_.add_argument("--vnodes", type=int, default=0, help="virtual nodes (default 128)")
+    np_.add_argument("--wait", action="store_true", help="show live progress until the migration ends")
+    _add_client_flags(np_)
+
+    p = sub.add_parser("migration", help="follow and steer migrations")
+    msub = p.add_subparsers(dest="migration_command", required=True, metavar="ACTION")
+    for action, text in (
+        ("status", "show a migration's phase, status and progress"),
+        ("cancel", "cancel a migration before cutover"),
+        ("rollback", "roll a migration back during cutover"),
+        ("pause", "pause the data copy"),
+        ("resume", "resume the data copy"),
+        ("wait", "show live progress until the migration ends"),
+    ):
+        mp = msub.add_parser(action, help=text)
+        mp.add_argument("migration_id")
+        _add_client_flags(mp)
+    mp = msub.add_parser("throttle", help="limit the copy rate (0 removes the limit)")
+    mp.add_argument("migration_id")
+    mp.add_argument("keys_per_second", type=int)
+    _add_client_flags(mp)
 
     p = sub.add_parser("put", help="write a value")
     p.add_argument("tenant")
@@ -150,6 +200,45 @@ async def _client_command(args: argparse.Namespace) -> int:
         elif args.command == "nodes":
             for node in await client.nodes():
                 print(f"{node.node_id}\t{node.address}\t{node.status}\tvnodes={node.virtual_nodes}")
+        elif args.command == "node":
+            return await _node_add(client, args)
+        elif args.command == "migration":
+            return await _migration(client, args)
+    return 0
+
+
+async def _node_add(client: Client, args: argparse.Namespace) -> int:
+    host, sep, port = args.address.rpartition(":")
+    if not sep or not port.isdigit():
+        print(f"error: address must be HOST:PORT, got {args.address!r}", file=sys.stderr)
+        return 2
+    added = await client.add_node(args.node_id, host, int(port), args.vnodes)
+    print(added.message)
+    if not added.migration_id:
+        return 0
+    print(f"migration {added.migration_id}")
+    if not args.wait:
+        return 0
+    return await progress.follow(client, added.migration_id)
+
+
+async def _migration(client: Client, args: argparse.Namespace) -> int:
+    action, mid = args.migration_command, args.migration_id
+    if action == "status":
+        print(progress.describe(await client.migration(mid)))
+    elif action == "wait":
+        return await progress.follow(client, mid)
+    elif action == "cancel":
+        print(await client.cancel_migration(mid))
+    elif action == "rollback":
+        print(await client.rollback_migration(mid))
+    elif action in ("pause", "resume"):
+        print(await client.pause_migration(mid, action == "pause"))
+    elif action == "throttle":
+        if args.keys_per_second < 0:
+            print("error: keys_per_second must be 0 (no limit) or positive", file=sys.stderr)
+            return 2
+        print(await client.throttle_migration(mid, args.keys_per_second))
     return 0
 
 
@@ -186,6 +275,8 @@ async def _dev(args: argparse.Namespace) -> None:
         for node in cluster.nodes.values():
             print(f"  storage node  {node.node_id} {node.address}")
         print(f"  postgresql    {cluster.dsn}")
+        print(f"  temporal      {cluster.temporal_server.address}")
+        print(f"  temporal UI   {cluster.temporal_server.ui_url}")
         print(f"  logs          {cluster.data_dir / 'logs'}")
         print("try: pairdb put default k v && pairdb get default k   (Ctrl-C stops the cluster)", flush=True)
 
@@ -217,10 +308,25 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(
                 serve_coordinator(
                     CoordinatorConfig(
-                        args.postgres_dsn, args.host, args.port, args.coordinator_id, args.storage_timeout
+                        args.postgres_dsn,
+                        args.host,
+                        args.port,
+                        args.coordinator_id,
+                        args.storage_timeout,
+                        temporal_address=args.temporal,
+                        temporal_ui_url=args.temporal_ui,
                     )
                 )
             )
+        elif args.command == "worker":
+            from workflows.worker import WorkerConfig
+            from workflows.worker import serve as serve_worker
+
+            if not args.postgres_dsn:
+                print("error: --postgres-dsn or PAIRDB_POSTGRES_DSN is required", file=sys.stderr)
+                return 2
+            logs.configure(json=True, level=args.log_level)
+            asyncio.run(serve_worker(WorkerConfig(args.postgres_dsn, args.temporal)))
         elif args.command == "dev":
             logs.configure(json=False, level=args.log_level)
             asyncio.run(_dev(args))

@@ -41,6 +41,39 @@ class Node:
     virtual_nodes: int
 
 
+@dataclass(frozen=True, slots=True)
+class AddedNode:
+    migration_id: str  # empty when the node joined an empty ring directly
+    message: str
+    estimated_completion: int
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationStatus:
+    migration_id: str
+    node_id: str
+    type: str
+    status: str
+    phase: str
+    keys_copied: int
+    keys_total: int
+    percent: float
+    ranges_done: int
+    ranges_total: int
+    keys_per_second: float
+    started_at: int
+    estimated_completion: int
+    error: str
+    workflow_id: str
+    workflow_url: str
+    paused: bool
+    throttle_keys_per_second: int
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("completed", "failed", "cancelled", "rolled_back")
+
+
 class Client:
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = 10.0) -> None:
         self.address = address
@@ -97,10 +130,61 @@ class Client:
         )
         return int(reply.tenant.replication_factor)
 
-    async def add_node(self, node_id: str, host: str, port: int, virtual_nodes: int = 0) -> str:
+    async def add_node(self, node_id: str, host: str, port: int, virtual_nodes: int = 0) -> AddedNode:
         reply = await self._call(
             self._stub.AddStorageNode,
             pb.AddStorageNodeRequest(node_id=node_id, host=host, port=port, virtual_nodes=virtual_nodes),
+        )
+        return AddedNode(reply.migration_id, reply.message, reply.estimated_completion)
+
+    async def migration(self, migration_id: str) -> MigrationStatus:
+        r = await self._call(
+            self._stub.GetMigrationStatus, pb.GetMigrationStatusRequest(migration_id=migration_id)
+        )
+        p = r.progress
+        return MigrationStatus(
+            migration_id=r.migration_id,
+            node_id=r.node_id,
+            type=r.type,
+            status=r.status,
+            phase=r.phase,
+            keys_copied=p.keys_copied,
+            keys_total=p.keys_total,
+            percent=p.percent,
+            ranges_done=p.ranges_done,
+            ranges_total=p.ranges_total,
+            keys_per_second=p.keys_per_second,
+            started_at=r.started_at,
+            estimated_completion=r.estimated_completion,
+            error=r.error_message,
+            workflow_id=r.workflow_id,
+            workflow_url=r.workflow_url,
+            paused=r.paused,
+            throttle_keys_per_second=r.throttle_keys_per_second,
+        )
+
+    async def cancel_migration(self, migration_id: str) -> str:
+        reply = await self._call(
+            self._stub.CancelMigration, pb.CancelMigrationRequest(migration_id=migration_id)
+        )
+        return str(reply.message)
+
+    async def rollback_migration(self, migration_id: str) -> str:
+        reply = await self._call(
+            self._stub.RollbackMigration, pb.RollbackMigrationRequest(migration_id=migration_id)
+        )
+        return str(reply.message)
+
+    async def pause_migration(self, migration_id: str, paused: bool = True) -> str:
+        reply = await self._call(
+            self._stub.PauseMigration, pb.PauseMigrationRequest(migration_id=migration_id, paused=paused)
+        )
+        return str(reply.message)
+
+    async def throttle_migration(self, migration_id: str, keys_per_second: int) -> str:
+        reply = await self._call(
+            self._stub.ThrottleMigration,
+            pb.ThrottleMigrationRequest(migration_id=migration_id, keys_per_second=keys_per_second),
         )
         return str(reply.message)
 

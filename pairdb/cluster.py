@@ -14,8 +14,10 @@ from pathlib import Path
 import structlog
 
 from pairdb.client import Client, ClientError
+from pairdb.migration import TASK_QUEUE
 from pairdb.postgres import EmbeddedPostgres
 from pairdb.processes import ManagedProcess, pairdb_command
+from pairdb.temporal import TemporalDevServer
 from storage_node.client import NodeClient
 
 log = structlog.get_logger()
@@ -66,7 +68,13 @@ class LocalCluster:
     postgres_port: int = 0
     default_tenant: str | None = "default"
     log_level: str = "INFO"
+    # Temporal dev server and migration worker: needed for online node addition.
+    temporal: bool = True
+    temporal_port: int = 0
+    temporal_ui_port: int = 0
     postgres: EmbeddedPostgres = field(init=False)
+    temporal_server: TemporalDevServer = field(init=False)
+    worker: ManagedProcess | None = field(init=False, default=None)
     dsn: str = field(init=False, default="")
     nodes: dict[str, StorageNodeProcess] = field(init=False, default_factory=dict)
     coordinator_procs: list[CoordinatorProcess] = field(init=False, default_factory=list)
@@ -77,6 +85,12 @@ class LocalCluster:
             self.data_dir / "postgres",
             port=self.postgres_port,
             log_path=self.data_dir / "logs" / "postgres.log",
+        )
+        self.temporal_server = TemporalDevServer(
+            self.data_dir / "temporal",
+            port=self.temporal_port,
+            ui_port=self.temporal_ui_port,
+            log_path=self.data_dir / "logs" / "temporal.log",
         )
 
     @property
@@ -90,6 +104,8 @@ class LocalCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await self.postgres.start()
         self.dsn = await self.postgres.ensure_database(DATABASE)
+        if self.temporal:
+            await self.temporal_server.start()
         for i in range(1, self.storage_nodes + 1):
             port = self.storage_base_port + i - 1 if self.storage_base_port else free_port()
             await self.start_storage_node(f"node-{i}", port)
@@ -97,11 +113,17 @@ class LocalCluster:
             port = self.coordinator_port + i if self.coordinator_port else free_port()
             await self.start_coordinator(port)
         await self._bootstrap()
+        if self.temporal:
+            await self.start_worker()
 
     async def stop(self) -> None:
         """Stop everything this cluster started, coordinators first, PostgreSQL last."""
+        if self.worker is not None:
+            await self.worker.stop()
         await asyncio.gather(*(c.process.stop() for c in self.coordinator_procs))
         await asyncio.gather(*(n.process.stop() for n in self.nodes.values()))
+        if self.temporal:
+            await self.temporal_server.stop()
         await self.postgres.stop()
 
     def _process(self, name: str, *args: str) -> ManagedProcess:
@@ -139,16 +161,10 @@ class LocalCluster:
 
     async def start_coordinator(self, port: int) -> CoordinatorProcess:
         coordinator_id = f"coordinator-{len(self.coordinator_procs) + 1}"
-        proc = self._process(
-            coordinator_id,
-            "coordinator",
-            "--port",
-            str(port),
-            "--postgres-dsn",
-            self.dsn,
-            "--coordinator-id",
-            coordinator_id,
-        )
+        args = ["--port", str(port), "--postgres-dsn", self.dsn, "--coordinator-id", coordinator_id]
+        if self.temporal:
+            args += ["--temporal", self.temporal_server.address, "--temporal-ui", self.temporal_server.ui_url]
+        proc = self._process(coordinator_id, "coordinator", *args)
         coordinator = CoordinatorProcess(coordinator_id, port, proc)
         self.coordinator_procs.append(coordinator)
         await proc.start()
@@ -158,6 +174,38 @@ class LocalCluster:
         finally:
             await client.close()
         return coordinator
+
+    async def start_worker(self) -> ManagedProcess:
+        """The migration worker; started again by the same call after a stop or kill."""
+        if self.worker is None:
+            self.worker = self._process(
+                "worker", "worker", "--postgres-dsn", self.dsn, "--temporal", self.temporal_server.address
+            )
+        await self.worker.start()
+        # Ready once Temporal sees it polling the task queue.
+        await self.worker.wait_ready(self._worker_polling, timeout=60)
+        return self.worker
+
+    async def _worker_polling(self) -> None:
+        from temporalio.api.enums.v1 import TaskQueueType
+        from temporalio.api.taskqueue.v1 import TaskQueue
+        from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+        from temporalio.client import Client as TemporalClient
+
+        client = await TemporalClient.connect(self.temporal_server.address)
+        reply = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace="default",
+                task_queue=TaskQueue(name=TASK_QUEUE),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            )
+        )
+        if not reply.pollers:
+            raise RuntimeError("no worker polls the migration task queue yet")
+
+    async def add_storage_node(self, node_id: str, port: int = 0) -> StorageNodeProcess:
+        """Start a storage node process that is not yet part of the ring (to be added by a migration)."""
+        return await self.start_storage_node(node_id, port or free_port())
 
     async def _bootstrap(self) -> None:
         """Join the storage nodes to an empty ring and create the default tenant, once."""

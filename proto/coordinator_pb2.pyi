@@ -213,7 +213,11 @@ class GetMigrationStatusRequest(_message.Message):
     def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
 
 class GetMigrationStatusResponse(_message.Message):
-    __slots__ = ("success", "migration_id", "type", "node_id", "status", "started_at", "phase", "progress", "estimated_completion", "error_message")
+    __slots__ = ("workflow_id", "workflow_url", "paused", "throttle_keys_per_second", "success", "migration_id", "type", "node_id", "status", "started_at", "phase", "progress", "estimated_completion", "error_message")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_URL_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_KEYS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +228,10 @@ class GetMigrationStatusResponse(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_COMPLETION_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    workflow_url: str
+    paused: bool
+    throttle_keys_per_second: int
     success: bool
     migration_id: str
     type: str
@@ -234,7 +242,7 @@ class GetMigrationStatusResponse(_message.Message):
     progress: MigrationProgress
     estimated_completion: int
     error_message: str
-    def __init__(self, success: _Optional[bool] = ..., migration_id: _Optional[str] = ..., type: _Optional[str] = ..., node_id: _Optional[str] = ..., status: _Optional[str] = ..., started_at: _Optional[int] = ..., phase: _Optional[str] = ..., progress: _Optional[_Union[MigrationProgress, _Mapping]] = ..., estimated_completion: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+    def __init__(self, workflow_id: _Optional[str] = ..., workflow_url: _Optional[str] = ..., paused: _Optional[bool] = ..., throttle_keys_per_second: _Optional[int] = ..., success: _Optional[bool] = ..., migration_id: _Optional[str] = ..., type: _Optional[str] = ..., node_id: _Optional[str] = ..., status: _Optional[str] = ..., started_at: _Optional[int] = ..., phase: _Optional[str] = ..., progress: _Optional[_Union[MigrationProgress, _Mapping]] = ..., estimated_completion: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class CancelMigrationRequest(_message.Message):
     __slots__ = ("migration_id",)
@@ -257,6 +265,38 @@ class RollbackMigrationRequest(_message.Message):
     def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
 
 class RollbackMigrationResponse(_message.Message):
+    __slots__ = ("success", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PauseMigrationRequest(_message.Message):
+    __slots__ = ("migration_id", "paused")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    paused: bool
+    def __init__(self, migration_id: _Optional[str] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class PauseMigrationResponse(_message.Message):
+    __slots__ = ("success", "message")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    message: str
+    def __init__(self, success: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ThrottleMigrationRequest(_message.Message):
+    __slots__ = ("migration_id", "keys_per_second")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    keys_per_second: int
+    def __init__(self, migration_id: _Optional[str] = ..., keys_per_second: _Optional[int] = ...) -> None: ...
+
+class ThrottleMigrationResponse(_message.Message):
     __slots__ = ("success", "message")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]

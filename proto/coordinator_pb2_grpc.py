@@ -89,6 +89,16 @@ class CoordinatorServiceStub:
                 request_serializer=proto_dot_coordinator__pb2.RollbackMigrationRequest.SerializeToString,
                 response_deserializer=proto_dot_coordinator__pb2.RollbackMigrationResponse.FromString,
                 _registered_method=True)
+        self.PauseMigration = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/PauseMigration',
+                request_serializer=proto_dot_coordinator__pb2.PauseMigrationRequest.SerializeToString,
+                response_deserializer=proto_dot_coordinator__pb2.PauseMigrationResponse.FromString,
+                _registered_method=True)
+        self.ThrottleMigration = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/ThrottleMigration',
+                request_serializer=proto_dot_coordinator__pb2.ThrottleMigrationRequest.SerializeToString,
+                response_deserializer=proto_dot_coordinator__pb2.ThrottleMigrationResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -160,6 +170,18 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseMigration(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ThrottleMigration(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +239,16 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.RollbackMigration,
                     request_deserializer=proto_dot_coordinator__pb2.RollbackMigrationRequest.FromString,
                     response_serializer=proto_dot_coordinator__pb2.RollbackMigrationResponse.SerializeToString,
+            ),
+            'PauseMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseMigration,
+                    request_deserializer=proto_dot_coordinator__pb2.PauseMigrationRequest.FromString,
+                    response_serializer=proto_dot_coordinator__pb2.PauseMigrationResponse.SerializeToString,
+            ),
+            'ThrottleMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.ThrottleMigration,
+                    request_deserializer=proto_dot_coordinator__pb2.ThrottleMigrationRequest.FromString,
+                    response_serializer=proto_dot_coordinator__pb2.ThrottleMigrationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +548,60 @@ class CoordinatorService:
             '/pairdb.v1.CoordinatorService/RollbackMigration',
             proto_dot_coordinator__pb2.RollbackMigrationRequest.SerializeToString,
             proto_dot_coordinator__pb2.RollbackMigrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/PauseMigration',
+            proto_dot_coordinator__pb2.PauseMigrationRequest.SerializeToString,
+            proto_dot_coordinator__pb2.PauseMigrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ThrottleMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/ThrottleMigration',
+            proto_dot_coordinator__pb2.ThrottleMigrationRequest.SerializeToString,
+            proto_dot_coordinator__pb2.ThrottleMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,33 @@ def _decode(db_key: bytes, db_value: bytes) -> StoredRecord:
 def _encode_value(record: StoredRecord) -> bytes:
     flags = _TOMBSTONE if record.tombstone else 0
     return _VERSION.pack(record.version.hlc, record.version.origin, flags) + record.value
+
+
+_VERSION_ONLY = _VERSION.size - 1  # hlc and origin, without the flags byte
+
+
+def _digest(entries: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, int]:
+    h = hashlib.blake2b(digest_size=16)
+    count = 0
+    for db_key, version in entries:
+        h.update(len(db_key).to_bytes(2, "big") + db_key + version)
+        count += 1
+    return h.digest(), count
+
+
+def digest_of(records: Iterable[StoredRecord], start: int, end: int) -> tuple[bytes, int]:
+    """The digest Engine.digest(start, end) would give for a node holding exactly these records.
+
+    Lets the migration worker compare a merged view of several replicas with
+    one node's RangeDigest.
+    """
+    entries = []
+    for r in records:
+        db_key = encode_key(r.tenant_id, r.key)
+        entries.append((db_key, _VERSION.pack(r.version.hlc, r.version.origin, 0)[:_VERSION_ONLY]))
+    # Clockwise from start, as the engine walks: tokens above start first when the range wraps.
+    entries.sort(key=lambda e: (start >= end and _TOKEN.unpack_from(e[0])[0] <= start, e[0]))
+    return _digest(entries)
 
 
 def _segments(start: int, end: int) -> list[tuple[int, int]]:
@@ -185,13 +212,8 @@ class Engine:
 
     def digest(self, start: int, end: int) -> tuple[bytes, int]:
         """blake2b over (token, tenant, key, version) of every record in (start, end], and their count."""
-        h = hashlib.blake2b(digest_size=16)
-        count = 0
         with self._env.begin() as txn:
-            for db_key, db_value in self._walk(txn, start, end, None):
-                h.update(len(db_key).to_bytes(2, "big") + db_key + db_value[: _VERSION.size - 1])
-                count += 1
-        return h.digest(), count
+            return _digest((k, v[:_VERSION_ONLY]) for k, v in self._walk(txn, start, end, None))
 
     def stats(self) -> Stats:
         with self._env.begin() as txn:

@@ -30,18 +30,44 @@ CREATE INDEX ring_tokens_node ON ring_tokens (node_id);
 CREATE TABLE migrations (
     migration_id  text PRIMARY KEY,
     type          text NOT NULL CHECK (type IN ('node_addition', 'node_removal')),
-    node_id       text NOT NULL REFERENCES nodes (node_id),
+    node_id       text NOT NULL,
+    host          text NOT NULL,
+    port          integer NOT NULL,
+    virtual_nodes integer NOT NULL,
     workflow_id   text NOT NULL,
+    -- queued, dual_write, data_copy, cutover, cleanup, done, cancelling, rolling_back
     phase         text NOT NULL,
     status        text NOT NULL
                   CHECK (status IN ('queued', 'in_progress', 'completed', 'failed', 'cancelled', 'rolled_back')),
     progress      jsonb NOT NULL DEFAULT '{}'::jsonb,
     error         text,
+    started_by    text NOT NULL DEFAULT '',
     started_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
-    completed_at  timestamptz
+    completed_at  timestamptz,
+    estimated_completion timestamptz
 );
-CREATE INDEX migrations_node ON migrations (node_id);
+-- A node has at most one unfinished migration.
+CREATE UNIQUE INDEX migrations_one_open_per_node ON migrations (node_id)
+    WHERE status IN ('queued', 'in_progress');
+-- Ring changes run one at a time: at most one migration is in progress.
+CREATE UNIQUE INDEX migrations_one_in_progress ON migrations ((true)) WHERE status = 'in_progress';
+
+-- The data copy's plan and checkpoints: one row per range the joining node gains.
+CREATE TABLE copy_ranges (
+    migration_id text NOT NULL REFERENCES migrations (migration_id) ON DELETE CASCADE,
+    range_index  integer NOT NULL,
+    start_token  bigint NOT NULL,  -- exclusive, stored as token - 2^63
+    end_token    bigint NOT NULL,  -- inclusive
+    sources      text[] NOT NULL,  -- old replicas to stream from, preferred first
+    keys_estimate bigint NOT NULL DEFAULT 0,
+    copied       boolean NOT NULL DEFAULT false,
+    verified     boolean NOT NULL DEFAULT false,
+    copies       integer NOT NULL DEFAULT 0,  -- times the range was copied (resume must not redo)
+    keys         bigint NOT NULL DEFAULT 0,
+    bytes        bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (migration_id, range_index)
+);
 
 -- One row: the topology epoch. Every change to the ring, the tenants or an
 -- in-flight migration's phase bumps it in the same transaction and NOTIFYs.

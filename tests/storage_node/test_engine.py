@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pairdb.keyspace import TOKEN_MAX, Version, in_range, token
-from storage_node.engine import Engine, StoredRecord
+from storage_node.engine import Engine, StoredRecord, digest_of
 
 
 def rec(key: str, hlc: int, value: bytes = b"v", tombstone: bool = False, tenant: str = "t") -> StoredRecord:
@@ -137,3 +137,11 @@ def test_data_survives_reopen(tmp_path: Path) -> None:
     stored = reopened.get("t", "k")
     assert stored is not None and stored.value == b"kept"
     assert stored.token == token("t", "k")
+
+
+def test_digest_of_records_matches_the_engine_digest(engine: Engine) -> None:
+    records = _fill(engine)
+    tokens = sorted(r.token for r in records)
+    for start, end in [(tokens[20], tokens[200]), (tokens[300], tokens[30]), (0, 0)]:
+        inside = [r for r in records if in_range(r.token, start, end)]
+        assert digest_of(reversed(inside), start, end) == engine.digest(start, end)

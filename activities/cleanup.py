@@ -1,0 +1,50 @@
+"""Activities that remove data: ranges old replicas gave up, and a cancelled node's copy."""
+
+from __future__ import annotations
+
+import structlog
+from temporalio import activity
+
+from activities.context import Context
+from coordinator.ring import ranges_gained
+from pairdb.keyspace import DEFAULT_REPLICATION_FACTOR
+
+log = structlog.get_logger()
+
+
+class CleanupSteps:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    @activity.defn(name="drop_moved_ranges")
+    async def drop_moved_ranges(self, migration_id: str) -> int:
+        """After cleanup's barrier: delete, on each old replica, the ranges it no longer replicates.
+
+        Ranges are judged at the largest RF of any tenant, so nothing a tenant
+        still needs is deleted; a node may keep a few keys of smaller-RF tenants
+        it no longer serves (never read, harmless). Deleting an absent range is
+        a no-op, so a retry is safe.
+        """
+        row = await self._ctx.migration(migration_id)
+        topology = await self._ctx.topology()
+        assert topology.future is not None, "drop_moved_ranges runs during cleanup"
+        rf = max(
+            (t.replication_factor for t in topology.tenants.values()), default=DEFAULT_REPLICATION_FACTOR
+        )
+        deleted = 0
+        for move in ranges_gained(topology.ring, topology.future, row.node_id, rf):
+            for loser in set(move.old) - set(move.new):
+                deleted += await self._ctx.node(topology, loser).delete_range(
+                    move.start, move.end, timeout=60
+                )
+            activity.heartbeat()
+        log.info("Moved ranges dropped from old replicas", migration_id=migration_id, deleted=deleted)
+        return deleted
+
+    @activity.defn(name="wipe_joining_node")
+    async def wipe_joining_node(self, migration_id: str) -> int:
+        """Cancel and rollback, after the node left the ring: delete everything copied to it."""
+        row = await self._ctx.migration(migration_id)
+        deleted = await self._ctx.joining(row).delete_range(0, 0, timeout=120)  # start == end: whole ring
+        log.info("Joining node wiped", migration_id=migration_id, node_id=row.node_id, deleted=deleted)
+        return deleted

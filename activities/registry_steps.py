@@ -1,0 +1,68 @@
+"""Activities that move a migration through the dual-write registry, each followed by a barrier.
+
+Every step is idempotent: the registry leaves a phase that is already set
+untouched, and a barrier on an applied epoch returns at once.
+"""
+
+from __future__ import annotations
+
+import structlog
+from temporalio import activity
+
+from activities.context import Context
+from coordinator.ring import allocate_tokens
+from pairdb import migration as m
+
+log = structlog.get_logger()
+
+
+class RegistrySteps:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    @activity.defn(name="claim_ring_change")
+    async def claim_ring_change(self, migration_id: str) -> bool:
+        """True once this migration holds the one ring-change slot; False while another runs."""
+        return await self._ctx.registry.claim_ring_change(migration_id)
+
+    @activity.defn(name="enable_dual_write")
+    async def enable_dual_write(self, migration_id: str) -> int:
+        """Phase dual_write: the node joins with its tokens; writes reach old ∪ new from the barrier on."""
+        row = await self._ctx.migration(migration_id)
+        topology = await self._ctx.topology()
+        existing = [(v.token, v.node_id) for v in topology.ring.vnodes]
+        tokens = allocate_tokens(existing, row.node_id, row.virtual_nodes)
+        epoch = await self._ctx.registry.begin_join(migration_id, tokens)
+        await self._ctx.barrier(epoch)
+        log.info("Dual write active", migration_id=migration_id, node_id=row.node_id, epoch=epoch)
+        return epoch
+
+    @activity.defn(name="enter_phase")
+    async def enter_phase(self, migration_id: str, phase: str) -> int:
+        """Move to data_copy, cutover (node becomes active) or cleanup, then barrier."""
+        node_status = "active" if phase == m.CUTOVER else None
+        epoch = await self._ctx.registry.set_phase(migration_id, phase, node_status)
+        await self._ctx.barrier(epoch)
+        return epoch
+
+    @activity.defn(name="restore_reads_on_old")
+    async def restore_reads_on_old(self, migration_id: str) -> int:
+        """Rollback, first step: reads go back to the old replicas (node joining again), then barrier."""
+        epoch = await self._ctx.registry.set_phase(migration_id, m.ROLLING_BACK, "joining")
+        await self._ctx.barrier(epoch)
+        return epoch
+
+    @activity.defn(name="remove_joining_node")
+    async def remove_joining_node(self, migration_id: str) -> int:
+        """Cancel: the node leaves the ring and dual writes stop, then barrier."""
+        epoch = await self._ctx.registry.remove_joining_node(migration_id)
+        await self._ctx.barrier(epoch)
+        return epoch
+
+    @activity.defn(name="finish_migration")
+    async def finish_migration(self, migration_id: str, status: str, error: str) -> int:
+        """Record the outcome; the migration leaves the registry (barrier) and frees the ring-change slot."""
+        epoch = await self._ctx.registry.finish(migration_id, status, error)
+        await self._ctx.barrier(epoch)
+        log.info("Migration finished", migration_id=migration_id, status=status, error=error or None)
+        return epoch

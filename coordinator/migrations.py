@@ -1,0 +1,160 @@
+"""The coordinator's side of migrations: start NodeAdditionWorkflow, report on it, steer it.
+
+The coordinator never runs migration code; it starts and signals the workflow
+on Temporal by name, and reads progress from PostgreSQL, which the worker's
+activities keep current.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from coordinator.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from coordinator.metadata import MigrationRow
+from coordinator.migration_store import MigrationStore
+from pairdb import migration as m
+
+log = structlog.get_logger()
+
+# For estimated_completion before the copy has measured its own rate.
+ASSUMED_KEYS_PER_SECOND = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    migration_id: str
+    workflow_id: str
+    estimated_completion: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    paused: bool
+    throttle_keys_per_second: int
+
+
+class Migrations:
+    def __init__(self, store: MigrationStore, temporal: Client | None, ui_url: str = "") -> None:
+        self._store = store
+        self._temporal = temporal
+        self._ui_url = ui_url.rstrip("/")
+
+    def _client(self) -> Client:
+        if self._temporal is None:
+            raise FailedPrecondition(
+                "this coordinator has no Temporal address (--temporal), so it cannot run migrations"
+            )
+        return self._temporal
+
+    def workflow_url(self, workflow_id: str) -> str:
+        if not self._ui_url or self._temporal is None:
+            return ""
+        return f"{self._ui_url}/namespaces/{self._temporal.namespace}/workflows/{workflow_id}"
+
+    async def start_node_addition(
+        self, node_id: str, host: str, port: int, virtual_nodes: int, keys_to_move: int, started_by: str
+    ) -> Started:
+        client = self._client()
+        request = m.NodeAdditionInput(
+            str(uuid.uuid4()), node_id, host, port, virtual_nodes, started_by=started_by
+        )
+        workflow_id = m.workflow_id(node_id)
+        await self._store.create(request, workflow_id)
+        log.info(
+            "Starting node addition migration",
+            node_id=node_id,
+            host=host,
+            port=port,
+            migration_id=request.migration_id,
+        )
+        try:
+            await client.start_workflow(
+                m.WORKFLOW_NAME,
+                request,
+                id=workflow_id,
+                task_queue=m.TASK_QUEUE,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_PHASE), m.QUEUED),
+                        SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_NODE), node_id),
+                        SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_STATUS), m.S_QUEUED),
+                    ]
+                ),
+                static_summary=f"Add storage node {node_id} at {host}:{port}",
+                static_details=(
+                    f"**Node addition** `{node_id}` at `{host}:{port}`, {virtual_nodes} virtual nodes\n\n"
+                    f"migration `{request.migration_id}`, started by {started_by or 'unknown'}"
+                ),
+            )
+        except WorkflowAlreadyStartedError:
+            await self._store.delete(request.migration_id)
+            raise AlreadyExists(
+                f"node {node_id} is already being added (workflow {workflow_id} is running)"
+            ) from None
+        except RPCError as exc:
+            await self._store.delete(request.migration_id)
+            raise Unavailable(f"cannot start the migration workflow on Temporal: {exc}") from None
+        log.info("Node addition migration started", migration_id=request.migration_id, node_id=node_id)
+        eta = datetime.now(UTC) + timedelta(seconds=10 + keys_to_move / ASSUMED_KEYS_PER_SECOND)
+        return Started(request.migration_id, workflow_id, eta)
+
+    async def get(self, migration_id: str) -> MigrationRow:
+        row = await self._store.get(migration_id)
+        if row is None:
+            raise NotFound(f"migration {migration_id!r} does not exist")
+        return row
+
+    async def control(self, row: MigrationRow) -> Control:
+        """Pause and throttle as the running workflow has them (defaults once it ended)."""
+        if row.status in m.TERMINAL_STATUSES or self._temporal is None:
+            return Control(False, 0)
+        try:
+            state = await self._temporal.get_workflow_handle(row.workflow_id).query(
+                "progress", result_type=m.MigrationState
+            )
+        except RPCError:
+            return Control(False, 0)
+        return Control(state.paused, state.throttle_keys_per_second)
+
+    async def _update(self, migration_id: str, update: str, *args: object) -> str:
+        row = await self.get(migration_id)
+        if row.status in m.TERMINAL_STATUSES:
+            raise FailedPrecondition(f"migration {migration_id} has ended ({row.status})")
+        handle = self._client().get_workflow_handle(row.workflow_id)
+        try:
+            result = await handle.execute_update(update, args=list(args))
+        except WorkflowUpdateFailedError as exc:
+            raise FailedPrecondition(str(exc.cause or exc)) from None
+        except RPCError as exc:
+            raise Unavailable(f"cannot reach the migration workflow on Temporal: {exc}") from None
+        return str(result)
+
+    async def cancel(self, migration_id: str) -> str:
+        return await self._update(migration_id, "cancel_migration")
+
+    async def rollback(self, migration_id: str) -> str:
+        return await self._update(migration_id, "rollback_migration")
+
+    async def pause(self, migration_id: str, paused: bool) -> str:
+        await self._update(migration_id, "set_paused", paused)
+        return "paused" if paused else "resumed"
+
+    async def throttle(self, migration_id: str, keys_per_second: int) -> str:
+        value = await self._update(migration_id, "change_throttle", keys_per_second)
+        return f"throttle set to {value} keys/s" if value != "0" else "throttle removed"

@@ -1,0 +1,167 @@
+"""The dual-write registry's source of truth in PostgreSQL, and its barrier.
+
+Each change of an in-flight ring change's phase (and of the nodes and tokens
+it moves) happens in one transaction that bumps the registry epoch and
+NOTIFYs coordinators. `barrier(epoch)` returns once every coordinator with a
+live lease reports that epoch applied, with no request of an older epoch
+still in flight on it; a coordinator whose lease lapses stops serving, so it
+no longer holds the barrier up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from coordinator.errors import FailedPrecondition, NotFound
+from coordinator.metadata import Metadata, _bump_epoch, _to_db_token
+from pairdb import migration as m
+
+log = structlog.get_logger()
+
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+@dataclass(frozen=True, slots=True)
+class Lagging:
+    coordinator_id: str
+    applied_epoch: int
+
+
+class Registry:
+    def __init__(self, metadata: Metadata) -> None:
+        self._metadata = metadata
+        self._pool = metadata.pool
+
+    async def _locked_migration(self, conn: Connection, migration_id: str) -> asyncpg.Record:
+        # The registry row serialises every ring change among all workers and coordinators.
+        await conn.execute("SELECT 1 FROM registry FOR UPDATE")
+        row = await conn.fetchrow("SELECT * FROM migrations WHERE migration_id = $1", migration_id)
+        if row is None:
+            raise NotFound(f"migration {migration_id} does not exist")
+        return row
+
+    async def claim_ring_change(self, migration_id: str) -> bool:
+        """Take the one ring-change slot for this migration if it is free and this is the oldest queued."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await self._locked_migration(conn, migration_id)
+            if row["status"] == m.S_IN_PROGRESS:
+                return True
+            if row["status"] != m.S_QUEUED:
+                raise FailedPrecondition(f"migration {migration_id} is {row['status']}")
+            busy = await conn.fetchval("SELECT 1 FROM migrations WHERE status = 'in_progress'")
+            older = await conn.fetchval(
+                "SELECT 1 FROM migrations WHERE status = 'queued' AND started_at < $1", row["started_at"]
+            )
+            if busy or older:
+                return False
+            await conn.execute(
+                "UPDATE migrations SET status = 'in_progress', updated_at = now() WHERE migration_id = $1",
+                migration_id,
+            )
+            await _bump_epoch(conn)
+            return True
+
+    async def begin_join(self, migration_id: str, tokens: Sequence[int]) -> int:
+        """Phase dual_write: the node joins as `joining` with its future tokens. Idempotent."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await self._locked_migration(conn, migration_id)
+            node = await conn.fetchrow("SELECT status FROM nodes WHERE node_id = $1", row["node_id"])
+            if node is None or node["status"] == "removed":
+                if node is not None:
+                    await conn.execute("DELETE FROM nodes WHERE node_id = $1", row["node_id"])
+                await conn.execute(
+                    "INSERT INTO nodes (node_id, host, port, status, virtual_nodes)"
+                    " VALUES ($1, $2, $3, 'joining', $4)",
+                    row["node_id"],
+                    row["host"],
+                    row["port"],
+                    row["virtual_nodes"],
+                )
+                await conn.executemany(
+                    "INSERT INTO ring_tokens (token, node_id) VALUES ($1, $2)",
+                    [(_to_db_token(t), row["node_id"]) for t in tokens],
+                )
+            return await self._set_phase(conn, migration_id, m.DUAL_WRITE)
+
+    async def set_phase(self, migration_id: str, phase: str, node_status: str | None = None) -> int:
+        """Move the migration to phase (and its node to node_status) in one epoch."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await self._locked_migration(conn, migration_id)
+            if node_status is not None:
+                await conn.execute(
+                    "UPDATE nodes SET status = $2, updated_at = now() WHERE node_id = $1",
+                    row["node_id"],
+                    node_status,
+                )
+            return await self._set_phase(conn, migration_id, phase)
+
+    async def _set_phase(self, conn: Connection, migration_id: str, phase: str) -> int:
+        current = await conn.fetchrow(
+            "SELECT phase, (SELECT epoch FROM registry) AS epoch FROM migrations WHERE migration_id = $1",
+            migration_id,
+        )
+        assert current is not None
+        if current["phase"] == phase:
+            return int(current["epoch"])  # a retried step: already done
+        await conn.execute(
+            "UPDATE migrations SET phase = $2, updated_at = now() WHERE migration_id = $1",
+            migration_id,
+            phase,
+        )
+        return await _bump_epoch(conn)
+
+    async def remove_joining_node(self, migration_id: str) -> int:
+        """Compensation: the node leaves the ring and every dual write stops (phase cancelling)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await self._locked_migration(conn, migration_id)
+            await conn.execute("DELETE FROM ring_tokens WHERE node_id = $1", row["node_id"])
+            await conn.execute(
+                "UPDATE nodes SET status = 'removed', updated_at = now() WHERE node_id = $1", row["node_id"]
+            )
+            return await self._set_phase(conn, migration_id, m.CANCELLING)
+
+    async def finish(self, migration_id: str, status: str, error: str = "") -> int:
+        """End the migration: it leaves the registry and frees the ring-change slot."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await self._locked_migration(conn, migration_id)
+            if row["status"] in m.TERMINAL_STATUSES:
+                return int(await conn.fetchval("SELECT epoch FROM registry"))
+            phase = m.DONE if status == m.S_COMPLETED else row["phase"]
+            await conn.execute(
+                "UPDATE migrations SET status = $2, phase = $3, error = NULLIF($4, ''),"
+                " completed_at = now(), updated_at = now() WHERE migration_id = $1",
+                migration_id,
+                status,
+                phase,
+                error,
+            )
+            return await _bump_epoch(conn)
+
+    async def lagging(self, epoch: int) -> list[Lagging]:
+        rows = await self._pool.fetch(
+            "SELECT coordinator_id, applied_epoch FROM coordinators"
+            " WHERE lease_expires_at > now() AND applied_epoch < $1 ORDER BY coordinator_id",
+            epoch,
+        )
+        return [Lagging(r["coordinator_id"], r["applied_epoch"]) for r in rows]
+
+    async def barrier(
+        self,
+        epoch: int,
+        heartbeat: Callable[[list[Lagging]], None] | None = None,
+        poll: float = 0.1,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """Wait until every coordinator with a live lease has applied epoch (or its lease lapsed)."""
+        while True:
+            behind = await self.lagging(epoch)
+            if not behind:
+                return
+            if heartbeat is not None:
+                heartbeat(behind)
+            await sleep(poll)

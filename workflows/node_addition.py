@@ -1,0 +1,354 @@
+"""NodeAdditionWorkflow: add a storage node online in four phases, or undo it cleanly.
+
+    queued -> dual_write -> data_copy (copy, verify) -> cutover -> cleanup -> done
+
+Cancel (before cutover) and rollback (during cutover) are signals, updates
+with validators (for callers that want a yes/no), and Temporal's own
+cancellation. A phase that fails past its retries rolls back to the last safe
+state and the migration ends `failed`. Every step that touches the world is an
+activity; this module only decides what runs next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from pairdb import migration as m
+
+CHUNK_RANGES = 16
+QUEUE_POLL = timedelta(seconds=1)
+
+PHASE_KEY = SearchAttributeKey.for_keyword(m.SA_PHASE)
+NODE_KEY = SearchAttributeKey.for_keyword(m.SA_NODE)
+STATUS_KEY = SearchAttributeKey.for_keyword(m.SA_STATUS)
+
+# Registry steps end in a barrier, which waits at most a coordinator lease.
+REGISTRY_STEP: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=2),
+    "heartbeat_timeout": timedelta(seconds=20),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=10
+    ),
+}
+# A copy chunk survives its nodes restarting: retried for minutes, heartbeats every range.
+COPY_STEP: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=30),
+    "heartbeat_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=30
+    ),
+}
+# Past the point of no return (cleanup) and while undoing: retry until it works.
+MUST_FINISH: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=30),
+    "heartbeat_timeout": timedelta(seconds=60),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+    ),
+}
+
+# Wiping a cancelled node: it may be the very node that is down.
+BEST_EFFORT: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=5),
+    "heartbeat_timeout": timedelta(seconds=60),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5
+    ),
+}
+
+
+class _Stop(Exception):
+    """An operator asked to cancel or roll back."""
+
+
+@workflow.defn(name=m.WORKFLOW_NAME)
+class NodeAdditionWorkflow:
+    def __init__(self) -> None:
+        self._state = m.MigrationState("", "", m.QUEUED, m.S_QUEUED)
+        # Set by cancel or rollback, however asked; where the migration got to decides which it is.
+        self._stop = False
+
+    # -- the run ------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, request: m.NodeAdditionInput) -> m.MigrationState:
+        s = self._state
+        s.migration_id, s.node_id = request.migration_id, request.node_id
+        s.throttle_keys_per_second = request.throttle_keys_per_second
+        self._publish()
+        try:
+            await self._wait_for_turn()
+            await self._phase(m.DUAL_WRITE, "enable_dual_write", s.migration_id)
+            await self._data_copy()
+            await self._phase(m.CUTOVER, "enter_phase", s.migration_id, m.CUTOVER)
+            self._raise_if_stopped()
+            await self._phase(m.CLEANUP, "enter_phase", s.migration_id, m.CLEANUP, options=MUST_FINISH)
+            await self._activity("drop_moved_ranges", s.migration_id, options=MUST_FINISH)
+            await self._finish(m.S_COMPLETED)
+            s.phase = m.DONE
+            self._publish()
+            return s
+        except _Stop:
+            await self._undo(m.S_ROLLED_BACK if self._reads_on_new() else m.S_CANCELLED, "")
+            return s
+        except asyncio.CancelledError:
+            # Temporal's own cancel means cancel (or rollback once reads moved).
+            await self._undo(m.S_ROLLED_BACK if self._reads_on_new() else m.S_CANCELLED, "")
+            raise
+        except ActivityError as exc:
+            if is_cancelled_exception(exc):
+                await self._undo(m.S_ROLLED_BACK if self._reads_on_new() else m.S_CANCELLED, "")
+                raise
+            if s.phase == m.CLEANUP:
+                raise  # cleanup steps retry forever; only a bug gets here
+            error = f"phase {s.phase} failed: {_cause(exc)}"
+            workflow.logger.error("Migration phase failed; rolling back", extra={"error": error})
+            await self._undo(m.S_FAILED, error)
+            return s
+
+    async def _wait_for_turn(self) -> None:
+        """Stay `queued` until this migration holds the one ring-change slot."""
+        while not await self._activity("claim_ring_change", self._state.migration_id, result_type=bool):
+            self._raise_if_stopped()
+            await workflow.wait_condition(lambda: self._stop, timeout=QUEUE_POLL)
+            self._raise_if_stopped()
+        self._state.status = m.S_IN_PROGRESS
+        self._publish()
+
+    async def _data_copy(self) -> None:
+        s = self._state
+        await self._phase(m.DATA_COPY, "enter_phase", s.migration_id, m.DATA_COPY)
+        plan = await self._activity("plan_copy", s.migration_id, result_type=m.CopyPlan, stoppable=True)
+        s.progress.ranges_total, s.progress.keys_total = plan.ranges_total, plan.keys_total
+        self._publish()
+        chunks = [
+            list(range(i, min(i + CHUNK_RANGES, plan.ranges_total)))
+            for i in range(0, plan.ranges_total, CHUNK_RANGES)
+        ]
+        for chunk in chunks:
+            await workflow.wait_condition(lambda: not s.paused or self._stop)
+            self._raise_if_stopped()
+            s.progress = await self._activity(
+                "copy_ranges",
+                m.CopyChunk(s.migration_id, chunk, s.throttle_keys_per_second),
+                result_type=m.Progress,
+                options=COPY_STEP,
+                stoppable=True,
+            )
+            self._publish()
+        for chunk in chunks:
+            self._raise_if_stopped()
+            await self._activity(
+                "verify_ranges",
+                m.CopyChunk(s.migration_id, chunk),
+                result_type=int,
+                options=COPY_STEP,
+                stoppable=True,
+            )
+
+    async def _undo(self, status: str, error: str) -> None:
+        """Compensate back to the old ring from wherever the migration stopped, then record status."""
+        s = self._state
+        reached = s.phase
+        if reached in (m.CUTOVER,):
+            await self._phase(m.ROLLING_BACK, "restore_reads_on_old", s.migration_id, options=MUST_FINISH)
+        if reached in (m.DUAL_WRITE, m.DATA_COPY, m.CUTOVER, m.ROLLING_BACK):
+            await self._phase(m.CANCELLING, "remove_joining_node", s.migration_id, options=MUST_FINISH)
+            try:
+                await self._activity("wipe_joining_node", s.migration_id, options=BEST_EFFORT)
+            except ActivityError as exc:
+                # The node is out of the ring already; what it holds is never read.
+                error = "; ".join(e for e in (error, f"could not wipe {s.node_id}: {_cause(exc)}") if e)
+        s.error = error
+        await self._finish(status)
+
+    async def _finish(self, status: str) -> None:
+        s = self._state
+        await self._activity("finish_migration", s.migration_id, status, s.error, options=MUST_FINISH)
+        s.status = status
+        self._publish()
+
+    # -- steps ---------------------------------------------------------------------------
+
+    async def _phase(
+        self, phase: str, activity: str, *args: Any, options: dict[str, Any] | None = None
+    ) -> None:
+        started = workflow.now()
+        self._state.phase = phase
+        self._state.phase_history.append(phase)
+        self._publish()
+        await self._activity(activity, *args, options=options)
+        workflow.logger.info(
+            "Migration phase completed",
+            extra={
+                "migration_id": self._state.migration_id,
+                "phase": phase,
+                "duration": str(workflow.now() - started),
+            },
+        )
+
+    async def _activity(
+        self,
+        name: str,
+        *args: Any,
+        result_type: type | None = None,
+        options: dict[str, Any] | None = None,
+        stoppable: bool = False,
+    ) -> Any:
+        handle = workflow.start_activity(
+            name, args=list(args), result_type=result_type, **(options or REGISTRY_STEP)
+        )
+        if not stoppable:
+            return await handle
+        stop = asyncio.ensure_future(workflow.wait_condition(lambda: self._stop))
+        try:
+            await asyncio.wait([handle, stop], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            handle.cancel()  # asyncio.wait does not pass a cancel on to what it waits for
+            stop.cancel()
+            raise
+        if handle.done():
+            stop.cancel()
+            return handle.result()
+        handle.cancel()
+        try:
+            await handle
+        except ActivityError as exc:
+            if not is_cancelled_exception(exc):
+                raise
+        raise _Stop()
+
+    def _raise_if_stopped(self) -> None:
+        if self._stop:
+            raise _Stop()
+
+    def _reads_on_new(self) -> bool:
+        return self._state.phase == m.CUTOVER
+
+    # -- what operators see -----------------------------------------------------------------
+
+    def _publish(self) -> None:
+        s, p = self._state, self._state.progress
+        workflow.upsert_search_attributes(
+            [PHASE_KEY.value_set(s.phase), NODE_KEY.value_set(s.node_id), STATUS_KEY.value_set(s.status)]
+        )
+        lines = [f"**Adding node `{s.node_id}`** — phase **{s.phase}**, status **{s.status}**"]
+        if p.ranges_total:
+            lines.append(
+                f"- copied {p.keys_copied:,} of ~{p.keys_total:,} keys ({p.percent:.1f}%), "
+                f"ranges {p.ranges_done}/{p.ranges_total}"
+            )
+            lines.append(f"- rate {p.keys_per_second:,.0f} keys/s, ETA {p.eta_seconds:.0f} s")
+        if s.paused:
+            lines.append("- **paused**")
+        if s.throttle_keys_per_second:
+            lines.append(f"- throttle {s.throttle_keys_per_second:,} keys/s")
+        if s.error:
+            lines.append(f"- error: {s.error}")
+        workflow.set_current_details("\n".join(lines))
+
+    @workflow.query
+    def progress(self) -> m.MigrationState:
+        return self._state
+
+    # -- signals (the `temporal` CLI) -------------------------------------------------------------
+
+    @workflow.signal
+    def cancel(self) -> None:
+        """Cancel before cutover; during cutover this rolls back; ignored once cleanup began."""
+        if self._state.phase in (m.CLEANUP, m.DONE):
+            workflow.logger.warning("cancel ignored: the migration is past cutover")
+            return
+        self._stop = True
+
+    @workflow.signal
+    def rollback(self) -> None:
+        """Roll back during cutover; before it, the same as cancel."""
+        self.cancel()
+
+    @workflow.signal
+    def pause(self) -> None:
+        self._state.paused = True
+        self._publish()
+
+    @workflow.signal
+    def resume(self) -> None:
+        self._state.paused = False
+        self._publish()
+
+    @workflow.signal
+    def set_throttle(self, keys_per_second: int) -> None:
+        self._state.throttle_keys_per_second = max(0, int(keys_per_second))
+        self._publish()
+
+    # -- updates (the coordinator's RPCs): a yes/no answer ------------------------------------------
+
+    @workflow.update
+    def cancel_migration(self) -> str:
+        self._stop = True
+        return f"cancelling: phase {self._state.phase}"
+
+    @cancel_migration.validator
+    def _validate_cancel(self) -> None:
+        if self._state.phase in (m.CUTOVER, m.ROLLING_BACK):
+            raise ApplicationError("the migration is in cutover: roll it back instead of cancelling")
+        if self._state.phase in (m.CLEANUP, m.DONE) or self._state.status in m.TERMINAL_STATUSES:
+            raise ApplicationError(
+                f"too late to cancel: phase {self._state.phase}, "
+                f"status {self._state.status}; remove the node instead"
+            )
+        if self._stop:
+            raise ApplicationError("the migration is already being cancelled")
+
+    @workflow.update
+    def rollback_migration(self) -> str:
+        self._stop = True
+        return "rolling back: reads return to the old replicas"
+
+    @rollback_migration.validator
+    def _validate_rollback(self) -> None:
+        if self._state.phase != m.CUTOVER:
+            raise ApplicationError(
+                f"rollback applies during cutover; the migration is in {self._state.phase}"
+                + (
+                    " (cancel it instead)"
+                    if self._state.phase in (m.QUEUED, m.DUAL_WRITE, m.DATA_COPY)
+                    else ""
+                )
+            )
+        if self._stop:
+            raise ApplicationError("the migration is already being rolled back")
+
+    @workflow.update
+    def change_throttle(self, keys_per_second: int) -> int:
+        self.set_throttle(keys_per_second)
+        return self._state.throttle_keys_per_second
+
+    @change_throttle.validator
+    def _validate_throttle(self, keys_per_second: int) -> None:
+        if keys_per_second < 0:
+            raise ApplicationError("throttle must be 0 (unlimited) or a positive number of keys per second")
+
+    @workflow.update
+    def set_paused(self, paused: bool) -> bool:
+        self._state.paused = paused
+        self._publish()
+        return paused
+
+    @set_paused.validator
+    def _validate_pause(self, paused: bool) -> None:
+        if self._state.status in m.TERMINAL_STATUSES:
+            raise ApplicationError(f"the migration is {self._state.status}")
+
+
+def _cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc)

@@ -1,0 +1,69 @@
+"""The migration worker process: `pairdb worker` runs NodeAdditionWorkflow and its activities."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.cleanup import CleanupSteps
+from activities.context import Context
+from activities.copy import CopySteps
+from activities.registry_steps import RegistrySteps
+from coordinator.metadata import Metadata
+from pairdb import migration as m
+from workflows.node_addition import NodeAdditionWorkflow
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    postgres_dsn: str
+    temporal_address: str = "127.0.0.1:7233"
+    namespace: str = "default"
+    storage_timeout: float = 5.0
+
+
+def build_worker(client: Client, ctx: Context) -> Worker:
+    registry, copy, cleanup = RegistrySteps(ctx), CopySteps(ctx), CleanupSteps(ctx)
+    return Worker(
+        client,
+        task_queue=m.TASK_QUEUE,
+        workflows=[NodeAdditionWorkflow],
+        activities=[
+            registry.claim_ring_change,
+            registry.enable_dual_write,
+            registry.enter_phase,
+            registry.restore_reads_on_old,
+            registry.remove_joining_node,
+            registry.finish_migration,
+            copy.plan_copy,
+            copy.copy_ranges,
+            copy.verify_ranges,
+            cleanup.drop_moved_ranges,
+            cleanup.wipe_joining_node,
+        ],
+    )
+
+
+async def serve(config: WorkerConfig) -> None:
+    metadata = await Metadata.connect(config.postgres_dsn)
+    ctx = Context.create(metadata, config.storage_timeout)
+    client = await Client.connect(config.temporal_address, namespace=config.namespace)
+    worker = build_worker(client, ctx)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("Migration worker started", temporal=config.temporal_address, task_queue=m.TASK_QUEUE)
+    async with worker:
+        await stop.wait()
+        log.info("Migration worker stopping")
+    await ctx.pool.close()
+    await metadata.close()
+    log.info("Migration worker stopped")
