@@ -53,8 +53,13 @@ class Throttle:
         self._allowance = min(float(self.rate), self._allowance + (now - self._last) * self.rate)
         self._last = now
         self._allowance -= n
-        if self._allowance < 0:
-            await asyncio.sleep(-self._allowance / self.rate)
+        wait = -self._allowance / self.rate if self._allowance < 0 else 0.0
+        while wait > 0:
+            # Sleep in slices so a slow throttle never misses a heartbeat.
+            step = min(wait, 1.0)
+            await asyncio.sleep(step)
+            activity.heartbeat()
+            wait -= step
 
 
 def _rfs(topology: Topology) -> dict[str, int]:

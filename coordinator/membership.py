@@ -8,6 +8,7 @@ Once the cluster holds data, a node joins online through NodeAdditionWorkflow.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +19,7 @@ from coordinator.metadata import Metadata, NodeInfo
 from coordinator.migrations import Migrations
 from coordinator.ring import DEFAULT_VIRTUAL_NODES, allocate_tokens
 from coordinator.topology import Topology, TopologyCache
+from pairdb import migration as m
 from storage_node.client import NodeClient, NodeStats, StorageError, StoragePool
 
 log = structlog.get_logger()
@@ -45,7 +47,14 @@ class Membership:
         self._lock = asyncio.Lock()
 
     async def add(
-        self, node_id: str, host: str, port: int, virtual_nodes: int | None, started_by: str
+        self,
+        node_id: str,
+        host: str,
+        port: int,
+        virtual_nodes: int | None,
+        started_by: str,
+        hold_at_cutover: bool = False,
+        throttle: int = 0,
     ) -> AddOutcome:
         vnodes = virtual_nodes or DEFAULT_VIRTUAL_NODES
         if not 1 <= vnodes <= MAX_VIRTUAL_NODES:
@@ -74,7 +83,10 @@ class Membership:
                 keys=new_stats.keys,
             )
         started = await self._migrations.start_node_addition(
-            node_id, host, port, vnodes, held // max(len(topology.ring.node_ids), 1), started_by
+            m.NodeAdditionInput(
+                str(uuid.uuid4()), node_id, host, port, vnodes, throttle, started_by, hold_at_cutover
+            ),
+            keys_to_move=held // max(len(topology.ring.node_ids), 1),
         )
         return AddOutcome(
             started.migration_id,

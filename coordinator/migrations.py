@@ -7,12 +7,11 @@ activities keep current.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
@@ -30,6 +29,9 @@ from pairdb import migration as m
 
 log = structlog.get_logger()
 
+# An update needs a worker to run a workflow task; after a worker crash that
+# can take one workflow-task timeout (10 s).
+UPDATE_TIMEOUT = timedelta(seconds=8)
 # For estimated_completion before the copy has measured its own rate.
 ASSUMED_KEYS_PER_SECOND = 5_000
 
@@ -65,13 +67,9 @@ class Migrations:
             return ""
         return f"{self._ui_url}/namespaces/{self._temporal.namespace}/workflows/{workflow_id}"
 
-    async def start_node_addition(
-        self, node_id: str, host: str, port: int, virtual_nodes: int, keys_to_move: int, started_by: str
-    ) -> Started:
+    async def start_node_addition(self, request: m.NodeAdditionInput, keys_to_move: int) -> Started:
         client = self._client()
-        request = m.NodeAdditionInput(
-            str(uuid.uuid4()), node_id, host, port, virtual_nodes, started_by=started_by
-        )
+        node_id, host, port = request.node_id, request.host, request.port
         workflow_id = m.workflow_id(node_id)
         await self._store.create(request, workflow_id)
         log.info(
@@ -98,8 +96,9 @@ class Migrations:
                 ),
                 static_summary=f"Add storage node {node_id} at {host}:{port}",
                 static_details=(
-                    f"**Node addition** `{node_id}` at `{host}:{port}`, {virtual_nodes} virtual nodes\n\n"
-                    f"migration `{request.migration_id}`, started by {started_by or 'unknown'}"
+                    f"**Node addition** `{node_id}` at `{host}:{port}`, "
+                    f"{request.virtual_nodes} virtual nodes\n\n"
+                    f"migration `{request.migration_id}`, started by {request.started_by or 'unknown'}"
                 ),
             )
         except WorkflowAlreadyStartedError:
@@ -138,11 +137,13 @@ class Migrations:
             raise FailedPrecondition(f"migration {migration_id} has ended ({row.status})")
         handle = self._client().get_workflow_handle(row.workflow_id)
         try:
-            result = await handle.execute_update(update, args=list(args))
+            result = await handle.execute_update(update, args=list(args), rpc_timeout=UPDATE_TIMEOUT)
         except WorkflowUpdateFailedError as exc:
             raise FailedPrecondition(str(exc.cause or exc)) from None
-        except RPCError as exc:
-            raise Unavailable(f"cannot reach the migration workflow on Temporal: {exc}") from None
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
+            raise Unavailable(
+                f"the migration workflow did not answer ({exc}); is a pairdb worker running? retry shortly"
+            ) from None
         return str(result)
 
     async def cancel(self, migration_id: str) -> str:

@@ -160,7 +160,13 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         host, port = limits.host_port(request.host, request.port)
         self._cache.check_lease()
         outcome = await self._membership.add(
-            node_id, host, port, request.virtual_nodes or None, _peer(context)
+            node_id,
+            host,
+            port,
+            request.virtual_nodes or None,
+            _peer(context),
+            hold_at_cutover=request.hold_at_cutover,
+            throttle=request.throttle_keys_per_second,
         )
         eta = int(outcome.estimated_completion.timestamp()) if outcome.estimated_completion else 0
         return pb.AddStorageNodeResponse(

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="first storage node's port; the others follow (default %(default)s)",
     )
     p.add_argument(
+        "--temporal-port", type=int, default=7233, help="Temporal dev server's port (default %(default)s)"
+    )
+    p.add_argument(
+        "--temporal-ui-port", type=int, default=8233, help="Temporal UI's port (default %(default)s)"
+    )
+    p.add_argument(
         "--postgres-port",
         type=int,
         default=DEV_POSTGRES_PORT,
@@ -129,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     np_.add_argument("address", metavar="HOST:PORT")
     np_.add_argument("--vnodes", type=int, default=0, help="virtual nodes (default 128)")
     np_.add_argument("--wait", action="store_true", help="show live progress until the migration ends")
+    np_.add_argument("--throttle", type=int, default=0, help="copy rate limit in keys/s (default: none)")
+    np_.add_argument(
+        "--hold-at-cutover",
+        action="store_true",
+        help="stop in cutover (reads on the new replicas) until `pairdb migration resume` or rollback",
+    )
     _add_client_flags(np_)
 
     p = sub.add_parser("migration", help="follow and steer migrations")
@@ -212,7 +224,14 @@ async def _node_add(client: Client, args: argparse.Namespace) -> int:
     if not sep or not port.isdigit():
         print(f"error: address must be HOST:PORT, got {args.address!r}", file=sys.stderr)
         return 2
-    added = await client.add_node(args.node_id, host, int(port), args.vnodes)
+    added = await client.add_node(
+        args.node_id,
+        host,
+        int(port),
+        args.vnodes,
+        hold_at_cutover=args.hold_at_cutover,
+        throttle_keys_per_second=args.throttle,
+    )
     print(added.message)
     if not added.migration_id:
         return 0
@@ -265,6 +284,8 @@ async def _dev(args: argparse.Namespace) -> None:
         coordinator_port=args.port,
         storage_base_port=args.storage_port,
         postgres_port=args.postgres_port,
+        temporal_port=args.temporal_port,
+        temporal_ui_port=args.temporal_ui_port,
         log_level=args.log_level,
     )
 

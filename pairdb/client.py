@@ -130,10 +130,26 @@ class Client:
         )
         return int(reply.tenant.replication_factor)
 
-    async def add_node(self, node_id: str, host: str, port: int, virtual_nodes: int = 0) -> AddedNode:
+    async def add_node(
+        self,
+        node_id: str,
+        host: str,
+        port: int,
+        virtual_nodes: int = 0,
+        *,
+        hold_at_cutover: bool = False,
+        throttle_keys_per_second: int = 0,
+    ) -> AddedNode:
         reply = await self._call(
             self._stub.AddStorageNode,
-            pb.AddStorageNodeRequest(node_id=node_id, host=host, port=port, virtual_nodes=virtual_nodes),
+            pb.AddStorageNodeRequest(
+                node_id=node_id,
+                host=host,
+                port=port,
+                virtual_nodes=virtual_nodes,
+                hold_at_cutover=hold_at_cutover,
+                throttle_keys_per_second=throttle_keys_per_second,
+            ),
         )
         return AddedNode(reply.migration_id, reply.message, reply.estimated_completion)
 

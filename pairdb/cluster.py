@@ -159,9 +159,9 @@ class LocalCluster:
     async def kill_storage_node(self, node_id: str) -> None:
         await self.nodes[node_id].process.kill()
 
-    async def start_coordinator(self, port: int) -> CoordinatorProcess:
+    async def start_coordinator(self, port: int, dsn: str | None = None) -> CoordinatorProcess:
         coordinator_id = f"coordinator-{len(self.coordinator_procs) + 1}"
-        args = ["--port", str(port), "--postgres-dsn", self.dsn, "--coordinator-id", coordinator_id]
+        args = ["--port", str(port), "--postgres-dsn", dsn or self.dsn, "--coordinator-id", coordinator_id]
         if self.temporal:
             args += ["--temporal", self.temporal_server.address, "--temporal-ui", self.temporal_server.ui_url]
         proc = self._process(coordinator_id, "coordinator", *args)

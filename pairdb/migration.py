@@ -54,6 +54,9 @@ class NodeAdditionInput:
     # Copy throttle in keys per second; 0 means unthrottled.
     throttle_keys_per_second: int = 0
     started_by: str = ""
+    # Stay in cutover (reads on the new replicas, old ones still complete) until
+    # resumed, so an operator can check before cleanup drops the old copies.
+    hold_at_cutover: bool = False
 
 
 @dataclass
@@ -85,6 +88,7 @@ class MigrationState:
     status: str
     paused: bool = False
     throttle_keys_per_second: int = 0
+    holding_at_cutover: bool = False
     error: str = ""
     progress: Progress = field(default_factory=Progress)
     phase_history: list[str] = field(default_factory=list)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17proto/coordinator.proto\x12\tpairdb.v1\"+\n\x0cWriteVersion\x12\x0b\n\x03hlc\x18\x01 \x01(\x04\x12\x0e\n\x06origin\x18\x02 \x01(\r\"r\n\x14WriteKeyValueRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12+\n\x0b\x63onsistency\x18\x04 \x01(\x0e\x32\x16.pairdb.v1.Consistency\"W\n\x15WriteKeyValueResponse\x12(\n\x07version\x18\x01 \x01(\x0b\x32\x17.pairdb.v1.WriteVersion\x12\x14\n\x0c\x61\x63knowledged\x18\x02 \x01(\r\"b\n\x13ReadKeyValueRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12+\n\x0b\x63onsistency\x18\x03 \x01(\x0e\x32\x16.pairdb.v1.Consistency\"^\n\x14ReadKeyValueResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12(\n\x07version\x18\x03 \x01(\x0b\x32\x17.pairdb.v1.WriteVersion\"d\n\x15\x44\x65leteKeyValueRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12+\n\x0b\x63onsistency\x18\x03 \x01(\x0e\x32\x16.pairdb.v1.Consistency\"X\n\x16\x44\x65leteKeyValueResponse\x12(\n\x07version\x18\x01 \x01(\x0b\x32\x17.pairdb.v1.WriteVersion\x12\x14\n\x0c\x61\x63knowledged\x18\x02 \x01(\r\"D\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1a\n\x12replication_factor\x18\x02 \x01(\r\"K\n\x06Tenant\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1a\n\x12replication_factor\x18\x02 \x01(\r\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\"9\n\x14\x43reateTenantResponse\x12!\n\x06tenant\x18\x01 \x01(\x0b\x32\x11.pairdb.v1.Tenant\"%\n\x10GetTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"6\n\x11GetTenantResponse\x12!\n\x06tenant\x18\x01 \x01(\x0b\x32\x11.pairdb.v1.Tenant\"[\n\x15\x41\x64\x64StorageNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x15\n\rvirtual_nodes\x18\x04 \x01(\r\"\x96\x01\n\x16\x41\x64\x64StorageNodeResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0cmigration_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1c\n\x14\x65stimated_completion\x18\x05 \x01(\x03\x12\x15\n\rerror_message\x18\x06 \x01(\t\"+\n\x18RemoveStorageNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"S\n\x19RemoveStorageNodeResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"a\n\x0bStorageNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x15\n\rvirtual_nodes\x18\x05 \x01(\r\"\x19\n\x17ListStorageNodesRequest\"A\n\x18ListStorageNodesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.pairdb.v1.StorageNode\"\xa7\x01\n\x11MigrationProgress\x12\x13\n\x0bkeys_copied\x18\x01 \x01(\x04\x12\x12\n\nkeys_total\x18\x02 \x01(\x04\x12\x0f\n\x07percent\x18\x03 \x01(\x01\x12\x14\n\x0c\x62ytes_copied\x18\x04 \x01(\x04\x12\x13\n\x0branges_done\x18\x05 \x01(\r\x12\x14\n\x0cranges_total\x18\x06 \x01(\r\x12\x17\n\x0fkeys_per_second\x18\x07 \x01(\x01\"1\n\x19GetMigrationStatusRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"\xd7\x02\n\x1aGetMigrationStatusResponse\x12\x13\n\x0bworkflow_id\x18\x0b \x01(\t\x12\x14\n\x0cworkflow_url\x18\x0c \x01(\t\x12\x0e\n\x06paused\x18\r \x01(\x08\x12 \n\x18throttle_keys_per_second\x18\x0e \x01(\x04\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x12\n\nstarted_at\x18\x06 \x01(\x03\x12\r\n\x05phase\x18\x07 \x01(\t\x12.\n\x08progress\x18\x08 \x01(\x0b\x32\x1c.pairdb.v1.MigrationProgress\x12\x1c\n\x14\x65stimated_completion\x18\t \x01(\x03\x12\x15\n\rerror_message\x18\n \x01(\t\".\n\x16\x43\x61ncelMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\";\n\x17\x43\x61ncelMigrationResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"0\n\x18RollbackMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"=\n\x19RollbackMigrationResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"=\n\x15PauseMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x0e\n\x06paused\x18\x02 \x01(\x08\":\n\x16PauseMigrationResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"I\n\x18ThrottleMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x17\n\x0fkeys_per_second\x18\x02 \x01(\x04\"=\n\x19ThrottleMigrationResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t*H\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x07\n\x03ONE\x10\x01\x12\n\n\x06QUORUM\x10\x02\x12\x07\n\x03\x41LL\x10\x03\x32\x91\t\n\x12\x43oordinatorService\x12R\n\rWriteKeyValue\x12\x1f.pairdb.v1.WriteKeyValueRequest\x1a .pairdb.v1.WriteKeyValueResponse\x12O\n\x0cReadKeyValue\x12\x1e.pairdb.v1.ReadKeyValueRequest\x1a\x1f.pairdb.v1.ReadKeyValueResponse\x12U\n\x0e\x44\x65leteKeyValue\x12 .pairdb.v1.DeleteKeyValueRequest\x1a!.pairdb.v1.DeleteKeyValueResponse\x12O\n\x0c\x43reateTenant\x12\x1e.pairdb.v1.CreateTenantRequest\x1a\x1f.pairdb.v1.CreateTenantResponse\x12\x46\n\tGetTenant\x12\x1b.pairdb.v1.GetTenantRequest\x1a\x1c.pairdb.v1.GetTenantResponse\x12U\n\x0e\x41\x64\x64StorageNode\x12 .pairdb.v1.AddStorageNodeRequest\x1a!.pairdb.v1.AddStorageNodeResponse\x12^\n\x11RemoveStorageNode\x12#.pairdb.v1.RemoveStorageNodeRequest\x1a$.pairdb.v1.RemoveStorageNodeResponse\x12[\n\x10ListStorageNodes\x12\".pairdb.v1.ListStorageNodesRequest\x1a#.pairdb.v1.ListStorageNodesResponse\x12\x61\n\x12GetMigrationStatus\x12$.pairdb.v1.GetMigrationStatusRequest\x1a%.pairdb.v1.GetMigrationStatusResponse\x12X\n\x0f\x43\x61ncelMigration\x12!.pairdb.v1.CancelMigrationRequest\x1a\".pairdb.v1.CancelMigrationResponse\x12^\n\x11RollbackMigration\x12#.pairdb.v1.RollbackMigrationRequest\x1a$.pairdb.v1.RollbackMigrationResponse\x12U\n\x0ePauseMigration\x12 .pairdb.v1.PauseMigrationRequest\x1a!.pairdb.v1.PauseMigrationResponse\x12^\n\x11ThrottleMigration\x12#.pairdb.v1.ThrottleMigrationRequest\x1a$.pairdb.v1.ThrottleMigrationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17proto/coordinator.proto\x12\tpairdb.v1\"+\n\x0cWriteVersion\x12\x0b\n\x03hlc\x18\x01 \x01(\x04\x12\x0e\n\x06origin\x18\x02 \x01(\r\"r\n\x14WriteKeyValueRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12+\n\x0b\x63onsistency\x18\x04 \x01(\x0e\x32\x16.pairdb.v1.Consistency\"W\n\x15WriteKeyValueResponse\x12(\n\x07version\x18\x01 \x01(\x0b\x32\x17.pairdb.v1.WriteVersion\x12\x14\n\x0c\x61\x63knowledged\x18\x02 \x01(\r\"b\n\x13ReadKeyValueRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12+\n\x0b\x63onsistency\x18\x03 \x01(\x0e\x32\x16.pairdb.v1.Consistency\"^\n\x14ReadKeyValueResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12(\n\x07version\x18\x03 \x01(\x0b\x32\x17.pairdb.v1.WriteVersion\"d\n\x15\x44\x65leteKeyValueRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12+\n\x0b\x63onsistency\x18\x03 \x01(\x0e\x32\x16.pairdb.v1.Consistency\"X\n\x16\x44\x65leteKeyValueResponse\x12(\n\x07version\x18\x01 \x01(\x0b\x32\x17.pairdb.v1.WriteVersion\x12\x14\n\x0c\x61\x63knowledged\x18\x02 \x01(\r\"D\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1a\n\x12replication_factor\x18\x02 \x01(\r\"K\n\x06Tenant\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x1a\n\x12replication_factor\x18\x02 \x01(\r\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\"9\n\x14\x43reateTenantResponse\x12!\n\x06tenant\x18\x01 \x01(\x0b\x32\x11.pairdb.v1.Tenant\"%\n\x10GetTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"6\n\x11GetTenantResponse\x12!\n\x06tenant\x18\x01 \x01(\x0b\x32\x11.pairdb.v1.Tenant\"\x96\x01\n\x15\x41\x64\x64StorageNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x15\n\rvirtual_nodes\x18\x04 \x01(\r\x12\x17\n\x0fhold_at_cutover\x18\x05 \x01(\x08\x12 \n\x18throttle_keys_per_second\x18\x06 \x01(\x04\"\x96\x01\n\x16\x41\x64\x64StorageNodeResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0cmigration_id\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1c\n\x14\x65stimated_completion\x18\x05 \x01(\x03\x12\x15\n\rerror_message\x18\x06 \x01(\t\"+\n\x18RemoveStorageNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"S\n\x19RemoveStorageNodeResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"a\n\x0bStorageNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x15\n\rvirtual_nodes\x18\x05 \x01(\r\"\x19\n\x17ListStorageNodesRequest\"A\n\x18ListStorageNodesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.pairdb.v1.StorageNode\"\xa7\x01\n\x11MigrationProgress\x12\x13\n\x0bkeys_copied\x18\x01 \x01(\x04\x12\x12\n\nkeys_total\x18\x02 \x01(\x04\x12\x0f\n\x07percent\x18\x03 \x01(\x01\x12\x14\n\x0c\x62ytes_copied\x18\x04 \x01(\x04\x12\x13\n\x0branges_done\x18\x05 \x01(\r\x12\x14\n\x0cranges_total\x18\x06 \x01(\r\x12\x17\n\x0fkeys_per_second\x18\x07 \x01(\x01\"1\n\x19GetMigrationStatusRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"\xd7\x02\n\x1aGetMigrationStatusResponse\x12\x13\n\x0bworkflow_id\x18\x0b \x01(\t\x12\x14\n\x0cworkflow_url\x18\x0c \x01(\t\x12\x0e\n\x06paused\x18\r \x01(\x08\x12 \n\x18throttle_keys_per_second\x18\x0e \x01(\x04\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x12\n\nstarted_at\x18\x06 \x01(\x03\x12\r\n\x05phase\x18\x07 \x01(\t\x12.\n\x08progress\x18\x08 \x01(\x0b\x32\x1c.pairdb.v1.MigrationProgress\x12\x1c\n\x14\x65stimated_completion\x18\t \x01(\x03\x12\x15\n\rerror_message\x18\n \x01(\t\".\n\x16\x43\x61ncelMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\";\n\x17\x43\x61ncelMigrationResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"0\n\x18RollbackMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"=\n\x19RollbackMigrationResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"=\n\x15PauseMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x0e\n\x06paused\x18\x02 \x01(\x08\":\n\x16PauseMigrationResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"I\n\x18ThrottleMigrationRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x17\n\x0fkeys_per_second\x18\x02 \x01(\x04\"=\n\x19ThrottleMigrationResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t*H\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x07\n\x03ONE\x10\x01\x12\n\n\x06QUORUM\x10\x02\x12\x07\n\x03\x41LL\x10\x03\x32\x91\t\n\x12\x43oordinatorService\x12R\n\rWriteKeyValue\x12\x1f.pairdb.v1.WriteKeyValueRequest\x1a .pairdb.v1.WriteKeyValueResponse\x12O\n\x0cReadKeyValue\x12\x1e.pairdb.v1.ReadKeyValueRequest\x1a\x1f.pairdb.v1.ReadKeyValueResponse\x12U\n\x0e\x44\x65leteKeyValue\x12 .pairdb.v1.DeleteKeyValueRequest\x1a!.pairdb.v1.DeleteKeyValueResponse\x12O\n\x0c\x43reateTenant\x12\x1e.pairdb.v1.CreateTenantRequest\x1a\x1f.pairdb.v1.CreateTenantResponse\x12\x46\n\tGetTenant\x12\x1b.pairdb.v1.GetTenantRequest\x1a\x1c.pairdb.v1.GetTenantResponse\x12U\n\x0e\x41\x64\x64StorageNode\x12 .pairdb.v1.AddStorageNodeRequest\x1a!.pairdb.v1.AddStorageNodeResponse\x12^\n\x11RemoveStorageNode\x12#.pairdb.v1.RemoveStorageNodeRequest\x1a$.pairdb.v1.RemoveStorageNodeResponse\x12[\n\x10ListStorageNodes\x12\".pairdb.v1.ListStorageNodesRequest\x1a#.pairdb.v1.ListStorageNodesResponse\x12\x61\n\x12GetMigrationStatus\x12$.pairdb.v1.GetMigrationStatusRequest\x1a%.pairdb.v1.GetMigrationStatusResponse\x12X\n\x0f\x43\x61ncelMigration\x12!.pairdb.v1.CancelMigrationRequest\x1a\".pairdb.v1.CancelMigrationResponse\x12^\n\x11RollbackMigration\x12#.pairdb.v1.RollbackMigrationRequest\x1a$.pairdb.v1.RollbackMigrationResponse\x12U\n\x0ePauseMigration\x12 .pairdb.v1.PauseMigrationRequest\x1a!.pairdb.v1.PauseMigrationResponse\x12^\n\x11ThrottleMigration\x12#.pairdb.v1.ThrottleMigrationRequest\x1a$.pairdb.v1.ThrottleMigrationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSISTENCY']._serialized_start=2596
-  _globals['_CONSISTENCY']._serialized_end=2668
+  _globals['_CONSISTENCY']._serialized_start=2656
+  _globals['_CONSISTENCY']._serialized_end=2728
   _globals['_WRITEVERSION']._serialized_start=38
   _globals['_WRITEVERSION']._serialized_end=81
   _globals['_WRITEKEYVALUEREQUEST']._serialized_start=83
@@ -57,42 +57,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTENANTREQUEST']._serialized_end=919
   _globals['_GETTENANTRESPONSE']._serialized_start=921
   _globals['_GETTENANTRESPONSE']._serialized_end=975
-  _globals['_ADDSTORAGENODEREQUEST']._serialized_start=977
-  _globals['_ADDSTORAGENODEREQUEST']._serialized_end=1068
-  _globals['_ADDSTORAGENODERESPONSE']._serialized_start=1071
-  _globals['_ADDSTORAGENODERESPONSE']._serialized_end=1221
-  _globals['_REMOVESTORAGENODEREQUEST']._serialized_start=1223
-  _globals['_REMOVESTORAGENODEREQUEST']._serialized_end=1266
-  _globals['_REMOVESTORAGENODERESPONSE']._serialized_start=1268
-  _globals['_REMOVESTORAGENODERESPONSE']._serialized_end=1351
-  _globals['_STORAGENODE']._serialized_start=1353
-  _globals['_STORAGENODE']._serialized_end=1450
-  _globals['_LISTSTORAGENODESREQUEST']._serialized_start=1452
-  _globals['_LISTSTORAGENODESREQUEST']._serialized_end=1477
-  _globals['_LISTSTORAGENODESRESPONSE']._serialized_start=1479
-  _globals['_LISTSTORAGENODESRESPONSE']._serialized_end=1544
-  _globals['_MIGRATIONPROGRESS']._serialized_start=1547
-  _globals['_MIGRATIONPROGRESS']._serialized_end=1714
-  _globals['_GETMIGRATIONSTATUSREQUEST']._serialized_start=1716
-  _globals['_GETMIGRATIONSTATUSREQUEST']._serialized_end=1765
-  _globals['_GETMIGRATIONSTATUSRESPONSE']._serialized_start=1768
-  _globals['_GETMIGRATIONSTATUSRESPONSE']._serialized_end=2111
-  _globals['_CANCELMIGRATIONREQUEST']._serialized_start=2113
-  _globals['_CANCELMIGRATIONREQUEST']._serialized_end=2159
-  _globals['_CANCELMIGRATIONRESPONSE']._serialized_start=2161
-  _globals['_CANCELMIGRATIONRESPONSE']._serialized_end=2220
-  _globals['_ROLLBACKMIGRATIONREQUEST']._serialized_start=2222
-  _globals['_ROLLBACKMIGRATIONREQUEST']._serialized_end=2270
-  _globals['_ROLLBACKMIGRATIONRESPONSE']._serialized_start=2272
-  _globals['_ROLLBACKMIGRATIONRESPONSE']._serialized_end=2333
-  _globals['_PAUSEMIGRATIONREQUEST']._serialized_start=2335
-  _globals['_PAUSEMIGRATIONREQUEST']._serialized_end=2396
-  _globals['_PAUSEMIGRATIONRESPONSE']._serialized_start=2398
-  _globals['_PAUSEMIGRATIONRESPONSE']._serialized_end=2456
-  _globals['_THROTTLEMIGRATIONREQUEST']._serialized_start=2458
-  _globals['_THROTTLEMIGRATIONREQUEST']._serialized_end=2531
-  _globals['_THROTTLEMIGRATIONRESPONSE']._serialized_start=2533
-  _globals['_THROTTLEMIGRATIONRESPONSE']._serialized_end=2594
-  _globals['_COORDINATORSERVICE']._serialized_start=2671
-  _globals['_COORDINATORSERVICE']._serialized_end=3840
+  _globals['_ADDSTORAGENODEREQUEST']._serialized_start=978
+  _globals['_ADDSTORAGENODEREQUEST']._serialized_end=1128
+  _globals['_ADDSTORAGENODERESPONSE']._serialized_start=1131
+  _globals['_ADDSTORAGENODERESPONSE']._serialized_end=1281
+  _globals['_REMOVESTORAGENODEREQUEST']._serialized_start=1283
+  _globals['_REMOVESTORAGENODEREQUEST']._serialized_end=1326
+  _globals['_REMOVESTORAGENODERESPONSE']._serialized_start=1328
+  _globals['_REMOVESTORAGENODERESPONSE']._serialized_end=1411
+  _globals['_STORAGENODE']._serialized_start=1413
+  _globals['_STORAGENODE']._serialized_end=1510
+  _globals['_LISTSTORAGENODESREQUEST']._serialized_start=1512
+  _globals['_LISTSTORAGENODESREQUEST']._serialized_end=1537
+  _globals['_LISTSTORAGENODESRESPONSE']._serialized_start=1539
+  _globals['_LISTSTORAGENODESRESPONSE']._serialized_end=1604
+  _globals['_MIGRATIONPROGRESS']._serialized_start=1607
+  _globals['_MIGRATIONPROGRESS']._serialized_end=1774
+  _globals['_GETMIGRATIONSTATUSREQUEST']._serialized_start=1776
+  _globals['_GETMIGRATIONSTATUSREQUEST']._serialized_end=1825
+  _globals['_GETMIGRATIONSTATUSRESPONSE']._serialized_start=1828
+  _globals['_GETMIGRATIONSTATUSRESPONSE']._serialized_end=2171
+  _globals['_CANCELMIGRATIONREQUEST']._serialized_start=2173
+  _globals['_CANCELMIGRATIONREQUEST']._serialized_end=2219
+  _globals['_CANCELMIGRATIONRESPONSE']._serialized_start=2221
+  _globals['_CANCELMIGRATIONRESPONSE']._serialized_end=2280
+  _globals['_ROLLBACKMIGRATIONREQUEST']._serialized_start=2282
+  _globals['_ROLLBACKMIGRATIONREQUEST']._serialized_end=2330
+  _globals['_ROLLBACKMIGRATIONRESPONSE']._serialized_start=2332
+  _globals['_ROLLBACKMIGRATIONRESPONSE']._serialized_end=2393
+  _globals['_PAUSEMIGRATIONREQUEST']._serialized_start=2395
+  _globals['_PAUSEMIGRATIONREQUEST']._serialized_end=2456
+  _globals['_PAUSEMIGRATIONRESPONSE']._serialized_start=2458
+  _globals['_PAUSEMIGRATIONRESPONSE']._serialized_end=2516
+  _globals['_THROTTLEMIGRATIONREQUEST']._serialized_start=2518
+  _globals['_THROTTLEMIGRATIONREQUEST']._serialized_end=2591
+  _globals['_THROTTLEMIGRATIONRESPONSE']._serialized_start=2593
+  _globals['_THROTTLEMIGRATIONRESPONSE']._serialized_end=2654
+  _globals['_COORDINATORSERVICE']._serialized_start=2731
+  _globals['_COORDINATORSERVICE']._serialized_end=3900
 # @@protoc_insertion_point(module_scope)

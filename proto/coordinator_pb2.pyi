@@ -121,16 +121,20 @@ class GetTenantResponse(_message.Message):
     def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ...) -> None: ...
 
 class AddStorageNodeRequest(_message.Message):
-    __slots__ = ("node_id", "host", "port", "virtual_nodes")
+    __slots__ = ("node_id", "host", "port", "virtual_nodes", "hold_at_cutover", "throttle_keys_per_second")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     VIRTUAL_NODES_FIELD_NUMBER: _ClassVar[int]
+    HOLD_AT_CUTOVER_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_KEYS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     host: str
     port: int
     virtual_nodes: int
-    def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., virtual_nodes: _Optional[int] = ...) -> None: ...
+    hold_at_cutover: bool
+    throttle_keys_per_second: int
+    def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., virtual_nodes: _Optional[int] = ..., hold_at_cutover: _Optional[bool] = ..., throttle_keys_per_second: _Optional[int] = ...) -> None: ...
 
 class AddStorageNodeResponse(_message.Message):
     __slots__ = ("success", "node_id", "migration_id", "message", "estimated_completion", "error_message")

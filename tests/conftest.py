@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -37,7 +38,7 @@ def scratch_dir() -> Iterator[Path]:
 async def cluster() -> AsyncIterator[LocalCluster]:
     """Three storage nodes and one coordinator over gRPC on loopback, metadata in real PostgreSQL."""
     path = fresh_dir("cluster")
-    local = LocalCluster(path, storage_nodes=3, log_level="WARNING")
+    local = LocalCluster(path, storage_nodes=3, log_level="WARNING", temporal=False)
     try:
         await local.start()
         yield local
@@ -62,3 +63,19 @@ async def tenant(client: Client) -> str:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def migration_cluster() -> AsyncIterator[LocalCluster]:
+    """A cluster of its own for one migration test: PostgreSQL, Temporal dev server, three storage
+    nodes, two coordinators and a migration worker, all real processes."""
+    path = fresh_dir("migration")
+    local = LocalCluster(path, storage_nodes=3, coordinators=2, log_level="INFO")
+    try:
+        await local.start()
+        yield local
+    finally:
+        await local.stop()
+        # PAIRDB_KEEP_TEST_DATA=1 keeps the cluster's data and logs for a post-mortem.
+        if not os.environ.get("PAIRDB_KEEP_TEST_DATA"):
+            shutil.rmtree(path, ignore_errors=True)

@@ -12,6 +12,7 @@ activity; this module only decides what runs next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -40,7 +41,7 @@ REGISTRY_STEP: dict[str, Any] = {
 # A copy chunk survives its nodes restarting: retried for minutes, heartbeats every range.
 COPY_STEP: dict[str, Any] = {
     "start_to_close_timeout": timedelta(minutes=30),
-    "heartbeat_timeout": timedelta(seconds=30),
+    "heartbeat_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=30
     ),
@@ -88,6 +89,7 @@ class NodeAdditionWorkflow:
             await self._phase(m.DUAL_WRITE, "enable_dual_write", s.migration_id)
             await self._data_copy()
             await self._phase(m.CUTOVER, "enter_phase", s.migration_id, m.CUTOVER)
+            await self._hold_at_cutover(request.hold_at_cutover)
             self._raise_if_stopped()
             await self._phase(m.CLEANUP, "enter_phase", s.migration_id, m.CLEANUP, options=MUST_FINISH)
             await self._activity("drop_moved_ranges", s.migration_id, options=MUST_FINISH)
@@ -116,8 +118,8 @@ class NodeAdditionWorkflow:
     async def _wait_for_turn(self) -> None:
         """Stay `queued` until this migration holds the one ring-change slot."""
         while not await self._activity("claim_ring_change", self._state.migration_id, result_type=bool):
-            self._raise_if_stopped()
-            await workflow.wait_condition(lambda: self._stop, timeout=QUEUE_POLL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(lambda: self._stop, timeout=QUEUE_POLL)
             self._raise_if_stopped()
         self._state.status = m.S_IN_PROGRESS
         self._publish()
@@ -152,6 +154,17 @@ class NodeAdditionWorkflow:
                 options=COPY_STEP,
                 stoppable=True,
             )
+
+    async def _hold_at_cutover(self, hold: bool) -> None:
+        """With hold_at_cutover, wait for resume (then cleanup) or rollback."""
+        s = self._state
+        if not hold:
+            return
+        s.holding_at_cutover = s.paused = True
+        self._publish()
+        await workflow.wait_condition(lambda: not s.paused or self._stop)
+        s.holding_at_cutover = False
+        self._publish()
 
     async def _undo(self, status: str, error: str) -> None:
         """Compensate back to the old ring from wherever the migration stopped, then record status."""
@@ -209,9 +222,9 @@ class NodeAdditionWorkflow:
             return await handle
         stop = asyncio.ensure_future(workflow.wait_condition(lambda: self._stop))
         try:
-            await asyncio.wait([handle, stop], return_when=asyncio.FIRST_COMPLETED)
+            await workflow.wait([handle, stop], return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            handle.cancel()  # asyncio.wait does not pass a cancel on to what it waits for
+            handle.cancel()  # wait() does not pass a cancel on to what it waits for
             stop.cancel()
             raise
         if handle.done():
@@ -246,7 +259,11 @@ class NodeAdditionWorkflow:
                 f"ranges {p.ranges_done}/{p.ranges_total}"
             )
             lines.append(f"- rate {p.keys_per_second:,.0f} keys/s, ETA {p.eta_seconds:.0f} s")
-        if s.paused:
+        if s.holding_at_cutover:
+            lines.append(
+                "- **holding at cutover**: reads use the new replicas; resume to clean up, or roll back"
+            )
+        elif s.paused:
             lines.append("- **paused**")
         if s.throttle_keys_per_second:
             lines.append(f"- throttle {s.throttle_keys_per_second:,} keys/s")

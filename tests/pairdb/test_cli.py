@@ -23,7 +23,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_dev_cluster_then_put_and_get_from_another_shell(scratch_dir: Path) -> None:
-    port, storage, pg = free_port(), free_port(), free_port()
+    port, storage, pg, temporal, ui = free_port(), free_port(), free_port(), free_port(), free_port()
     # Three consecutive storage ports from a free one: good enough on loopback.
     dev = subprocess.Popen(
         [
@@ -37,6 +37,10 @@ def test_dev_cluster_then_put_and_get_from_another_shell(scratch_dir: Path) -> N
             str(storage),
             "--postgres-port",
             str(pg),
+            "--temporal-port",
+            str(temporal),
+            "--temporal-ui-port",
+            str(ui),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -56,6 +60,7 @@ def test_dev_cluster_then_put_and_get_from_another_shell(scratch_dir: Path) -> N
         banner = "".join(lines)
         assert f"coordinator   127.0.0.1:{port}" in banner, banner
         assert "storage node  node-3" in banner
+        assert f"temporal UI   http://127.0.0.1:{ui}" in banner
         children = psutil.Process(dev.pid).children(recursive=True)
 
         env = {"PAIRDB_COORDINATOR": f"127.0.0.1:{port}"}

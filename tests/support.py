@@ -1,0 +1,140 @@
+"""Helpers for tests that run migrations under client load."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from coordinator.metadata import Metadata
+from coordinator.ring import Ring
+from pairdb.client import Client, ClientError, MigrationStatus
+from pairdb.cluster import LocalCluster
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = 60, what: str = "condition"
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def wait_phase(
+    client: Client, migration_id: str, *phases: str, timeout: float = 120
+) -> MigrationStatus:
+    seen: list[MigrationStatus] = []
+
+    async def reached() -> bool:
+        status = await client.migration(migration_id)
+        seen.append(status)
+        if status.ended and status.phase not in phases:
+            raise AssertionError(f"migration ended {status.status} in {status.phase}: {status.error}")
+        return status.phase in phases
+
+    await wait_for(reached, timeout, f"phase {phases}")
+    return seen[-1]
+
+
+async def wait_ended(client: Client, migration_id: str, timeout: float = 180) -> MigrationStatus:
+    result: list[MigrationStatus] = []
+
+    async def ended() -> bool:
+        result.append(await client.migration(migration_id))
+        return result[-1].ended
+
+    await wait_for(ended, timeout, f"migration {migration_id} to end")
+    return result[-1]
+
+
+async def load(client: Client, tenants: list[str], keys_per_tenant: int) -> dict[tuple[str, str], bytes]:
+    written: dict[tuple[str, str], bytes] = {}
+    sem = asyncio.Semaphore(32)
+
+    async def put(tenant: str, i: int) -> None:
+        async with sem:
+            value = f"{tenant}-initial-{i}".encode()
+            await client.put(tenant, f"key-{i}", value)
+            written[(tenant, f"key-{i}")] = value
+
+    await asyncio.gather(*(put(t, i) for t in tenants for i in range(keys_per_tenant)))
+    return written
+
+
+@dataclass
+class Writer:
+    """Clients overwriting keys through every coordinator, recording each acknowledged write.
+
+    Each worker owns its keys and writes them one at a time, so the last
+    acknowledged value of a key is exactly what a later read must return.
+    """
+
+    clients: list[Client]
+    tenant: str
+    keys: int = 200
+    workers: int = 4
+    acknowledged: dict[str, bytes] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    operations: int = 0
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._run(w)) for w in range(self.workers)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _run(self, worker: int) -> None:
+        rng = random.Random(worker)
+        mine = [f"w{worker}-k{i}" for i in range(self.keys // self.workers)]
+        for n in itertools.count():
+            if self._stop.is_set():
+                return
+            key = rng.choice(mine)
+            value = f"{key}-v{n}".encode()
+            client = self.clients[n % len(self.clients)]
+            try:
+                await client.put(self.tenant, key, value)
+                self.acknowledged[key] = value
+            except ClientError as exc:
+                self.errors.append(f"{key}: {exc}")
+            self.operations += 1
+            await asyncio.sleep(0.002)
+
+    async def lost(self, client: Client) -> list[str]:
+        """Keys whose QUORUM read does not return their last acknowledged value."""
+        lost = []
+        for key, value in self.acknowledged.items():
+            got = await client.get(self.tenant, key)
+            if got.value != value:
+                lost.append(f"{key}: acknowledged {value!r}, read {got.value!r}")
+        return lost
+
+
+async def rings(cluster: LocalCluster, joined: str) -> tuple[Ring, Ring]:
+    """The ring without `joined` and the ring with it, from the cluster's metadata."""
+    metadata = await Metadata.connect(cluster.dsn)
+    try:
+        snap = await metadata.snapshot()
+    finally:
+        await metadata.close()
+    members = {n for n, info in snap.nodes.items() if info.status == "active"}
+    old = Ring.from_tokens((t, n) for t, n in snap.tokens if n in members and n != joined)
+    new = Ring.from_tokens((t, n) for t, n in snap.tokens if n in members | {joined})
+    return old, new
+
+
+async def read_all(clients: list[Client], written: dict[tuple[str, str], bytes]) -> list[str]:
+    bad = []
+    for i, ((tenant, key), value) in enumerate(written.items()):
+        got = await clients[i % len(clients)].get(tenant, key)
+        if got.value != value:
+            bad.append(f"{tenant}/{key}")
+    return bad
