@@ -1,0 +1,101 @@
+"""Read and write sets follow the in-flight ring change's phase (DESIGN.md §5 table)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from coordinator.metadata import InFlight, NodeInfo, Snapshot, TenantInfo
+from coordinator.quorum import Consistency
+from coordinator.ring import Ring, allocate_tokens, ranges_gained
+from coordinator.routing import plan
+from coordinator.topology import Topology
+from pairdb import migration as m
+from pairdb.keyspace import in_range, token
+
+
+def snapshot(phase: str | None, node4_status: str = "joining") -> Snapshot:
+    tokens: list[tuple[int, str]] = []
+    for n in ("node-1", "node-2", "node-3", "node-4"):
+        tokens += [(t, n) for t in allocate_tokens(tokens, n, 64)]
+    nodes = {
+        n: NodeInfo(n, "127.0.0.1", 7000 + i, "active", 64)
+        for i, n in enumerate(["node-1", "node-2", "node-3"])
+    }
+    nodes["node-4"] = NodeInfo("node-4", "127.0.0.1", 7004, node4_status, 64)
+    tenants = {"t": TenantInfo("t", 3, datetime.now(UTC))}
+    in_flight = InFlight("mig", "node-4", phase) if phase else None
+    return Snapshot(1, nodes, tokens, tenants, in_flight)
+
+
+def keys_moving_to_node4(topology: Topology) -> list[int]:
+    assert topology.future is not None
+    found = [token("t", f"k{i}") for i in range(2000)]
+    return [t for t in found if "node-4" in topology.future.replicas(t, 3)]
+
+
+@pytest.mark.parametrize("phase", [m.DUAL_WRITE, m.DATA_COPY, m.ROLLING_BACK])
+def test_before_cutover_writes_need_both_sets_and_reads_use_old(phase: str) -> None:
+    topology = Topology.from_snapshot(snapshot(phase))
+    for t in keys_moving_to_node4(topology)[:50]:
+        write = plan(topology, t, 3, Consistency.QUORUM, write=True)
+        assert "node-4" in write.targets and "node-4" not in write.old
+        assert write.new is not None and "node-4" in write.new
+        read = plan(topology, t, 3, Consistency.QUORUM, write=False)
+        assert read.new is None and "node-4" not in read.old
+
+
+def test_in_cutover_writes_need_both_sets_and_reads_use_new() -> None:
+    topology = Topology.from_snapshot(snapshot(m.CUTOVER, node4_status="active"))
+    for t in keys_moving_to_node4(topology)[:50]:
+        assert plan(topology, t, 3, Consistency.QUORUM, write=True).new is not None
+        read = plan(topology, t, 3, Consistency.QUORUM, write=False)
+        assert "node-4" in read.old and read.new is None
+
+
+def test_in_cleanup_everything_uses_new_only() -> None:
+    topology = Topology.from_snapshot(snapshot(m.CLEANUP, node4_status="active"))
+    for t in keys_moving_to_node4(topology)[:50]:
+        for write in (True, False):
+            p = plan(topology, t, 3, Consistency.QUORUM, write=write)
+            assert p.new is None and "node-4" in p.old
+
+
+@pytest.mark.parametrize("phase", [None, m.QUEUED, m.CANCELLING])
+def test_without_a_routed_phase_the_joining_node_gets_nothing(phase: str | None) -> None:
+    topology = Topology.from_snapshot(snapshot(phase))
+    assert topology.future is None
+    for i in range(200):
+        p = plan(topology, token("t", f"k{i}"), 3, Consistency.QUORUM, write=True)
+        assert "node-4" not in p.targets
+
+
+def test_keys_not_moving_keep_a_single_replica_set() -> None:
+    topology = Topology.from_snapshot(snapshot(m.DATA_COPY))
+    assert topology.future is not None
+    for i in range(500):
+        t = token("t", f"k{i}")
+        if "node-4" not in topology.future.replicas(t, 3):
+            assert plan(topology, t, 3, Consistency.QUORUM, write=True).new is None
+
+
+def test_copy_plan_covers_every_token_whose_future_set_gains_the_node() -> None:
+    topology = Topology.from_snapshot(snapshot(m.DATA_COPY))
+    assert topology.future is not None
+    moves = ranges_gained(topology.ring, topology.future, "node-4", 3)
+    rng = random.Random(3)
+    for _ in range(5000):
+        t = rng.getrandbits(64)
+        gains = "node-4" in topology.future.replicas(t, 3)
+        covered = any(in_range(t, mv.start, mv.end) for mv in moves)
+        assert gains == covered
+
+
+def test_ring_of_old_and_new_differ_only_by_the_joining_node() -> None:
+    topology = Topology.from_snapshot(snapshot(m.DUAL_WRITE))
+    assert topology.future is not None
+    assert topology.ring.node_ids == {"node-1", "node-2", "node-3"}
+    assert topology.future.node_ids == {"node-1", "node-2", "node-3", "node-4"}
+    assert isinstance(topology.ring, Ring)
