@@ -169,9 +169,16 @@ def ranges_gained(old: Ring, new: Ring, node_id: str, rf: int) -> list[RangeMove
     The future ring's boundaries include every current boundary, so each of its
     ranges has one replica set in either ring: the one of its end token.
     """
-    moves = []
+    moves: list[RangeMove] = []
     for start, end, _ in new.ranges():
         future = new.replicas(end, rf)
-        if node_id in future:
-            moves.append(RangeMove(start, end, old.replicas(end, rf), future))
+        if node_id not in future:
+            continue
+        past = old.replicas(end, rf)
+        last = moves[-1] if moves else None
+        if last is not None and last.end == start and last.old == past and last.new == future:
+            # Adjacent ranges with the same replicas move as one: fewer streams to open.
+            moves[-1] = RangeMove(last.start, end, past, future)
+        else:
+            moves.append(RangeMove(start, end, past, future))
     return moves

@@ -137,6 +137,8 @@ class TopologyCache:
             )
 
     async def refresh(self) -> Topology:
+        if self._current is not None and await self._metadata.epoch() == self._current.epoch:
+            return self._current  # one cheap query on the common path
         snap = await self._metadata.snapshot()
         if self._current is None or snap.epoch != self._current.epoch:
             self._current = Topology.from_snapshot(snap)
@@ -158,14 +160,22 @@ class TopologyCache:
     async def _run(self) -> None:
         while True:
             try:
-                if self._listener is None or self._listener.is_closed():
-                    await self._listen()
-                renewed_at = time.monotonic()
-                await self.refresh()
-                await self._metadata.renew_lease(self.coordinator_id, self.applied_epoch, self._lease_seconds)
+                # Bounded: a hung PostgreSQL call must end in a retry, not a silent stall.
+                async with asyncio.timeout(self._lease_seconds):
+                    if self._listener is None or self._listener.is_closed():
+                        await self._listen()
+                    renewed_at = time.monotonic()
+                    await self.refresh()
+                    await self._metadata.renew_lease(
+                        self.coordinator_id, self.applied_epoch, self._lease_seconds
+                    )
                 self._lease_valid_until = renewed_at + self._lease_seconds
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("Metadata refresh failed", error=str(exc))
+            except Exception as exc:  # the loop must outlive any failure, or the lease lapses for good
+                log.warning(
+                    "Metadata refresh failed",
+                    coordinator_id=self.coordinator_id,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
                 await self._close_listener()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self._poll_interval)

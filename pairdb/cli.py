@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_log_level(p)
 
+    p = sub.add_parser("demo", help="add a node to a live cluster under load and check nothing was lost")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".pairdb-demo"),
+        help="fresh directory, wiped first (default %(default)s)",
+    )
+    p.add_argument("--keys", type=int, default=100_000, help="sample keys to load (default %(default)s)")
+
     p = sub.add_parser("storage-node", help="run one storage node")
     p.add_argument("--node-id", required=True)
     p.add_argument("--port", type=int, required=True)
@@ -339,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             )
+        elif args.command == "demo":
+            from pairdb.demo import run_demo
+
+            logs.configure(json=False, level="WARNING")
+            return asyncio.run(run_demo(args.data_dir.resolve(), args.keys))
         elif args.command == "worker":
             from workflows.worker import WorkerConfig
             from workflows.worker import serve as serve_worker
