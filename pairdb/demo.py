@@ -143,11 +143,15 @@ async def _check_new_node(
     return len(owned), missing
 
 
+def _fresh_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    path.chmod(0o755)  # the embedded PostgreSQL runs as its own user
+
+
 async def run_demo(data_dir: Path, keys: int, log_level: str = "WARNING") -> int:
-    if data_dir.exists():
-        shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True)
-    data_dir.chmod(0o755)
+    await asyncio.to_thread(_fresh_dir, data_dir)
     cluster = LocalCluster(data_dir, storage_nodes=3, coordinators=2, log_level=log_level)
     print(f"pairdb demo: starting a fresh cluster in {data_dir}", flush=True)
     await cluster.start()
