@@ -104,6 +104,9 @@ async def test_happy_path_four_phases_then_node_active_and_ranges_moved(
         "finish_migration",
     ]
     await record_history(cluster, "happy_path")
+    described = await handle.describe()
+    attributes = {k.name: v for k, v in described.typed_search_attributes if k.name.startswith("Migration")}
+    assert attributes == {m.SA_PHASE: m.DONE, m.SA_NODE: "node-4", m.SA_STATUS: m.S_COMPLETED}
 
     # Every range node-4 gained: same count and digest as the merged view of its other replicas;
     # the replicas that gave the range up no longer hold it.

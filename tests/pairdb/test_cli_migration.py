@@ -1,0 +1,59 @@
+"""`pairdb node add` and `pairdb migration ...` as an operator types them, against a real cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from pairdb.cluster import LocalCluster
+from tests.support import load, wait_for
+
+
+async def pairdb(cluster: LocalCluster, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pairdb.cli",
+        *args,
+        "--coordinator",
+        cluster.coordinator_address,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_node_add_with_pause_throttle_resume_and_wait(migration_cluster: LocalCluster) -> None:
+    cluster = migration_cluster
+    async with cluster.client() as client:
+        await load(client, ["default"], 1500)
+    node4 = await cluster.add_storage_node("node-4")
+    code, out = await pairdb(cluster, "node", "add", "node-4", f"127.0.0.1:{node4.port}", "--throttle", "200")
+    assert code == 0, out
+    migration_id = out.strip().splitlines()[-1].removeprefix("migration ").strip()
+
+    async def copying() -> bool:
+        _, status = await pairdb(cluster, "migration", "status", migration_id)
+        return "phase      data_copy" in status
+
+    await wait_for(copying, timeout=60, what="the copy to start")
+    code, out = await pairdb(cluster, "migration", "pause", migration_id)
+    assert (code, out.strip()) == (0, "paused")
+    code, out = await pairdb(cluster, "migration", "status", migration_id)
+    assert "paused     yes" in out and "throttle   200 keys/s" in out
+    code, out = await pairdb(cluster, "migration", "throttle", migration_id, "0")
+    assert (code, out.strip()) == (0, "throttle removed")
+    code, out = await pairdb(cluster, "migration", "resume", migration_id)
+    assert (code, out.strip()) == (0, "resumed")
+    code, out = await pairdb(cluster, "migration", "wait", migration_id)
+    assert code == 0, out
+    assert "status     completed" in out and "phase      done" in out
+    code, out = await pairdb(cluster, "nodes")
+    assert "node-4" in out and out.count("active") == 4
+
+    code, out = await pairdb(cluster, "migration", "cancel", migration_id)
+    assert code == 1 and out.startswith("error: FAILED_PRECONDITION") and "has ended" in out
+    code, out = await pairdb(cluster, "migration", "status", "nope")
+    assert code == 1 and out.startswith("error: NOT_FOUND")
