@@ -173,7 +173,7 @@ async def bench_coordinator(args: argparse.Namespace, workdir: Path) -> list[Res
     print(
         "starting LocalCluster (PostgreSQL, 3 storage nodes, 1 coordinator) ...", file=sys.stderr, flush=True
     )
-    cluster = LocalCluster(workdir / "cluster", storage_nodes=3, coordinators=1)
+    cluster = LocalCluster(workdir / "cluster", storage_nodes=3, coordinators=1, temporal=False)
     try:
         await cluster.start()
         async with Client(cluster.coordinator_address, timeout=REQUEST_TIMEOUT) as client:
