@@ -34,7 +34,9 @@ class CoordinatorConfig:
     coordinator_id: str = ""
     # Per storage-node call deadline.
     storage_timeout: float = 2.0
-    lease_seconds: float = 5.0
+    # Long enough to ride out a starved event loop on a busy machine; a dead
+    # coordinator holds a barrier up at most this long.
+    lease_seconds: float = 10.0
     # Temporal frontend; without it the coordinator serves data but cannot run migrations.
     temporal_address: str = ""
     temporal_namespace: str = "default"

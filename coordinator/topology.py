@@ -66,7 +66,7 @@ class TopologyCache:
         metadata: Metadata,
         coordinator_id: str,
         address: str,
-        lease_seconds: float = 5.0,
+        lease_seconds: float = 10.0,
         poll_interval: float = 1.0,
     ) -> None:
         self._metadata = metadata
@@ -170,6 +170,11 @@ class TopologyCache:
                         self.coordinator_id, self.applied_epoch, self._lease_seconds
                     )
                 self._lease_valid_until = renewed_at + self._lease_seconds
+                took = time.monotonic() - renewed_at
+                if took > self._lease_seconds / 4:
+                    log.warning(
+                        "Slow metadata refresh", coordinator_id=self.coordinator_id, duration=round(took, 2)
+                    )
             except Exception as exc:  # the loop must outlive any failure, or the lease lapses for good
                 log.warning(
                     "Metadata refresh failed",

@@ -27,7 +27,7 @@ from pairdb.keyspace import token
 from storage_node.engine import StoredRecord
 
 TENANTS = {"acme": 3, "globex": 3, "initech": 2}
-LOAD_CONCURRENCY = 96
+LOAD_CONCURRENCY = 64
 
 
 @dataclass

@@ -39,7 +39,7 @@ async def test_copy_waits_for_a_held_back_coordinator_until_it_applies_or_its_le
             node4 = await cluster.add_storage_node("node-4")
             proxy.block()
             added = await client.add_node("node-4", "127.0.0.1", node4.port)
-            await asyncio.sleep(2.5)  # well inside the 5 s lease
+            await asyncio.sleep(3)  # well inside the 10 s lease
             status = await client.migration(added.migration_id)
             assert status.phase == m.DUAL_WRITE and status.ranges_total == 0, status
             await held_client.put("t", "while-held", b"ok")  # its lease still holds: it serves
@@ -62,7 +62,7 @@ async def test_copy_waits_for_a_held_back_coordinator_until_it_applies_or_its_le
                 )
 
             await wait_for(copying, timeout=60, what="the copy to start")
-            assert asyncio.get_running_loop().time() - started >= 4.0  # not before the lease ran out
+            assert asyncio.get_running_loop().time() - started >= 8.0  # not before the lease ran out
             with pytest.raises(ClientError) as refused:
                 await held_client.put("t", "k", b"v")
             assert refused.value.code == grpc.StatusCode.UNAVAILABLE

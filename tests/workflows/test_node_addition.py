@@ -234,7 +234,7 @@ async def _copies(cluster: LocalCluster, migration_id: str) -> dict[int, int]:
     return {r["range_index"]: r["copies"] for r in rows}
 
 
-@pytest.mark.parametrize("how", ["temporal-cli-signal", "CancelMigration"])
+@pytest.mark.parametrize("how", ["temporal-cli-signal", "temporal-cli-cancel", "CancelMigration"])
 async def test_cancel_mid_copy(migration_cluster: LocalCluster, how: str) -> None:
     cluster = migration_cluster
     written = await setup_tenants(cluster, 800)
@@ -248,17 +248,16 @@ async def test_cancel_mid_copy(migration_cluster: LocalCluster, how: str) -> Non
         if how == "CancelMigration":
             assert "cancelling" in await c1.cancel_migration(added.migration_id)
         else:
-            # The real CLI, as an operator would type it.
+            # The real CLI, as an operator would type it: a signal, or Temporal's own cancel.
+            verb = ["signal", "--name", "cancel"] if how == "temporal-cli-signal" else ["cancel"]
             proc = await asyncio.create_subprocess_exec(
                 str(temporal_binary()),
                 "workflow",
-                "signal",
+                *verb,
                 "--address",
                 cluster.temporal_server.address,
                 "--workflow-id",
                 m.workflow_id("node-4"),
-                "--name",
-                "cancel",
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )
