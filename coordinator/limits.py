@@ -12,6 +12,7 @@ from pairdb.keyspace import (
 )
 
 NODE_ID_PATTERN = TENANT_ID_PATTERN
+MAX_MIGRATION_ID_CHARS = 128
 
 
 def tenant_id(value: str) -> str:
@@ -70,3 +71,12 @@ def host_port(host: str, port: int) -> tuple[str, int]:
     if not 1 <= port <= 65535:
         raise InvalidArgument(f"port {port} is out of range 1..65535")
     return host, port
+
+
+def migration_id(value: str) -> str:
+    # Checked before the lookup: PostgreSQL text cannot hold NUL, so the query itself would fail.
+    if not value or len(value) > MAX_MIGRATION_ID_CHARS or "\x00" in value:
+        raise InvalidArgument(
+            f"invalid migration_id {value[:80]!r}: use the id AddStorageNode returned (a UUID)"
+        )
+    return value

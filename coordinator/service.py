@@ -205,7 +205,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def GetMigrationStatus(
         self, request: pb.GetMigrationStatusRequest, context: Context
     ) -> pb.GetMigrationStatusResponse:
-        row = await self._migrations.get(request.migration_id)
+        row = await self._migrations.get(limits.migration_id(request.migration_id))
         control = await self._migrations.control(row)
         p = row.progress
         return pb.GetMigrationStatusResponse(
@@ -237,21 +237,21 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def CancelMigration(
         self, request: pb.CancelMigrationRequest, context: Context
     ) -> pb.CancelMigrationResponse:
-        message = await self._migrations.cancel(request.migration_id)
+        message = await self._migrations.cancel(limits.migration_id(request.migration_id))
         return pb.CancelMigrationResponse(success=True, message=message)
 
     @rpc
     async def RollbackMigration(
         self, request: pb.RollbackMigrationRequest, context: Context
     ) -> pb.RollbackMigrationResponse:
-        message = await self._migrations.rollback(request.migration_id)
+        message = await self._migrations.rollback(limits.migration_id(request.migration_id))
         return pb.RollbackMigrationResponse(success=True, message=message)
 
     @rpc
     async def PauseMigration(
         self, request: pb.PauseMigrationRequest, context: Context
     ) -> pb.PauseMigrationResponse:
-        message = await self._migrations.pause(request.migration_id, request.paused)
+        message = await self._migrations.pause(limits.migration_id(request.migration_id), request.paused)
         return pb.PauseMigrationResponse(success=True, message=message)
 
     @rpc
@@ -260,7 +260,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> pb.ThrottleMigrationResponse:
         if request.keys_per_second > 10_000_000:
             raise InvalidArgument("keys_per_second must be at most 10,000,000 (0 removes the limit)")
-        message = await self._migrations.throttle(request.migration_id, request.keys_per_second)
+        message = await self._migrations.throttle(
+            limits.migration_id(request.migration_id), request.keys_per_second
+        )
         return pb.ThrottleMigrationResponse(success=True, message=message)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 
 from pairdb.client import Client, ClientError
+from pairdb.faults import TcpProxy
 from pairdb.migration import TASK_QUEUE
 from pairdb.postgres import EmbeddedPostgres
 from pairdb.processes import ManagedProcess, pairdb_command
@@ -37,10 +38,17 @@ class StorageNodeProcess:
     node_id: str
     port: int
     process: ManagedProcess
+    # With network faults on, the cluster reaches the node only through this proxy.
+    proxy: TcpProxy | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def advertised_port(self) -> int:
+        """The port the cluster's metadata names for this node."""
+        return self.proxy.port if self.proxy else self.port
 
     def client(self) -> NodeClient:
         return NodeClient(self.node_id, self.address)
@@ -72,6 +80,8 @@ class LocalCluster:
     temporal: bool = True
     temporal_port: int = 0
     temporal_ui_port: int = 0
+    # Put a TcpProxy in front of each storage node (for network fault injection).
+    proxies: bool = False
     postgres: EmbeddedPostgres = field(init=False)
     temporal_server: TemporalDevServer = field(init=False)
     worker: ManagedProcess | None = field(init=False, default=None)
@@ -122,6 +132,9 @@ class LocalCluster:
             await self.worker.stop()
         await asyncio.gather(*(c.process.stop() for c in self.coordinator_procs))
         await asyncio.gather(*(n.process.stop() for n in self.nodes.values()))
+        for node in self.nodes.values():
+            if node.proxy is not None:
+                await node.proxy.stop()
         if self.temporal:
             await self.temporal_server.stop()
         await self.postgres.stop()
@@ -143,6 +156,9 @@ class LocalCluster:
             str(self.data_dir / "nodes" / node_id),
         )
         node = StorageNodeProcess(node_id, port, proc)
+        if self.proxies:
+            node.proxy = TcpProxy("127.0.0.1", port)
+            await node.proxy.start()
         self.nodes[node_id] = node
         await self.restart_storage_node(node_id)
         return node
@@ -174,6 +190,15 @@ class LocalCluster:
         finally:
             await client.close()
         return coordinator
+
+    async def restart_coordinator(self, index: int) -> None:
+        coordinator = self.coordinator_procs[index]
+        await coordinator.process.start()
+        client = Client(coordinator.address, timeout=2)
+        try:
+            await coordinator.process.wait_ready(client.nodes, timeout=60)
+        finally:
+            await client.close()
 
     async def start_worker(self) -> ManagedProcess:
         """The migration worker; started again by the same call after a stop or kill."""
@@ -213,7 +238,7 @@ class LocalCluster:
             known = {n.node_id for n in await client.nodes()}
             for node in self.nodes.values():
                 if node.node_id not in known:
-                    await client.add_node(node.node_id, "127.0.0.1", node.port)
+                    await client.add_node(node.node_id, "127.0.0.1", node.advertised_port)
             if self.default_tenant:
                 try:
                     await client.create_tenant(self.default_tenant)

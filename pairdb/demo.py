@@ -106,11 +106,16 @@ async def _load(clients: list[Client], keys: int) -> dict[tuple[str, str], bytes
 async def _check_quorum(clients: list[Client], expected: dict[tuple[str, str], bytes]) -> list[str]:
     lost: list[str] = []
     items = iter(list(expected.items()))
+    checked = 0
 
     async def worker(n: int) -> None:
+        nonlocal checked
         client = clients[n % len(clients)]
         for (tenant, key), value in items:
             got = await client.get(tenant, key)
+            checked += 1
+            if checked % 20_000 == 0:
+                print(f"  checked {checked:,} of {len(expected):,}", flush=True)
             if got.value != value:
                 lost.append(
                     f"{tenant}/{key}: acknowledged {value!r}, read {got.value if got.found else None!r}"

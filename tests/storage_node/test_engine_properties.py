@@ -105,6 +105,19 @@ class EngineMachine(RuleBasedStateMachine):
                 self.model[(r.tenant_id, r.key)] = Entry(r.version, r.value, r.tombstone)
         assert self.engine.apply_many(batch) == expected
 
+    @rule(
+        pair=st.sampled_from(POOL),
+        history=st.lists(st.tuples(versions, st.booleans(), st.binary(max_size=4)), min_size=2, max_size=6),
+    )
+    def apply_one_key_out_of_order(
+        self, pair: tuple[str, str], history: list[tuple[Version, bool, bytes]]
+    ) -> None:
+        """Many versions of one key in one batch, in any order, repeats included."""
+        tenant, key = pair
+        self.apply_many(
+            [StoredRecord(tenant, key, b"" if dead else value, v, dead) for v, dead, value in history]
+        )
+
     @rule(pair=st.sampled_from(POOL))
     def get(self, pair: tuple[str, str]) -> None:
         tenant, key = pair

@@ -15,7 +15,7 @@ import pytest
 from pairdb import migration as m
 from pairdb.client import Client, ClientError
 from pairdb.cluster import LocalCluster, free_port
-from tests.proxy import TcpProxy
+from pairdb.faults import TcpProxy
 from tests.support import load, wait_ended, wait_for
 
 
