@@ -136,7 +136,17 @@ async def _retry(call: Callable[[], Awaitable[MigrationStatus]], attempts: int =
 
 
 class Schedule:
-    def __init__(self, index: int, seed: int, keys: int, minutes: float, kinds: list[str] | None) -> None:
+    def __init__(
+        self,
+        index: int,
+        seed: int,
+        keys: int,
+        minutes: float,
+        kinds: list[str] | None,
+        sabotage: Callable[[LocalCluster], Awaitable[None]] | None = None,
+    ) -> None:
+        # sabotage: breaks the system on purpose before the check (tests prove the checker can fail).
+        self.sabotage = sabotage
         self.index = index
         self.seed = seed
         self.rng = random.Random(seed * 1_000_003 + index)
@@ -165,6 +175,8 @@ class Schedule:
             await self._migrate(cluster, clients)
             await workload.stop()
             await self._heal(cluster)
+            if self.sabotage is not None:
+                await self.sabotage(cluster)
             self.result.verdict = await self._check(cluster, clients, history)
         finally:
             for client in clients:
@@ -324,9 +336,14 @@ class Schedule:
             if row["status"] not in m.TERMINAL_STATUSES:
                 verdict.stuck.append(f"migration {row['migration_id']} is {row['status']} in {row['phase']}")
         for workflow_id in {r["workflow_id"] for r in rows}:
-            described = await temporal.get_workflow_handle(workflow_id).describe()
-            if described.status == WorkflowExecutionStatus.RUNNING:
-                verdict.stuck.append(f"workflow {workflow_id} still running")
+            # The workflow returns just after its last activity recorded the outcome: allow it that moment.
+            for _ in range(60):
+                described = await temporal.get_workflow_handle(workflow_id).describe()
+                if described.status != WorkflowExecutionStatus.RUNNING:
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                verdict.stuck.append(f"workflow {workflow_id} still running 30 s after its migration ended")
         if snap.in_flight is not None:
             verdict.stuck.append(f"registry still holds migration {snap.in_flight.migration_id}")
 
