@@ -22,7 +22,7 @@ from coordinator.topology import TopologyCache
 from coordinator.write_path import WritePath
 from proto import coordinator_pb2_grpc
 from storage_node.client import StoragePool
-from storage_node.server import RefuseMalformed
+from storage_node.server import RequestGuard
 
 log = structlog.get_logger()
 
@@ -70,7 +70,7 @@ async def serve(config: CoordinatorConfig) -> None:
         Membership(cache, metadata, pool, migrations),
         migrations,
     )
-    server = grpc.aio.server(interceptors=[RefuseMalformed()])
+    server = grpc.aio.server(interceptors=[RequestGuard()])
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(service, server)
     if server.add_insecure_port(config.address) == 0:
         raise SystemExit(f"coordinator: cannot listen on {config.address}")

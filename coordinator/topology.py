@@ -161,9 +161,9 @@ class TopologyCache:
         while True:
             try:
                 # Bounded: a hung PostgreSQL call must end in a retry, not a silent stall.
+                if self._listener is None or self._listener.is_closed():
+                    await self._listen()
                 async with asyncio.timeout(self._lease_seconds):
-                    if self._listener is None or self._listener.is_closed():
-                        await self._listen()
                     renewed_at = time.monotonic()
                     await self.refresh()
                     await self._metadata.renew_lease(
@@ -187,8 +187,15 @@ class TopologyCache:
             self._changed.clear()
 
     async def _listen(self) -> None:
-        self._listener = await asyncpg.connect(self._metadata.dsn, timeout=5)
-        await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        """LISTEN for epoch changes; without it the coordinator still refreshes by polling."""
+        try:
+            self._listener = await asyncpg.connect(self._metadata.dsn, timeout=2)
+            await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        except Exception as exc:
+            log.warning(
+                "LISTEN unavailable; polling only", coordinator_id=self.coordinator_id, error=str(exc)
+            )
+            await self._close_listener()
 
     def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
         self._changed.set()
