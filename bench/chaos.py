@@ -33,6 +33,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from coordinator.metadata import Metadata
 from coordinator.ring import Ring
+from pairdb import logs
 from pairdb import migration as m
 from pairdb.checker import DELETE, GET, PUT, FinalRead, History, Verdict, check_key, newest_acknowledged
 from pairdb.client import Client, ClientError, MigrationStatus, Value
@@ -349,28 +350,44 @@ class Schedule:
 
         ring = Ring.from_tokens((t, n) for t, n in snap.tokens if snap.nodes[n].status == "active")
         storage = {n: cluster.nodes[n].client() for n in ring.node_ids}
+
+        async def holders(key: tuple[str, str], version: tuple[int, int]) -> tuple[int, list[str]]:
+            replicas = ring.replicas(token(*key), TENANTS[key[0]])
+            lacking = []
+            for node in replicas:
+                try:
+                    record = await storage[node].get(*key)
+                except StorageError:
+                    record = None
+                if record is None or (record.version.hlc, record.version.origin) < version:
+                    lacking.append(node)
+            return len(replicas) - len(lacking), lacking
+
         try:
-            for i, (key, ops) in enumerate(history.by_key().items()):
-                got = await _read(clients, key, i)
+            keys = list(history.by_key().items())
+            for i, (key, ops) in enumerate(keys):
                 newest = newest_acknowledged(ops)
                 rf = TENANTS[key[0]]
-                replicas = ring.replicas(token(*key), rf)
-                holding = len(replicas)
+                # Durability first, before a read repairs anything: a quorum holds the newest acknowledged op.
+                holding = rf
                 if newest is not None and newest.version is not None:
-                    holding = 0
-                    for node in replicas:
-                        try:
-                            record = await storage[node].get(*key)
-                        except StorageError:
-                            continue
-                        if (
-                            record is not None
-                            and (record.version.hlc, record.version.origin) >= newest.version
-                        ):
-                            holding += 1
+                    holding, _ = await holders(key, newest.version)
+                got = await _read(clients, key, i)
                 check_key(
                     key, ops, FinalRead(got.found, got.value, got.version, holding, rf // 2 + 1), verdict
                 )
+            # Convergence: after the reads (and their read repair), every replica, node-4 included, holds it.
+            await asyncio.sleep(1)
+            for key, ops in keys:
+                newest = newest_acknowledged(ops)
+                if newest is None or newest.version is None or key in verdict.evidence:
+                    continue
+                _, lacking = await holders(key, newest.version)
+                if lacking:
+                    verdict.lost.append(
+                        f"{key[0]}/{key[1]}: replicas {lacking} lack #{newest.id} after read repair"
+                    )
+                    verdict.evidence[key] = ops
         finally:
             for c in storage.values():
                 await c.close()
@@ -464,6 +481,7 @@ def main() -> None:
         "--kinds", default="", help=f"comma-separated fault kinds instead of drawn ones: {', '.join(KINDS)}"
     )
     args = parser.parse_args()
+    logs.configure(json=False, level="WARNING")
     kinds = [k for k in args.kinds.split(",") if k] or None
     unknown = set(kinds or ()) - set(KINDS)
     if unknown:

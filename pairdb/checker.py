@@ -111,10 +111,19 @@ def newest_acknowledged(ops: Iterable[Op]) -> Op | None:
 def check_key(key: KeyId, ops: list[Op], read: FinalRead, verdict: Verdict) -> None:
     newest = newest_acknowledged(ops)
     name = f"{key[0]}/{key[1]}"
-    if read.found and not any(op.kind == PUT and op.value == read.value for op in ops):
-        verdict.phantom.append(f"{name}: read {read.value!r}, which no client wrote")
-        verdict.evidence[key] = ops
-        return
+    if read.found:
+        writer = next((op for op in ops if op.kind == PUT and op.value == read.value), None)
+        if writer is None:
+            verdict.phantom.append(f"{name}: read {read.value!r}, which no client wrote")
+            verdict.evidence[key] = ops
+            return
+        if writer.outcome == OK and writer.version != read.version:
+            verdict.phantom.append(
+                f"{name}: read {read.value!r} at {read.version}, but #{writer.id} wrote it "
+                f"at {writer.version}"
+            )
+            verdict.evidence[key] = ops
+            return
     if newest is None or newest.version is None:
         return  # nothing acknowledged: any outcome of the in-flight writes is allowed
     if read.version < newest.version:

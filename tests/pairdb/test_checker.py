@@ -63,3 +63,8 @@ def test_nothing_acknowledged_allows_any_outcome() -> None:
     h = history((PUT, b"a", None))
     assert judge(h, FinalRead(False, b"", (0, 0))).ok
     assert judge(h, FinalRead(True, b"a", (5, 1))).ok
+
+
+def test_a_value_read_back_under_another_version_is_flagged() -> None:
+    h = history((PUT, b"a", (10, 1)))
+    assert len(judge(h, FinalRead(True, b"a", (12, 1))).phantom) == 1
