@@ -173,7 +173,10 @@ class Schedule:
             workload = Workload(clients, history, self.keys, self.rng)
             await self._load(clients[0], history)
             workload.start()
-            await self._migrate(cluster, clients)
+            try:
+                await self._migrate(cluster, clients)
+            except Exception as exc:  # a migration that cannot end is a finding, not a harness crash
+                self.result.verdict.stuck.append(f"migration did not end: {type(exc).__name__}: {exc}")
             await workload.stop()
             await self._heal(cluster)
             if self.sabotage is not None:

@@ -6,15 +6,20 @@ same transaction and NOTIFYs `pairdb_registry`, so caches know to reload.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import structlog
 
 from coordinator import schema
 from coordinator.errors import AlreadyExists
+
+log = structlog.get_logger()
 
 NOTIFY_CHANNEL = "pairdb_registry"
 _TOKEN_OFFSET = 1 << 63
@@ -118,12 +123,28 @@ class Metadata:
         self.dsn = dsn
 
     @classmethod
-    async def connect(cls, dsn: str, min_size: int = 1, max_size: int = 10) -> Metadata:
-        """Open a pool and bring the schema up to date."""
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
-        async with pool.acquire() as conn:
-            await schema.apply(conn)
-        return cls(pool, dsn)
+    async def connect(cls, dsn: str, min_size: int = 1, max_size: int = 10, wait: float = 60.0) -> Metadata:
+        """Open a pool and bring the schema up to date.
+
+        PostgreSQL may be starting or recovering (after a crash, or started
+        alongside us): keep trying for `wait` seconds before giving up.
+        """
+        deadline = time.monotonic() + wait
+        delay = 0.1
+        while True:
+            try:
+                pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+                async with pool.acquire() as conn:
+                    await schema.apply(conn)
+                return cls(pool, dsn)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "PostgreSQL not ready; retrying", error=f"{type(exc).__name__}: {exc}", delay=delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def close(self) -> None:
         await self.pool.close()

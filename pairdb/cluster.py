@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,12 +207,14 @@ class LocalCluster:
             self.worker = self._process(
                 "worker", "worker", "--postgres-dsn", self.dsn, "--temporal", self.temporal_server.address
             )
+        since = time.time()
         await self.worker.start()
-        # Ready once Temporal sees it polling the task queue.
-        await self.worker.wait_ready(self._worker_polling, timeout=60)
+        # Ready once Temporal sees *this* process poll the task queue (a killed
+        # worker's poller stays listed for a while).
+        await self.worker.wait_ready(lambda: self._worker_polling(since), timeout=90)
         return self.worker
 
-    async def _worker_polling(self) -> None:
+    async def _worker_polling(self, since: float) -> None:
         from temporalio.api.enums.v1 import TaskQueueType
         from temporalio.api.taskqueue.v1 import TaskQueue
         from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -225,7 +228,7 @@ class LocalCluster:
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
             )
         )
-        if not reply.pollers:
+        if not any(p.last_access_time.ToSeconds() >= int(since) for p in reply.pollers):
             raise RuntimeError("no worker polls the migration task queue yet")
 
     async def add_storage_node(self, node_id: str, port: int = 0) -> StorageNodeProcess:
