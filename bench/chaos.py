@@ -181,7 +181,9 @@ class Schedule:
             await self._heal(cluster)
             if self.sabotage is not None:
                 await self.sabotage(cluster)
+            stuck = self.result.verdict.stuck
             self.result.verdict = await self._check(cluster, clients, history)
+            self.result.verdict.stuck[:0] = stuck
         finally:
             for client in clients:
                 await client.close()
@@ -287,7 +289,7 @@ class Schedule:
         elif kind == "kill_postgres":
             cluster.postgres.kill()
             await asyncio.sleep(outage)
-            await cluster.postgres.start()
+            await _restart_postgres(cluster)
         else:
             proxy = cluster.nodes[self.rng.choice([victim, "node-4"])].proxy
             assert proxy is not None
@@ -315,6 +317,10 @@ class Schedule:
             await _any(clients, lambda c: c.rollback_migration(migration_id))
 
     async def _heal(self, cluster: LocalCluster) -> None:
+        if cluster.postgres.pid is None:
+            await _restart_postgres(cluster)
+        if cluster.temporal_server.pid is None:
+            await cluster.temporal_server.start()
         for node in cluster.nodes.values():
             if node.proxy is not None:
                 node.proxy.heal()
@@ -397,6 +403,18 @@ class Schedule:
         return verdict
 
 
+async def _restart_postgres(cluster: LocalCluster) -> None:
+    """Start PostgreSQL again after a kill -9; its killed backends may take a moment to go."""
+    for attempt in range(10):
+        try:
+            await cluster.postgres.start()
+            return
+        except RuntimeError:
+            if attempt == 9:
+                raise
+            await asyncio.sleep(1)
+
+
 def _fresh_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="pairdb-chaos-"))
     path.chmod(0o755)  # the embedded PostgreSQL runs as its own user
@@ -460,7 +478,7 @@ def _report(result: Result) -> None:
     v = result.verdict
     rerun = f"--seed {result.seed} --schedules {result.index + 1}"
     print(f"  VIOLATION in schedule {result.index} (re-run: {rerun}); logs kept in {result.log_dir}")
-    for line in (v.lost + v.resurrected + v.phantom + v.stuck)[:20]:
+    for line in (v.stuck + v.resurrected + v.phantom + v.lost)[:20]:
         print(f"    {line}")
     for key, ops in list(v.evidence.items())[:5]:
         print(f"    history of {key[0]}/{key[1]}:")

@@ -1,0 +1,326 @@
+"""Properties of the ring, the hybrid logical clock, the both-sets rule and per-phase routing.
+
+Each expectation is computed here by brute force (or from the documented
+table), not with the helper under test.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.hlc import HybridLogicalClock
+from coordinator.metadata import InFlight, NodeInfo, Snapshot, TenantInfo
+from coordinator.quorum import Consistency, ReplicaPlan
+from coordinator.ring import RING_SIZE, RangeMove, Ring, allocate_tokens, ranges_gained
+from coordinator.routing import plan
+from coordinator.topology import Topology
+from pairdb import migration as m
+from pairdb.keyspace import TOKEN_MAX, Version, in_range
+
+FAST = settings(max_examples=60, deadline=None)
+
+# -- clusters -------------------------------------------------------------------------------
+
+node_names = st.text(alphabet="abcdefghijklmnop-0123456789", min_size=1, max_size=8)
+
+
+@st.composite
+def clusters(draw: st.DrawFn, min_nodes: int = 3, max_nodes: int = 7) -> tuple[list[tuple[str, int]], int]:
+    """Node ids with their vnode counts, in joining order, and an RF the cluster can serve."""
+    names = draw(st.lists(node_names, min_size=min_nodes, max_size=max_nodes, unique=True))
+    vnodes = draw(st.lists(st.integers(8, 64), min_size=len(names), max_size=len(names)))
+    rf = draw(st.integers(1, min(len(names), 5)))
+    return list(zip(names, vnodes, strict=True)), rf
+
+
+def allocate(nodes: list[tuple[str, int]]) -> list[tuple[int, str]]:
+    """Tokens for the nodes, allocated one node at a time as nodes join."""
+    tokens: list[tuple[int, str]] = []
+    for name, count in nodes:
+        tokens += [(t, name) for t in allocate_tokens(tokens, name, count)]
+    return tokens
+
+
+class BruteRing:
+    """Replica sets by walking the sorted vnodes: the next rf distinct owners clockwise."""
+
+    def __init__(self, tokens: list[tuple[int, str]]) -> None:
+        self.ordered = sorted(tokens)
+        self.positions = [t for t, _ in self.ordered]
+
+    def replicas(self, t: int, rf: int) -> tuple[str, ...]:
+        # The vnode at t owns t; past the last vnode, the first one does.
+        first = bisect.bisect_left(self.positions, t) % len(self.ordered)
+        found: list[str] = []
+        for step in range(len(self.ordered)):
+            owner = self.ordered[(first + step) % len(self.ordered)][1]
+            if owner not in found:
+                found.append(owner)
+                if len(found) == rf:
+                    break
+        return tuple(found)
+
+
+def probes(tokens: list[tuple[int, str]], extra: list[int]) -> list[int]:
+    """Every vnode boundary, its neighbours, the ring's ends, and some arbitrary tokens.
+
+    Replica sets are constant between two boundaries, so the first and last token of
+    every range (t + 1 and the next t) already probe every case.
+    """
+    found = {0, TOKEN_MAX, *extra}
+    for t, _ in tokens:
+        found |= {t, (t + 1) % RING_SIZE, (t - 1) % RING_SIZE}
+    return sorted(found)
+
+
+random_tokens = st.lists(st.integers(0, TOKEN_MAX), max_size=20)
+
+
+def containing(moves: list[RangeMove], t: int) -> list[RangeMove]:
+    return [mv for mv in moves if in_range(t, mv.start, mv.end)]
+
+
+def assert_disjoint(moves: list[RangeMove]) -> None:
+    # Two ring ranges overlap iff one contains the other's first token, start + 1.
+    for mv in moves:
+        first = (mv.start + 1) % RING_SIZE
+        assert len(containing(moves, first)) == 1, (mv, moves)
+
+
+@FAST
+@given(clusters(), random_tokens)
+def test_replica_sets_are_the_next_distinct_nodes_clockwise(
+    cluster: tuple[list[tuple[str, int]], int], extra: list[int]
+) -> None:
+    nodes, rf = cluster
+    tokens = allocate(nodes)
+    ring = Ring.from_tokens(tokens)
+    size = min(rf, len(nodes))
+    brute = BruteRing(tokens)
+    for t in probes(tokens, extra):
+        replicas = ring.replicas(t, rf)
+        assert len(replicas) == size and len(set(replicas)) == size
+        assert replicas[0] == ring.primary(t)
+        assert replicas == brute.replicas(t, rf)
+        # Capped by the node count; a smaller RF is a prefix of a larger one, so whatever
+        # a lower-RF tenant needs, the plan for the largest RF covers.
+        wider = ring.replicas(t, rf + 1)
+        assert len(wider) == min(rf + 1, len(nodes)) and wider[:rf] == replicas
+
+
+def check_gained(old: Ring, new: Ring, node: str, rf: int, points: list[int], *, adding: bool) -> None:
+    moves = ranges_gained(old, new, node, rf)
+    assert_disjoint(moves)
+    for t in points:
+        inside = containing(moves, t)
+        future = new.replicas(t, rf)
+        # The contract: the ranges of `new` that node replicates under rf.
+        assert (node in future) == bool(inside), t
+        if inside:
+            (mv,) = inside
+            assert mv.new == future, (t, mv)
+            if adding:
+                # "with their old replica sets": exact when new's boundaries include all of old's.
+                assert mv.old == old.replicas(t, rf), (t, mv)
+        # Every token whose replica set gains the node is planned (all of them, when adding).
+        if node in future and node not in old.replicas(t, rf):
+            assert inside
+
+
+@FAST
+@given(clusters(), random_tokens)
+def test_ranges_gained_by_a_joining_node(
+    cluster: tuple[list[tuple[str, int]], int], extra: list[int]
+) -> None:
+    nodes, rf = cluster
+    tokens = allocate(nodes)
+    joining = nodes[-1][0]
+    old = Ring.from_tokens((t, n) for t, n in tokens if n != joining)
+    new = Ring.from_tokens(tokens)
+    check_gained(old, new, joining, rf, probes(tokens, extra), adding=True)
+
+
+@FAST
+@given(clusters(), st.data(), random_tokens)
+def test_ranges_gained_when_a_node_leaves(
+    cluster: tuple[list[tuple[str, int]], int], data: st.DataObject, extra: list[int]
+) -> None:
+    nodes, rf = cluster
+    tokens = allocate(nodes)
+    leaving = data.draw(st.sampled_from([n for n, _ in nodes]))
+    old = Ring.from_tokens(tokens)
+    new = Ring.from_tokens((t, n) for t, n in tokens if n != leaving)
+    rf = min(rf, len(nodes) - 1)
+    # RangeMove.old is not checked here: ranges_gained takes it from each range's end token,
+    # exact only when the new ring's boundaries include the old ring's (an addition, as its
+    # docstring says). A leaving node's vnodes split ranges of `new` whose old sets differ.
+    for node in sorted(new.node_ids):
+        check_gained(old, new, node, rf, probes(tokens, extra), adding=False)
+
+
+# -- hybrid logical clock ---------------------------------------------------------------------
+
+WALL_MAX = (1 << 47) - 1  # hlc = wall ms << 16 must fit the engine's 64-bit field
+
+clock_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("jump"), st.integers(-(10**12), 10**12)),
+        st.tuples(st.just("jump"), st.integers(-3, 3)),
+        st.tuples(st.just("set"), st.integers(0, WALL_MAX)),
+        st.tuples(st.just("observe"), st.integers(0, (WALL_MAX << 16) | 0xFFFF)),
+        st.tuples(st.just("observe_near"), st.integers(-3, 3)),
+        st.tuples(st.just("now"), st.integers(1, 5)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, WALL_MAX), st.integers(0, 2**32 - 1), clock_steps)
+def test_hlc_versions_always_increase_and_pass_what_was_observed(
+    start: int, origin: int, steps: list[tuple[str, int]]
+) -> None:
+    wall = [start]
+    clock = HybridLogicalClock(origin=origin, wall_ms=lambda: wall[0])
+    issued: list[Version] = []
+    observed: list[Version] = []
+
+    def tick() -> None:
+        v = clock.now()
+        assert v.origin == origin
+        if issued:
+            assert v > issued[-1], (issued[-1], v)
+        assert all(v > o for o in observed)
+        assert v.hlc >= wall[0] << 16  # never behind wall time
+        issued.append(v)
+
+    for op, arg in steps:
+        if op == "jump":
+            wall[0] = min(WALL_MAX, max(0, wall[0] + arg))
+        elif op == "set":
+            wall[0] = arg
+        elif op in ("observe", "observe_near"):
+            # observe_near: a version at or next to this clock's last hlc, wall time or its own.
+            base = issued[-1].hlc if issued else wall[0] << 16
+            hlc = arg if op == "observe" else max(0, base + arg)
+            v = Version(hlc, origin ^ 1)
+            clock.observe(v)
+            observed.append(v)
+        else:
+            for _ in range(arg):
+                tick()
+    tick()
+
+
+# -- both-sets acknowledgement rule -------------------------------------------------------------
+
+POOL = ("a", "b", "c", "d", "e", "f", "g")
+replica_sets = st.lists(st.sampled_from(POOL), min_size=1, max_size=5, unique=True).map(tuple)
+NEEDED: dict[Consistency, Callable[[int], int]] = {  # answers needed from a set of n replicas, written out
+    Consistency.ONE: lambda n: 1,
+    Consistency.QUORUM: lambda n: n // 2 + 1,
+    Consistency.ALL: lambda n: n,
+}
+
+
+def brute_satisfied(level: Consistency, sets: list[tuple[str, ...]], acked: set[str]) -> bool:
+    return all(len([n for n in s if n in acked]) >= NEEDED[level](len(s)) for s in sets)
+
+
+@settings(max_examples=300, deadline=None)
+@given(replica_sets, st.none() | replica_sets, st.sampled_from(list(Consistency)), st.data())
+def test_both_sets_rule_matches_brute_force(
+    old: tuple[str, ...], new: tuple[str, ...] | None, level: Consistency, data: st.DataObject
+) -> None:
+    p = ReplicaPlan(level, old, new)
+    sets = [old] if new is None else [old, new]
+    union = list(dict.fromkeys(old + (new or ())))
+
+    assert p.targets == tuple(union)
+    assert len(set(p.targets)) == len(p.targets)
+
+    # Every subset of acknowledged nodes.
+    for size in range(len(union) + 1):
+        for subset in itertools.combinations(union, size):
+            assert p.satisfied(set(subset)) == brute_satisfied(level, sets, set(subset)), subset
+
+    # Each node has answered yes, failed, or not answered yet.
+    answers = data.draw(
+        st.lists(st.sampled_from(["ack", "failed", "pending"]), min_size=len(union), max_size=len(union))
+    )
+    acked = {n for n, a in zip(union, answers, strict=True) if a == "ack"}
+    failed = {n for n, a in zip(union, answers, strict=True) if a == "failed"}
+    pending = [n for n in union if n not in acked | failed]
+    could = any(
+        brute_satisfied(level, sets, acked | set(more))
+        for k in range(len(pending) + 1)
+        for more in itertools.combinations(pending, k)
+    )
+    assert p.still_possible(acked, failed) == could, (acked, failed)
+
+
+# -- routing per migration phase ----------------------------------------------------------------
+
+BEFORE_CUTOVER = (m.DUAL_WRITE, m.DATA_COPY, m.ROLLING_BACK)
+NOT_ROUTED = (None, m.QUEUED, m.CANCELLING)
+ALL_PHASES = (*NOT_ROUTED, *BEFORE_CUTOVER, m.CUTOVER, m.CLEANUP, m.DONE)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    clusters(min_nodes=3, max_nodes=6),
+    st.sampled_from(ALL_PHASES),
+    st.sampled_from(["joining", "active"]),
+    st.sampled_from(list(Consistency)),
+    random_tokens,
+)
+def test_read_and_write_sets_follow_the_phase_table(
+    cluster: tuple[list[tuple[str, int]], int],
+    phase: str | None,
+    moving_status: str,
+    level: Consistency,
+    extra: list[int],
+) -> None:
+    nodes, rf = cluster
+    rf = min(rf, len(nodes) - 1)  # the current ring can serve it
+    tokens = allocate(nodes)
+    moving = nodes[-1][0]
+    infos = {n: NodeInfo(n, "127.0.0.1", 7000 + i, "active", c) for i, (n, c) in enumerate(nodes)}
+    in_flight = None
+    if phase is None:
+        # No ring change in flight: a node that holds tokens but is not active gets nothing.
+        infos[moving] = NodeInfo(moving, "127.0.0.1", 7999, "joining", nodes[-1][1])
+    elif phase != m.DONE:  # done: the migration has finished, the node is simply in the ring
+        infos[moving] = NodeInfo(moving, "127.0.0.1", 7999, moving_status, nodes[-1][1])
+        in_flight = InFlight("mig", moving, phase)
+    tenants = {"t": TenantInfo("t", rf, datetime.now(UTC))}
+    topology = Topology.from_snapshot(Snapshot(7, infos, tokens, tenants, in_flight))
+
+    current = BruteRing([(t, n) for t, n in tokens if n != moving])
+    future = BruteRing(tokens)
+    for t in probes(tokens, extra):
+        old, new = current.replicas(t, rf), future.replicas(t, rf)
+        write = plan(topology, t, rf, level, write=True)
+        read = plan(topology, t, rf, level, write=False)
+        assert write.level == read.level == level
+        want_write: tuple[tuple[str, ...], ...]
+        want_read: tuple[tuple[str, ...], ...]
+        if phase in NOT_ROUTED:
+            want_write, want_read = (old,), (old,)
+        elif phase in BEFORE_CUTOVER:
+            want_write, want_read = tuple(dict.fromkeys([old, new])), (old,)
+        elif phase == m.CUTOVER:
+            want_write, want_read = tuple(dict.fromkeys([old, new])), (new,)
+        else:  # cleanup, done
+            want_write, want_read = (new,), (new,)
+        # (old, new) with old == new is the same rule as (old,): compare without repeats.
+        assert tuple(dict.fromkeys(write.sets)) == want_write, (phase, t)
+        assert tuple(dict.fromkeys(read.sets)) == want_read, (phase, t)
+        assert write.targets == tuple(dict.fromkeys(itertools.chain(*want_write)))
+        assert read.targets == want_read[0]
