@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,17 +129,28 @@ class LocalCluster:
             await self.start_worker()
 
     async def stop(self) -> None:
-        """Stop everything this cluster started, coordinators first, PostgreSQL last."""
+        """Stop everything this cluster started, coordinators first, PostgreSQL last.
+
+        Every step runs even when an earlier one fails, so no server is left behind.
+        """
+        steps: list[Awaitable[object]] = []
         if self.worker is not None:
-            await self.worker.stop()
-        await asyncio.gather(*(c.process.stop() for c in self.coordinator_procs))
-        await asyncio.gather(*(n.process.stop() for n in self.nodes.values()))
-        for node in self.nodes.values():
-            if node.proxy is not None:
-                await node.proxy.stop()
+            steps.append(self.worker.stop())
+        steps.append(asyncio.gather(*(c.process.stop() for c in self.coordinator_procs)))
+        steps.append(asyncio.gather(*(n.process.stop() for n in self.nodes.values())))
+        steps += [n.proxy.stop() for n in self.nodes.values() if n.proxy is not None]
         if self.temporal:
-            await self.temporal_server.stop()
-        await self.postgres.stop()
+            steps.append(self.temporal_server.stop())
+        steps.append(self.postgres.stop())
+        errors = []
+        for step in steps:
+            try:
+                await step
+            except Exception as exc:
+                errors.append(exc)
+                log.error("Stopping part of the cluster failed", error=repr(exc))
+        if errors:
+            raise errors[0]
 
     def _process(self, name: str, *args: str) -> ManagedProcess:
         return ManagedProcess(
