@@ -23,6 +23,7 @@ from coordinator.metadata import MigrationRow, PlannedRange
 from coordinator.quorum import Consistency, required
 from coordinator.ring import ranges_gained
 from coordinator.topology import Topology
+from pairdb import metrics
 from pairdb import migration as m
 from pairdb.keyspace import DEFAULT_REPLICATION_FACTOR
 from storage_node.client import NodeClient, StorageError, describe_failure
@@ -256,6 +257,8 @@ class CopySteps:
             await throttle.take(len(batch))
             await joining.apply_batch(batch, timeout=30)
             keys, size = keys + len(batch), size + sum(len(r.value) for r in batch)
+        metrics.COPY_KEYS.inc(keys)
+        metrics.COPY_BYTES.inc(size)
         return keys, size
 
     async def _behind(

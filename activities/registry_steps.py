@@ -6,11 +6,14 @@ untouched, and a barrier on an applied epoch returns at once.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import structlog
 from temporalio import activity
 
 from activities.context import Context
 from coordinator.ring import allocate_tokens
+from pairdb import metrics
 from pairdb import migration as m
 
 log = structlog.get_logger()
@@ -23,7 +26,10 @@ class RegistrySteps:
     @activity.defn(name="claim_ring_change")
     async def claim_ring_change(self, migration_id: str) -> bool:
         """True once this migration holds the one ring-change slot; False while another runs."""
-        return await self._ctx.registry.claim_ring_change(migration_id)
+        claimed = await self._ctx.registry.claim_ring_change(migration_id)
+        if claimed:
+            metrics.ACTIVE_MIGRATIONS.set(1)
+        return claimed
 
     @activity.defn(name="enable_dual_write")
     async def enable_dual_write(self, migration_id: str) -> int:
@@ -62,7 +68,15 @@ class RegistrySteps:
     @activity.defn(name="finish_migration")
     async def finish_migration(self, migration_id: str, status: str, error: str) -> int:
         """Record the outcome; the migration leaves the registry (barrier) and frees the ring-change slot."""
+        row = await self._ctx.migration(migration_id)
         epoch = await self._ctx.registry.finish(migration_id, status, error)
         await self._ctx.barrier(epoch)
+        if row.status not in m.TERMINAL_STATUSES:  # count once, not on a retry
+            metrics.ACTIVE_MIGRATIONS.set(0)
+            metrics.MIGRATION_DURATION.labels(status).observe(
+                (datetime.now(UTC) - row.started_at).total_seconds()
+            )
+            if status == m.S_FAILED:
+                metrics.PHASE_FAILURES.labels(row.phase).inc()
         log.info("Migration finished", migration_id=migration_id, status=status, error=error or None)
         return epoch

@@ -20,6 +20,7 @@ from coordinator.read_path import ReadPath
 from coordinator.service import CoordinatorService
 from coordinator.topology import TopologyCache
 from coordinator.write_path import WritePath
+from pairdb import metrics
 from proto import coordinator_pb2_grpc
 from storage_node.client import StoragePool
 from storage_node.server import RequestGuard
@@ -42,6 +43,8 @@ class CoordinatorConfig:
     temporal_address: str = ""
     temporal_namespace: str = "default"
     temporal_ui_url: str = ""
+    # /metrics for Prometheus; 0 turns it off.
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:
@@ -70,7 +73,8 @@ async def serve(config: CoordinatorConfig) -> None:
         Membership(cache, metadata, pool, migrations),
         migrations,
     )
-    server = grpc.aio.server(interceptors=[RequestGuard()])
+    metrics.serve(config.metrics_port, config.host)
+    server = grpc.aio.server(interceptors=[metrics.MetricsInterceptor(), RequestGuard()])
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(service, server)
     if server.add_insecure_port(config.address) == 0:
         raise SystemExit(f"coordinator: cannot listen on {config.address}")

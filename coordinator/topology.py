@@ -20,6 +20,7 @@ import structlog
 
 from coordinator.metadata import NOTIFY_CHANNEL, Metadata, NodeInfo, Snapshot, TenantInfo
 from coordinator.ring import Ring
+from pairdb import metrics
 from pairdb import migration as m
 
 log = structlog.get_logger()
@@ -140,6 +141,8 @@ class TopologyCache:
         if self._current is not None and await self._metadata.epoch() == self._current.epoch:
             return self._current  # one cheap query on the common path
         snap = await self._metadata.snapshot()
+        metrics.REGISTRY_EPOCH.set(snap.epoch)
+        metrics.ACTIVE_MIGRATIONS.set(1 if snap.in_flight is not None else 0)
         if self._current is None or snap.epoch != self._current.epoch:
             self._current = Topology.from_snapshot(snap)
             log.info(
@@ -169,6 +172,7 @@ class TopologyCache:
                     await self._metadata.renew_lease(
                         self.coordinator_id, self.applied_epoch, self._lease_seconds
                     )
+                    metrics.APPLIED_EPOCH.set(self.applied_epoch)
                 self._lease_valid_until = renewed_at + self._lease_seconds
                 took = time.monotonic() - renewed_at
                 if took > self._lease_seconds / 4:

@@ -10,6 +10,7 @@ who failed and why.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -19,6 +20,7 @@ from coordinator.hlc import HybridLogicalClock
 from coordinator.quorum import Consistency, ReplicaPlan
 from coordinator.routing import route
 from coordinator.topology import Topology, TopologyCache
+from pairdb import metrics
 from pairdb.keyspace import Version
 from storage_node.client import StoragePool, describe_failure
 from storage_node.engine import StoredRecord
@@ -48,11 +50,14 @@ class WritePath:
     async def _write(
         self, tenant_id: str, key: str, value: bytes, *, tombstone: bool, level: Consistency
     ) -> WriteResult:
+        started = time.perf_counter()
         # Pinned: a barrier waits for this write before counting our new epoch as applied.
         with self._cache.pin() as topology:
             r = await route(self._cache, topology, tenant_id, key, level, write=True)
             record = StoredRecord(tenant_id, key, value, self._clock.now(), tombstone)
             acknowledged = await self.replicate(r.topology, r.plan, record)
+        migrating = "true" if topology.future is not None else "false"
+        metrics.WRITE_LATENCY.labels(migrating).observe(time.perf_counter() - started)
         return WriteResult(record.version, acknowledged)
 
     async def replicate(self, topology: Topology, plan: ReplicaPlan, record: StoredRecord) -> int:
@@ -64,6 +69,10 @@ class WritePath:
         acked: set[str] = set()
         failed: dict[str, str] = {}
         pending = set(sends)
+        joining = set(plan.new or ()) - set(plan.old)
+        for task, node in sends.items():
+            if node in joining:
+                task.add_done_callback(_count_dual_write)
         try:
             while pending and not plan.satisfied(acked):
                 if not plan.still_possible(acked, failed):
@@ -101,3 +110,8 @@ class WritePath:
 def _shortfall(plan: ReplicaPlan, acked: set[str], failed: dict[str, str]) -> str:
     failures = ", ".join(f"{n} ({why})" for n, why in sorted(failed.items())) or "none"
     return f"{plan.describe_shortfall(acked)}; failed: {failures}"
+
+
+def _count_dual_write(task: asyncio.Future[bool]) -> None:
+    failed = task.cancelled() or task.exception() is not None
+    metrics.DUAL_WRITES.labels("failure" if failed else "success").inc()

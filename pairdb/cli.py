@@ -36,6 +36,15 @@ def _add_consistency(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_metrics_port(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("PAIRDB_METRICS_PORT", "0")),
+        help="serve Prometheus /metrics on this port (env PAIRDB_METRICS_PORT; default: off)",
+    )
+
+
 def _add_log_level(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-level",
@@ -95,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    _add_metrics_port(p)
     _add_log_level(p)
 
     p = sub.add_parser("coordinator", help="run one coordinator")
@@ -122,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         help="deadline of each storage-node call, seconds (default %(default)s)",
     )
+    _add_metrics_port(p)
     _add_log_level(p)
 
     p = sub.add_parser("worker", help="run a migration worker (NodeAdditionWorkflow and its activities)")
@@ -134,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--temporal",
         default=os.environ.get("PAIRDB_TEMPORAL", "127.0.0.1:7233"),
         help="Temporal frontend host:port (env PAIRDB_TEMPORAL; default %(default)s)",
+    )
+    _add_metrics_port(p)
+    p.add_argument(
+        "--sdk-metrics-port",
+        type=int,
+        default=0,
+        help="port of the Temporal SDK's own Prometheus metrics (default: off)",
     )
     _add_log_level(p)
 
@@ -345,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.storage_timeout,
                         temporal_address=args.temporal,
                         temporal_ui_url=args.temporal_ui,
+                        metrics_port=args.metrics_port,
                     )
                 )
             )
@@ -361,7 +380,16 @@ def main(argv: list[str] | None = None) -> int:
                 print("error: --postgres-dsn or PAIRDB_POSTGRES_DSN is required", file=sys.stderr)
                 return 2
             logs.configure(json=True, level=args.log_level)
-            asyncio.run(serve_worker(WorkerConfig(args.postgres_dsn, args.temporal)))
+            asyncio.run(
+                serve_worker(
+                    WorkerConfig(
+                        args.postgres_dsn,
+                        args.temporal,
+                        metrics_port=args.metrics_port,
+                        sdk_metrics_port=args.sdk_metrics_port,
+                    )
+                )
+            )
         elif args.command == "dev":
             logs.configure(json=False, level=args.log_level)
             asyncio.run(_dev(args))

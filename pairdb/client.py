@@ -1,11 +1,28 @@
-"""A small async client of CoordinatorService, used by the CLI, the dev cluster and tests."""
+"""The Python client of CoordinatorService: async Client and blocking SyncClient.
+
+Used by the CLI, the demo, the dev cluster, the benchmarks and tests. One
+channel per client, reused by every call; every call has a deadline; calls
+that are safe to repeat are retried on UNAVAILABLE with backoff and jitter;
+refusals surface as ClientError subclasses named after their status.
+
+    async with Client("127.0.0.1:50051") as client:
+        await client.put("default", "greeting", b"hello")
+        print((await client.get("default", "greeting")).value)
+
+    with SyncClient("127.0.0.1:50051") as client:
+        client.put("default", "greeting", b"hello")
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import random
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -15,10 +32,27 @@ from proto import coordinator_pb2_grpc
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 T = TypeVar("T")
 CONSISTENCY = {"ONE": pb.ONE, "QUORUM": pb.QUORUM, "ALL": pb.ALL}
+_CHANNEL_OPTIONS = [
+    # A restarted coordinator should be found again quickly, not after gRPC's
+    # default reconnect backoff of up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    # Ping during a long call so a coordinator host that vanished without closing
+    # the connection fails the call instead of holding it to its deadline. Never
+    # while idle: the coordinator keeps gRPC's default server ping policy, which
+    # answers idle pings with GOAWAY too_many_pings.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+]
 
 
 class ClientError(Exception):
-    """A refused or failed call: the gRPC status code and the coordinator's message."""
+    """A refused or failed call: the gRPC status code and the coordinator's message.
+
+    Raised as the subclass for its status when there is one (NotFound, ...);
+    other statuses (INTERNAL, UNIMPLEMENTED, ...) raise ClientError itself.
+    """
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(f"{code.name}: {message}")
@@ -26,11 +60,83 @@ class ClientError(Exception):
         self.message = message
 
 
+class InvalidArgument(ClientError):
+    """A bad tenant id, key, value, consistency level or replication factor."""
+
+
+class NotFound(ClientError):
+    """An unknown tenant or migration."""
+
+
+class AlreadyExists(ClientError):
+    """A tenant or node that exists already."""
+
+
+class FailedPrecondition(ClientError):
+    """Not possible in the current state (say, rollback outside cutover)."""
+
+
+class Unavailable(ClientError):
+    """Too few replicas answered, the coordinator is unreachable or its lease lapsed."""
+
+
+class DeadlineExceeded(ClientError):
+    """The client's timeout passed before an answer (across all retries)."""
+
+
+_ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+def error_for(code: grpc.StatusCode, message: str) -> ClientError:
+    return _ERRORS.get(code, ClientError)(code, message)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently a call that is safe to repeat is retried on UNAVAILABLE.
+
+    attempts counts the first call too (1 means never retry). Before retry n
+    (from 0) the client sleeps a random time in [0, min(max_backoff,
+    initial_backoff * multiplier**n)] ("full jitter"), so clients that failed
+    together do not come back together. The client's timeout bounds all
+    attempts and sleeps together.
+    """
+
+    attempts: int = 4
+    initial_backoff: float = 0.05
+    multiplier: float = 2.0
+    max_backoff: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+
+    def backoff(self, retry: int) -> float:
+        return random.uniform(0, min(self.max_backoff, self.initial_backoff * self.multiplier**retry))
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
 @dataclass(frozen=True, slots=True)
 class Value:
     found: bool
     value: bytes
     version: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    tenant_id: str
+    replication_factor: int
+    created_at: int  # unix seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +181,30 @@ class MigrationStatus:
 
 
 class Client:
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float = 10.0) -> None:
+    """An async client of one coordinator.
+
+    timeout is each call's overall deadline in seconds, retries included.
+    Retried on UNAVAILABLE as the retry policy says: reads, get_tenant, nodes
+    and migration, which change nothing, and put and delete. A put or delete whose attempt
+    failed may still have been applied (by some replicas, or fully when only
+    the reply was lost), and every attempt gets a new, newer version, so a
+    retried write may apply twice: last-write-wins makes that harmless, the
+    newest attempt's value stands. Its one visible effect: a retry can land after,
+    and so replace, another client's write that was acknowledged between the
+    attempts. Never retried: create_tenant, add_node and the migration controls
+    (cancel, rollback, pause, throttle), which are not idempotent or whose
+    repetition means something else; pass retry=NO_RETRY to retry nothing.
+    """
+
+    def __init__(
+        self, address: str = DEFAULT_ADDRESS, timeout: float = 10.0, retry: RetryPolicy | None = None
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address)
+        self.retry = retry or RetryPolicy()
+        # RPC attempts made, retries included: what a retry costs, for tests and benchmarks.
+        self.attempts = 0
+        self._channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
 
     async def __aenter__(self) -> Client:
@@ -92,11 +218,25 @@ class Client:
     async def close(self) -> None:
         await self._channel.close(None)
 
-    async def _call(self, method: Callable[..., Awaitable[T]], request: object) -> T:
-        try:
-            return await method(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise ClientError(exc.code(), exc.details() or "") from None
+    async def _call(self, method: Callable[..., Awaitable[T]], request: object, *, retry: bool = False) -> T:
+        """One call, retried on UNAVAILABLE only when retry says it is safe to repeat."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        attempts = self.retry.attempts if retry else 1
+        for attempt in range(attempts):
+            self.attempts += 1
+            try:
+                return await method(request, timeout=max(deadline - loop.time(), 0.0))
+            except grpc.aio.AioRpcError as exc:
+                error = error_for(exc.code(), exc.details() or "")
+            if not isinstance(error, Unavailable) or attempt + 1 == attempts:
+                raise error
+            delay = self.retry.backoff(attempt)
+            # Do not sleep past the deadline: the caller gets the real failure, not a timeout.
+            if loop.time() + delay >= deadline:
+                raise error
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def put(
         self, tenant_id: str, key: str, value: bytes, consistency: str = "QUORUM"
@@ -106,6 +246,7 @@ class Client:
             pb.WriteKeyValueRequest(
                 tenant_id=tenant_id, key=key, value=value, consistency=CONSISTENCY[consistency]
             ),
+            retry=True,
         )
         return reply.version.hlc, reply.version.origin
 
@@ -113,6 +254,7 @@ class Client:
         reply = await self._call(
             self._stub.ReadKeyValue,
             pb.ReadKeyValueRequest(tenant_id=tenant_id, key=key, consistency=CONSISTENCY[consistency]),
+            retry=True,
         )
         return Value(reply.found, reply.value, (reply.version.hlc, reply.version.origin))
 
@@ -120,6 +262,7 @@ class Client:
         reply = await self._call(
             self._stub.DeleteKeyValue,
             pb.DeleteKeyValueRequest(tenant_id=tenant_id, key=key, consistency=CONSISTENCY[consistency]),
+            retry=True,
         )
         return reply.version.hlc, reply.version.origin
 
@@ -129,6 +272,11 @@ class Client:
             pb.CreateTenantRequest(tenant_id=tenant_id, replication_factor=replication_factor),
         )
         return int(reply.tenant.replication_factor)
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        reply = await self._call(self._stub.GetTenant, pb.GetTenantRequest(tenant_id=tenant_id), retry=True)
+        t = reply.tenant
+        return Tenant(t.tenant_id, t.replication_factor, t.created_at)
 
     async def add_node(
         self,
@@ -155,7 +303,9 @@ class Client:
 
     async def migration(self, migration_id: str) -> MigrationStatus:
         r = await self._call(
-            self._stub.GetMigrationStatus, pb.GetMigrationStatusRequest(migration_id=migration_id)
+            self._stub.GetMigrationStatus,
+            pb.GetMigrationStatusRequest(migration_id=migration_id),
+            retry=True,
         )
         p = r.progress
         return MigrationStatus(
@@ -205,5 +355,117 @@ class Client:
         return str(reply.message)
 
     async def nodes(self) -> list[Node]:
-        reply = await self._call(self._stub.ListStorageNodes, pb.ListStorageNodesRequest())
+        reply = await self._call(self._stub.ListStorageNodes, pb.ListStorageNodesRequest(), retry=True)
         return [Node(n.node_id, f"{n.host}:{n.port}", n.status, n.virtual_nodes) for n in reply.nodes]
+
+
+class SyncClient:
+    """Client's calls, blocking, for scripts and other code without an event loop.
+
+    The async Client lives on a private event loop in a background thread (a
+    grpc.aio channel is bound to the loop it was made on, so one loop serves
+    every call); each method submits its coroutine there and waits. Safe to call
+    from several threads at once. close() it, or use it as a context manager.
+    """
+
+    def __init__(
+        self, address: str = DEFAULT_ADDRESS, timeout: float = 10.0, retry: RetryPolicy | None = None
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="pairdb-client", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+        async def make() -> Client:
+            return Client(address, timeout, retry)
+
+        self._client = self._run(make())
+
+    @property
+    def client(self) -> Client:
+        """The async Client underneath (address, timeout, retry, attempts)."""
+        return self._client
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("SyncClient is closed")
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # Ctrl-C while waiting: do not leave the call running
+            raise
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._run(self._client.close())
+        finally:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def put(self, tenant_id: str, key: str, value: bytes, consistency: str = "QUORUM") -> tuple[int, int]:
+        return self._run(self._client.put(tenant_id, key, value, consistency))
+
+    def get(self, tenant_id: str, key: str, consistency: str = "QUORUM") -> Value:
+        return self._run(self._client.get(tenant_id, key, consistency))
+
+    def delete(self, tenant_id: str, key: str, consistency: str = "QUORUM") -> tuple[int, int]:
+        return self._run(self._client.delete(tenant_id, key, consistency))
+
+    def create_tenant(self, tenant_id: str, replication_factor: int = 0) -> int:
+        return self._run(self._client.create_tenant(tenant_id, replication_factor))
+
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        return self._run(self._client.get_tenant(tenant_id))
+
+    def add_node(
+        self,
+        node_id: str,
+        host: str,
+        port: int,
+        virtual_nodes: int = 0,
+        *,
+        hold_at_cutover: bool = False,
+        throttle_keys_per_second: int = 0,
+    ) -> AddedNode:
+        return self._run(
+            self._client.add_node(
+                node_id,
+                host,
+                port,
+                virtual_nodes,
+                hold_at_cutover=hold_at_cutover,
+                throttle_keys_per_second=throttle_keys_per_second,
+            )
+        )
+
+    def migration(self, migration_id: str) -> MigrationStatus:
+        return self._run(self._client.migration(migration_id))
+
+    def cancel_migration(self, migration_id: str) -> str:
+        return self._run(self._client.cancel_migration(migration_id))
+
+    def rollback_migration(self, migration_id: str) -> str:
+        return self._run(self._client.rollback_migration(migration_id))
+
+    def pause_migration(self, migration_id: str, paused: bool = True) -> str:
+        return self._run(self._client.pause_migration(migration_id, paused))
+
+    def throttle_migration(self, migration_id: str, keys_per_second: int) -> str:
+        return self._run(self._client.throttle_migration(migration_id, keys_per_second))
+
+    def nodes(self) -> list[Node]:
+        return self._run(self._client.nodes())

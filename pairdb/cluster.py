@@ -61,6 +61,7 @@ class CoordinatorProcess:
     coordinator_id: str
     port: int
     process: ManagedProcess
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:
@@ -87,6 +88,8 @@ class LocalCluster:
     postgres: EmbeddedPostgres = field(init=False)
     temporal_server: TemporalDevServer = field(init=False)
     worker: ManagedProcess | None = field(init=False, default=None)
+    worker_metrics_port: int = field(init=False, default=0)
+    worker_sdk_metrics_port: int = field(init=False, default=0)
     dsn: str = field(init=False, default="")
     nodes: dict[str, StorageNodeProcess] = field(init=False, default_factory=dict)
     coordinator_procs: list[CoordinatorProcess] = field(init=False, default_factory=list)
@@ -190,11 +193,13 @@ class LocalCluster:
 
     async def start_coordinator(self, port: int, dsn: str | None = None) -> CoordinatorProcess:
         coordinator_id = f"coordinator-{len(self.coordinator_procs) + 1}"
+        metrics_port = free_port()
         args = ["--port", str(port), "--postgres-dsn", dsn or self.dsn, "--coordinator-id", coordinator_id]
+        args += ["--metrics-port", str(metrics_port)]
         if self.temporal:
             args += ["--temporal", self.temporal_server.address, "--temporal-ui", self.temporal_server.ui_url]
         proc = self._process(coordinator_id, "coordinator", *args)
-        coordinator = CoordinatorProcess(coordinator_id, port, proc)
+        coordinator = CoordinatorProcess(coordinator_id, port, proc, metrics_port)
         self.coordinator_procs.append(coordinator)
         await proc.start()
         client = Client(coordinator.address, timeout=2)
@@ -216,8 +221,18 @@ class LocalCluster:
     async def start_worker(self) -> ManagedProcess:
         """The migration worker; started again by the same call after a stop or kill."""
         if self.worker is None:
+            self.worker_metrics_port, self.worker_sdk_metrics_port = free_port(), free_port()
             self.worker = self._process(
-                "worker", "worker", "--postgres-dsn", self.dsn, "--temporal", self.temporal_server.address
+                "worker",
+                "worker",
+                "--postgres-dsn",
+                self.dsn,
+                "--temporal",
+                self.temporal_server.address,
+                "--metrics-port",
+                str(self.worker_metrics_port),
+                "--sdk-metrics-port",
+                str(self.worker_sdk_metrics_port),
             )
         since = time.time()
         await self.worker.start()

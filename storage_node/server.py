@@ -26,12 +26,14 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in grpc-s
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class RefuseMalformed(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """INVALID_ARGUMENT for a request that does not parse (bad wire format, invalid UTF-8).
+class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps every handler of a server (the coordinator's too) so that
 
-    grpc.aio answers a request its deserializer raises on with UNKNOWN
-    ("Unexpected DecodeError"), which reads as a server bug and hides the
-    caller's. Used by the coordinator's server too.
+    - a request that does not parse (bad wire format, invalid UTF-8) gets INVALID_ARGUMENT:
+      grpc.aio answers it with UNKNOWN ("Unexpected DecodeError"), a server bug to the caller;
+    - an aborted call frees its request at once: grpc keeps the abort exception on the call, in
+      a reference cycle, and the exception's traceback keeps every handler frame and its request
+      (up to 64 MB) alive until a full garbage collection, so bad large requests piled up.
     """
 
     def __init__(self) -> None:
@@ -48,39 +50,62 @@ class RefuseMalformed(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             handler = await continuation(handler_call_details)
             if handler is None:  # no such method: grpc answers UNIMPLEMENTED
                 return handler
-            self._handlers[method] = _parse_in_handler(handler)
+            self._handlers[method] = _guarded(handler)
         return self._handlers[method]
 
 
-def _parse_in_handler(handler: Handler) -> Handler:
-    """The same RPC, deserializing inside the behaviour, where a parse error can abort with a status."""
+@dataclass(frozen=True, slots=True)
+class _Malformed:
+    reason: str
+
+
+def _guarded(handler: Handler) -> Handler:
     parse = handler.request_deserializer
     if parse is None or handler.request_streaming:
         return handler
 
-    async def parsed(raw: bytes, context: Context) -> Any:
+    def deserialize(raw: bytes) -> Any:
         try:
             return parse(raw)
         except DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
+            return _Malformed(str(exc))
 
     # Typed by grpc-stubs as sync callables; ours are coroutines and async generators.
     unary: Any = handler.unary_unary
     if unary is not None:
 
-        async def unary_unary(raw: bytes, context: Context) -> Any:
-            return await unary(await parsed(raw, context), context)
+        async def unary_unary(request: Any, context: Context) -> Any:
+            try:
+                await _refuse_malformed(request, context)
+                return await unary(request, context)
+            except grpc.aio.AbortError as exc:
+                del request
+                raise _detached(exc) from None
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, response_serializer=handler.response_serializer
-        )
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, handler.response_serializer)
     stream: Any = handler.unary_stream
 
-    async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
-        async for reply in stream(await parsed(raw, context), context):
-            yield reply
+    async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+        try:
+            await _refuse_malformed(request, context)
+            async for reply in stream(request, context):
+                yield reply
+        except grpc.aio.AbortError as exc:
+            del request
+            raise _detached(exc) from None
 
-    return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=handler.response_serializer)
+    return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, handler.response_serializer)
+
+
+async def _refuse_malformed(request: object, context: Context) -> None:
+    if isinstance(request, _Malformed):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.reason}")
+
+
+def _detached(exc: grpc.aio.AbortError) -> grpc.aio.AbortError:
+    """exc without the frames it holds; grpc needs the same exception object back."""
+    exc.__context__ = None
+    return exc.with_traceback(None)
 
 
 @dataclass(frozen=True)
@@ -96,7 +121,7 @@ async def serve(config: StorageNodeConfig) -> None:
     committer = GroupCommitter(engine)
     committer.start()
     server = grpc.aio.server(
-        interceptors=[RefuseMalformed()],
+        interceptors=[RequestGuard()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

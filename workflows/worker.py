@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.cleanup import CleanupSteps
@@ -15,6 +16,7 @@ from activities.context import Context
 from activities.copy import CopySteps
 from activities.registry_steps import RegistrySteps
 from coordinator.metadata import Metadata
+from pairdb import metrics
 from pairdb import migration as m
 from workflows.node_addition import NodeAdditionWorkflow
 
@@ -27,6 +29,9 @@ class WorkerConfig:
     temporal_address: str = "127.0.0.1:7233"
     namespace: str = "default"
     storage_timeout: float = 5.0
+    # /metrics for pairdb's own metrics, and the Temporal SDK's runtime metrics; 0 turns either off.
+    metrics_port: int = 0
+    sdk_metrics_port: int = 0
 
 
 def build_worker(client: Client, ctx: Context) -> Worker:
@@ -54,7 +59,15 @@ def build_worker(client: Client, ctx: Context) -> Worker:
 async def serve(config: WorkerConfig) -> None:
     metadata = await Metadata.connect(config.postgres_dsn)
     ctx = Context.create(metadata, config.storage_timeout)
-    client = await Client.connect(config.temporal_address, namespace=config.namespace)
+    metrics.serve(config.metrics_port)
+    runtime = None
+    if config.sdk_metrics_port:
+        runtime = Runtime(
+            telemetry=TelemetryConfig(
+                metrics=PrometheusConfig(bind_address=f"127.0.0.1:{config.sdk_metrics_port}")
+            )
+        )
+    client = await Client.connect(config.temporal_address, namespace=config.namespace, runtime=runtime)
     worker = build_worker(client, ctx)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -654,6 +654,32 @@ def test_regression_a_storage_get_with_an_oversized_tenant_or_key_is_invalid_arg
         assert reply.code == INVALID and "must be 1.." in reply.details, reply
 
 
+def test_regression_refused_large_requests_do_not_pile_up_in_memory(
+    cluster: LocalCluster, coordinator: grpc.Channel, spare_node: SpareNode
+) -> None:
+    """grpc keeps an abort's exception on the call in a reference cycle, and its traceback kept the
+    handler's frames with their requests: 50 MB more per refused 50 MB Apply, until a full GC."""
+    node = psutil.Process(spare_node.process.pid)
+    big_apply = encode([(1, [(1, "t"), (2, "k"), (3, Blob(50 * MB)), (4, version(5))])])
+    with grpc.insecure_channel(spare_node.address, options=CHANNEL_OPTIONS) as channel:
+        refused(send(channel, STORAGE, "Apply", big_apply), "50 MB value")
+        before = node.memory_info().rss
+        for _ in range(10):
+            refused(send(channel, STORAGE, "Apply", big_apply), "50 MB value")
+    # The leak kept 450 MB or more here; glibc keeping freed memory accounts for up to about 150 MB.
+    growth = node.memory_info().rss - before
+    assert growth < 300 * MB, f"storage node RSS grew {growth // MB} MB over 10 refused 50 MB requests"
+
+    server = psutil.Process(cluster.coordinator_procs[0].process.pid)
+    big_write = encode([(1, FUZZ_TENANT), (2, "k"), (3, Blob(3 * MB))])  # under the 4 MB receive limit
+    refused(send(coordinator, COORDINATOR, "WriteKeyValue", big_write), "3 MB value")
+    before = server.memory_info().rss
+    for _ in range(30):
+        refused(send(coordinator, COORDINATOR, "WriteKeyValue", big_write), "3 MB value")
+    growth = server.memory_info().rss - before
+    assert growth < 50 * MB, f"coordinator RSS grew {growth // MB} MB over 30 refused 3 MB requests"
+
+
 # -- a spare storage node, where deleting is allowed ---------------------------------------
 
 SPARE_TENANT = "spare"
@@ -805,7 +831,8 @@ def test_no_process_leaks_descriptors_or_memory(
         return {name: (p.num_fds(), p.memory_info().rss) for name, p in processes.items()}
 
     with writes_nothing(cluster):
-        one_round()  # warm-up: first-use allocations, caches, the coordinator's channels
+        for _ in range(2):  # warm-up: first-use allocations, caches, the coordinator's channels
+            one_round()
         before = usage()
         for _ in range(5):
             one_round()
@@ -813,7 +840,9 @@ def test_no_process_leaks_descriptors_or_memory(
     for name in processes:
         (fds_before, rss_before), (fds_after, rss_after) = before[name], after[name]
         assert fds_after <= fds_before + 4, f"{name}: {fds_before} -> {fds_after} open files"
-        assert rss_after <= rss_before + 50 * MB, f"{name}: RSS {rss_before // MB} -> {rss_after // MB} MB"
+        # Not +50 MB: glibc keeps some of what the 50 MB messages freed (malloc_trim gives it
+        # back); the leak fixed here kept 180 MB over these five rounds.
+        assert rss_after <= rss_before + 100 * MB, f"{name}: RSS {rss_before // MB} -> {rss_after // MB} MB"
 
 
 async def test_every_process_survives_and_still_serves(

@@ -1,0 +1,121 @@
+"""Prometheus metrics of every pairdb process, and the gRPC interceptor that times each RPC.
+
+Each process serves /metrics on its own --metrics-port; a metric that process
+never touches simply stays at zero (or absent, for labelled ones).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+# -- every gRPC server -------------------------------------------------------------
+RPC_REQUESTS = Counter(
+    "pairdb_rpc_requests", "gRPC requests served, by method and status code", ["service", "method", "code"]
+)
+RPC_LATENCY = Histogram(
+    "pairdb_rpc_latency_seconds",
+    "gRPC request latency",
+    ["service", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+# -- coordinator ---------------------------------------------------------------------
+DUAL_WRITES = Counter(
+    "pairdb_dual_writes", "Writes sent to a joining node during a migration, by outcome", ["outcome"]
+)
+WRITE_LATENCY = Histogram(
+    "pairdb_write_latency_seconds",
+    "Client write latency, during a migration or not",
+    ["migrating"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+REGISTRY_EPOCH = Gauge("pairdb_registry_epoch", "The newest registry epoch this coordinator has loaded")
+APPLIED_EPOCH = Gauge("pairdb_applied_epoch", "The registry epoch this coordinator reports as applied")
+ACTIVE_MIGRATIONS = Gauge(
+    "pairdb_active_migrations", "Ring changes in flight (0 or 1: they run one at a time)"
+)
+
+# -- storage node ---------------------------------------------------------------------
+STORAGE_KEYS = Gauge("pairdb_storage_keys", "Live keys on this storage node")
+STORAGE_BYTES = Gauge("pairdb_storage_bytes", "Bytes of live values on this storage node")
+STORAGE_TOMBSTONES = Gauge("pairdb_storage_tombstones", "Tombstones on this storage node")
+
+# -- migration worker ------------------------------------------------------------------
+COPY_KEYS = Counter("pairdb_copy_keys", "Keys copied to joining nodes")
+COPY_BYTES = Counter("pairdb_copy_bytes", "Value bytes copied to joining nodes")
+MIGRATION_DURATION = Histogram(
+    "pairdb_migration_duration_seconds",
+    "Time from start to end of a migration",
+    ["status"],
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600),
+)
+PHASE_FAILURES = Counter(
+    "pairdb_migration_phase_failures", "Migrations that failed, by the phase that failed", ["phase"]
+)
+
+
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on host:port from a background thread (prometheus_client's own server)."""
+    if port:
+        start_http_server(port, addr=host)
+
+
+Handler = Any  # grpc.RpcMethodHandler: grpc-stubs types its behaviours as sync callables
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts and times every RPC, unary and server-streaming alike, with its final status code."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler: Handler = await continuation(details)
+        if handler is None:
+            return handler
+        service, _, method = details.method.rpartition("/")
+        service = service.lstrip("/").rsplit(".", 1)[-1]
+
+        def finish(context: grpc.aio.ServicerContext[Any, Any], started: float, failed: bool) -> None:
+            code = context.code() if hasattr(context, "code") else None
+            name = code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if failed else "OK")
+            RPC_REQUESTS.labels(service, method, name).inc()
+            RPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                started, failed = time.perf_counter(), True
+                try:
+                    response = await inner(request, context)
+                    failed = False
+                    return response
+                finally:
+                    finish(context, started, failed)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                started, failed = time.perf_counter(), True
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                    failed = False
+                finally:
+                    finish(context, started, failed)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
