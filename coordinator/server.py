@@ -7,7 +7,6 @@ import signal
 import socket
 from dataclasses import dataclass
 
-import grpc
 import structlog
 from temporalio.client import Client
 
@@ -21,11 +20,13 @@ from coordinator.service import CoordinatorService
 from coordinator.topology import TopologyCache
 from coordinator.write_path import WritePath
 from pairdb import metrics
-from proto import coordinator_pb2_grpc
+from pairdb.serving import Health, new_server
+from proto import coordinator_pb2, coordinator_pb2_grpc
 from storage_node.client import StoragePool
-from storage_node.server import RequestGuard
 
 log = structlog.get_logger()
+
+COORDINATOR_SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,14 @@ async def serve(config: CoordinatorConfig) -> None:
         migrations,
     )
     metrics.serve(config.metrics_port, config.host)
-    server = grpc.aio.server(interceptors=[metrics.MetricsInterceptor(), RequestGuard()])
+    server = new_server()
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(service, server)
+    # Ready only with a live lease and a working PostgreSQL: otherwise it refuses requests anyway.
+    health = Health(server, [COORDINATOR_SERVICE], ready=cache.serving)
     if server.add_insecure_port(config.address) == 0:
         raise SystemExit(f"coordinator: cannot listen on {config.address}")
     await server.start()
+    await health.start()
     log.info(
         "Coordinator started",
         coordinator_id=config.effective_id,
@@ -93,6 +97,7 @@ async def serve(config: CoordinatorConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("Coordinator stopping", coordinator_id=config.effective_id)
+    await health.stop()
     await server.stop(grace=5)
     await cache.stop()
     await pool.close()

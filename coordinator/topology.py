@@ -81,6 +81,7 @@ class TopologyCache:
         self._changed = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._refresh_ok = True
         # Requests in flight per epoch: an epoch counts as applied only once no
         # request routed by an older epoch is still running (barrier safety).
         self._in_flight: Counter[int] = Counter()
@@ -129,6 +130,10 @@ class TopologyCache:
         current = self.current.epoch
         return min([current, *self._in_flight])
 
+    def serving(self) -> bool:
+        """Readiness: a live lease, and the last refresh reached PostgreSQL."""
+        return self._refresh_ok and time.monotonic() <= self._lease_valid_until
+
     def check_lease(self) -> None:
         """Raise LeaseLapsed when this coordinator may not serve requests."""
         if time.monotonic() > self._lease_valid_until:
@@ -174,12 +179,14 @@ class TopologyCache:
                     )
                     metrics.APPLIED_EPOCH.set(self.applied_epoch)
                 self._lease_valid_until = renewed_at + self._lease_seconds
+                self._refresh_ok = True
                 took = time.monotonic() - renewed_at
                 if took > self._lease_seconds / 4:
                     log.warning(
                         "Slow metadata refresh", coordinator_id=self.coordinator_id, duration=round(took, 2)
                     )
             except Exception as exc:  # the loop must outlive any failure, or the lease lapses for good
+                self._refresh_ok = False
                 log.warning(
                     "Metadata refresh failed",
                     coordinator_id=self.coordinator_id,

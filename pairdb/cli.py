@@ -344,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
             from storage_node.server import StorageNodeConfig, serve
 
             logs.configure(json=True, level=args.log_level)
-            asyncio.run(serve(StorageNodeConfig(args.node_id, args.data_dir, args.host, args.port)))
+            asyncio.run(
+                serve(StorageNodeConfig(args.node_id, args.data_dir, args.host, args.port, args.metrics_port))
+            )
         elif args.command == "coordinator":
             from coordinator.server import CoordinatorConfig
             from coordinator.server import serve as serve_coordinator

@@ -42,6 +42,7 @@ class StorageNodeProcess:
     process: ManagedProcess
     # With network faults on, the cluster reaches the node only through this proxy.
     proxy: TcpProxy | None = None
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:
@@ -161,6 +162,7 @@ class LocalCluster:
         )
 
     async def start_storage_node(self, node_id: str, port: int) -> StorageNodeProcess:
+        metrics_port = free_port()
         proc = self._process(
             node_id,
             "storage-node",
@@ -170,8 +172,10 @@ class LocalCluster:
             str(port),
             "--data-dir",
             str(self.data_dir / "nodes" / node_id),
+            "--metrics-port",
+            str(metrics_port),
         )
-        node = StorageNodeProcess(node_id, port, proc)
+        node = StorageNodeProcess(node_id, port, proc, metrics_port=metrics_port)
         if self.proxies:
             node.proxy = TcpProxy("127.0.0.1", port)
             await node.proxy.start()

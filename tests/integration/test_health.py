@@ -1,0 +1,78 @@
+"""Health checking and reflection on a running coordinator and storage node; readiness follows PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from pairdb.cluster import LocalCluster
+from tests.conftest import fresh_dir
+from tests.support import wait_for
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture
+async def small_cluster() -> AsyncIterator[LocalCluster]:
+    path = fresh_dir("health")
+    cluster = LocalCluster(path, storage_nodes=3, log_level="WARNING", temporal=False)
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.stop()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def check(address: str, service: str = "") -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service)
+        )
+        return int(reply.status)
+
+
+async def services(address: str) -> set[str]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for reply in stub.ServerReflectionInfo(iter([request])):
+            return {s.name for s in reply.list_services_response.service}
+    return set()
+
+
+async def test_health_and_reflection_on_coordinator_and_storage_node(small_cluster: LocalCluster) -> None:
+    coordinator, node = small_cluster.coordinator_address, small_cluster.nodes["node-1"].address
+    assert await check(coordinator) == SERVING
+    assert await check(coordinator, "pairdb.v1.CoordinatorService") == SERVING
+    assert await check(node, "pairdb.v1.StorageService") == SERVING
+    assert {"pairdb.v1.CoordinatorService", "grpc.health.v1.Health"} <= await services(coordinator)
+    assert {"pairdb.v1.StorageService", "grpc.health.v1.Health"} <= await services(node)
+
+
+async def test_coordinator_is_not_serving_without_postgresql_and_serving_again_after(
+    small_cluster: LocalCluster,
+) -> None:
+    coordinator = small_cluster.coordinator_address
+    await small_cluster.postgres.stop()
+    try:
+
+        async def down() -> bool:
+            return await check(coordinator) == NOT_SERVING
+
+        await wait_for(down, timeout=30, what="NOT_SERVING")
+    finally:
+        await small_cluster.postgres.start()
+
+    async def up() -> bool:
+        return await check(coordinator) == SERVING
+
+    await wait_for(up, timeout=30, what="SERVING again")
+    async with small_cluster.client() as client:
+        await client.put("default", "after-postgres", b"back")
