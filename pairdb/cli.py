@@ -214,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--rf", type=int, default=0, help="replication factor (default 3)")
     _add_client_flags(tp)
 
+    p = sub.add_parser(
+        "init", help="start a new cluster: join its first storage nodes to the empty ring, create tenants"
+    )
+    p.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="ID=HOST:PORT",
+        help="a first storage node (repeatable)",
+    )
+    p.add_argument("--tenant", action="append", default=[], metavar="NAME[:RF]", help="a tenant to create")
+    _add_client_flags(p)
+
     p = sub.add_parser("nodes", help="list storage nodes")
     _add_client_flags(p)
     return parser
@@ -236,6 +249,8 @@ async def _client_command(args: argparse.Namespace) -> int:
         elif args.command == "tenant":
             rf = await client.create_tenant(args.tenant, args.rf)
             print(f"tenant {args.tenant} created with replication factor {rf}")
+        elif args.command == "init":
+            return await _init(client, args)
         elif args.command == "nodes":
             for node in await client.nodes():
                 print(f"{node.node_id}\t{node.address}\t{node.status}\tvnodes={node.virtual_nodes}")
@@ -243,6 +258,28 @@ async def _client_command(args: argparse.Namespace) -> int:
             return await _node_add(client, args)
         elif args.command == "migration":
             return await _migration(client, args)
+    return 0
+
+
+async def _init(client: Client, args: argparse.Namespace) -> int:
+    """Idempotent: nodes and tenants that exist already are left as they are."""
+    known = {n.node_id for n in await client.nodes()}
+    for spec in args.node:
+        node_id, _, address = spec.partition("=")
+        host, sep, port = address.rpartition(":")
+        if not node_id or not sep or not port.isdigit():
+            print(f"error: --node must be ID=HOST:PORT, got {spec!r}", file=sys.stderr)
+            return 2
+        if node_id not in known:
+            print((await client.add_node(node_id, host, int(port))).message)
+    for spec in args.tenant:
+        name, _, rf = spec.partition(":")
+        try:
+            await client.create_tenant(name, int(rf or 0))
+            print(f"tenant {name} created")
+        except ClientError as exc:
+            if exc.code.name != "ALREADY_EXISTS":
+                raise
     return 0
 
 

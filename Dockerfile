@@ -1,0 +1,17 @@
+# pairdb: one image for every pairdb process (storage node, coordinator, worker, CLI).
+FROM python:3.11-slim
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY pairdb ./pairdb
+COPY coordinator ./coordinator
+COPY storage_node ./storage_node
+COPY activities ./activities
+COPY workflows ./workflows
+COPY proto ./proto
+RUN pip install --no-cache-dir .
+
+# Storage nodes keep their data here; mount a volume on it.
+VOLUME ["/data"]
+ENTRYPOINT ["pairdb"]
+CMD ["--help"]
