@@ -20,7 +20,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def new_server(options: list[tuple[str, int]] | None = None) -> grpc.aio.Server:
     """A grpc.aio server that counts and times every RPC and refuses malformed requests cleanly."""
-    return grpc.aio.server(interceptors=[metrics.MetricsInterceptor(), RequestGuard()], options=options)
+    # The guard goes outermost: it drops an aborted call's traceback (and with it the
+    # request every inner frame holds) after the metrics wrapper has seen the status.
+    return grpc.aio.server(interceptors=[RequestGuard(), metrics.MetricsInterceptor()], options=options)
 
 
 class Health:
