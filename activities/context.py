@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import structlog
 from temporalio import activity
 
 from coordinator.metadata import Metadata, MigrationRow
 from coordinator.migration_store import MigrationStore
 from coordinator.registry import Lagging, Registry
 from coordinator.topology import Topology
+from pairdb import request_ids
 from storage_node.client import NodeClient, StoragePool
 
 
@@ -28,6 +30,10 @@ class Context:
         row = await self.store.get(migration_id)
         if row is None:
             raise LookupError(f"migration {migration_id} does not exist")
+        # Every log line of this activity names the migration, its node and the request that started it.
+        structlog.contextvars.bind_contextvars(migration_id=migration_id, node_id=row.node_id)
+        if row.request_id:
+            request_ids.bind(row.request_id)  # and on to the storage nodes this activity calls
         return row
 
     async def topology(self) -> Topology:

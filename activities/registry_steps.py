@@ -78,5 +78,12 @@ class RegistrySteps:
             )
             if status == m.S_FAILED:
                 metrics.PHASE_FAILURES.labels(row.phase).inc()
+            if status == m.S_COMPLETED:
+                log.info(
+                    "Node addition migration completed successfully",
+                    migration_id=migration_id,
+                    node_id=row.node_id,
+                    total_duration=f"{(datetime.now(UTC) - row.started_at).total_seconds():.2f}s",
+                )
         log.info("Migration finished", migration_id=migration_id, status=status, error=error or None)
         return epoch

@@ -70,6 +70,7 @@ class MigrationRow:
     started_at: datetime
     completed_at: datetime | None
     estimated_completion: datetime | None
+    request_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ import asyncpg
 from coordinator.errors import AlreadyExists
 from coordinator.metadata import Metadata, MigrationRow, PlannedRange, _from_db_token, _to_db_token
 from pairdb import migration as m
+from pairdb import request_ids
 
 
 def _migration(row: asyncpg.Record) -> MigrationRow:
@@ -31,6 +32,7 @@ def _migration(row: asyncpg.Record) -> MigrationRow:
         started_at=row["started_at"],
         completed_at=row["completed_at"],
         estimated_completion=row["estimated_completion"],
+        request_id=row["request_id"],
     )
 
 
@@ -67,8 +69,8 @@ class MigrationStore:
             try:
                 row = await conn.fetchrow(
                     "INSERT INTO migrations (migration_id, type, node_id, host, port, virtual_nodes,"
-                    " workflow_id, phase, status, started_by)"
-                    " VALUES ($1, 'node_addition', $2, $3, $4, $5, $6, 'queued', 'queued', $7) RETURNING *",
+                    " workflow_id, phase, status, started_by, request_id)"
+                    " VALUES ($1, 'node_addition', $2, $3, $4, $5, $6, 'queued', 'queued', $7, $8) RETURNING *",
                     request.migration_id,
                     request.node_id,
                     request.host,
@@ -76,6 +78,7 @@ class MigrationStore:
                     request.virtual_nodes,
                     workflow_id,
                     request.started_by,
+                    request_ids.current(),
                 )
             except asyncpg.UniqueViolationError:
                 raise AlreadyExists(f"node {request.node_id!r} already has a migration in progress") from None

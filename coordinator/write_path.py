@@ -86,7 +86,9 @@ class WritePath:
                     else:
                         failed[node] = describe_failure(exc)
                         log.warning(
-                            "Replica write failed",
+                            "Dual-write failed to migration node"
+                            if node in joining
+                            else "Replica write failed",
                             node_id=node,
                             tenant_id=record.tenant_id,
                             key=record.key,

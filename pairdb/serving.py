@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pairdb import metrics
 from pairdb.request_guard import RequestGuard
+from pairdb.request_ids import RequestIdInterceptor
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -22,7 +23,9 @@ def new_server(options: list[tuple[str, int]] | None = None) -> grpc.aio.Server:
     """A grpc.aio server that counts and times every RPC and refuses malformed requests cleanly."""
     # The guard goes outermost: it drops an aborted call's traceback (and with it the
     # request every inner frame holds) after the metrics wrapper has seen the status.
-    return grpc.aio.server(interceptors=[RequestGuard(), metrics.MetricsInterceptor()], options=options)
+    return grpc.aio.server(
+        interceptors=[RequestGuard(), RequestIdInterceptor(), metrics.MetricsInterceptor()], options=options
+    )
 
 
 class Health:

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from pairdb import request_ids
 from proto import storage_pb2, storage_pb2_grpc
 from storage_node.engine import StoredRecord
 from storage_node.wire import from_proto, to_proto
@@ -64,7 +65,7 @@ class NodeClient:
 
     async def _call(self, method: Callable[..., Awaitable[Any]], request: object, timeout: float) -> Any:
         try:
-            return await method(request, timeout=timeout)
+            return await method(request, timeout=timeout, metadata=request_ids.outgoing())
         except grpc.aio.AioRpcError as exc:
             raise StorageError(self.node_id, exc.code(), exc.details() or "") from None
 
@@ -101,7 +102,9 @@ class NodeClient:
             include_tombstones=include_tombstones,
         )
         try:
-            async for batch in self._stub.ScanRange(request, timeout=timeout):
+            async for batch in self._stub.ScanRange(
+                request, timeout=timeout, metadata=request_ids.outgoing()
+            ):
                 yield [from_proto(r) for r in batch.records]
         except grpc.aio.AioRpcError as exc:
             raise StorageError(self.node_id, exc.code(), exc.details() or "") from None

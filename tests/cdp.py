@@ -111,7 +111,7 @@ class Chromium:
         browser = cls(proc, profile_dir, tail, stderr_task)
         try:
             try:
-                url = await asyncio.wait_for(asyncio.shield(endpoint), timeout)
+                url = await asyncio.wait_for(endpoint, timeout)
             except TimeoutError:
                 raise CdpError(f"Chromium printed no DevTools endpoint within {timeout}s") from None
             await asyncio.wait_for(browser._attach(url), timeout)
@@ -148,7 +148,9 @@ class Chromium:
             target_id = (await self.send("Target.createTarget", {"url": "about:blank"}, session=False))[
                 "targetId"
             ]
-        attached = await self.send("Target.attachToTarget", {"targetId": target_id, "flatten": True}, session=False)
+        attached = await self.send(
+            "Target.attachToTarget", {"targetId": target_id, "flatten": True}, session=False
+        )
         self._session_id = attached["sessionId"]
         await self.send("Page.enable")
         await self.send("Runtime.enable")
@@ -174,7 +176,12 @@ class Chromium:
             self._pending.clear()
 
     async def send(
-        self, method: str, params: dict[str, Any] | None = None, *, session: bool = True, timeout: float = 30.0
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        session: bool = True,
+        timeout: float = 30.0,
     ) -> dict[str, Any]:
         """Send one CDP command (to the page's session unless session=False); returns its result."""
         if self._ws is None or self._reader is None or self._reader.done():
@@ -284,7 +291,9 @@ class Chromium:
         await asyncio.to_thread(shutil.rmtree, self._profile_dir, True)
 
 
-async def _drain_stderr(stream: asyncio.StreamReader, tail: deque[str], endpoint: asyncio.Future[str]) -> None:
+async def _drain_stderr(
+    stream: asyncio.StreamReader, tail: deque[str], endpoint: asyncio.Future[str]
+) -> None:
     """Read Chromium's stderr to the end (a full pipe would block it); resolve the endpoint URL."""
     while line := await stream.readline():
         text = line.decode(errors="replace").rstrip()

@@ -42,6 +42,7 @@ CREATE TABLE migrations (
     progress      jsonb NOT NULL DEFAULT '{}'::jsonb,
     error         text,
     started_by    text NOT NULL DEFAULT '',
+    request_id    text NOT NULL DEFAULT '',
     started_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     completed_at  timestamptz,

@@ -135,6 +135,30 @@ async def test_happy_path_four_phases_then_node_active_and_ranges_moved(
             await c.close()
     async with cluster.client(1) as other:
         assert await read_all([other], written) == []
+    await _request_id_reaches_activity_and_storage_logs(cluster)
+
+
+async def _request_id_reaches_activity_and_storage_logs(cluster: LocalCluster) -> None:
+    """The AddStorageNode request's id is on the worker's activity logs and the nodes' cleanup logs."""
+    metadata = await Metadata.connect(cluster.dsn)
+    try:
+        request_id = await metadata.pool.fetchval("SELECT request_id FROM migrations")
+    finally:
+        await metadata.close()
+    assert request_id
+    logs = cluster.data_dir / "logs"
+    worker = [
+        json.loads(line) for line in (logs / "worker.log").read_text().splitlines() if line.startswith("{")
+    ]
+    assert any(e.get("request_id") == request_id and e.get("migration_id") for e in worker)
+    assert any(e["event"] == "Node addition migration completed successfully" for e in worker)
+    nodes = [
+        json.loads(line)
+        for n in ("node-1", "node-2", "node-3")
+        for line in (logs / f"{n}.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    assert any(e["event"] == "Range deleted" and e.get("request_id") == request_id for e in nodes)
 
 
 async def test_no_acknowledged_write_is_lost_through_two_coordinators(
