@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from pairdb import logs, progress
+from pairdb import config, logs, progress
 from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError
 from pairdb.processes import die_with_parent
 
@@ -22,7 +21,7 @@ DEV_POSTGRES_PORT = 54329
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--coordinator",
-        default=os.environ.get("PAIRDB_COORDINATOR", DEFAULT_ADDRESS),
+        default=DEFAULT_ADDRESS,
         help="coordinator address host:port (env PAIRDB_COORDINATOR; default %(default)s)",
     )
 
@@ -40,7 +39,7 @@ def _add_metrics_port(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=int(os.environ.get("PAIRDB_METRICS_PORT", "0")),
+        default=0,
         help="serve Prometheus /metrics on this port (env PAIRDB_METRICS_PORT; default: off)",
     )
 
@@ -48,7 +47,7 @@ def _add_metrics_port(p: argparse.ArgumentParser) -> None:
 def _add_log_level(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-level",
-        default=os.environ.get("PAIRDB_LOG_LEVEL", "INFO"),
+        default="INFO",
         help="DEBUG, INFO, WARNING or ERROR (env PAIRDB_LOG_LEVEL; default %(default)s)",
     )
 
@@ -57,7 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pairdb", description="pairdb: a replicated key-value store that grows its cluster online"
     )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="TOML configuration file (env PAIRDB_CONFIG; default ./pairdb.toml if present)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("config", help="configuration")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    cp = csub.add_parser(
+        "show", help="print the effective configuration of a command and where each value came from"
+    )
+    cp.add_argument("target", nargs=argparse.REMAINDER, help="the command, e.g. `coordinator` or `put t k v`")
 
     p = sub.add_parser("dev", help="run a whole local cluster in the foreground")
     p.add_argument(
@@ -112,18 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument(
         "--postgres-dsn",
-        default=os.environ.get("PAIRDB_POSTGRES_DSN"),
+        default=None,
         help="PostgreSQL metadata DSN (env PAIRDB_POSTGRES_DSN; required)",
     )
     p.add_argument("--coordinator-id", default="", help="stable id (default coordinator-HOSTNAME-PORT)")
     p.add_argument(
         "--temporal",
-        default=os.environ.get("PAIRDB_TEMPORAL", ""),
+        default="",
         help="Temporal frontend host:port, needed to run migrations (env PAIRDB_TEMPORAL)",
     )
     p.add_argument(
         "--temporal-ui",
-        default=os.environ.get("PAIRDB_TEMPORAL_UI", ""),
+        default="",
         help="Temporal UI base URL, for the workflow links in migration status (env PAIRDB_TEMPORAL_UI)",
     )
     p.add_argument(
@@ -138,12 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a migration worker (NodeAdditionWorkflow and its activities)")
     p.add_argument(
         "--postgres-dsn",
-        default=os.environ.get("PAIRDB_POSTGRES_DSN"),
+        default=None,
         help="PostgreSQL metadata DSN (env PAIRDB_POSTGRES_DSN; required)",
     )
     p.add_argument(
         "--temporal",
-        default=os.environ.get("PAIRDB_TEMPORAL", "127.0.0.1:7233"),
+        default="127.0.0.1:7233",
         help="Temporal frontend host:port (env PAIRDB_TEMPORAL; default %(default)s)",
     )
     _add_metrics_port(p)
@@ -374,9 +385,14 @@ async def _dev(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    resolved = config.resolve(parser, argv)
+    args = resolved.args
     die_with_parent()
     try:
+        if args.command == "config":
+            print(config.show(parser, args.target or ["coordinator"], resolved.file))
+            return 0
         if args.command == "storage-node":
             from storage_node.server import StorageNodeConfig, serve
 

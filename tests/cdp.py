@@ -31,7 +31,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-__all__ = ["CHROMIUM", "CdpError", "Chromium"]
+__all__ = ["CHROMIUM", "FRAME_TEXTS", "CdpError", "Chromium"]
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -49,6 +49,13 @@ _FLAGS = [
     "--remote-debugging-port=0",
 ]
 _LISTENING = "DevTools listening on "
+# The innerText of each same-origin <iframe>'s body, as a JavaScript array expression. Pages that
+# render Markdown in iframes (the Temporal UI does) keep that text out of document.body.innerText.
+FRAME_TEXTS = (
+    "[...document.querySelectorAll('iframe')].map(f => {"
+    " try { return f.contentDocument && f.contentDocument.body ? f.contentDocument.body.innerText : ''; }"
+    " catch (e) { return ''; } })"
+)
 _STDERR_TAIL_LINES = 30
 _POLL_INTERVAL = 0.2
 
@@ -63,12 +70,12 @@ class Chromium:
     def __init__(
         self,
         proc: asyncio.subprocess.Process,
-        profile_dir: Path,
+        temp_dir: Path,
         stderr_tail: deque[str],
         stderr_task: asyncio.Task[None],
     ) -> None:
         self._proc = proc
-        self._profile_dir = profile_dir
+        self._temp_dir = temp_dir
         self._stderr_tail = stderr_tail
         self._stderr_task = stderr_task
         self._ws: ClientConnection | None = None
@@ -87,28 +94,38 @@ class Chromium:
         cls, binary: Path = CHROMIUM, window_size: tuple[int, int] = (1400, 1000), timeout: float = 30.0
     ) -> Chromium:
         """Start Chromium, connect to its DevTools endpoint and attach to its blank page."""
-        profile_dir = Path(tempfile.mkdtemp(prefix="pairdb-chromium-"))
+        temp_dir = Path(tempfile.mkdtemp(prefix="pairdb-chromium-"))
+        # Crash reports, caches and the NSS database go under $HOME / $XDG_*, not --user-data-dir:
+        # point those into the temp dir too, so nothing is left in the real home directory.
+        home = temp_dir / "home"
+        env = {
+            **os.environ,
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+        }
         try:
             proc = await asyncio.create_subprocess_exec(
                 str(binary),
                 *_FLAGS,
-                f"--user-data-dir={profile_dir}",
+                f"--user-data-dir={temp_dir / 'profile'}",
                 f"--window-size={window_size[0]},{window_size[1]}",
                 "about:blank",
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
+                env=env,
                 # Its own process group: close() kills the renderers and helpers with it.
                 start_new_session=True,
             )
         except BaseException:
-            shutil.rmtree(profile_dir, ignore_errors=True)
+            shutil.rmtree(temp_dir, ignore_errors=True)
             raise
         assert proc.stderr is not None
         tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
         endpoint: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         stderr_task = asyncio.ensure_future(_drain_stderr(proc.stderr, tail, endpoint))
-        browser = cls(proc, profile_dir, tail, stderr_task)
+        browser = cls(proc, temp_dir, tail, stderr_task)
         try:
             try:
                 url = await asyncio.wait_for(endpoint, timeout)
@@ -255,6 +272,11 @@ class Chromium:
         value = await self.evaluate("document.body ? document.body.innerText : ''")
         return str(value or "")
 
+    async def frame_texts(self) -> list[str]:
+        """The innerText of every same-origin iframe in the page (see FRAME_TEXTS)."""
+        value = await self.evaluate(FRAME_TEXTS)
+        return [str(t) for t in value or []]
+
     async def screenshot(self, path: Path) -> Path:
         """Save a PNG of the viewport to path (parent directories created)."""
         result = await self.send("Page.captureScreenshot", {"format": "png"})
@@ -288,7 +310,7 @@ class Chromium:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stderr_task, 5)
         self._stderr_task.cancel()
-        await asyncio.to_thread(shutil.rmtree, self._profile_dir, True)
+        await asyncio.to_thread(shutil.rmtree, self._temp_dir, True)
 
 
 async def _drain_stderr(

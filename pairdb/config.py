@@ -1,0 +1,157 @@
+"""Configuration: command-line flags, then environment variables, then one TOML file, then defaults.
+
+Every option of every `pairdb` command can be set in all three places:
+
+- flag:  `--metrics-port 9100`
+- env:   `PAIRDB_METRICS_PORT=9100` (PAIRDB_ + the option's name, upper case, `-` as `_`)
+- file:  `metrics_port = 9100` in the command's table (`[coordinator]`, `[storage-node]`, `[worker]`,
+         `[dev]`, ...; client commands read `[client]`), or at the top level for every command.
+
+The file is `--config PATH`, else `$PAIRDB_CONFIG`, else `./pairdb.toml` when it exists.
+`pairdb config show COMMAND` prints the effective values and where each came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CLIENT_COMMANDS = {"put", "get", "delete", "tenant", "nodes", "node", "migration", "init"}
+_UNSET = object()
+
+
+@dataclass
+class Resolved:
+    args: argparse.Namespace
+    file: Path | None
+    # option -> "flag", "env PAIRDB_X", "file [table]" or "default"
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def env_name(dest: str) -> str:
+    return "PAIRDB_" + dest.upper()
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _subparsers(sub)
+    return found
+
+
+def _chain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[argparse.ArgumentParser]:
+    """The parsers the command line went through: pairdb, then e.g. `node`, then `add`."""
+    chain = [parser]
+    while True:
+        subs = [a for a in chain[-1]._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if not subs or name not in subs[0].choices:
+            return chain
+        chain.append(subs[0].choices[name])
+
+
+def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [
+        a
+        for p in _subparsers(parser)
+        for a in p._actions
+        if a.option_strings
+        and a.dest not in ("help", "config")
+        and not isinstance(a, argparse._VersionAction)
+    ]
+
+
+def _convert(action: argparse.Action, raw: Any) -> Any:
+    if isinstance(action, argparse._StoreTrueAction):
+        return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
+    if isinstance(action, argparse._AppendAction):
+        return raw if isinstance(raw, list) else [v for v in str(raw).split(",") if v]
+    if action.type is not None and not isinstance(raw, bool):
+        return action.type(raw)  # type: ignore[operator]
+    return raw
+
+
+def table_for(command: str) -> str:
+    return "client" if command in CLIENT_COMMANDS else command
+
+
+def resolve(parser: argparse.ArgumentParser, argv: list[str] | None) -> Resolved:
+    """Parse argv, then fill every option not given as a flag from env, the file, or its default."""
+    actions = _options(parser)
+    defaults = {id(a): a.default for a in actions}
+    for action in actions:
+        # An append action builds on its default, so it gets None (argparse starts a list from it).
+        action.default = None if isinstance(action, argparse._AppendAction) else _UNSET
+    try:
+        args = parser.parse_args(argv)
+    finally:
+        for action in actions:
+            action.default = defaults[id(action)]
+    path = _config_path(getattr(args, "config", None))
+    document = tomllib.loads(path.read_text()) if path else {}
+    table = table_for(getattr(args, "command", "") or "")
+    section = document.get(table, {}) if isinstance(document.get(table), dict) else {}
+    top = {k: v for k, v in document.items() if not isinstance(v, dict)}
+    resolved = Resolved(args, path)
+    seen: set[str] = set()
+    chosen = {id(a) for p in _chain(parser, args) for a in p._actions}
+    for action in actions:
+        if id(action) not in chosen:
+            continue
+        dest = action.dest
+        if dest in seen or not hasattr(args, dest):
+            continue
+        seen.add(dest)
+        if getattr(args, dest) not in (_UNSET, None) or (
+            getattr(args, dest) is None and not isinstance(action, argparse._AppendAction)
+        ):
+            resolved.sources[dest] = "flag"
+        elif env_name(dest) in os.environ:
+            setattr(args, dest, _convert(action, os.environ[env_name(dest)]))
+            resolved.sources[dest] = f"env {env_name(dest)}"
+        elif dest in section:
+            setattr(args, dest, _convert(action, section[dest]))
+            resolved.sources[dest] = f"file [{table}]"
+        elif dest in top:
+            setattr(args, dest, _convert(action, top[dest]))
+            resolved.sources[dest] = "file (top level)"
+        else:
+            setattr(args, dest, defaults[id(action)])
+            resolved.sources[dest] = "default"
+    return resolved
+
+
+def _config_path(flag: str | None) -> Path | None:
+    if flag:
+        path = Path(flag)
+        if not path.is_file():
+            raise SystemExit(f"error: config file {path} does not exist")
+        return path
+    if os.environ.get("PAIRDB_CONFIG"):
+        return _config_path(os.environ["PAIRDB_CONFIG"])
+    default = Path("pairdb.toml")
+    return default if default.is_file() else None
+
+
+def show(parser: argparse.ArgumentParser, command: list[str], config_file: Path | None) -> str:
+    """The effective configuration of `pairdb COMMAND ...`, one `key = value  # source` line each."""
+    resolved = resolve(parser, [*(["--config", str(config_file)] if config_file else []), *command])
+    lines = [f"# pairdb {' '.join(command)}: flags > env > file ({resolved.file or 'none'}) > defaults"]
+    for dest, source in resolved.sources.items():
+        value = getattr(resolved.args, dest)
+        if (
+            dest in ("postgres_dsn",)
+            and isinstance(value, str)
+            and "@" in value
+            and ":" in value.split("@")[0]
+        ):
+            user, _, rest = value.partition("@")
+            value = user.rsplit(":", 1)[0] + ":***@" + rest  # never print a password
+        lines.append(f"{dest} = {value!r}  # {source}")
+    return "\n".join(lines)
