@@ -5,8 +5,9 @@
         await browser.wait_for("document.body.innerText.includes('Workflows')")
         await browser.screenshot(Path("page.png"))
 
-Chromium (Debian's `chromium` package, /usr/bin/chromium) runs in its own session and a fresh
-profile directory; close() kills the whole process group and removes the directory. CDP is
+Chromium (Debian's `chromium` package, /usr/bin/chromium) runs in its own session, with its
+profile and its $HOME in a fresh temp dir; close() kills the whole process group and removes
+the directory. CDP is
 spoken over a websocket (the `websockets` package): one connection to the browser endpoint
 that Chromium prints on stderr, and a flattened session attached to its first page.
 """
