@@ -70,7 +70,8 @@ class MigrationStore:
                 row = await conn.fetchrow(
                     "INSERT INTO migrations (migration_id, type, node_id, host, port, virtual_nodes,"
                     " workflow_id, phase, status, started_by, request_id)"
-                    " VALUES ($1, 'node_addition', $2, $3, $4, $5, $6, 'queued', 'queued', $7, $8) RETURNING *",
+                    " VALUES ($1, 'node_addition', $2, $3, $4, $5, $6, 'queued', 'queued', $7, $8)"
+                    " RETURNING *",
                     request.migration_id,
                     request.node_id,
                     request.host,
