@@ -4,14 +4,17 @@ Headless Chromium (tests/cdp.py) opens the UI bundled with the Temporal dev serv
 node addition holds at cutover. NodeAdditionWorkflow publishes its state twice (`_publish`):
 as Markdown current details, which the UI renders on the run's "User Metadata" tab, and as
 the MigrationNode / MigrationPhase search attributes, listed on the "Search Attributes" tab.
-The User Metadata page is saved as docs/temporal-ui-migration.png.
+The User Metadata page is saved as docs/temporal-ui-migration.png when
+PAIRDB_UPDATE_DOCS=1 (otherwise to a temporary file, so a test run leaves the tree clean).
 
 Skipped without /usr/bin/chromium (Debian: apt-get install -y chromium).
 """
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +29,7 @@ pytestmark = pytest.mark.skipif(
     reason=f"{CHROMIUM} not found; install Debian's package: apt-get install -y chromium",
 )
 
-SCREENSHOT = repo_root() / "docs" / "temporal-ui-migration.png"
+DOCS_SCREENSHOT = repo_root() / "docs" / "temporal-ui-migration.png"
 # The first line of the workflow's current details: **Adding node `node-4`** — phase **cutover**, ...
 CURRENT_DETAILS = re.compile(r"Adding node\s+(\S+)\s+\u2014\s+phase\s+(\w+)")
 UI_TIMEOUT = 30.0
@@ -40,7 +43,9 @@ def tab_href(label: str) -> str:
     )
 
 
-async def test_ui_shows_node_and_phase_of_migration_held_at_cutover(migration_cluster: LocalCluster) -> None:
+async def test_ui_shows_node_and_phase_of_migration_held_at_cutover(
+    migration_cluster: LocalCluster, tmp_path: Path
+) -> None:
     cluster = migration_cluster
     async with cluster.client() as client:
         await client.create_tenant("ui", 3)
@@ -69,7 +74,9 @@ async def test_ui_shows_node_and_phase_of_migration_held_at_cutover(migration_cl
             assert shown == [("node-4", "cutover")]
             page = await browser.text()
             assert "add-node-node-4" in page and "RUNNING" in page and "Current Details" in page
-            await browser.screenshot(SCREENSHOT)
+            shot = DOCS_SCREENSHOT if os.environ.get("PAIRDB_UPDATE_DOCS") else tmp_path / "temporal-ui.png"
+            await browser.screenshot(shot)
+            assert shot.stat().st_size > 10_000
 
             # Search attributes: a JSON object in the page itself.
             await browser.navigate(search_attributes)
