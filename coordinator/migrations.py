@@ -7,6 +7,7 @@ activities keep current.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -31,7 +32,7 @@ log = structlog.get_logger()
 
 # An update needs a worker to run a workflow task; after a worker crash that
 # can take one workflow-task timeout (10 s).
-UPDATE_TIMEOUT = timedelta(seconds=8)
+UPDATE_TIMEOUT = timedelta(seconds=6)
 # For estimated_completion before the copy has measured its own rate.
 ASSUMED_KEYS_PER_SECOND = 5_000
 
@@ -137,10 +138,12 @@ class Migrations:
             raise FailedPrecondition(f"migration {migration_id} has ended ({row.status})")
         handle = self._client().get_workflow_handle(row.workflow_id)
         try:
-            result = await handle.execute_update(update, args=list(args), rpc_timeout=UPDATE_TIMEOUT)
+            # Bounded as a whole, so the caller hears UNAVAILABLE before its own deadline.
+            async with asyncio.timeout(UPDATE_TIMEOUT.total_seconds()):
+                result = await handle.execute_update(update, args=list(args), rpc_timeout=UPDATE_TIMEOUT)
         except WorkflowUpdateFailedError as exc:
             raise FailedPrecondition(str(exc.cause or exc)) from None
-        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError) as exc:
             raise Unavailable(
                 f"the migration workflow did not answer ({exc}); is a pairdb worker running? retry shortly"
             ) from None
