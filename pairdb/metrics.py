@@ -6,12 +6,14 @@ never touches simply stays at zero (or absent, for labelled ones).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from pairdb.interception import Context
 
 # -- every gRPC server -------------------------------------------------------------
 RPC_REQUESTS = Counter(
@@ -65,57 +67,17 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host)
 
 
-Handler = Any  # grpc.RpcMethodHandler: grpc-stubs types its behaviours as sync callables
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Counts and times every RPC, unary and server-streaming alike, with its final status code."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler: Handler = await continuation(details)
-        if handler is None:
-            return handler
-        service, _, method = details.method.rpartition("/")
-        service = service.lstrip("/").rsplit(".", 1)[-1]
-
-        def finish(context: grpc.aio.ServicerContext[Any, Any], started: float, failed: bool) -> None:
-            code = context.code() if hasattr(context, "code") else None
-            name = code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if failed else "OK")
-            RPC_REQUESTS.labels(service, method, name).inc()
-            RPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
-
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                started, failed = time.perf_counter(), True
-                try:
-                    response = await inner(request, context)
-                    failed = False
-                    return response
-                finally:
-                    finish(context, started, failed)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                started, failed = time.perf_counter(), True
-                try:
-                    async for item in inner_stream(request, context):
-                        yield item
-                    failed = False
-                finally:
-                    finish(context, started, failed)
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+@contextlib.asynccontextmanager
+async def timed(full_method: str, context: Context) -> AsyncIterator[None]:
+    """Count and time one RPC with its final status code (around every call, see serving.py)."""
+    service, _, method = full_method.rpartition("/")
+    service = service.lstrip("/").rsplit(".", 1)[-1]
+    started, failed = time.perf_counter(), True
+    try:
+        yield
+        failed = False
+    finally:
+        code = context.code()
+        name = code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if failed else "OK")
+        RPC_REQUESTS.labels(service, method, name).inc()
+        RPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)

@@ -11,9 +11,9 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pairdb import metrics
+from pairdb import metrics, request_ids
+from pairdb.interception import AroundInterceptor
 from pairdb.request_guard import RequestGuard
-from pairdb.request_ids import RequestIdInterceptor
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -24,7 +24,8 @@ def new_server(options: list[tuple[str, int]] | None = None) -> grpc.aio.Server:
     # The guard goes outermost: it drops an aborted call's traceback (and with it the
     # request every inner frame holds) after the metrics wrapper has seen the status.
     return grpc.aio.server(
-        interceptors=[RequestGuard(), RequestIdInterceptor(), metrics.MetricsInterceptor()], options=options
+        interceptors=[RequestGuard(), AroundInterceptor(request_ids.bound), AroundInterceptor(metrics.timed)],
+        options=options,
     )
 
 
