@@ -14,7 +14,7 @@ from datetime import datetime
 
 import structlog
 
-from coordinator.errors import AlreadyExists, FailedPrecondition, Unavailable
+from coordinator.errors import AlreadyExists, InvalidArgument, Unavailable
 from coordinator.metadata import Metadata, NodeInfo
 from coordinator.migrations import Migrations
 from coordinator.ring import DEFAULT_VIRTUAL_NODES, allocate_tokens
@@ -58,7 +58,7 @@ class Membership:
     ) -> AddOutcome:
         vnodes = virtual_nodes or DEFAULT_VIRTUAL_NODES
         if not 1 <= vnodes <= MAX_VIRTUAL_NODES:
-            raise FailedPrecondition(f"virtual_nodes must be 1..{MAX_VIRTUAL_NODES}")
+            raise InvalidArgument(f"virtual_nodes must be 1..{MAX_VIRTUAL_NODES}")
         async with self._lock:
             topology = await self._cache.refresh()
             known = topology.nodes.get(node_id)

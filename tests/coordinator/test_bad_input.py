@@ -87,6 +87,9 @@ async def test_adding_a_node_with_bad_input(client: Client) -> None:
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     await expect(invalid, client.add_node("bad id", "127.0.0.1", 7000), "invalid node_id")
     await expect(invalid, client.add_node("n9", "127.0.0.1", 0), "port 0")
+    await expect(
+        invalid, client.add_node("n9", "127.0.0.1", 7000, virtual_nodes=5000), "virtual_nodes must be"
+    )
     await expect(grpc.StatusCode.ALREADY_EXISTS, client.add_node("node-1", "127.0.0.1", 7000), "already")
 
 
