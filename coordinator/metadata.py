@@ -96,11 +96,11 @@ class Snapshot:
     in_flight: InFlight | None = None
 
 
-def _to_db_token(token: int) -> int:
+def to_db_token(token: int) -> int:
     return token - _TOKEN_OFFSET
 
 
-def _from_db_token(value: int) -> int:
+def from_db_token(value: int) -> int:
     return value + _TOKEN_OFFSET
 
 
@@ -112,7 +112,7 @@ def _node(row: asyncpg.Record) -> NodeInfo:
     return NodeInfo(row["node_id"], row["host"], row["port"], row["status"], row["virtual_nodes"])
 
 
-async def _bump_epoch(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> int:
+async def bump_epoch(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> int:
     epoch: int = await conn.fetchval("UPDATE registry SET epoch = epoch + 1 RETURNING epoch")
     await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(epoch))
     return epoch
@@ -159,7 +159,7 @@ class Metadata:
             epoch = await conn.fetchval("SELECT epoch FROM registry")
             nodes = {r["node_id"]: _node(r) for r in await conn.fetch("SELECT * FROM nodes")}
             tokens = [
-                (_from_db_token(r["token"]), r["node_id"])
+                (from_db_token(r["token"]), r["node_id"])
                 for r in await conn.fetch("SELECT token, node_id FROM ring_tokens")
             ]
             tenants = {r["tenant_id"]: _tenant(r) for r in await conn.fetch("SELECT * FROM tenants")}
@@ -181,7 +181,7 @@ class Metadata:
             )
             if row is None:
                 raise AlreadyExists(f"tenant {tenant_id!r} already exists")
-            await _bump_epoch(conn)
+            await bump_epoch(conn)
         return _tenant(row)
 
     async def get_tenant(self, tenant_id: str) -> TenantInfo | None:
@@ -216,9 +216,9 @@ class Metadata:
             )
             await conn.executemany(
                 "INSERT INTO ring_tokens (token, node_id) VALUES ($1, $2)",
-                [(_to_db_token(t), node.node_id) for t in tokens],
+                [(to_db_token(t), node.node_id) for t in tokens],
             )
-            await _bump_epoch(conn)
+            await bump_epoch(conn)
 
     # -- coordinators ------------------------------------------------------------
 

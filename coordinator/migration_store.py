@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from coordinator.errors import AlreadyExists
-from coordinator.metadata import Metadata, MigrationRow, PlannedRange, _from_db_token, _to_db_token
+from coordinator.metadata import Metadata, MigrationRow, PlannedRange, from_db_token, to_db_token
 from pairdb import migration as m
 from pairdb import request_ids
 
@@ -39,8 +39,8 @@ def _migration(row: asyncpg.Record) -> MigrationRow:
 def _range(row: asyncpg.Record) -> PlannedRange:
     return PlannedRange(
         index=row["range_index"],
-        start=_from_db_token(row["start_token"]),
-        end=_from_db_token(row["end_token"]),
+        start=from_db_token(row["start_token"]),
+        end=from_db_token(row["end_token"]),
         sources=list(row["sources"]),
         keys_estimate=row["keys_estimate"],
         copied=row["copied"],
@@ -119,7 +119,7 @@ class MigrationStore:
                 "INSERT INTO copy_ranges (migration_id, range_index, start_token, end_token, sources,"
                 " keys_estimate) VALUES ($1, $2, $3, $4, $5, $6)",
                 [
-                    (migration_id, i, _to_db_token(s), _to_db_token(e), src, est)
+                    (migration_id, i, to_db_token(s), to_db_token(e), src, est)
                     for i, (s, e, src, est) in enumerate(ranges)
                 ],
             )

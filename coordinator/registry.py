@@ -18,7 +18,7 @@ import asyncpg
 import structlog
 
 from coordinator.errors import FailedPrecondition, NotFound
-from coordinator.metadata import Metadata, _bump_epoch, _to_db_token
+from coordinator.metadata import Metadata, bump_epoch, to_db_token
 from pairdb import migration as m
 
 log = structlog.get_logger()
@@ -63,7 +63,7 @@ class Registry:
                 "UPDATE migrations SET status = 'in_progress', updated_at = now() WHERE migration_id = $1",
                 migration_id,
             )
-            await _bump_epoch(conn)
+            await bump_epoch(conn)
             return True
 
     async def begin_join(self, migration_id: str, tokens: Sequence[int]) -> int:
@@ -84,7 +84,7 @@ class Registry:
                 )
                 await conn.executemany(
                     "INSERT INTO ring_tokens (token, node_id) VALUES ($1, $2)",
-                    [(_to_db_token(t), row["node_id"]) for t in tokens],
+                    [(to_db_token(t), row["node_id"]) for t in tokens],
                 )
             return await self._set_phase(conn, migration_id, m.DUAL_WRITE)
 
@@ -113,7 +113,7 @@ class Registry:
             migration_id,
             phase,
         )
-        return await _bump_epoch(conn)
+        return await bump_epoch(conn)
 
     async def remove_joining_node(self, migration_id: str) -> int:
         """Compensation: the node leaves the ring and every dual write stops (phase cancelling)."""
@@ -140,7 +140,7 @@ class Registry:
                 phase,
                 error,
             )
-            return await _bump_epoch(conn)
+            return await bump_epoch(conn)
 
     async def lagging(self, epoch: int) -> list[Lagging]:
         rows = await self._pool.fetch(

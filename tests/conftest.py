@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,17 +36,28 @@ def scratch_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-async def cluster() -> AsyncIterator[LocalCluster]:
-    """Three storage nodes and one coordinator over gRPC on loopback, metadata in real PostgreSQL."""
-    path = fresh_dir("cluster")
-    local = LocalCluster(path, storage_nodes=3, log_level="WARNING", temporal=False)
+@contextlib.asynccontextmanager
+async def local_cluster(prefix: str, **options: Any) -> AsyncIterator[LocalCluster]:
+    """A started LocalCluster in a fresh directory, stopped and removed afterwards.
+
+    PAIRDB_KEEP_TEST_DATA=1 keeps the cluster's data and logs for a post-mortem.
+    """
+    path = fresh_dir(prefix)
+    local = LocalCluster(path, **options)
     try:
         await local.start()
         yield local
     finally:
         await local.stop()
-        shutil.rmtree(path, ignore_errors=True)
+        if not os.environ.get("PAIRDB_KEEP_TEST_DATA"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def cluster() -> AsyncIterator[LocalCluster]:
+    """Three storage nodes and one coordinator over gRPC on loopback, metadata in real PostgreSQL."""
+    async with local_cluster("cluster", storage_nodes=3, log_level="WARNING", temporal=False) as local:
+        yield local
 
 
 @pytest.fixture
@@ -69,13 +82,5 @@ def repo_root() -> Path:
 async def migration_cluster() -> AsyncIterator[LocalCluster]:
     """A cluster of its own for one migration test: PostgreSQL, Temporal dev server, three storage
     nodes, two coordinators and a migration worker, all real processes."""
-    path = fresh_dir("migration")
-    local = LocalCluster(path, storage_nodes=3, coordinators=2, log_level="INFO")
-    try:
-        await local.start()
+    async with local_cluster("migration", storage_nodes=3, coordinators=2, log_level="INFO") as local:
         yield local
-    finally:
-        await local.stop()
-        # PAIRDB_KEEP_TEST_DATA=1 keeps the cluster's data and logs for a post-mortem.
-        if not os.environ.get("PAIRDB_KEEP_TEST_DATA"):
-            shutil.rmtree(path, ignore_errors=True)

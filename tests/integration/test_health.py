@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from pairdb.cluster import LocalCluster
-from tests.conftest import fresh_dir
+from tests.conftest import local_cluster
 from tests.support import wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -20,14 +19,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @pytest.fixture
 async def small_cluster() -> AsyncIterator[LocalCluster]:
-    path = fresh_dir("health")
-    cluster = LocalCluster(path, storage_nodes=3, log_level="WARNING", temporal=False)
-    try:
-        await cluster.start()
+    async with local_cluster("health", storage_nodes=3, log_level="WARNING", temporal=False) as cluster:
         yield cluster
-    finally:
-        await cluster.stop()
-        shutil.rmtree(path, ignore_errors=True)
 
 
 async def check(address: str, service: str = "") -> int:
