@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from temporalio import activity
 
-from activities.context import Context
+from activities.context import Context, heartbeat
 from coordinator.ring import ranges_gained
 from pairdb.keyspace import DEFAULT_REPLICATION_FACTOR
 
@@ -35,9 +35,9 @@ class CleanupSteps:
         for move in ranges_gained(topology.ring, topology.future, row.node_id, rf):
             for loser in set(move.old) - set(move.new):
                 deleted += await self._ctx.node(topology, loser).delete_range(
-                    move.start, move.end, timeout=60
+                    move.start, move.end, epoch=topology.epoch, timeout=60
                 )
-            activity.heartbeat()
+            heartbeat()
         log.info("Moved ranges dropped from old replicas", migration_id=migration_id, deleted=deleted)
         return deleted
 
@@ -45,6 +45,11 @@ class CleanupSteps:
     async def wipe_joining_node(self, migration_id: str) -> int:
         """Cancel and rollback, after the node left the ring: delete everything copied to it."""
         row = await self._ctx.migration(migration_id)
-        deleted = await self._ctx.joining(row).delete_range(0, 0, timeout=120)  # start == end: whole ring
+        topology = await self._ctx.topology()
+        # start == end: the whole ring. Routed by the epoch that took the node out, which its fence
+        # reached: copy batches still on their way are refused, so nothing lands after the wipe.
+        node = self._ctx.joining(row)
+        await node.set_fence(topology.epoch)  # in case it was down when the step that removed it fenced
+        deleted = await node.delete_range(0, 0, epoch=topology.epoch, timeout=120)
         log.info("Joining node wiped", migration_id=migration_id, node_id=row.node_id, deleted=deleted)
         return deleted

@@ -1,18 +1,40 @@
-"""What every migration activity works with: metadata, registry, the copy plan, storage clients."""
+"""What every migration activity works with: metadata, registry, the copy plan, storage clients.
+
+Every registry step ends in settle(): the barrier (every coordinator with a
+live lease routes by the new epoch, with no older request still running on
+it), then the fence (the storage nodes refuse requests routed by an older
+epoch, from coordinators whose lease lapsed mid-request). Only then may the
+next phase start.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from coordinator.metadata import Metadata, MigrationRow
 from coordinator.migration_store import MigrationStore
+from coordinator.quorum import unfenced_quorum
 from coordinator.registry import Lagging, Registry
 from coordinator.topology import Topology
 from pairdb import request_ids
-from storage_node.client import NodeClient, StoragePool
+from storage_node.client import NodeClient, StorageError, StoragePool, describe_failure
+
+log = structlog.get_logger()
+
+FENCE_ATTEMPTS = 3
+
+
+def heartbeat(*details: Any) -> None:
+    """Heartbeat when running as an activity; the reconciler runs the same steps outside one."""
+    if activity.in_activity():
+        activity.heartbeat(*details)
 
 
 @dataclass
@@ -45,10 +67,60 @@ class Context:
     def joining(self, row: MigrationRow) -> NodeClient:
         return self.pool.node(row.node_id, f"{row.host}:{row.port}")
 
+    async def settle(self, epoch: int, row: MigrationRow) -> None:
+        """The end of every registry step: barrier, then fence (the migration's node included)."""
+        await self.barrier(epoch)
+        await self.fence(epoch, {row.node_id: f"{row.host}:{row.port}"})
+
     async def barrier(self, epoch: int) -> None:
         """Wait for every live coordinator to apply epoch, heartbeating who holds it up."""
 
         def beat(behind: list[Lagging]) -> None:
-            activity.heartbeat({"barrier_epoch": epoch, "waiting_for": [b.coordinator_id for b in behind]})
+            heartbeat({"barrier_epoch": epoch, "waiting_for": [b.coordinator_id for b in behind]})
 
         await self.registry.barrier(epoch, heartbeat=beat)
+
+    async def fence(self, epoch: int, extra: Mapping[str, str] | None = None) -> None:
+        """Raise the fence of every storage node to epoch.
+
+        A node that is down learns it at a later step; what counts is that in no
+        replica set of the current or future ring could the unfenced nodes still
+        form a quorum. Otherwise the step fails and is retried.
+        """
+        topology = await self.topology()
+        targets = {n: info.address for n, info in topology.nodes.items() if info.status != "removed"}
+        targets.update(extra or {})
+        fenced: set[str] = set()
+        failures: dict[str, str] = {}
+        for _ in range(FENCE_ATTEMPTS):
+            todo = [n for n in targets if n not in fenced]
+            results = await asyncio.gather(
+                *(self.pool.node(n, targets[n]).set_fence(epoch) for n in todo), return_exceptions=True
+            )
+            for node_id, result in zip(todo, results, strict=True):
+                if isinstance(result, BaseException):
+                    failures[node_id] = describe_failure(result)
+                    if not isinstance(result, StorageError):
+                        raise result
+                else:
+                    fenced.add(node_id)
+                    failures.pop(node_id, None)
+            if not failures:
+                break
+            heartbeat({"fence_epoch": epoch, "unreachable": sorted(failures)})
+        if failures:
+            log.warning("Fence not raised on every node", epoch=epoch, unreachable=failures)
+        rfs = {t.replication_factor for t in topology.tenants.values()}
+        sets = [
+            ring.replicas(v.token, rf)
+            for ring in (topology.ring, topology.future)
+            if ring is not None
+            for rf in rfs
+            for v in ring.vnodes
+        ]
+        exposed = unfenced_quorum(sets, fenced)
+        if exposed is not None:
+            raise ApplicationError(
+                f"fence at epoch {epoch} reached too few replicas of {list(exposed)}: "
+                + ", ".join(f"{n} ({why})" for n, why in sorted(failures.items()))
+            )

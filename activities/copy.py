@@ -25,9 +25,9 @@ from coordinator.ring import ranges_gained
 from coordinator.topology import Topology
 from pairdb import metrics
 from pairdb import migration as m
-from pairdb.keyspace import DEFAULT_REPLICATION_FACTOR
+from pairdb.keyspace import DEFAULT_REPLICATION_FACTOR, StoredRecord
 from storage_node.client import NodeClient, StorageError, describe_failure
-from storage_node.engine import StoredRecord, digest_of
+from storage_node.engine import digest_of
 
 log = structlog.get_logger()
 
@@ -95,7 +95,9 @@ class CopySteps:
             estimate = 0
             for source in move.old:
                 try:
-                    _, estimate = await self._ctx.node(topology, source).range_digest(move.start, move.end)
+                    _, estimate = await self._ctx.node(topology, source).range_digest(
+                        move.start, move.end, epoch=topology.epoch
+                    )
                     break
                 except StorageError:
                     continue
@@ -130,7 +132,7 @@ class CopySteps:
         async def copy_one(planned: PlannedRange) -> None:
             async with slots:
                 merged = await self._pull(topology, row.node_id, planned)
-                keys, size = await self._apply(joining, merged.values(), throttle)
+                keys, size = await self._apply(joining, merged.values(), throttle, topology.epoch)
                 await self._ctx.store.mark_copied(chunk.migration_id, planned.index, keys, size)
                 done.add(planned.index)
                 activity.heartbeat({"done": sorted(done)})
@@ -158,10 +160,12 @@ class CopySteps:
             for attempt in range(VERIFY_ATTEMPTS):
                 merged = await self._pull(topology, row.node_id, planned)
                 expected = digest_of(merged.values(), planned.start, planned.end)
-                actual = await joining.range_digest(planned.start, planned.end, timeout=SCAN_TIMEOUT)
+                actual = await joining.range_digest(
+                    planned.start, planned.end, epoch=topology.epoch, timeout=SCAN_TIMEOUT
+                )
                 if actual == expected:
                     break
-                behind = await self._behind(joining, planned, merged)
+                behind = await self._behind(joining, planned, merged, topology.epoch)
                 if not behind:
                     break
                 if attempt == VERIFY_ATTEMPTS - 1:
@@ -177,7 +181,7 @@ class CopySteps:
                     behind=len(behind),
                 )
                 recopied += 1
-                await self._apply(joining, behind, Throttle(0))
+                await self._apply(joining, behind, Throttle(0), topology.epoch)
             await self._ctx.store.mark_verified(chunk.migration_id, planned.index)
             activity.heartbeat({"verified": planned.index})
         return recopied
@@ -190,11 +194,13 @@ class CopySteps:
         tenants the node does not replicate) takes the full comparison.
         """
         quorum = planned.sources[: required(Consistency.QUORUM, len(planned.sources))]
+        epoch = topology.epoch
         try:
             digests = [
-                await self._ctx.node(topology, s).range_digest(planned.start, planned.end) for s in quorum
+                await self._ctx.node(topology, s).range_digest(planned.start, planned.end, epoch=epoch)
+                for s in quorum
             ]
-            digests.append(await joining.range_digest(planned.start, planned.end))
+            digests.append(await joining.range_digest(planned.start, planned.end, epoch=epoch))
         except StorageError:
             return False
         return len(set(digests)) == 1
@@ -219,7 +225,11 @@ class CopySteps:
             partial: _Merged = {}
             try:
                 async for batch in self._ctx.node(topology, source).scan_range(
-                    planned.start, planned.end, batch_size=SCAN_BATCH, timeout=SCAN_TIMEOUT
+                    planned.start,
+                    planned.end,
+                    batch_size=SCAN_BATCH,
+                    epoch=topology.epoch,
+                    timeout=SCAN_TIMEOUT,
                 ):
                     for record in batch:
                         if record.tenant_id in wanted:
@@ -229,8 +239,7 @@ class CopySteps:
                 failures.append(describe_failure(exc))
                 continue
             for k, record in partial.items():
-                current = merged.get(k)
-                if current is None or record.version > current.version:
+                if record.newer_than(merged.get(k)):
                     merged[k] = record
             answered.append(source)
         if not all(_quorum_met(answered, members) for members in needs.values()):
@@ -241,37 +250,42 @@ class CopySteps:
         return merged
 
     async def _apply(
-        self, joining: NodeClient, records: Iterable[StoredRecord], throttle: Throttle
+        self, joining: NodeClient, records: Iterable[StoredRecord], throttle: Throttle, epoch: int
     ) -> tuple[int, int]:
+        """Apply records to the joining node in batches, routed by epoch.
+
+        After a cancel, the node's fence refuses what this step still sends: a
+        copy learns of its cancel only at its next heartbeat.
+        """
         batch: list[StoredRecord] = []
         keys = size = 0
         for record in records:
             batch.append(record)
             if len(batch) >= APPLY_BATCH:
                 await throttle.take(len(batch))
-                await joining.apply_batch(batch, timeout=30)
+                await joining.apply_batch(batch, epoch=epoch, timeout=30)
                 keys, size = keys + len(batch), size + sum(len(r.value) for r in batch)
                 batch = []
                 activity.heartbeat()
         if batch:
             await throttle.take(len(batch))
-            await joining.apply_batch(batch, timeout=30)
+            await joining.apply_batch(batch, epoch=epoch, timeout=30)
             keys, size = keys + len(batch), size + sum(len(r.value) for r in batch)
         metrics.COPY_KEYS.inc(keys)
         metrics.COPY_BYTES.inc(size)
         return keys, size
 
     async def _behind(
-        self, joining: NodeClient, planned: PlannedRange, merged: _Merged
+        self, joining: NodeClient, planned: PlannedRange, merged: _Merged, epoch: int
     ) -> list[StoredRecord]:
-        """Old records the joining node lacks or holds at an older version."""
+        """Old records the joining node lacks or holds in an older form."""
         have: dict[tuple[str, str], StoredRecord] = {}
         async for batch in joining.scan_range(
-            planned.start, planned.end, batch_size=SCAN_BATCH, timeout=SCAN_TIMEOUT
+            planned.start, planned.end, batch_size=SCAN_BATCH, epoch=epoch, timeout=SCAN_TIMEOUT
         ):
             for record in batch:
                 have[(record.tenant_id, record.key)] = record
-        return [r for k, r in merged.items() if k not in have or have[k].version < r.version]
+        return [r for k, r in merged.items() if r.newer_than(have.get(k))]
 
     async def _report(self, migration_id: str) -> m.Progress:
         totals = await self._ctx.store.totals(migration_id)

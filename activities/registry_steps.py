@@ -1,22 +1,37 @@
-"""Activities that move a migration through the dual-write registry, each followed by a barrier.
+"""Activities that move a migration through the dual-write registry, each settled by barrier and fence.
 
 Every step is idempotent: the registry leaves a phase that is already set
-untouched, and a barrier on an applied epoch returns at once.
+untouched, and a barrier or fence on an epoch already reached returns at once.
+A step forward on a migration that has ended (its workflow was terminated and
+the reconciler undid it) fails for good; a step back is a no-op.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import structlog
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.context import Context
+from coordinator.registry import MigrationEnded
 from coordinator.ring import allocate_tokens
 from pairdb import metrics
 from pairdb import migration as m
 
 log = structlog.get_logger()
+
+
+@asynccontextmanager
+async def _while_open() -> AsyncIterator[None]:
+    """A migration that has ended cannot be moved on: no retry will change that."""
+    try:
+        yield
+    except MigrationEnded as exc:
+        raise ApplicationError(str(exc), type="MigrationEnded", non_retryable=True) from None
 
 
 class RegistrySteps:
@@ -26,7 +41,8 @@ class RegistrySteps:
     @activity.defn(name="claim_ring_change")
     async def claim_ring_change(self, migration_id: str) -> bool:
         """True once this migration holds the one ring-change slot; False while another runs."""
-        claimed = await self._ctx.registry.claim_ring_change(migration_id)
+        async with _while_open():
+            claimed = await self._ctx.registry.claim_ring_change(migration_id)
         if claimed:
             metrics.ACTIVE_MIGRATIONS.set(1)
         return claimed
@@ -38,31 +54,36 @@ class RegistrySteps:
         topology = await self._ctx.topology()
         existing = [(v.token, v.node_id) for v in topology.ring.vnodes]
         tokens = allocate_tokens(existing, row.node_id, row.virtual_nodes)
-        epoch = await self._ctx.registry.begin_join(migration_id, tokens)
-        await self._ctx.barrier(epoch)
+        async with _while_open():
+            epoch = await self._ctx.registry.begin_join(migration_id, tokens)
+        await self._ctx.settle(epoch, row)
         log.info("Dual write active", migration_id=migration_id, node_id=row.node_id, epoch=epoch)
         return epoch
 
     @activity.defn(name="enter_phase")
     async def enter_phase(self, migration_id: str, phase: str) -> int:
         """Move to data_copy, cutover (node becomes active) or cleanup, then barrier."""
+        row = await self._ctx.migration(migration_id)
         node_status = "active" if phase == m.CUTOVER else None
-        epoch = await self._ctx.registry.set_phase(migration_id, phase, node_status)
-        await self._ctx.barrier(epoch)
+        async with _while_open():
+            epoch = await self._ctx.registry.set_phase(migration_id, phase, node_status)
+        await self._ctx.settle(epoch, row)
         return epoch
 
     @activity.defn(name="restore_reads_on_old")
     async def restore_reads_on_old(self, migration_id: str) -> int:
         """Rollback, first step: reads go back to the old replicas (node joining again), then barrier."""
+        row = await self._ctx.migration(migration_id)
         epoch = await self._ctx.registry.set_phase(migration_id, m.ROLLING_BACK, "joining")
-        await self._ctx.barrier(epoch)
+        await self._ctx.settle(epoch, row)
         return epoch
 
     @activity.defn(name="remove_joining_node")
     async def remove_joining_node(self, migration_id: str) -> int:
         """Cancel: the node leaves the ring and dual writes stop, then barrier."""
+        row = await self._ctx.migration(migration_id)
         epoch = await self._ctx.registry.remove_joining_node(migration_id)
-        await self._ctx.barrier(epoch)
+        await self._ctx.settle(epoch, row)
         return epoch
 
     @activity.defn(name="finish_migration")
@@ -70,7 +91,7 @@ class RegistrySteps:
         """Record the outcome; the migration leaves the registry (barrier) and frees the ring-change slot."""
         row = await self._ctx.migration(migration_id)
         epoch = await self._ctx.registry.finish(migration_id, status, error)
-        await self._ctx.barrier(epoch)
+        await self._ctx.settle(epoch, row)
         if row.status not in m.TERMINAL_STATUSES:  # count once, not on a retry
             metrics.ACTIVE_MIGRATIONS.set(0)
             metrics.MIGRATION_DURATION.labels(status).observe(

@@ -3,12 +3,18 @@
     python bench/chaos.py --schedules N --seed S [--keys K] [--minutes M] [--kinds a,b]
 
 Each schedule starts a fresh local cluster (PostgreSQL, Temporal dev server,
-three storage nodes behind TCP proxies, two coordinators, a worker), loads
-data, starts clients that write, overwrite, delete and read through both
-coordinators, adds node-4, and injects faults drawn from the seed at points of
-the migration. Every operation is recorded; after the cluster converges the
-checker (pairdb/checker.py) reads every key back and judges the history.
-Exit status 1 on any violation, with the seed and the offending keys'
+three storage nodes behind TCP proxies, two coordinators that each reach
+PostgreSQL through a proxy of their own, a worker), loads data, starts clients
+that write, overwrite, delete and read through both coordinators, adds node-4,
+and injects faults drawn from the seed, each in a phase of the addition drawn
+too (dual_write, data_copy, cutover or cleanup; schedules with a fault in
+cutover or cleanup hold the addition at cutover until it has landed). Every
+third schedule writes only, so its replicas are checked before any read has
+repaired them. Every operation is recorded with its real-time interval; after
+the cluster converges the harness reads every key once more and the checker
+(pairdb/checker.py) judges the whole history per key: linearizable, nothing
+lost, nothing resurrected, no stale read, durable on a quorum, no migration
+stuck. Exit status 1 on any violation, with the seed and the offending keys'
 histories.
 """
 
@@ -17,13 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -32,13 +39,16 @@ from temporalio.client import Client as TemporalClient
 from temporalio.client import WorkflowExecutionStatus
 
 from coordinator.metadata import Metadata
+from coordinator.quorum import Consistency, required
 from coordinator.ring import Ring
 from pairdb import logs
 from pairdb import migration as m
-from pairdb.checker import DELETE, GET, PUT, FinalRead, History, Verdict, check_key, newest_acknowledged
-from pairdb.client import Client, ClientError, MigrationStatus, Value
-from pairdb.cluster import LocalCluster
+from pairdb.checker import GET, PUT, Durability, History, Op, Verdict, check_key, last_acknowledged
+from pairdb.client import NO_RETRY, Client, ClientError
+from pairdb.clocks import CLOCK_OFFSET_ENV
+from pairdb.cluster import LocalCluster, free_port
 from pairdb.keyspace import token
+from pairdb.sabotage import SABOTAGE_ENV
 from storage_node.client import StorageError
 
 KILLS = (
@@ -49,19 +59,50 @@ KILLS = (
     "kill_temporal",
     "kill_postgres",
 )
-NETWORK = ("net_latency", "net_drop", "net_unreachable", "net_one_way")
-CONTROL = ("cancel_readd", "rollback_readd")
-KINDS = KILLS + NETWORK + CONTROL
+PAUSES = ("pause_coordinator", "pause_storage_node")
+NETWORK = ("net_latency", "net_drop", "net_unreachable", "net_one_way", "partition_coordinator_pg")
+CLOCK = ("clock_skew",)
+CONTROL = (
+    "cancel_readd",
+    "rollback_readd",
+    "terminate_workflow",
+    "cancel_during_compensation",
+    "double_stop",
+)
+KINDS = KILLS + PAUSES + NETWORK + CLOCK + CONTROL
+PHASES = (m.DUAL_WRITE, m.DATA_COPY, m.CUTOVER, m.CLEANUP)
+# Where each control fault may land: a stop asks for what that phase allows.
+CONTROL_PHASES = {
+    "cancel_readd": (m.DUAL_WRITE, m.DATA_COPY),
+    "rollback_readd": (m.CUTOVER,),
+    "terminate_workflow": PHASES,
+    "cancel_during_compensation": (m.DATA_COPY, m.CUTOVER),
+    "double_stop": (m.DUAL_WRITE, m.DATA_COPY, m.CUTOVER),
+}
 TENANTS = {"chaos-a": 3, "chaos-b": 2}
 T = TypeVar("T")
 THROTTLE = 400  # keys/s: keeps the copy running long enough for faults to land in it
+LEASE = 5.0  # coordinator lease: a pause or a partition from PostgreSQL outlives it
+SKEW_MS = (250, 450)  # coordinator-2 runs ahead by this much, within the 500 ms maximum offset
+STEP_BACK_MS = 600  # and its clock steps back this much when it restarts
+
+
+@dataclass
+class Fault:
+    kind: str
+    phase: str
+    landed: str = ""  # the phase it actually began in ("" when the migration ended first)
+
+    def __str__(self) -> str:
+        return f"{self.kind}@{self.landed or self.phase + '?'}"
 
 
 @dataclass
 class Result:
     index: int
     seed: int
-    faults: list[str]
+    faults: list[Fault]
+    write_only: bool
     operations: int = 0
     acknowledged: int = 0
     verdict: Verdict = field(default_factory=Verdict)
@@ -72,21 +113,25 @@ class Result:
     def line(self) -> str:
         v = self.verdict
         return (
-            f"schedule {self.index:>2} seed={self.seed} faults={','.join(self.faults)} ops={self.operations} "
-            f"acked={self.acknowledged} lost={len(v.lost)} resurrected={len(v.resurrected)} "
-            f"phantom={len(v.phantom)} stuck={len(v.stuck)} migrations={','.join(self.migrations)} "
-            f"({self.seconds:.0f} s)"
+            f"schedule {self.index:>2} seed={self.seed} faults={','.join(map(str, self.faults))}"
+            f"{' write-only' if self.write_only else ''} ops={self.operations} acked={self.acknowledged} "
+            f"lost={len(v.lost)} resurrected={len(v.resurrected)} stale={len(v.stale_reads)} "
+            f"nonlinearizable={len(v.nonlinearizable)} phantom={len(v.phantom)} stuck={len(v.stuck)} "
+            f"unchecked={len(v.unchecked)} migrations={','.join(self.migrations)} ({self.seconds:.0f} s)"
         )
 
 
 class Workload:
-    """Clients that write, overwrite, delete and read through every coordinator, recording each operation."""
+    """Clients that write, overwrite, delete (and read) through every coordinator, recording every op."""
 
-    def __init__(self, clients: list[Client], history: History, keys: int, rng: random.Random) -> None:
+    def __init__(
+        self, clients: list[Client], history: History, keys: int, rng: random.Random, reads: bool
+    ) -> None:
         self.clients = clients
         self.history = history
         self.keys = keys
         self.rng = rng
+        self.reads = reads
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -106,34 +151,23 @@ class Workload:
             tenant = rng.choice(list(TENANTS))
             key = f"k{rng.randrange(self.keys)}"
             c = (worker + n) % len(self.clients)
-            roll = rng.random()
-            kind = PUT if roll < 0.6 else DELETE if roll < 0.75 else GET
+            roll = rng.random() * (1.0 if self.reads else 0.75)
+            kind = PUT if roll < 0.6 else "delete" if roll < 0.75 else GET
             op = self.history.begin(kind, tenant, key, c)
             try:
                 if kind == PUT:
                     op.value = f"op{op.id}".encode()
                     History.ok(op, await self.clients[c].put(tenant, key, op.value))
-                elif kind == DELETE:
-                    History.ok(op, await self.clients[c].delete(tenant, key))
-                else:
+                elif kind == GET:
                     got = await self.clients[c].get(tenant, key)
-                    History.ok(op, got.version)
+                    History.ok(op, got.version, found=got.found, value=got.value)
+                else:
+                    History.ok(op, await self.clients[c].delete(tenant, key))
             except ClientError as exc:
                 History.failed(op, f"{exc.code.name}: {exc.message[:120]}")
             except Exception as exc:  # a client-side failure is recorded, never fatal
                 History.failed(op, repr(exc)[:120])
             await asyncio.sleep(0.003)
-
-
-async def _retry(call: Callable[[], Awaitable[MigrationStatus]], attempts: int = 60) -> MigrationStatus:
-    last: Exception | None = None
-    for _ in range(attempts):
-        try:
-            return await call()
-        except ClientError as exc:
-            last = exc
-            await asyncio.sleep(0.5)
-    raise RuntimeError(f"no coordinator answered: {last}")
 
 
 class Schedule:
@@ -144,33 +178,64 @@ class Schedule:
         keys: int,
         minutes: float,
         kinds: list[str] | None,
+        *,
+        phases: list[str] | None = None,
+        write_only: bool | None = None,
         sabotage: Callable[[LocalCluster], Awaitable[None]] | None = None,
+        sabotage_env: str = "",
     ) -> None:
-        # sabotage: breaks the system on purpose before the check (tests prove the checker can fail).
+        # sabotage: breaks the system on purpose before the check; sabotage_env: PAIRDB_SABOTAGE for
+        # every process (tests prove the checker catches what each safeguard prevents).
         self.sabotage = sabotage
+        self.sabotage_env = sabotage_env
         self.index = index
         self.seed = seed
         self.rng = random.Random(seed * 1_000_003 + index)
         self.keys = keys
-        self.deadline = time.monotonic() + minutes * 60
+        self.minutes = minutes
+        self.deadline = 0.0
         # Every kind comes up within len(KINDS) schedules; one more is drawn at random.
         first = KINDS[(seed + index) % len(KINDS)]
-        extra = self.rng.choice([k for k in KILLS + NETWORK if k != first])
-        self.faults = kinds or [first, extra]
-        self.result = Result(index, seed, self.faults)
+        extra = self.rng.choice([k for k in KILLS + PAUSES + NETWORK + CLOCK if k != first])
+        chosen = kinds or [first, extra]
+        drawn = [self.rng.choice(CONTROL_PHASES.get(k, PHASES)) for k in chosen]
+        self.faults = [Fault(k, p) for k, p in zip(chosen, phases or drawn, strict=False)]
+        self.write_only = (index % 3 == 2) if write_only is None else write_only
+        self.skew_ms = self.rng.randint(*SKEW_MS)
+        self.result = Result(index, seed, self.faults, self.write_only)
+        self._metadata: Metadata | None = None
+        self._phases: dict[str, str] = {}  # migration id -> the phase last seen
+
+    @property
+    def control(self) -> Fault | None:
+        return next((f for f in self.faults if f.kind in CONTROL), None)
 
     async def run(self) -> Result:
         started = time.monotonic()
+        self.deadline = started + self.minutes * 60
         path = await asyncio.to_thread(_fresh_dir)
         self.result.log_dir = str(path / "logs")
-        cluster = LocalCluster(path, storage_nodes=3, coordinators=2, proxies=True, log_level="WARNING")
-        await cluster.start()
-        clients = [Client(c.address, timeout=5) for c in cluster.coordinator_procs]
+        with _environment(SABOTAGE_ENV, self.sabotage_env):
+            cluster = LocalCluster(
+                path,
+                storage_nodes=3,
+                coordinators=1,
+                proxies=True,
+                postgres_proxies=True,
+                coordinator_lease_seconds=LEASE,
+                log_level="WARNING",
+            )
+            await cluster.start()
         history = History()
+        clients: list[Client] = []
         try:
+            with _environment(SABOTAGE_ENV, self.sabotage_env):
+                await cluster.start_coordinator(free_port(), env=self._coordinator_2_env(self.skew_ms))
+            clients = [Client(c.address, timeout=5, retry=NO_RETRY) for c in cluster.coordinator_procs]
+            self._metadata = await Metadata.connect(cluster.dsn)
             for tenant, rf in TENANTS.items():
                 await clients[0].create_tenant(tenant, rf)
-            workload = Workload(clients, history, self.keys, self.rng)
+            workload = Workload(clients, history, self.keys, self.rng, reads=not self.write_only)
             await self._load(clients[0], history)
             workload.start()
             try:
@@ -187,6 +252,8 @@ class Schedule:
         finally:
             for client in clients:
                 await client.close()
+            if self._metadata is not None:
+                await self._metadata.close()
             await cluster.stop()
             if self.result.verdict.ok:
                 shutil.rmtree(path, ignore_errors=True)
@@ -194,6 +261,11 @@ class Schedule:
         self.result.acknowledged = history.acknowledged
         self.result.seconds = time.monotonic() - started
         return self.result
+
+    def _coordinator_2_env(self, offset_ms: int) -> dict[str, str] | None:
+        if not any(f.kind == "clock_skew" for f in self.faults):
+            return None
+        return {CLOCK_OFFSET_ENV: str(offset_ms)}
 
     async def _load(self, client: Client, history: History) -> None:
         sem = asyncio.Semaphore(32)
@@ -209,62 +281,63 @@ class Schedule:
 
         await asyncio.gather(*(put(t, i) for t in TENANTS for i in range(self.keys)))
 
+    # -- the migration and its faults ------------------------------------------------------------
+
     async def _migrate(self, cluster: LocalCluster, clients: list[Client]) -> None:
         node4 = await cluster.add_storage_node("node-4")
-        control = next((f for f in self.faults if f in CONTROL), None)
+        hold = any(f.phase in (m.CUTOVER, m.CLEANUP) for f in self.faults)
         added = await clients[0].add_node(
             "node-4",
             "127.0.0.1",
             node4.advertised_port,
             throttle_keys_per_second=THROTTLE,
-            hold_at_cutover=control == "rollback_readd",
+            hold_at_cutover=hold,
         )
-        injections = [
-            asyncio.ensure_future(self._inject(kind, cluster, clients, added.migration_id))
-            for kind in self.faults
-            if kind not in CONTROL
-        ]
-        if control is not None:
-            injections.append(asyncio.ensure_future(self._control(control, clients, added.migration_id)))
-        await asyncio.gather(*injections)
-        status = await self._finish(clients, added.migration_id)
+        migration_id = added.migration_id
+        injections: list[tuple[asyncio.Future[None], Fault]] = []
+        for phase in PHASES:
+            if not await self._reached(migration_id, phase):
+                break
+            if phase == m.CLEANUP:
+                continue  # cleanup faults start with the resume below
+            fired = self._fire(phase, cluster, clients, migration_id)
+            injections += fired
+            if phase == m.CUTOVER and hold:
+                # A stop asked in cutover must reach the workflow before the resume does.
+                await asyncio.gather(*(f for f, fault in fired if fault.kind in CONTROL))
+                await asyncio.sleep(self.rng.uniform(0.5, 2.0))
+                if await self._resume(clients, migration_id):
+                    injections += self._fire(m.CLEANUP, cluster, clients, migration_id)
+        await asyncio.gather(*(f for f, _ in injections))
+        status = await self._finish(clients, migration_id)
         self.result.migrations.append(status.status)
         if status.status in (m.S_CANCELLED, m.S_ROLLED_BACK, m.S_FAILED):
             again = await _retry_add(clients, node4.advertised_port)
             self.result.migrations.append((await self._finish(clients, again)).status)
 
-    async def _finish(self, clients: list[Client], migration_id: str) -> MigrationStatus:
-        with contextlib.suppress(ClientError):
-            await clients[0].throttle_migration(migration_id, 0)
-        while time.monotonic() < self.deadline:
-            status = await _retry(lambda: _any(clients, lambda c: c.migration(migration_id)))
-            if status.ended:
-                return status
-            await asyncio.sleep(0.5)
-        raise TimeoutError(f"migration {migration_id} did not end in time")
-
-    async def _wait_phase(self, clients: list[Client], migration_id: str, phases: tuple[str, ...]) -> bool:
-        while time.monotonic() < self.deadline:
-            status = await _retry(lambda: _any(clients, lambda c: c.migration(migration_id)))
-            if status.phase in phases:
-                return True
-            if status.ended:
-                return False
-            await asyncio.sleep(0.2)
-        return False
+    def _fire(
+        self, phase: str, cluster: LocalCluster, clients: list[Client], migration_id: str
+    ) -> list[tuple[asyncio.Future[None], Fault]]:
+        started: list[tuple[asyncio.Future[None], Fault]] = []
+        for fault in self.faults:
+            if fault.phase == phase:
+                fault.landed = self._phase_now(migration_id)
+                task = asyncio.ensure_future(self._inject(fault, cluster, clients, migration_id))
+                started.append((task, fault))
+        return started
 
     async def _inject(
-        self, kind: str, cluster: LocalCluster, clients: list[Client], migration_id: str
+        self, fault: Fault, cluster: LocalCluster, clients: list[Client], migration_id: str
     ) -> None:
-        phases = (
-            (m.DATA_COPY,) if kind in ("kill_joining_node", "kill_worker") else (m.DUAL_WRITE, m.DATA_COPY)
-        )
-        if not await self._wait_phase(clients, migration_id, phases):
-            return
-        await asyncio.sleep(self.rng.uniform(0, 1.5))
+        kind = fault.kind
+        await asyncio.sleep(self.rng.uniform(0, 0.5))
         outage = self.rng.uniform(1.0, 3.0)
+        beyond_lease = LEASE + self.rng.uniform(1.0, 3.0)
         victim = self.rng.choice(["node-1", "node-2", "node-3"])
-        if kind == "kill_joining_node":
+        i = self.rng.randrange(len(cluster.coordinator_procs))
+        if kind in CONTROL:
+            await self._control(kind, clients, migration_id, cluster)
+        elif kind == "kill_joining_node":
             await cluster.kill_storage_node("node-4")
             await asyncio.sleep(outage)
             await cluster.restart_storage_node("node-4")
@@ -273,7 +346,6 @@ class Schedule:
             await asyncio.sleep(outage)
             await cluster.restart_storage_node(victim)
         elif kind == "kill_coordinator":
-            i = self.rng.randrange(len(cluster.coordinator_procs))
             await cluster.coordinator_procs[i].process.kill()
             await asyncio.sleep(outage)
             await cluster.restart_coordinator(i)
@@ -290,6 +362,29 @@ class Schedule:
             cluster.postgres.kill()
             await asyncio.sleep(outage)
             await _restart_postgres(cluster)
+        elif kind == "pause_coordinator":
+            # Frozen with requests in flight, for longer than its lease: barriers move on without it.
+            cluster.coordinator_procs[i].process.pause()
+            await asyncio.sleep(beyond_lease)
+            cluster.coordinator_procs[i].process.resume()
+        elif kind == "pause_storage_node":
+            node = cluster.nodes[self.rng.choice([victim, "node-4"])].process
+            node.pause()
+            await asyncio.sleep(outage)
+            node.resume()
+        elif kind == "partition_coordinator_pg":
+            proxy = cluster.coordinator_procs[i].pg_proxy
+            assert proxy is not None
+            if self.rng.random() < 0.5:
+                proxy.hold()  # queries hang, then arrive late
+            else:
+                proxy.block()
+            await asyncio.sleep(beyond_lease)
+            proxy.heal()
+        elif kind == "clock_skew":
+            # Coordinator 2 has run ahead since the start; now its clock steps back across a restart.
+            await cluster.coordinator_procs[1].process.kill()
+            await cluster.restart_coordinator(1, env=self._coordinator_2_env(self.skew_ms - STEP_BACK_MS))
         else:
             proxy = cluster.nodes[self.rng.choice([victim, "node-4"])].proxy
             assert proxy is not None
@@ -306,15 +401,99 @@ class Schedule:
             await asyncio.sleep(outage)
             proxy.heal()
 
-    async def _control(self, kind: str, clients: list[Client], migration_id: str) -> None:
+    async def _control(
+        self, kind: str, clients: list[Client], migration_id: str, cluster: LocalCluster
+    ) -> None:
+        temporal = await TemporalClient.connect(cluster.temporal_server.address)
+        handle = temporal.get_workflow_handle(m.workflow_id("node-4"))
+        in_cutover = self._phase_now(migration_id) == m.CUTOVER
         if kind == "cancel_readd":
-            phase = self.rng.choice([m.DUAL_WRITE, m.DATA_COPY])
-            if await self._wait_phase(clients, migration_id, (phase, m.DATA_COPY)):
-                with contextlib.suppress(ClientError):
-                    await _any(clients, lambda c: c.cancel_migration(migration_id))
-        elif await self._wait_phase(clients, migration_id, (m.CUTOVER,)):
-            await asyncio.sleep(self.rng.uniform(0, 1))
-            await _any(clients, lambda c: c.rollback_migration(migration_id))
+            with contextlib.suppress(ClientError):
+                await _any(clients, lambda c: c.cancel_migration(migration_id))
+        elif kind == "rollback_readd":
+            with contextlib.suppress(ClientError):
+                await _any(clients, lambda c: c.rollback_migration(migration_id))
+        elif kind == "terminate_workflow":
+            # What an operator's `temporal workflow terminate` does: no workflow code runs.
+            with contextlib.suppress(Exception):
+                await handle.terminate(reason="chaos")
+        elif kind == "cancel_during_compensation":
+            stop = (
+                (lambda c: c.rollback_migration(migration_id))
+                if in_cutover
+                else (lambda c: c.cancel_migration(migration_id))
+            )
+            with contextlib.suppress(ClientError):
+                await _any(clients, stop)
+            await asyncio.sleep(self.rng.uniform(0, 0.5))
+            with contextlib.suppress(Exception):
+                await handle.cancel()
+        elif kind == "double_stop":
+            # The same stop through three channels: an RPC, a signal, Temporal's own cancel.
+            stop = (
+                (lambda c: c.rollback_migration(migration_id))
+                if in_cutover
+                else (lambda c: c.cancel_migration(migration_id))
+            )
+            with contextlib.suppress(ClientError):
+                await _any(clients, stop)
+            with contextlib.suppress(Exception):
+                await handle.signal("cancel")
+            with contextlib.suppress(Exception):
+                await handle.cancel()
+
+    def _phase_now(self, migration_id: str) -> str:
+        return self._phases.get(migration_id, "")
+
+    async def _reached(self, migration_id: str, phase: str) -> bool:
+        """Wait until the migration is in phase or past it; False when it ended before."""
+        order = {p: i for i, p in enumerate(PHASES)}
+        while time.monotonic() < self.deadline:
+            row = await self._row(migration_id)
+            if row is not None:
+                current, status = row
+                self._phases[migration_id] = current
+                if current in order and order[current] >= order[phase]:
+                    return True
+                if current == m.DONE:
+                    return phase == m.CLEANUP
+                if status in m.TERMINAL_STATUSES or current in (m.CANCELLING, m.ROLLING_BACK):
+                    return False
+            await asyncio.sleep(0.05)
+        return False
+
+    async def _row(self, migration_id: str) -> tuple[str, str] | None:
+        assert self._metadata is not None
+        try:
+            row = await self._metadata.pool.fetchrow(
+                "SELECT phase, status FROM migrations WHERE migration_id = $1", migration_id
+            )
+        except Exception:  # PostgreSQL may be down: ask again
+            return None
+        return None if row is None else (row["phase"], row["status"])
+
+    async def _resume(self, clients: list[Client], migration_id: str) -> bool:
+        """Let a migration held at cutover go on to cleanup (unless a fault stopped it meanwhile)."""
+        while time.monotonic() < self.deadline:
+            row = await self._row(migration_id)
+            if row is not None and (row[0] != m.CUTOVER or row[1] in m.TERMINAL_STATUSES):
+                return False
+            try:
+                await _any(clients, lambda c: c.pause_migration(migration_id, False))
+                return True
+            except ClientError:
+                await asyncio.sleep(0.5)
+        return False
+
+    async def _finish(self, clients: list[Client], migration_id: str) -> _Status:
+        with contextlib.suppress(ClientError):
+            await _any(clients, lambda c: c.throttle_migration(migration_id, 0))
+        while time.monotonic() < self.deadline:
+            row = await self._row(migration_id)
+            if row is not None and row[1] in m.TERMINAL_STATUSES:
+                return _Status(row[1])
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"migration {migration_id} did not end in time")
 
     async def _heal(self, cluster: LocalCluster) -> None:
         if cluster.postgres.pid is None:
@@ -322,13 +501,21 @@ class Schedule:
         if cluster.temporal_server.pid is None:
             await cluster.temporal_server.start()
         for node in cluster.nodes.values():
+            node.process.resume()
             if node.proxy is not None:
                 node.proxy.heal()
             if not node.process.running:
                 await cluster.restart_storage_node(node.node_id)
         for i, c in enumerate(cluster.coordinator_procs):
+            c.process.resume()
+            if c.pg_proxy is not None:
+                c.pg_proxy.heal()
             if not c.process.running:
                 await cluster.restart_coordinator(i)
+        if cluster.worker is not None and not cluster.worker.running:
+            await cluster.start_worker()
+
+    # -- the check --------------------------------------------------------------------------------
 
     async def _check(self, cluster: LocalCluster, clients: list[Client], history: History) -> Verdict:
         verdict = Verdict()
@@ -373,34 +560,77 @@ class Schedule:
             return len(replicas) - len(lacking), lacking
 
         try:
-            keys = list(history.by_key().items())
-            for i, (key, ops) in enumerate(keys):
-                newest = newest_acknowledged(ops)
-                rf = TENANTS[key[0]]
-                # Durability first, before a read repairs anything: a quorum holds the newest acknowledged op.
-                holding = rf
+            keys = list(history.by_key())
+            # Durability first, before any final read repairs anything (and, in write-only
+            # schedules, before any read at all): a quorum holds the last acknowledged write.
+            durability: dict[tuple[str, str], Durability] = {}
+            for key in keys:
+                newest = last_acknowledged(history.by_key()[key])
                 if newest is not None and newest.version is not None:
                     holding, _ = await holders(key, newest.version)
-                got = await _read(clients, key, i)
-                check_key(
-                    key, ops, FinalRead(got.found, got.value, got.version, holding, rf // 2 + 1), verdict
-                )
-            # Convergence: after the reads (and their read repair), every replica, node-4 included, holds it.
+                    needed = required(Consistency.QUORUM, TENANTS[key[0]])
+                    durability[key] = Durability(holding, needed)
+            for i, key in enumerate(keys):
+                await _final_read(clients, history, key, i)
+            for key, ops in history.by_key().items():
+                check_key(key, ops, verdict, durability.get(key))
+            # Convergence: after the final reads (and their repair), every replica, node-4 included,
+            # holds what they returned.
             await asyncio.sleep(1)
-            for key, ops in keys:
-                newest = newest_acknowledged(ops)
-                if newest is None or newest.version is None or key in verdict.evidence:
+            for key, ops in history.by_key().items():
+                final = next((op for op in reversed(ops) if op.final and op.version), None)
+                if (
+                    final is None
+                    or final.version is None
+                    or key in verdict.evidence
+                    or final.version == (0, 0)
+                ):
                     continue
-                _, lacking = await holders(key, newest.version)
+                _, lacking = await holders(key, final.version)
                 if lacking:
-                    verdict.lost.append(
-                        f"{key[0]}/{key[1]}: replicas {lacking} lack #{newest.id} after read repair"
-                    )
+                    verdict.lost.append(f"{key[0]}/{key[1]}: replicas {lacking} lack #{final.id}'s version")
                     verdict.evidence[key] = ops
         finally:
             for c in storage.values():
                 await c.close()
         return verdict
+
+
+@dataclass(frozen=True)
+class _Status:
+    status: str
+
+
+async def _final_read(clients: list[Client], history: History, key: tuple[str, str], i: int) -> Op:
+    for attempt in range(60):
+        op = history.begin(GET, key[0], key[1], -1)
+        op.final = True
+        try:
+            got = await clients[(i + attempt) % len(clients)].get(*key)
+        except ClientError as exc:
+            History.failed(op, f"{exc.code.name}: {exc.message[:120]}")
+            await asyncio.sleep(0.5)
+            continue
+        History.ok(op, got.version, found=got.found, value=got.value)
+        return op
+    raise RuntimeError(f"no QUORUM read of {key} succeeded")
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the processes started inside (nothing when value is empty)."""
+    if not value:
+        yield
+        return
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 async def _restart_postgres(cluster: LocalCluster) -> None:
@@ -434,7 +664,7 @@ async def _any(clients: list[Client], call: Callable[[Client], Awaitable[T]]) ->
 
 
 async def _retry_add(clients: list[Client], port: int) -> str:
-    for _ in range(60):
+    for _ in range(120):
         try:
             added = await _any(clients, lambda c: c.add_node("node-4", "127.0.0.1", port))
             return added.migration_id
@@ -443,46 +673,44 @@ async def _retry_add(clients: list[Client], port: int) -> str:
     raise RuntimeError("could not add node-4 again")
 
 
-async def _read(clients: list[Client], key: tuple[str, str], i: int) -> Value:
-    for attempt in range(60):
-        try:
-            return await clients[(i + attempt) % len(clients)].get(*key)
-        except ClientError:
-            await asyncio.sleep(0.5)
-    raise RuntimeError(f"no QUORUM read of {key} succeeded")
-
-
 async def run(schedules: int, seed: int, keys: int, minutes: float, kinds: list[str] | None) -> int:
     tally: Counter[str] = Counter()
+    landed: Counter[str] = Counter()
     results = []
     for index in range(schedules):
         result = await Schedule(index, seed, keys, minutes, kinds).run()
         results.append(result)
-        tally.update(result.faults)
+        tally.update(f.kind for f in result.faults)
+        landed.update(f.landed or "not reached" for f in result.faults)
         print(result.line(), flush=True)
         if not result.verdict.ok:
             _report(result)
-    lost = sum(len(r.verdict.lost) + len(r.verdict.phantom) for r in results)
-    resurrected = sum(len(r.verdict.resurrected) for r in results)
-    stuck = sum(len(r.verdict.stuck) for r in results)
+    total = {
+        name: sum(len(getattr(r.verdict, name)) for r in results)
+        for name in ("lost", "resurrected", "stale_reads", "nonlinearizable", "phantom", "stuck", "unchecked")
+    }
     print("faults by kind: " + ", ".join(f"{k}={tally[k]}" for k in KINDS))
+    print("faults by phase they landed in: " + ", ".join(f"{p}={n}" for p, n in sorted(landed.items())))
     operations, acknowledged = sum(r.operations for r in results), sum(r.acknowledged for r in results)
     print(
-        f"schedules={schedules} faults={sum(tally.values())} operations={operations} "
-        f"acknowledged={acknowledged} lost={lost} resurrected={resurrected} stuck={stuck}"
+        f"schedules={schedules} write_only={sum(r.write_only for r in results)} faults={sum(tally.values())} "
+        f"operations={operations} acknowledged={acknowledged} lost={total['lost']} "
+        f"resurrected={total['resurrected']} stale_reads={total['stale_reads']} "
+        f"linearizability_violations={total['nonlinearizable']} phantom={total['phantom']} "
+        f"stuck={total['stuck']} unchecked={total['unchecked']}"
     )
-    return 0 if lost == resurrected == stuck == 0 else 1
+    return 0 if not any(total.values()) else 1
 
 
 def _report(result: Result) -> None:
     v = result.verdict
     rerun = f"--seed {result.seed} --schedules {result.index + 1}"
     print(f"  VIOLATION in schedule {result.index} (re-run: {rerun}); logs kept in {result.log_dir}")
-    for line in (v.stuck + v.resurrected + v.phantom + v.lost)[:20]:
+    for line in v.lines[:20]:
         print(f"    {line}")
     for key, ops in list(v.evidence.items())[:5]:
         print(f"    history of {key[0]}/{key[1]}:")
-        for op in ops[-12:]:
+        for op in ops[-16:]:
             print(f"      {op.describe()}")
 
 
@@ -496,7 +724,7 @@ def main() -> None:
     )
     parser.add_argument("--keys", type=int, default=1000, help="keys per tenant (default %(default)s)")
     parser.add_argument(
-        "--minutes", type=float, default=4, help="time limit per schedule (default %(default)s)"
+        "--minutes", type=float, default=5, help="time limit per schedule (default %(default)s)"
     )
     parser.add_argument(
         "--kinds", default="", help=f"comma-separated fault kinds instead of drawn ones: {', '.join(KINDS)}"

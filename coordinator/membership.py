@@ -1,8 +1,11 @@
 """Joining storage nodes to the ring.
 
-A node joins an empty cluster directly: with no data anywhere there is nothing
-to move, so it becomes active at once (how a new cluster's first nodes start).
-Once the cluster holds data, a node joins online through NodeAdditionWorkflow.
+A node joins a cluster that has no tenant yet directly: with no tenant there
+is no data and no request to route, so it becomes active at once (how a new
+cluster's first nodes start); a tenant created later is never routed by a view
+older than itself (routing.py). Once a tenant exists, a node joins online
+through NodeAdditionWorkflow, even while the tenants are still empty: a write
+may be on its way to them.
 """
 
 from __future__ import annotations
@@ -69,13 +72,15 @@ class Membership:
                 new_stats = await self._stats(joining)
             finally:
                 await joining.close()
+            if not topology.tenants and topology.future is None and not new_stats.keys + new_stats.tombstones:
+                if await self._join_empty_ring(topology, node_id, host, port, vnodes):
+                    return AddOutcome(
+                        "", f"node {node_id} joined the ring directly: the cluster has no tenant yet", None
+                    )
             held = 0
             for member in sorted(topology.ring.node_ids):
                 stats = await self._stats(self._pool.node(member, topology.address(member)))
                 held += stats.keys + stats.tombstones
-            if held == 0 and topology.future is None and not new_stats.keys and not new_stats.tombstones:
-                await self._join_empty_ring(topology, node_id, host, port, vnodes)
-                return AddOutcome("", f"node {node_id} joined the empty ring directly; nothing to copy", None)
         if new_stats.keys or new_stats.tombstones:
             log.warning(
                 "Joining node is not empty; the copy overwrites only older versions",
@@ -97,11 +102,15 @@ class Membership:
 
     async def _join_empty_ring(
         self, topology: Topology, node_id: str, host: str, port: int, vnodes: int
-    ) -> None:
+    ) -> bool:
+        """Join directly; False when a tenant or a ring change appeared meanwhile (then: the workflow)."""
         tokens = allocate_tokens(((v.token, v.node_id) for v in topology.ring.vnodes), node_id, vnodes)
-        await self._metadata.join_node_directly(NodeInfo(node_id, host, port, "active", vnodes), tokens)
+        node = NodeInfo(node_id, host, port, "active", vnodes)
+        if not await self._metadata.join_node_directly(node, tokens):
+            return False
         await self._cache.refresh()
-        log.info("Node joined the empty ring", node_id=node_id, host=host, port=port, virtual_nodes=vnodes)
+        log.info("Node joined the ring directly", node_id=node_id, host=host, port=port, virtual_nodes=vnodes)
+        return True
 
     async def _stats(self, client: NodeClient) -> NodeStats:
         try:

@@ -30,6 +30,16 @@ class TenantInfo:
     tenant_id: str
     replication_factor: int
     created_at: datetime
+    # The registry epoch that created it: views of the ring older than that never route it.
+    created_epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A coordinator's claim on its id: its version origin and where its last incarnation's clock got."""
+
+    origin: int
+    hlc_ceiling_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +115,7 @@ def from_db_token(value: int) -> int:
 
 
 def _tenant(row: asyncpg.Record) -> TenantInfo:
-    return TenantInfo(row["tenant_id"], row["replication_factor"], row["created_at"])
+    return TenantInfo(row["tenant_id"], row["replication_factor"], row["created_at"], row["created_epoch"])
 
 
 def _node(row: asyncpg.Record) -> NodeInfo:
@@ -173,15 +183,20 @@ class Metadata:
 
     async def create_tenant(self, tenant_id: str, replication_factor: int) -> TenantInfo:
         async with self.pool.acquire() as conn, conn.transaction():
+            # Serialised with ring changes (join_node_directly), so its epoch orders it after them.
+            await conn.execute("SELECT 1 FROM registry FOR UPDATE")
+            exists = await conn.fetchval("SELECT 1 FROM tenants WHERE tenant_id = $1", tenant_id)
+            if exists:
+                raise AlreadyExists(f"tenant {tenant_id!r} already exists")
+            epoch = await bump_epoch(conn)
             row = await conn.fetchrow(
-                "INSERT INTO tenants (tenant_id, replication_factor) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING RETURNING *",
+                "INSERT INTO tenants (tenant_id, replication_factor, created_epoch) VALUES ($1, $2, $3)"
+                " RETURNING *",
                 tenant_id,
                 replication_factor,
+                epoch,
             )
-            if row is None:
-                raise AlreadyExists(f"tenant {tenant_id!r} already exists")
-            await bump_epoch(conn)
+        assert row is not None
         return _tenant(row)
 
     async def get_tenant(self, tenant_id: str) -> TenantInfo | None:
@@ -193,11 +208,20 @@ class Metadata:
     async def list_nodes(self) -> list[NodeInfo]:
         return [_node(r) for r in await self.pool.fetch("SELECT * FROM nodes ORDER BY node_id")]
 
-    async def join_node_directly(self, node: NodeInfo, tokens: Sequence[int]) -> None:
-        """Put a node straight into the ring as active: only for a cluster that holds no data."""
+    async def join_node_directly(self, node: NodeInfo, tokens: Sequence[int]) -> bool:
+        """Put a node straight into the ring as active, if the cluster has no tenant yet.
+
+        With no tenant there is no data and no request to route, and a tenant
+        created later is routed only by views that include this node (its
+        created_epoch is newer). Returns False, changing nothing, once a tenant exists.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
-            # Serialise ring changes; the caller decided under the same rule.
-            await conn.execute("LOCK TABLE ring_tokens IN EXCLUSIVE MODE")
+            # Serialise with every ring change and tenant creation.
+            await conn.execute("SELECT 1 FROM registry FOR UPDATE")
+            if await conn.fetchval("SELECT 1 FROM tenants LIMIT 1"):
+                return False
+            if await conn.fetchval("SELECT 1 FROM migrations WHERE status = 'in_progress'"):
+                return False
             exists = await conn.fetchval("SELECT 1 FROM nodes WHERE node_id = $1", node.node_id)
             if exists:
                 raise AlreadyExists(f"node {node.node_id!r} is already in the cluster")
@@ -219,33 +243,73 @@ class Metadata:
                 [(to_db_token(t), node.node_id) for t in tokens],
             )
             await bump_epoch(conn)
+        return True
 
     # -- coordinators ------------------------------------------------------------
+    # Lease times are PostgreSQL's clock_timestamp() when the statement runs: later than
+    # the moment the coordinator started counting its own lease, so it always lapses
+    # on the coordinator first.
 
-    async def register_coordinator(self, coordinator_id: str, address: str, lease_seconds: float) -> int:
-        """Create or refresh this coordinator's row; returns its version origin number."""
-        origin: int = await self.pool.fetchval(
-            "INSERT INTO coordinators (coordinator_id, address, lease_expires_at)"
-            " VALUES ($1, $2, now() + make_interval(secs => $3))"
+    async def register_coordinator(
+        self, coordinator_id: str, address: str, lease_seconds: float, incarnation: str
+    ) -> Registration | None:
+        """Take coordinator_id's lease for this incarnation, unless another one holds it live.
+
+        Returns None while another process's lease on the id is live.
+        """
+        row = await self.pool.fetchrow(
+            "INSERT INTO coordinators (coordinator_id, address, lease_expires_at, incarnation)"
+            " VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3), $4)"
             " ON CONFLICT (coordinator_id) DO UPDATE SET address = EXCLUDED.address,"
-            "   lease_expires_at = EXCLUDED.lease_expires_at, started_at = now()"
-            " RETURNING origin",
+            "   lease_expires_at = EXCLUDED.lease_expires_at, started_at = now(),"
+            "   incarnation = EXCLUDED.incarnation"
+            " WHERE coordinators.lease_expires_at <= clock_timestamp()"
+            "   OR coordinators.incarnation IN ('', EXCLUDED.incarnation)"
+            " RETURNING origin, hlc_ceiling_ms",
             coordinator_id,
             address,
             lease_seconds,
+            incarnation,
         )
-        return origin
+        return None if row is None else Registration(row["origin"], row["hlc_ceiling_ms"])
 
-    async def renew_lease(self, coordinator_id: str, applied_epoch: int, lease_seconds: float) -> None:
-        await self.pool.execute(
-            "UPDATE coordinators SET applied_epoch = $2, lease_expires_at = now() + make_interval(secs => $3)"
-            " WHERE coordinator_id = $1",
+    async def lease_holder(self, coordinator_id: str) -> tuple[str, float] | None:
+        """(address, seconds left) of the live lease on coordinator_id, if any."""
+        row = await self.pool.fetchrow(
+            "SELECT address, extract(epoch FROM lease_expires_at - clock_timestamp()) AS left"
+            " FROM coordinators WHERE coordinator_id = $1 AND lease_expires_at > clock_timestamp()",
             coordinator_id,
+        )
+        return None if row is None else (row["address"], float(row["left"]))
+
+    async def renew_lease(
+        self,
+        coordinator_id: str,
+        incarnation: str,
+        applied_epoch: int,
+        lease_seconds: float,
+        hlc_ceiling_ms: int,
+    ) -> bool:
+        """Extend this incarnation's lease; False when another process has taken the id over."""
+        status: str = await self.pool.execute(
+            "UPDATE coordinators SET applied_epoch = $3,"
+            " lease_expires_at = clock_timestamp() + make_interval(secs => $4),"
+            " hlc_ceiling_ms = greatest(hlc_ceiling_ms, $5)"
+            " WHERE coordinator_id = $1 AND incarnation = $2",
+            coordinator_id,
+            incarnation,
             applied_epoch,
             lease_seconds,
+            hlc_ceiling_ms,
         )
+        return status == "UPDATE 1"
 
-    async def release_lease(self, coordinator_id: str) -> None:
+    async def release_lease(self, coordinator_id: str, incarnation: str, hlc_ceiling_ms: int) -> None:
+        """Give the lease up at a clean stop, with the clock's real high-water mark (no wait to restart)."""
         await self.pool.execute(
-            "UPDATE coordinators SET lease_expires_at = now() WHERE coordinator_id = $1", coordinator_id
+            "UPDATE coordinators SET lease_expires_at = clock_timestamp(), hlc_ceiling_ms = $3"
+            " WHERE coordinator_id = $1 AND incarnation = $2",
+            coordinator_id,
+            incarnation,
+            hlc_ceiling_ms,
         )

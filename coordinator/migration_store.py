@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -92,6 +93,23 @@ class MigrationStore:
     async def get(self, migration_id: str) -> MigrationRow | None:
         row = await self._pool.fetchrow("SELECT * FROM migrations WHERE migration_id = $1", migration_id)
         return None if row is None else _migration(row)
+
+    async def unfinished(self) -> list[MigrationRow]:
+        rows = await self._pool.fetch(
+            "SELECT * FROM migrations WHERE status IN ('queued', 'in_progress') ORDER BY started_at"
+        )
+        return [_migration(r) for r in rows]
+
+    @asynccontextmanager
+    async def exclusive(self, migration_id: str) -> AsyncIterator[bool]:
+        """Whether this process alone may act on the migration now (an advisory lock while inside)."""
+        async with self._pool.acquire() as conn:
+            got = bool(await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", migration_id))
+            try:
+                yield got
+            finally:
+                if got:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", migration_id)
 
     async def all(self) -> list[MigrationRow]:
         return [_migration(r) for r in await self._pool.fetch("SELECT * FROM migrations ORDER BY started_at")]

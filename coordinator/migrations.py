@@ -103,16 +103,34 @@ class Migrations:
                 ),
             )
         except WorkflowAlreadyStartedError:
+            # Another migration's workflow runs under this id: ours never started, nobody knows its id.
             await self._store.delete(request.migration_id)
             raise AlreadyExists(
                 f"node {node_id} is already being added (workflow {workflow_id} is running)"
             ) from None
         except RPCError as exc:
-            await self._store.delete(request.migration_id)
-            raise Unavailable(f"cannot start the migration workflow on Temporal: {exc}") from None
+            # The start may have reached Temporal before the error: never delete a row a workflow may
+            # own. What never started, the worker's reconciler ends (`failed`, "never started").
+            if not await self._started(workflow_id, request.migration_id):
+                raise Unavailable(
+                    f"could not confirm that Temporal started the migration workflow ({exc}); "
+                    f"see `pairdb migration status {request.migration_id}` before retrying"
+                ) from None
         log.info("Node addition migration started", migration_id=request.migration_id, node_id=node_id)
         eta = datetime.now(UTC) + timedelta(seconds=10 + keys_to_move / ASSUMED_KEYS_PER_SECOND)
         return Started(request.migration_id, workflow_id, eta)
+
+    async def _started(self, workflow_id: str, migration_id: str) -> bool:
+        """Whether the workflow of this migration is running (its start got through after all)."""
+        try:
+            state: m.MigrationState = (
+                await self._client()
+                .get_workflow_handle(workflow_id)
+                .query("progress", result_type=m.MigrationState, rpc_timeout=UPDATE_TIMEOUT)
+            )
+        except Exception:
+            return False
+        return state.migration_id == migration_id
 
     async def get(self, migration_id: str) -> MigrationRow:
         row = await self._store.get(migration_id)

@@ -68,3 +68,17 @@ class ReplicaPlan:
                 f"{len(got)} answered ({', '.join(got) or 'none'})"
             )
         return "; ".join(parts)
+
+
+def unfenced_quorum(sets: Iterable[tuple[str, ...]], fenced: Collection[str]) -> tuple[str, ...] | None:
+    """A replica set in which the nodes not yet fenced could still form a QUORUM, if any.
+
+    A request routed by an old epoch that reaches only unfenced nodes would be
+    acknowledged; so a fence counts once, in every set, fewer than a quorum
+    are unfenced. (ONE gives that up: one unfenced replica is enough for it.)
+    """
+    for members in sets:
+        unfenced = sum(1 for n in members if n not in fenced)
+        if members and unfenced >= required(Consistency.QUORUM, len(members)):
+            return members
+    return None

@@ -1,10 +1,16 @@
-"""The read path: ask the replicas, return the newest version, repair the stale ones.
+"""The read path: ask the replicas, return the newest record, but only once it is durable.
 
-A read waits for enough answers to meet its level, returns the newest record
-among them, and first writes that record back to the replicas that answered
-with something older (read repair), so a value once returned is never
-"un-read" by the next quorum. Answers arriving after the reply are checked and
-repaired in the background.
+A read waits for enough answers from the read set to meet its level and takes
+the newest record among them. Before returning it, it makes that record held
+at the read's level in every set the current phase writes to (blocking read
+repair, as the write-back phase of ABD): otherwise a value a client has seen
+could vanish from the next read, after a replica failure, a cutover or a
+rollback moved reads to other replicas. With it, QUORUM reads and writes
+behave as one linearizable register per key.
+
+Answers arriving after the reply are checked in the background: stale
+replicas are repaired, and a late answer newer than what was returned (a write
+in flight) is spread to the replicas that answered first.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import structlog
 
 from coordinator.errors import Unavailable
 from coordinator.hlc import HybridLogicalClock
-from coordinator.quorum import Consistency, required
-from coordinator.routing import Route, route
+from coordinator.quorum import Consistency, ReplicaPlan, required
+from coordinator.replication import Replicator
+from coordinator.routing import Route, StaleView, route
 from coordinator.topology import Topology, TopologyCache
-from pairdb.keyspace import Version
-from storage_node.client import StoragePool, describe_failure
-from storage_node.engine import StoredRecord
+from coordinator.write_path import ROUTE_ATTEMPTS
+from pairdb.keyspace import StoredRecord, Version
+from pairdb.sabotage import REPAIR_READ_SET_ONLY
+from storage_node.client import StaleEpoch, StoragePool, describe_failure
 
 log = structlog.get_logger()
 
@@ -39,30 +47,51 @@ class ReadResult:
 
 def _newest(answers: list[_Answer]) -> _Answer:
     present = [a for a in answers if a is not None]
-    return max(present, key=lambda r: r.version) if present else None
+    return max(present, key=lambda r: r.order) if present else None
 
 
 def _is_stale(answer: _Answer, newest: StoredRecord) -> bool:
-    return answer is None or answer.version < newest.version
+    return answer is None or answer.order < newest.order
 
 
 class ReadPath:
-    def __init__(self, cache: TopologyCache, pool: StoragePool, clock: HybridLogicalClock) -> None:
+    def __init__(
+        self,
+        cache: TopologyCache,
+        pool: StoragePool,
+        replicator: Replicator,
+        clock: HybridLogicalClock,
+        sabotage: frozenset[str] = frozenset(),
+    ) -> None:
         self._cache = cache
         self._pool = pool
+        self._replicator = replicator
         self._clock = clock
-        self._background: set[asyncio.Task[None]] = set()
+        self._sabotage = sabotage
 
     async def get(self, tenant_id: str, key: str, level: Consistency) -> ReadResult:
-        with self._cache.pin() as topology:
-            r = await route(self._cache, topology, tenant_id, key, level, write=False)
-            return await self._get(r, tenant_id, key)
+        fence = 0
+        for _ in range(ROUTE_ATTEMPTS):
+            with self._cache.pin() as topology:
+                try:
+                    r = await route(self._cache, topology, tenant_id, key, level, write=False)
+                    result = await self._get(r, tenant_id, key)
+                    self._cache.check_lease()  # never answer by a view a barrier may have left behind
+                    return result
+                except StaleView:
+                    fence = 0
+                except StaleEpoch as exc:
+                    fence = exc.fence
+            await self._cache.catch_up(fence)
+        raise Unavailable(f"the ring changed {ROUTE_ATTEMPTS} times during this read; retry it")
 
     async def _get(self, r: Route, tenant_id: str, key: str) -> ReadResult:
-        level, replicas = r.plan.level, r.plan.old
+        level, replicas, topology = r.plan.level, r.plan.old, r.topology
         need = required(level, len(replicas))
         asks = {
-            asyncio.ensure_future(self._pool.node(n, r.topology.address(n)).get(tenant_id, key)): n
+            asyncio.ensure_future(
+                self._pool.node(n, topology.address(n)).get(tenant_id, key, epoch=topology.epoch)
+            ): n
             for n in replicas
         }
         answers: dict[str, _Answer] = {}
@@ -74,10 +103,13 @@ class ReadPath:
                 exc = task.exception()
                 if exc is None:
                     answers[asks[task]] = task.result()
+                elif isinstance(exc, StaleEpoch):
+                    self._later(topology, self._drain(topology, {t: asks[t] for t in pending}, answers, None))
+                    raise exc
                 else:
                     failed[asks[task]] = describe_failure(exc)
         if len(answers) < need:
-            self._later(self._drain(r.topology, {t: asks[t] for t in pending}, None))
+            self._later(topology, self._drain(topology, {t: asks[t] for t in pending}, answers, None))
             got = ", ".join(sorted(answers)) or "none"
             failures = ", ".join(f"{n} ({why})" for n, why in sorted(failed.items()))
             raise Unavailable(
@@ -88,18 +120,39 @@ class ReadPath:
         newest = _newest(list(answers.values()))
         if newest is not None:
             self._clock.observe(newest.version)
-            stale = [n for n, a in answers.items() if _is_stale(a, newest)]
-            if stale:
-                await self._repair(r.topology, newest, stale)
+            await self._make_durable(r, newest, answers)
         if pending:
-            self._later(self._drain(r.topology, {t: asks[t] for t in pending}, newest))
+            self._later(topology, self._drain(topology, {t: asks[t] for t in pending}, answers, newest))
         if newest is None or newest.tombstone:
             return ReadResult(False, b"", newest.version if newest else None)
         return ReadResult(True, newest.value, newest.version)
 
+    async def _make_durable(self, r: Route, newest: StoredRecord, answers: dict[str, _Answer]) -> None:
+        """Write newest back until it is held at the read's level in every set the phase writes to."""
+        plan = r.write_plan()
+        if REPAIR_READ_SET_ONLY in self._sabotage:
+            plan = ReplicaPlan(r.plan.level, r.plan.old)
+        holding = {n for n, a in answers.items() if a is not None and a.order >= newest.order}
+        # Replicas that answered with something older are repaired even when the plan is met without them.
+        outcome = await self._replicator.send(r.topology, plan, newest, holding=holding, newer_counts=True)
+        if outcome.stale is not None:
+            raise outcome.stale
+        if not plan.satisfied(outcome.acked):
+            raise Unavailable(
+                f"the newest version {newest.version} could not be made durable before returning it: "
+                + outcome.shortfall(plan)
+            )
+        repaired = [n for n in plan.targets if n not in holding and n in outcome.acked]
+        if repaired:
+            log.debug("Read repair", tenant_id=newest.tenant_id, key=newest.key, nodes=repaired)
+        stale_elsewhere = [n for n, a in answers.items() if _is_stale(a, newest) and n not in plan.targets]
+        if stale_elsewhere:
+            self._later(r.topology, self._repair(r.topology, newest, stale_elsewhere))
+
     async def _repair(self, topology: Topology, newest: StoredRecord, nodes: list[str]) -> None:
         results = await asyncio.gather(
-            *(self._pool.node(n, topology.address(n)).apply(newest) for n in nodes), return_exceptions=True
+            *(self._pool.node(n, topology.address(n)).apply(newest, epoch=topology.epoch) for n in nodes),
+            return_exceptions=True,
         )
         for node, result in zip(nodes, results, strict=True):
             if isinstance(result, BaseException):
@@ -110,27 +163,29 @@ class ReadPath:
                     key=newest.key,
                     error=describe_failure(result),
                 )
-            else:
-                log.debug("Read repair", node_id=node, tenant_id=newest.tenant_id, key=newest.key)
 
     async def _drain(
-        self, topology: Topology, late: dict[asyncio.Future[_Answer], str], newest: _Answer
+        self,
+        topology: Topology,
+        late: dict[asyncio.Future[_Answer], str],
+        early: dict[str, _Answer],
+        returned: _Answer,
     ) -> None:
-        """Repair replicas whose answers came after the reply."""
-        answers: dict[str, _Answer] = {}
+        """Repair after the reply: late stale answers, and everyone older than a late newer answer."""
+        answers = dict(early)
         for task, node in late.items():
             try:
                 answers[node] = await task
             except Exception:
                 continue  # a replica that failed is repaired by a later read
-        best = _newest([newest, *answers.values()])
+        best = _newest([returned, *answers.values()])
         if best is None:
             return
         stale = [n for n, a in answers.items() if _is_stale(a, best)]
+        if returned is not None and best.order == returned.order:
+            stale = [n for n in stale if n not in early]  # the reply already made the early ones hold it
         if stale:
             await self._repair(topology, best, stale)
 
-    def _later(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _later(self, topology: Topology, coro: Coroutine[Any, Any, None]) -> None:
+        self._cache.track(topology.epoch, asyncio.ensure_future(coro))

@@ -26,6 +26,15 @@ log = structlog.get_logger()
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
+# A coordinator whose lease ran out this recently still holds a barrier up: PostgreSQL's
+# clock and the coordinator's may run at slightly different rates.
+LEASE_DRIFT_MARGIN_SECONDS = 0.5
+
+
+class MigrationEnded(FailedPrecondition):
+    """The migration has a terminal status already (its workflow or the reconciler ended it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Lagging:
     coordinator_id: str
@@ -52,7 +61,7 @@ class Registry:
             if row["status"] == m.S_IN_PROGRESS:
                 return True
             if row["status"] != m.S_QUEUED:
-                raise FailedPrecondition(f"migration {migration_id} is {row['status']}")
+                raise MigrationEnded(f"migration {migration_id} is {row['status']}: {row['error'] or ''}")
             busy = await conn.fetchval("SELECT 1 FROM migrations WHERE status = 'in_progress'")
             older = await conn.fetchval(
                 "SELECT 1 FROM migrations WHERE status = 'queued' AND started_at < $1", row["started_at"]
@@ -70,6 +79,7 @@ class Registry:
         """Phase dual_write: the node joins as `joining` with its future tokens. Idempotent."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
+            _require_open(row)
             node = await conn.fetchrow("SELECT status FROM nodes WHERE node_id = $1", row["node_id"])
             if node is None or node["status"] == "removed":
                 if node is not None:
@@ -89,9 +99,16 @@ class Registry:
             return await self._set_phase(conn, migration_id, m.DUAL_WRITE)
 
     async def set_phase(self, migration_id: str, phase: str, node_status: str | None = None) -> int:
-        """Move the migration to phase (and its node to node_status) in one epoch."""
+        """Move the migration to phase (and its node to node_status) in one epoch.
+
+        Once the migration has ended, stepping back (rolling_back, cancelling) is a no-op and
+        stepping forward fails with MigrationEnded.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
+            if row["status"] in m.TERMINAL_STATUSES and phase in (m.ROLLING_BACK, m.CANCELLING):
+                return int(await conn.fetchval("SELECT epoch FROM registry"))
+            _require_open(row)
             if node_status is not None:
                 await conn.execute(
                     "UPDATE nodes SET status = $2, updated_at = now() WHERE node_id = $1",
@@ -116,9 +133,14 @@ class Registry:
         return await bump_epoch(conn)
 
     async def remove_joining_node(self, migration_id: str) -> int:
-        """Compensation: the node leaves the ring and every dual write stops (phase cancelling)."""
+        """Compensation: the node leaves the ring and every dual write stops (phase cancelling).
+
+        A no-op once the migration has ended: whoever ended it took the node out.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
+            if row["status"] in m.TERMINAL_STATUSES:
+                return int(await conn.fetchval("SELECT epoch FROM registry"))
             await conn.execute("DELETE FROM ring_tokens WHERE node_id = $1", row["node_id"])
             await conn.execute(
                 "UPDATE nodes SET status = 'removed', updated_at = now() WHERE node_id = $1", row["node_id"]
@@ -145,8 +167,10 @@ class Registry:
     async def lagging(self, epoch: int) -> list[Lagging]:
         rows = await self._pool.fetch(
             "SELECT coordinator_id, applied_epoch FROM coordinators"
-            " WHERE lease_expires_at > now() AND applied_epoch < $1 ORDER BY coordinator_id",
+            " WHERE lease_expires_at + make_interval(secs => $2) > clock_timestamp() AND applied_epoch < $1"
+            " ORDER BY coordinator_id",
             epoch,
+            LEASE_DRIFT_MARGIN_SECONDS,
         )
         return [Lagging(r["coordinator_id"], r["applied_epoch"]) for r in rows]
 
@@ -165,3 +189,12 @@ class Registry:
             if heartbeat is not None:
                 heartbeat(behind)
             await sleep(poll)
+
+
+def _require_open(row: asyncpg.Record) -> None:
+    if row["status"] in m.TERMINAL_STATUSES:
+        raise MigrationEnded(
+            f"migration {row['migration_id']} has ended ({row['status']}"
+            + (f": {row['error']}" if row["error"] else "")
+            + ")"
+        )

@@ -24,11 +24,20 @@ _READS_ON_NEW = (m.CUTOVER, m.CLEANUP)
 _WRITES_ON_NEW_ONLY = (m.CLEANUP,)
 
 
+class StaleView(Exception):
+    """The request's pinned view of the ring is older than what it needs: pin a fresh one and route again."""
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     topology: Topology
     token: int
+    rf: int
     plan: ReplicaPlan
+
+    def write_plan(self) -> ReplicaPlan:
+        """Where a write of this key goes now: also where a read makes the value it returns durable."""
+        return plan(self.topology, self.token, self.rf, self.plan.level, write=True)
 
 
 def plan(topology: Topology, t: int, rf: int, level: Consistency, *, write: bool) -> ReplicaPlan:
@@ -49,6 +58,10 @@ async def route(
     tenant = topology.tenants.get(tenant_id) or await cache.tenant(tenant_id)
     if tenant is None:
         raise NotFound(f"tenant {tenant_id!r} does not exist; create it with CreateTenant")
+    if tenant.created_epoch > topology.epoch:
+        # Created after the view this request pinned: that ring may lack nodes that
+        # joined before the tenant existed (a direct join), so never route it by that.
+        raise StaleView(f"tenant {tenant_id!r} is newer than epoch {topology.epoch}")
     t = token(tenant_id, key)
     p = plan(topology, t, tenant.replication_factor, level, write=write)
     if len(p.old) < tenant.replication_factor:
@@ -56,4 +69,4 @@ async def route(
             f"tenant {tenant_id!r} has replication factor {tenant.replication_factor} but the ring "
             f"has {len(p.old)} active node(s); add storage nodes"
         )
-    return Route(topology, t, p)
+    return Route(topology, t, tenant.replication_factor, p)

@@ -10,16 +10,18 @@ from dataclasses import dataclass
 import structlog
 from temporalio.client import Client
 
-from coordinator.hlc import HybridLogicalClock
 from coordinator.membership import Membership
 from coordinator.metadata import Metadata
 from coordinator.migration_store import MigrationStore
 from coordinator.migrations import Migrations
 from coordinator.read_path import ReadPath
+from coordinator.replication import Replicator
 from coordinator.service import CoordinatorService
 from coordinator.topology import TopologyCache
 from coordinator.write_path import WritePath
 from pairdb import metrics
+from pairdb.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
+from pairdb.sabotage import from_env as sabotage_from_env
 from pairdb.serving import Health, new_server
 from proto import coordinator_pb2, coordinator_pb2_grpc
 from storage_node.client import StoragePool
@@ -40,6 +42,8 @@ class CoordinatorConfig:
     # Long enough to ride out a starved event loop on a busy machine; a dead
     # coordinator holds a barrier up at most this long.
     lease_seconds: float = 10.0
+    # Largest clock offset between any two processes (see pairdb/clocks.py).
+    max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
     # Temporal frontend; without it the coordinator serves data but cannot run migrations.
     temporal_address: str = ""
     temporal_namespace: str = "default"
@@ -57,11 +61,21 @@ class CoordinatorConfig:
 
 
 async def serve(config: CoordinatorConfig) -> None:
+    sabotage = sabotage_from_env()
+    if sabotage:
+        log.warning("SABOTAGED: this coordinator is broken on purpose, for tests", sabotage=sorted(sabotage))
     metadata = await Metadata.connect(config.postgres_dsn)
-    cache = TopologyCache(metadata, config.effective_id, config.address, lease_seconds=config.lease_seconds)
+    cache = TopologyCache(
+        metadata,
+        config.effective_id,
+        config.address,
+        lease_seconds=config.lease_seconds,
+        wall=WallClock.from_env(),
+        max_clock_offset_ms=config.max_clock_offset_ms,
+    )
     await cache.start()
     pool = StoragePool(timeout=config.storage_timeout)
-    clock = HybridLogicalClock(cache.origin)
+    replicator = Replicator(cache, pool)
     temporal = None
     if config.temporal_address:
         temporal = await Client.connect(config.temporal_address, namespace=config.temporal_namespace)
@@ -69,8 +83,8 @@ async def serve(config: CoordinatorConfig) -> None:
     service = CoordinatorService(
         cache,
         metadata,
-        WritePath(cache, pool, clock),
-        ReadPath(cache, pool, clock),
+        WritePath(cache, replicator, cache.clock, sabotage),
+        ReadPath(cache, pool, replicator, cache.clock, sabotage),
         Membership(cache, metadata, pool, migrations),
         migrations,
     )

@@ -208,6 +208,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         row = await self._migrations.get(limits.migration_id(request.migration_id))
         control = await self._migrations.control(row)
         p = row.progress
+        ended = row.status in m.TERMINAL_STATUSES
         return pb.GetMigrationStatusResponse(
             success=True,
             migration_id=row.migration_id,
@@ -223,9 +224,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 bytes_copied=int(p.get("bytes_copied", 0)),
                 ranges_done=int(p.get("ranges_done", 0)),
                 ranges_total=int(p.get("ranges_total", 0)),
-                keys_per_second=float(p.get("keys_per_second", 0.0)),
+                # An ended migration copies nothing: no rate left over from its last checkpoint.
+                keys_per_second=0.0 if ended else float(p.get("keys_per_second", 0.0)),
             ),
-            estimated_completion=int(row.estimated_completion.timestamp()) if row.estimated_completion else 0,
+            estimated_completion=(
+                int(row.estimated_completion.timestamp()) if row.estimated_completion and not ended else 0
+            ),
             error_message=row.error,
             workflow_id=row.workflow_id,
             workflow_url=self._migrations.workflow_url(row.workflow_id),

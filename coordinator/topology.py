@@ -4,26 +4,40 @@ Reloaded when the registry epoch moves: on NOTIFY, and by polling in case a
 notification is lost. The coordinator's lease is renewed on the same beat with
 the epoch it has applied; while the lease is lapsed (PostgreSQL unreachable),
 the coordinator refuses requests rather than route by a view it cannot vouch for.
+
+The lease is counted on CLOCK_BOOTTIME from just before the renewal is sent,
+PostgreSQL counts the same duration from when it runs the renewal: the
+coordinator's lease always runs out first, even across a suspend. One process
+at a time holds a coordinator id's lease (its incarnation), and the lease also
+persists the hybrid logical clock's ceiling (coordinator/hlc.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import structlog
 
-from coordinator.metadata import NOTIFY_CHANNEL, Metadata, NodeInfo, Snapshot, TenantInfo
+from coordinator.errors import Unavailable
+from coordinator.hlc import HybridLogicalClock
+from coordinator.metadata import NOTIFY_CHANNEL, Metadata, NodeInfo, Registration, Snapshot, TenantInfo
 from coordinator.ring import Ring
 from pairdb import metrics
 from pairdb import migration as m
+from pairdb.clocks import DEFAULT_MAX_OFFSET_MS, WallClock, boottime
 
 log = structlog.get_logger()
+
+# A restarted coordinator whose clock is this far behind its previous incarnation's
+# versions refuses to start rather than wait: someone must look at that clock.
+MAX_CLOCK_WAIT_MS = 60_000
 
 
 # Phases in which requests route over both rings (see routing.py).
@@ -69,13 +83,18 @@ class TopologyCache:
         address: str,
         lease_seconds: float = 10.0,
         poll_interval: float = 1.0,
+        wall: WallClock | None = None,
+        max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS,
     ) -> None:
         self._metadata = metadata
         self.coordinator_id = coordinator_id
         self._address = address
         self._lease_seconds = lease_seconds
         self._poll_interval = poll_interval
-        self.origin = 0
+        self._wall = wall or WallClock()
+        self.incarnation = uuid.uuid4().hex
+        self.clock = HybridLogicalClock(0, self._wall.now_ms, max_clock_offset_ms)
+        self._superseded = False
         self._current: Topology | None = None
         self._lease_valid_until = 0.0
         self._changed = asyncio.Event()
@@ -91,14 +110,80 @@ class TopologyCache:
         assert self._current is not None, "TopologyCache.start() not awaited"
         return self._current
 
+    @property
+    def origin(self) -> int:
+        return self.clock.origin
+
     async def start(self) -> None:
-        renewed_at = time.monotonic()
-        self.origin = await self._metadata.register_coordinator(
-            self.coordinator_id, self._address, self._lease_seconds
-        )
-        self._lease_valid_until = renewed_at + self._lease_seconds
+        registration = await self._register()
+        self.clock.origin = registration.origin
+        await self._wait_for_clock(registration.hlc_ceiling_ms)
+        self.clock.start_after(registration.hlc_ceiling_ms)
         await self.refresh()
+        await self._renew()  # a lease and a persisted clock ceiling before the first request
         self._task = asyncio.create_task(self._run(), name="topology-refresh")
+
+    async def _register(self) -> Registration:
+        """Take this coordinator id's lease, waiting for a previous process's lease to lapse.
+
+        A coordinator killed a moment ago left a live lease: its restart waits it
+        out. A live twin renews its lease for ever: give up and say so.
+        """
+        deadline = boottime() + 2 * self._lease_seconds + 5
+        while True:
+            registration = await self._metadata.register_coordinator(
+                self.coordinator_id, self._address, self._lease_seconds, self.incarnation
+            )
+            if registration is not None:
+                return registration
+            holder = await self._metadata.lease_holder(self.coordinator_id)
+            where = f"the process at {holder[0]}" if holder else "another process"
+            if boottime() > deadline:
+                raise SystemExit(
+                    f"coordinator id {self.coordinator_id!r} is in use: {where} holds its lease. "
+                    "Each coordinator needs its own --coordinator-id."
+                )
+            log.warning(
+                "Waiting for this coordinator id's previous lease to lapse",
+                coordinator_id=self.coordinator_id,
+                holder=holder[0] if holder else None,
+                seconds_left=round(holder[1], 1) if holder else None,
+            )
+            await asyncio.sleep(max(0.1, min(1.0, holder[1] if holder else 0.5)))
+
+    async def _wait_for_clock(self, ceiling_ms: int) -> None:
+        """Wait until the wall clock is past every version a previous incarnation may have issued."""
+        behind = ceiling_ms - self._wall.now_ms()
+        if behind > MAX_CLOCK_WAIT_MS:
+            raise SystemExit(
+                f"this machine's clock is {behind} ms behind versions coordinator {self.coordinator_id} "
+                "already issued; correct the clock (NTP) before starting it"
+            )
+        if behind > 0:
+            log.warning(
+                "Waiting for the clock to pass the previous incarnation's versions",
+                coordinator_id=self.coordinator_id,
+                wait_ms=behind,
+            )
+        while (behind := ceiling_ms - self._wall.now_ms()) >= 0:  # noqa: ASYNC110 - waiting for time itself
+            await asyncio.sleep(behind / 1000 + 0.001)
+
+    async def _renew(self) -> None:
+        """Renew the lease with the applied epoch, and persist the clock's ceiling with it."""
+        renewed_at = boottime()
+        lease_ms = int(self._lease_seconds * 1000)
+        ceiling = max(self._wall.now_ms() + lease_ms, self.clock.high_water_ms)
+        renewed = await self._metadata.renew_lease(
+            self.coordinator_id, self.incarnation, self.applied_epoch, self._lease_seconds, ceiling
+        )
+        if not renewed:
+            self._superseded = True
+            raise LeaseLapsed(
+                f"another process took over coordinator id {self.coordinator_id}; this one serves no more"
+            )
+        self._lease_valid_until = renewed_at + self._lease_seconds
+        self.clock.ceiling_ms = ceiling
+        metrics.APPLIED_EPOCH.set(self.applied_epoch)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -107,7 +192,10 @@ class TopologyCache:
                 await self._task
         await self._close_listener()
         with contextlib.suppress(Exception):
-            await self._metadata.release_lease(self.coordinator_id)
+            # Versions issued so far stay below the ceiling left behind: a restart need not wait.
+            await self._metadata.release_lease(
+                self.coordinator_id, self.incarnation, self.clock.high_water_ms + 1
+            )
 
     @contextlib.contextmanager
     def pin(self) -> Iterator[Topology]:
@@ -118,11 +206,22 @@ class TopologyCache:
         try:
             yield topology
         finally:
-            self._in_flight[topology.epoch] -= 1
-            if not self._in_flight[topology.epoch]:
-                del self._in_flight[topology.epoch]
-                if topology.epoch < self.current.epoch:
-                    self._changed.set()  # report the newer epoch now, not at the next poll
+            self._release(topology.epoch)
+
+    def track(self, epoch: int, work: asyncio.Future[Any]) -> None:
+        """Count work a request leaves running (late replica sends, repairs) as in flight under epoch.
+
+        It still writes by that epoch's view, so a barrier must wait for it too.
+        """
+        self._in_flight[epoch] += 1
+        work.add_done_callback(lambda _: self._release(epoch))
+
+    def _release(self, epoch: int) -> None:
+        self._in_flight[epoch] -= 1
+        if not self._in_flight[epoch]:
+            del self._in_flight[epoch]
+            if epoch < self.current.epoch:
+                self._changed.set()  # report the newer epoch now, not at the next poll
 
     @property
     def applied_epoch(self) -> int:
@@ -132,11 +231,15 @@ class TopologyCache:
 
     def serving(self) -> bool:
         """Readiness: a live lease, and the last refresh reached PostgreSQL."""
-        return self._refresh_ok and time.monotonic() <= self._lease_valid_until
+        return self._refresh_ok and not self._superseded and boottime() <= self._lease_valid_until
 
     def check_lease(self) -> None:
-        """Raise LeaseLapsed when this coordinator may not serve requests."""
-        if time.monotonic() > self._lease_valid_until:
+        """Raise LeaseLapsed when this coordinator may not serve requests (or answer one it served)."""
+        if self._superseded:
+            raise LeaseLapsed(
+                f"another process took over coordinator id {self.coordinator_id}; this one serves no more"
+            )
+        if boottime() > self._lease_valid_until:
             raise LeaseLapsed(
                 f"coordinator {self.coordinator_id} cannot reach PostgreSQL and its lease has lapsed; "
                 "it serves again once it has refreshed its view of the cluster"
@@ -158,6 +261,25 @@ class TopologyCache:
             )
         return self._current
 
+    async def catch_up(self, fence: int = 0) -> None:
+        """After a request found its view out of date: refresh it, or say why it cannot be served.
+
+        fence: the epoch a storage node refused the request at; the view must reach it.
+        """
+        try:
+            async with asyncio.timeout(self._lease_seconds):
+                topology = await self.refresh()
+        except Exception as exc:
+            raise Unavailable(
+                f"coordinator {self.coordinator_id}'s view of the ring is out of date and it cannot "
+                f"refresh it ({type(exc).__name__}: {exc}); retry"
+            ) from None
+        if topology.epoch < fence:
+            raise Unavailable(
+                f"a storage node is fenced at epoch {fence}, newer than coordinator "
+                f"{self.coordinator_id}'s view of the ring (epoch {topology.epoch}); retry shortly"
+            )
+
     async def tenant(self, tenant_id: str) -> TenantInfo | None:
         """A tenant from the cache; on a miss, reload first (it may have just been created)."""
         info = self.current.tenants.get(tenant_id)
@@ -171,16 +293,12 @@ class TopologyCache:
                 # Bounded: a hung PostgreSQL call must end in a retry, not a silent stall.
                 if self._listener is None or self._listener.is_closed():
                     await self._listen()
+                started = boottime()
                 async with asyncio.timeout(self._lease_seconds):
-                    renewed_at = time.monotonic()
                     await self.refresh()
-                    await self._metadata.renew_lease(
-                        self.coordinator_id, self.applied_epoch, self._lease_seconds
-                    )
-                    metrics.APPLIED_EPOCH.set(self.applied_epoch)
-                self._lease_valid_until = renewed_at + self._lease_seconds
+                    await self._renew()
                 self._refresh_ok = True
-                took = time.monotonic() - renewed_at
+                took = boottime() - started
                 if took > self._lease_seconds / 4:
                     log.warning(
                         "Slow metadata refresh", coordinator_id=self.coordinator_id, duration=round(took, 2)

@@ -1,31 +1,47 @@
 """The write path: version a write, fan it out to its replicas, acknowledge at the level asked.
 
-Every target gets the write in parallel with its own deadline. The reply goes
-back as soon as the replica plan is satisfied; the remaining sends run on in
-the background so slow replicas still converge. When too many replicas fail
-for the level to be met, the client gets UNAVAILABLE naming who answered and
-who failed and why.
+Every target gets the write in parallel with its own deadline (replication.py).
+The reply goes back as soon as the replica plan is satisfied. Three things can
+send a write round again:
+
+- a replica holds a newer version of the key: this coordinator's clock is
+  behind the one that wrote it (clock skew), yet a write that starts after
+  another was acknowledged must win over it. The clock observes the newer
+  version and the write goes out again above it;
+- a replica is fenced at a newer epoch, or the tenant is newer than the pinned
+  view: the view is out of date, so the coordinator refreshes it and routes again;
+- neither: too many replicas failed, and the client gets UNAVAILABLE naming
+  who answered, who failed and why.
+
+No reply leaves after the coordinator's lease ran out: a barrier may have
+moved on without it meanwhile.
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import structlog
 
 from coordinator.errors import Unavailable
-from coordinator.hlc import HybridLogicalClock
+from coordinator.hlc import ClockCeiling, HybridLogicalClock
 from coordinator.quorum import Consistency, ReplicaPlan
-from coordinator.routing import route
+from coordinator.replication import Replicator
+from coordinator.routing import StaleView, route
 from coordinator.topology import Topology, TopologyCache
 from pairdb import metrics
-from pairdb.keyspace import Version
-from storage_node.client import StoragePool, describe_failure
-from storage_node.engine import StoredRecord
+from pairdb.keyspace import StoredRecord, Version
+from pairdb.sabotage import SKIP_REVERSION
+from storage_node.client import StaleEpoch
 
 log = structlog.get_logger()
+
+# Views refreshed before a request gives up: each is a ring change that happened meanwhile.
+ROUTE_ATTEMPTS = 3
+# Rounds a write may lose to newer versions in a row (each a concurrent write or clock skew).
+MAX_REVERSIONS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +51,17 @@ class WriteResult:
 
 
 class WritePath:
-    def __init__(self, cache: TopologyCache, pool: StoragePool, clock: HybridLogicalClock) -> None:
+    def __init__(
+        self,
+        cache: TopologyCache,
+        replicator: Replicator,
+        clock: HybridLogicalClock,
+        sabotage: frozenset[str] = frozenset(),
+    ) -> None:
         self._cache = cache
-        self._pool = pool
+        self._replicator = replicator
         self._clock = clock
-        self._background: set[asyncio.Task[bool]] = set()
+        self._sabotage = sabotage
 
     async def put(self, tenant_id: str, key: str, value: bytes, level: Consistency) -> WriteResult:
         return await self._write(tenant_id, key, value, tombstone=False, level=level)
@@ -51,69 +73,59 @@ class WritePath:
         self, tenant_id: str, key: str, value: bytes, *, tombstone: bool, level: Consistency
     ) -> WriteResult:
         started = time.perf_counter()
-        # Pinned: a barrier waits for this write before counting our new epoch as applied.
-        with self._cache.pin() as topology:
-            r = await route(self._cache, topology, tenant_id, key, level, write=True)
-            record = StoredRecord(tenant_id, key, value, self._clock.now(), tombstone)
-            acknowledged = await self.replicate(r.topology, r.plan, record)
-        migrating = "true" if topology.future is not None else "false"
-        metrics.WRITE_LATENCY.labels(migrating).observe(time.perf_counter() - started)
-        return WriteResult(record.version, acknowledged)
+        fence = 0
+        for _ in range(ROUTE_ATTEMPTS):
+            # Pinned: a barrier waits for this write before counting our new epoch as applied.
+            with self._cache.pin() as topology:
+                try:
+                    r = await route(self._cache, topology, tenant_id, key, level, write=True)
+                    record = StoredRecord(tenant_id, key, value, self._now(), tombstone)
+                    result = await self.replicate(topology, r.plan, record)
+                    self._cache.check_lease()
+                except StaleView:
+                    fence = 0
+                except StaleEpoch as exc:
+                    fence = exc.fence
+                else:
+                    migrating = "true" if topology.future is not None else "false"
+                    metrics.WRITE_LATENCY.labels(migrating).observe(time.perf_counter() - started)
+                    return result
+            await self._cache.catch_up(fence)
+        raise Unavailable(f"the ring changed {ROUTE_ATTEMPTS} times during this write; retry it")
 
-    async def replicate(self, topology: Topology, plan: ReplicaPlan, record: StoredRecord) -> int:
-        """Send record to every target of plan; return the acks counted once the plan is met."""
-        sends = {
-            asyncio.ensure_future(self._pool.node(n, topology.address(n)).apply(record)): n
-            for n in plan.targets
-        }
-        acked: set[str] = set()
-        failed: dict[str, str] = {}
-        pending = set(sends)
-        joining = set(plan.new or ()) - set(plan.old)
-        for task, node in sends.items():
-            if node in joining:
-                task.add_done_callback(_count_dual_write)
+    async def replicate(self, topology: Topology, plan: ReplicaPlan, record: StoredRecord) -> WriteResult:
+        """Send record until plan is met, versioning it above any newer version a replica holds."""
+        for _ in range(MAX_REVERSIONS + 1):
+            outcome = await self._replicator.send(
+                topology, plan, record, dual_write=True, newer_counts=SKIP_REVERSION in self._sabotage
+            )
+            if outcome.stale is not None:
+                raise outcome.stale
+            if plan.satisfied(outcome.acked):
+                return WriteResult(record.version, len(outcome.acked))
+            if not outcome.newer:
+                raise Unavailable(outcome.shortfall(plan))
+            newest = max(outcome.newer.values())
+            if not self._clock.observe(newest):
+                raise Unavailable(
+                    f"a replica holds version {newest} of this key, further ahead of this coordinator's "
+                    f"clock than the maximum offset ({self._clock.max_offset_ms} ms); check the clocks"
+                )
+            log.info(
+                "Write versioned again above a newer version",
+                tenant_id=record.tenant_id,
+                key=record.key,
+                version=str(record.version),
+                newer=str(newest),
+            )
+            record = dataclasses.replace(record, version=self._now())
+        raise Unavailable(
+            f"the write lost to newer versions {MAX_REVERSIONS + 1} times in a row "
+            "(heavy contention on this key); retry it"
+        )
+
+    def _now(self) -> Version:
         try:
-            while pending and not plan.satisfied(acked):
-                if not plan.still_possible(acked, failed):
-                    break
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    node = sends[task]
-                    exc = task.exception()
-                    if exc is None:
-                        acked.add(node)
-                    else:
-                        failed[node] = describe_failure(exc)
-                        log.warning(
-                            "Dual-write failed to migration node"
-                            if node in joining
-                            else "Replica write failed",
-                            node_id=node,
-                            tenant_id=record.tenant_id,
-                            key=record.key,
-                            error=failed[node],
-                        )
-        finally:
-            # Keep the slower sends running: they still make replicas converge.
-            for task in pending:
-                self._background.add(task)
-                task.add_done_callback(self._forget)
-        if not plan.satisfied(acked):
-            raise Unavailable(_shortfall(plan, acked, failed))
-        return len(acked)
-
-    def _forget(self, task: asyncio.Task[bool]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("Late replica write failed", error=describe_failure(task.exception()))
-
-
-def _shortfall(plan: ReplicaPlan, acked: set[str], failed: dict[str, str]) -> str:
-    failures = ", ".join(f"{n} ({why})" for n, why in sorted(failed.items())) or "none"
-    return f"{plan.describe_shortfall(acked)}; failed: {failures}"
-
-
-def _count_dual_write(task: asyncio.Future[bool]) -> None:
-    failed = task.cancelled() or task.exception() is not None
-    metrics.DUAL_WRITES.labels("failure" if failed else "success").inc()
+            return self._clock.now()
+        except ClockCeiling as exc:
+            raise Unavailable(str(exc)) from None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pairdb import config, logs, progress
 from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError
+from pairdb.clocks import DEFAULT_MAX_OFFSET_MS
 from pairdb.processes import die_with_parent
 
 DEV_COORDINATOR_PORT = 50051
@@ -41,6 +42,16 @@ def _add_metrics_port(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="serve Prometheus /metrics on this port (env PAIRDB_METRICS_PORT; default: off)",
+    )
+
+
+def _add_max_clock_offset(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-clock-offset-ms",
+        type=int,
+        default=DEFAULT_MAX_OFFSET_MS,
+        help="largest clock offset between any two processes of the cluster; versions further ahead "
+        "are refused, and ordering is guaranteed within it (default %(default)s)",
     )
 
 
@@ -115,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    _add_max_clock_offset(p)
     _add_metrics_port(p)
     _add_log_level(p)
 
@@ -143,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         help="deadline of each storage-node call, seconds (default %(default)s)",
     )
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=10.0,
+        help="lease on the cluster view: without PostgreSQL for this long the coordinator stops "
+        "serving, and a barrier stops waiting for it (default %(default)s)",
+    )
+    _add_max_clock_offset(p)
     _add_metrics_port(p)
     _add_log_level(p)
 
@@ -398,7 +418,16 @@ def main(argv: list[str] | None = None) -> int:
 
             logs.configure(json=True, level=args.log_level)
             asyncio.run(
-                serve(StorageNodeConfig(args.node_id, args.data_dir, args.host, args.port, args.metrics_port))
+                serve(
+                    StorageNodeConfig(
+                        args.node_id,
+                        args.data_dir,
+                        args.host,
+                        args.port,
+                        args.metrics_port,
+                        max_clock_offset_ms=args.max_clock_offset_ms,
+                    )
+                )
             )
         elif args.command == "coordinator":
             from coordinator.server import CoordinatorConfig
@@ -416,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.port,
                         args.coordinator_id,
                         args.storage_timeout,
+                        lease_seconds=args.lease_seconds,
+                        max_clock_offset_ms=args.max_clock_offset_ms,
                         temporal_address=args.temporal,
                         temporal_ui_url=args.temporal_ui,
                         metrics_port=args.metrics_port,

@@ -63,6 +63,8 @@ class CoordinatorProcess:
     port: int
     process: ManagedProcess
     metrics_port: int = 0
+    # With postgres_proxies on, the coordinator reaches PostgreSQL only through this proxy.
+    pg_proxy: TcpProxy | None = None
 
     @property
     def address(self) -> str:
@@ -86,6 +88,10 @@ class LocalCluster:
     temporal_ui_port: int = 0
     # Put a TcpProxy in front of each storage node (for network fault injection).
     proxies: bool = False
+    # Give each coordinator its own TcpProxy to PostgreSQL (to cut one coordinator off from it).
+    postgres_proxies: bool = False
+    # Coordinator lease; chaos runs shorten it so pauses outlive it sooner.
+    coordinator_lease_seconds: float = 10.0
     postgres: EmbeddedPostgres = field(init=False)
     temporal_server: TemporalDevServer = field(init=False)
     worker: ManagedProcess | None = field(init=False, default=None)
@@ -143,6 +149,7 @@ class LocalCluster:
         steps.append(asyncio.gather(*(c.process.stop() for c in self.coordinator_procs)))
         steps.append(asyncio.gather(*(n.process.stop() for n in self.nodes.values())))
         steps += [n.proxy.stop() for n in self.nodes.values() if n.proxy is not None]
+        steps += [c.pg_proxy.stop() for c in self.coordinator_procs if c.pg_proxy is not None]
         if self.temporal:
             steps.append(self.temporal_server.stop())
         steps.append(self.postgres.stop())
@@ -195,26 +202,56 @@ class LocalCluster:
     async def kill_storage_node(self, node_id: str) -> None:
         await self.nodes[node_id].process.kill()
 
-    async def start_coordinator(self, port: int, dsn: str | None = None) -> CoordinatorProcess:
-        coordinator_id = f"coordinator-{len(self.coordinator_procs) + 1}"
+    async def start_coordinator(
+        self,
+        port: int,
+        dsn: str | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        coordinator_id: str = "",
+        wait: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ) -> CoordinatorProcess:
+        """Start one more coordinator; env adds to its environment (e.g. a clock offset).
+
+        extra_args go last on its command line, so they override the cluster's own flags.
+        """
+        coordinator_id = coordinator_id or f"coordinator-{len(self.coordinator_procs) + 1}"
+        pg_proxy = None
+        if dsn is None and self.postgres_proxies:
+            pg_proxy = TcpProxy("127.0.0.1", self.postgres.port or 0)
+            await pg_proxy.start()
+            dsn = self.dsn.replace(f":{self.postgres.port}/", f":{pg_proxy.port}/")
         metrics_port = free_port()
         args = ["--port", str(port), "--postgres-dsn", dsn or self.dsn, "--coordinator-id", coordinator_id]
-        args += ["--metrics-port", str(metrics_port)]
+        args += ["--metrics-port", str(metrics_port), "--lease-seconds", str(self.coordinator_lease_seconds)]
         if self.temporal:
             args += ["--temporal", self.temporal_server.address, "--temporal-ui", self.temporal_server.ui_url]
-        proc = self._process(coordinator_id, "coordinator", *args)
-        coordinator = CoordinatorProcess(coordinator_id, port, proc, metrics_port)
+        args += extra_args
+        duplicate = any(c.coordinator_id == coordinator_id for c in self.coordinator_procs)
+        proc = self._process(
+            f"{coordinator_id}-{port}" if duplicate else coordinator_id, "coordinator", *args
+        )
+        proc.env = env
+        coordinator = CoordinatorProcess(coordinator_id, port, proc, metrics_port, pg_proxy)
         self.coordinator_procs.append(coordinator)
         await proc.start()
-        client = Client(coordinator.address, timeout=2)
-        try:
-            await proc.wait_ready(client.nodes)
-        finally:
-            await client.close()
+        if wait:
+            client = Client(coordinator.address, timeout=2)
+            try:
+                await proc.wait_ready(client.nodes)
+            finally:
+                await client.close()
         return coordinator
 
-    async def restart_coordinator(self, index: int) -> None:
+    async def restart_coordinator(self, index: int, env: dict[str, str] | None = None) -> None:
+        """Start a stopped or killed coordinator again; env, when given, replaces its extra environment.
+
+        A coordinator killed with a live lease waits for that lease to lapse before it serves.
+        """
         coordinator = self.coordinator_procs[index]
+        if env is not None:
+            coordinator.process.env = env
         await coordinator.process.start()
         client = Client(coordinator.address, timeout=2)
         try:

@@ -17,6 +17,8 @@ class TcpProxy:
     - latency: seconds added before each chunk is forwarded (both directions);
     - blocked: every connection dropped and new ones refused (node unreachable);
     - one_way: forward client->server but drop server->client (a one-direction partition);
+    - hold(): bytes in flight stay in the proxy, both ways, until release() (a partition that heals
+      with the requests still on the wire: a query hangs, then completes late);
     - drop_connections(): cut the open connections once; new ones work.
     """
 
@@ -27,6 +29,8 @@ class TcpProxy:
         self.jitter = 0.0
         self.blocked = False
         self.one_way = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
         self._rng = random.Random(port)
@@ -45,6 +49,14 @@ class TcpProxy:
     def heal(self) -> None:
         self.latency = self.jitter = 0.0
         self.blocked = self.one_way = False
+        self.release()
+
+    def hold(self) -> None:
+        """Keep every byte from here on in the proxy until release(); connections stay open."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     def block(self) -> None:
         """Drop every open connection and refuse new ones until heal()."""
@@ -78,6 +90,7 @@ class TcpProxy:
     ) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 if self.blocked:
                     break
                 if self.latency or self.jitter:

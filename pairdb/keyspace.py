@@ -50,8 +50,47 @@ class Version:
 ZERO_VERSION = Version(0, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """One version of a key: a value, or a tombstone when deleted."""
+
+    tenant_id: str
+    key: str
+    value: bytes
+    version: Version
+    tombstone: bool = False
+
+    @property
+    def token(self) -> int:
+        return token(self.tenant_id, self.key)
+
+    @property
+    def order(self) -> tuple[Version, bool, bytes]:
+        """What decides which of two records of one key wins: the version, then the content.
+
+        Two writers that issued one version (a reused origin, a clock stepped
+        back) must not leave replicas apart for good, so equal versions are
+        ordered by content: every replica keeps the same one, whatever arrived first.
+        """
+        return (self.version, self.tombstone, self.value)
+
+    def newer_than(self, other: StoredRecord | None) -> bool:
+        return other is None or self.order > other.order
+
+
 def in_range(t: int, start: int, end: int) -> bool:
     """Whether token t lies in the ring range (start, end]; start >= end wraps."""
     if start < end:
         return start < t <= end
     return t > start or t <= end
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What a storage node did with one record it was sent."""
+
+    applied: bool
+    # The version the node holds afterwards: the record's own when applied.
+    current: Version
+    # Not applied because the node holds this very record already (a repeat, not a loss).
+    same: bool = False

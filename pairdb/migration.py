@@ -39,6 +39,24 @@ SA_NODE = "MigrationNode"
 SA_STATUS = "MigrationStatus"
 
 
+# Compensation steps (activity names), in order, for a migration stopped in a phase.
+UNDO_RESTORE_READS = "restore_reads_on_old"
+UNDO_REMOVE_NODE = "remove_joining_node"
+UNDO_WIPE_NODE = "wipe_joining_node"
+
+
+def undo_steps(phase: str) -> list[str]:
+    """What takes a migration stopped in `phase` back to the old ring, before its status is recorded.
+
+    Used by the workflow and by the reconciler alike. Each step is idempotent.
+    """
+    if phase in (CUTOVER, ROLLING_BACK):
+        return [UNDO_RESTORE_READS, UNDO_REMOVE_NODE, UNDO_WIPE_NODE]
+    if phase in (DUAL_WRITE, DATA_COPY, CANCELLING):
+        return [UNDO_REMOVE_NODE, UNDO_WIPE_NODE]
+    return []  # queued: nothing joined yet
+
+
 def workflow_id(node_id: str) -> str:
     """One workflow id per node: Temporal refuses a second addition of the same node while one runs."""
     return f"add-node-{node_id}"

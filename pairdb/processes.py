@@ -89,6 +89,7 @@ class ManagedProcess:
         if not self.running:
             return
         assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
         self.proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.proc.wait(), timeout)
@@ -96,6 +97,17 @@ class ManagedProcess:
             log.warning("Process ignored SIGTERM; killing it", process=self.name, pid=self.proc.pid)
             self.proc.kill()
             await self.proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes mid-flight (a GC pause, a frozen VM) until resume()."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGCONT)
 
     async def kill(self) -> None:
         """kill -9: no chance to flush or clean up, as in a crash."""

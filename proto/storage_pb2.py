@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/storage.proto\x12\tpairdb.v1\"&\n\x07Version\x12\x0b\n\x03hlc\x18\x01 \x01(\x04\x12\x0e\n\x06origin\x18\x02 \x01(\r\"~\n\x06Record\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12#\n\x07version\x18\x04 \x01(\x0b\x32\x12.pairdb.v1.Version\x12\x11\n\ttombstone\x18\x05 \x01(\x08\x12\r\n\x05token\x18\x06 \x01(\x04\"(\n\nTokenRange\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"1\n\x0c\x41pplyRequest\x12!\n\x06record\x18\x01 \x01(\x0b\x32\x11.pairdb.v1.Record\"E\n\rApplyResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12#\n\x07\x63urrent\x18\x02 \x01(\x0b\x32\x12.pairdb.v1.Version\"7\n\x11\x41pplyBatchRequest\x12\"\n\x07records\x18\x01 \x03(\x0b\x32\x11.pairdb.v1.Record\"%\n\x12\x41pplyBatchResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x03(\x08\",\n\nGetRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"?\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12!\n\x06record\x18\x02 \x01(\x0b\x32\x11.pairdb.v1.Record\"h\n\x10ScanRangeRequest\x12$\n\x05range\x18\x01 \x01(\x0b\x32\x15.pairdb.v1.TokenRange\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x1a\n\x12include_tombstones\x18\x03 \x01(\x08\"4\n\x0eScanRangeBatch\x12\"\n\x07records\x18\x01 \x03(\x0b\x32\x11.pairdb.v1.Record\":\n\x12RangeDigestRequest\x12$\n\x05range\x18\x01 \x01(\x0b\x32\x15.pairdb.v1.TokenRange\"4\n\x13RangeDigestResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\":\n\x12\x44\x65leteRangeRequest\x12$\n\x05range\x18\x01 \x01(\x0b\x32\x15.pairdb.v1.TokenRange\"&\n\x13\x44\x65leteRangeResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"\x0e\n\x0cStatsRequest\"Q\n\rStatsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x12\n\ntombstones\x18\x04 \x01(\x04\x32\xec\x03\n\x0eStorageService\x12:\n\x05\x41pply\x12\x17.pairdb.v1.ApplyRequest\x1a\x18.pairdb.v1.ApplyResponse\x12I\n\nApplyBatch\x12\x1c.pairdb.v1.ApplyBatchRequest\x1a\x1d.pairdb.v1.ApplyBatchResponse\x12\x34\n\x03Get\x12\x15.pairdb.v1.GetRequest\x1a\x16.pairdb.v1.GetResponse\x12\x45\n\tScanRange\x12\x1b.pairdb.v1.ScanRangeRequest\x1a\x19.pairdb.v1.ScanRangeBatch0\x01\x12L\n\x0bRangeDigest\x12\x1d.pairdb.v1.RangeDigestRequest\x1a\x1e.pairdb.v1.RangeDigestResponse\x12L\n\x0b\x44\x65leteRange\x12\x1d.pairdb.v1.DeleteRangeRequest\x1a\x1e.pairdb.v1.DeleteRangeResponse\x12:\n\x05Stats\x12\x17.pairdb.v1.StatsRequest\x1a\x18.pairdb.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/storage.proto\x12\tpairdb.v1\"&\n\x07Version\x12\x0b\n\x03hlc\x18\x01 \x01(\x04\x12\x0e\n\x06origin\x18\x02 \x01(\r\"~\n\x06Record\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12#\n\x07version\x18\x04 \x01(\x0b\x32\x12.pairdb.v1.Version\x12\x11\n\ttombstone\x18\x05 \x01(\x08\x12\r\n\x05token\x18\x06 \x01(\x04\"(\n\nTokenRange\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"@\n\x0c\x41pplyRequest\x12!\n\x06record\x18\x01 \x01(\x0b\x32\x11.pairdb.v1.Record\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"S\n\rApplyResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12#\n\x07\x63urrent\x18\x02 \x01(\x0b\x32\x12.pairdb.v1.Version\x12\x0c\n\x04same\x18\x03 \x01(\x08\"F\n\x11\x41pplyBatchRequest\x12\"\n\x07records\x18\x01 \x03(\x0b\x32\x11.pairdb.v1.Record\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"%\n\x12\x41pplyBatchResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x03(\x08\";\n\nGetRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"?\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12!\n\x06record\x18\x02 \x01(\x0b\x32\x11.pairdb.v1.Record\"w\n\x10ScanRangeRequest\x12$\n\x05range\x18\x01 \x01(\x0b\x32\x15.pairdb.v1.TokenRange\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x1a\n\x12include_tombstones\x18\x03 \x01(\x08\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\"4\n\x0eScanRangeBatch\x12\"\n\x07records\x18\x01 \x03(\x0b\x32\x11.pairdb.v1.Record\"I\n\x12RangeDigestRequest\x12$\n\x05range\x18\x01 \x01(\x0b\x32\x15.pairdb.v1.TokenRange\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"4\n\x13RangeDigestResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"I\n\x12\x44\x65leteRangeRequest\x12$\n\x05range\x18\x01 \x01(\x0b\x32\x15.pairdb.v1.TokenRange\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"&\n\x13\x44\x65leteRangeResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\" \n\x0fSetFenceRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\"!\n\x10SetFenceResponse\x12\r\n\x05\x66\x65nce\x18\x01 \x01(\x04\"\x0e\n\x0cStatsRequest\"`\n\rStatsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x12\n\ntombstones\x18\x04 \x01(\x04\x12\r\n\x05\x66\x65nce\x18\x05 \x01(\x04\x32\xb1\x04\n\x0eStorageService\x12:\n\x05\x41pply\x12\x17.pairdb.v1.ApplyRequest\x1a\x18.pairdb.v1.ApplyResponse\x12I\n\nApplyBatch\x12\x1c.pairdb.v1.ApplyBatchRequest\x1a\x1d.pairdb.v1.ApplyBatchResponse\x12\x34\n\x03Get\x12\x15.pairdb.v1.GetRequest\x1a\x16.pairdb.v1.GetResponse\x12\x45\n\tScanRange\x12\x1b.pairdb.v1.ScanRangeRequest\x1a\x19.pairdb.v1.ScanRangeBatch0\x01\x12L\n\x0bRangeDigest\x12\x1d.pairdb.v1.RangeDigestRequest\x1a\x1e.pairdb.v1.RangeDigestResponse\x12L\n\x0b\x44\x65leteRange\x12\x1d.pairdb.v1.DeleteRangeRequest\x1a\x1e.pairdb.v1.DeleteRangeResponse\x12\x43\n\x08SetFence\x12\x1a.pairdb.v1.SetFenceRequest\x1a\x1b.pairdb.v1.SetFenceResponse\x12:\n\x05Stats\x12\x17.pairdb.v1.StatsRequest\x1a\x18.pairdb.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,33 +38,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENRANGE']._serialized_start=202
   _globals['_TOKENRANGE']._serialized_end=242
   _globals['_APPLYREQUEST']._serialized_start=244
-  _globals['_APPLYREQUEST']._serialized_end=293
-  _globals['_APPLYRESPONSE']._serialized_start=295
-  _globals['_APPLYRESPONSE']._serialized_end=364
-  _globals['_APPLYBATCHREQUEST']._serialized_start=366
-  _globals['_APPLYBATCHREQUEST']._serialized_end=421
-  _globals['_APPLYBATCHRESPONSE']._serialized_start=423
-  _globals['_APPLYBATCHRESPONSE']._serialized_end=460
-  _globals['_GETREQUEST']._serialized_start=462
-  _globals['_GETREQUEST']._serialized_end=506
-  _globals['_GETRESPONSE']._serialized_start=508
-  _globals['_GETRESPONSE']._serialized_end=571
-  _globals['_SCANRANGEREQUEST']._serialized_start=573
-  _globals['_SCANRANGEREQUEST']._serialized_end=677
-  _globals['_SCANRANGEBATCH']._serialized_start=679
-  _globals['_SCANRANGEBATCH']._serialized_end=731
-  _globals['_RANGEDIGESTREQUEST']._serialized_start=733
-  _globals['_RANGEDIGESTREQUEST']._serialized_end=791
-  _globals['_RANGEDIGESTRESPONSE']._serialized_start=793
-  _globals['_RANGEDIGESTRESPONSE']._serialized_end=845
-  _globals['_DELETERANGEREQUEST']._serialized_start=847
-  _globals['_DELETERANGEREQUEST']._serialized_end=905
-  _globals['_DELETERANGERESPONSE']._serialized_start=907
-  _globals['_DELETERANGERESPONSE']._serialized_end=945
-  _globals['_STATSREQUEST']._serialized_start=947
-  _globals['_STATSREQUEST']._serialized_end=961
-  _globals['_STATSRESPONSE']._serialized_start=963
-  _globals['_STATSRESPONSE']._serialized_end=1044
-  _globals['_STORAGESERVICE']._serialized_start=1047
-  _globals['_STORAGESERVICE']._serialized_end=1539
+  _globals['_APPLYREQUEST']._serialized_end=308
+  _globals['_APPLYRESPONSE']._serialized_start=310
+  _globals['_APPLYRESPONSE']._serialized_end=393
+  _globals['_APPLYBATCHREQUEST']._serialized_start=395
+  _globals['_APPLYBATCHREQUEST']._serialized_end=465
+  _globals['_APPLYBATCHRESPONSE']._serialized_start=467
+  _globals['_APPLYBATCHRESPONSE']._serialized_end=504
+  _globals['_GETREQUEST']._serialized_start=506
+  _globals['_GETREQUEST']._serialized_end=565
+  _globals['_GETRESPONSE']._serialized_start=567
+  _globals['_GETRESPONSE']._serialized_end=630
+  _globals['_SCANRANGEREQUEST']._serialized_start=632
+  _globals['_SCANRANGEREQUEST']._serialized_end=751
+  _globals['_SCANRANGEBATCH']._serialized_start=753
+  _globals['_SCANRANGEBATCH']._serialized_end=805
+  _globals['_RANGEDIGESTREQUEST']._serialized_start=807
+  _globals['_RANGEDIGESTREQUEST']._serialized_end=880
+  _globals['_RANGEDIGESTRESPONSE']._serialized_start=882
+  _globals['_RANGEDIGESTRESPONSE']._serialized_end=934
+  _globals['_DELETERANGEREQUEST']._serialized_start=936
+  _globals['_DELETERANGEREQUEST']._serialized_end=1009
+  _globals['_DELETERANGERESPONSE']._serialized_start=1011
+  _globals['_DELETERANGERESPONSE']._serialized_end=1049
+  _globals['_SETFENCEREQUEST']._serialized_start=1051
+  _globals['_SETFENCEREQUEST']._serialized_end=1083
+  _globals['_SETFENCERESPONSE']._serialized_start=1085
+  _globals['_SETFENCERESPONSE']._serialized_end=1118
+  _globals['_STATSREQUEST']._serialized_start=1120
+  _globals['_STATSREQUEST']._serialized_end=1134
+  _globals['_STATSRESPONSE']._serialized_start=1136
+  _globals['_STATSRESPONSE']._serialized_end=1232
+  _globals['_STORAGESERVICE']._serialized_start=1235
+  _globals['_STORAGESERVICE']._serialized_end=1796
 # @@protoc_insertion_point(module_scope)

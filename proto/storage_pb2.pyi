@@ -39,24 +39,30 @@ class TokenRange(_message.Message):
     def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("record",)
+    __slots__ = ("record", "epoch")
     RECORD_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     record: Record
-    def __init__(self, record: _Optional[_Union[Record, _Mapping]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, record: _Optional[_Union[Record, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
-    __slots__ = ("applied", "current")
+    __slots__ = ("applied", "current", "same")
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
+    SAME_FIELD_NUMBER: _ClassVar[int]
     applied: bool
     current: Version
-    def __init__(self, applied: _Optional[bool] = ..., current: _Optional[_Union[Version, _Mapping]] = ...) -> None: ...
+    same: bool
+    def __init__(self, applied: _Optional[bool] = ..., current: _Optional[_Union[Version, _Mapping]] = ..., same: _Optional[bool] = ...) -> None: ...
 
 class ApplyBatchRequest(_message.Message):
-    __slots__ = ("records",)
+    __slots__ = ("records", "epoch")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[Record]
-    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ApplyBatchResponse(_message.Message):
     __slots__ = ("applied",)
@@ -65,12 +71,14 @@ class ApplyBatchResponse(_message.Message):
     def __init__(self, applied: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("tenant_id", "key")
+    __slots__ = ("tenant_id", "key", "epoch")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     key: str
-    def __init__(self, tenant_id: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+    epoch: int
+    def __init__(self, tenant_id: _Optional[str] = ..., key: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class GetResponse(_message.Message):
     __slots__ = ("found", "record")
@@ -81,14 +89,16 @@ class GetResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., record: _Optional[_Union[Record, _Mapping]] = ...) -> None: ...
 
 class ScanRangeRequest(_message.Message):
-    __slots__ = ("range", "batch_size", "include_tombstones")
+    __slots__ = ("range", "batch_size", "include_tombstones", "epoch")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     range: TokenRange
     batch_size: int
     include_tombstones: bool
-    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_tombstones: _Optional[bool] = ...) -> None: ...
+    epoch: int
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_tombstones: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ScanRangeBatch(_message.Message):
     __slots__ = ("records",)
@@ -97,10 +107,12 @@ class ScanRangeBatch(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
 
 class RangeDigestRequest(_message.Message):
-    __slots__ = ("range",)
+    __slots__ = ("range", "epoch")
     RANGE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     range: TokenRange
-    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class RangeDigestResponse(_message.Message):
     __slots__ = ("digest", "count")
@@ -111,10 +123,12 @@ class RangeDigestResponse(_message.Message):
     def __init__(self, digest: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
 
 class DeleteRangeRequest(_message.Message):
-    __slots__ = ("range",)
+    __slots__ = ("range", "epoch")
     RANGE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     range: TokenRange
-    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class DeleteRangeResponse(_message.Message):
     __slots__ = ("deleted",)
@@ -122,18 +136,32 @@ class DeleteRangeResponse(_message.Message):
     deleted: int
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
+class SetFenceRequest(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+
+class SetFenceResponse(_message.Message):
+    __slots__ = ("fence",)
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    fence: int
+    def __init__(self, fence: _Optional[int] = ...) -> None: ...
+
 class StatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("node_id", "keys", "bytes", "tombstones")
+    __slots__ = ("node_id", "keys", "bytes", "tombstones", "fence")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     keys: int
     bytes: int
     tombstones: int
-    def __init__(self, node_id: _Optional[str] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ..., tombstones: _Optional[int] = ...) -> None: ...
+    fence: int
+    def __init__(self, node_id: _Optional[str] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ..., tombstones: _Optional[int] = ..., fence: _Optional[int] = ...) -> None: ...

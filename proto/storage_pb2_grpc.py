@@ -64,6 +64,11 @@ class StorageServiceStub:
                 request_serializer=proto_dot_storage__pb2.DeleteRangeRequest.SerializeToString,
                 response_deserializer=proto_dot_storage__pb2.DeleteRangeResponse.FromString,
                 _registered_method=True)
+        self.SetFence = channel.unary_unary(
+                '/pairdb.v1.StorageService/SetFence',
+                request_serializer=proto_dot_storage__pb2.SetFenceRequest.SerializeToString,
+                response_deserializer=proto_dot_storage__pb2.SetFenceResponse.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/pairdb.v1.StorageService/Stats',
                 request_serializer=proto_dot_storage__pb2.StatsRequest.SerializeToString,
@@ -110,6 +115,12 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetFence(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stats(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -148,6 +159,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.DeleteRange,
                     request_deserializer=proto_dot_storage__pb2.DeleteRangeRequest.FromString,
                     response_serializer=proto_dot_storage__pb2.DeleteRangeResponse.SerializeToString,
+            ),
+            'SetFence': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFence,
+                    request_deserializer=proto_dot_storage__pb2.SetFenceRequest.FromString,
+                    response_serializer=proto_dot_storage__pb2.SetFenceResponse.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -317,6 +333,33 @@ class StorageService:
             '/pairdb.v1.StorageService/DeleteRange',
             proto_dot_storage__pb2.DeleteRangeRequest.SerializeToString,
             proto_dot_storage__pb2.DeleteRangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.StorageService/SetFence',
+            proto_dot_storage__pb2.SetFenceRequest.SerializeToString,
+            proto_dot_storage__pb2.SetFenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,7 +2,8 @@
 
 One channel per node, reused by every request; every call has a deadline.
 Failures surface as StorageError naming the node, so callers can say which
-replica failed and why.
+replica failed and why; a refusal by the node's fence as StaleEpoch. Data
+calls take the registry epoch the caller routed them by (0: not routed).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from typing import Any
 import grpc
 
 from pairdb import request_ids
+from pairdb.keyspace import Applied, StoredRecord, Version
 from proto import storage_pb2, storage_pb2_grpc
-from storage_node.engine import StoredRecord
 from storage_node.wire import from_proto, to_proto
+
+# Trailing metadata of a fence refusal (storage_node/service.py).
+FENCE_METADATA = "pairdb-fence"
 
 DEFAULT_TIMEOUT = 2.0
 _CHANNEL_OPTIONS = [
@@ -35,6 +39,23 @@ class StorageError(Exception):
         self.node_id = node_id
         self.code = code
         self.details = details
+
+
+class StaleEpoch(StorageError):
+    """The node is fenced at a newer epoch than the request was routed by: route again."""
+
+    def __init__(self, node_id: str, details: str, fence: int) -> None:
+        super().__init__(node_id, grpc.StatusCode.ABORTED, details)
+        self.fence = fence
+
+
+def _error(node_id: str, exc: grpc.aio.AioRpcError) -> StorageError:
+    # (key, value) pairs at run time, whatever the stubs call them.
+    trailing: Any = exc.trailing_metadata() or ()
+    fence = dict(trailing).get(FENCE_METADATA)
+    if exc.code() == grpc.StatusCode.ABORTED and fence is not None:
+        return StaleEpoch(node_id, exc.details() or "", int(fence))
+    return StorageError(node_id, exc.code(), exc.details() or "")
 
 
 def describe_failure(exc: BaseException | None) -> str:
@@ -67,23 +88,25 @@ class NodeClient:
         try:
             return await method(request, timeout=timeout, metadata=request_ids.outgoing())
         except grpc.aio.AioRpcError as exc:
-            raise StorageError(self.node_id, exc.code(), exc.details() or "") from None
+            raise _error(self.node_id, exc) from None
 
-    async def apply(self, record: StoredRecord, timeout: float | None = None) -> bool:
-        reply = await self._call(
-            self._stub.Apply, storage_pb2.ApplyRequest(record=to_proto(record)), timeout or self.timeout
-        )
-        return bool(reply.applied)
+    async def apply(self, record: StoredRecord, *, epoch: int = 0, timeout: float | None = None) -> Applied:
+        request = storage_pb2.ApplyRequest(record=to_proto(record), epoch=epoch)
+        reply = await self._call(self._stub.Apply, request, timeout or self.timeout)
+        return Applied(reply.applied, Version(reply.current.hlc, reply.current.origin), reply.same)
 
-    async def apply_batch(self, records: Sequence[StoredRecord], timeout: float | None = None) -> list[bool]:
-        request = storage_pb2.ApplyBatchRequest(records=[to_proto(r) for r in records])
+    async def apply_batch(
+        self, records: Sequence[StoredRecord], *, epoch: int = 0, timeout: float | None = None
+    ) -> list[bool]:
+        request = storage_pb2.ApplyBatchRequest(records=[to_proto(r) for r in records], epoch=epoch)
         reply = await self._call(self._stub.ApplyBatch, request, timeout or self.timeout)
         return list(reply.applied)
 
-    async def get(self, tenant_id: str, key: str, timeout: float | None = None) -> StoredRecord | None:
-        reply = await self._call(
-            self._stub.Get, storage_pb2.GetRequest(tenant_id=tenant_id, key=key), timeout or self.timeout
-        )
+    async def get(
+        self, tenant_id: str, key: str, *, epoch: int = 0, timeout: float | None = None
+    ) -> StoredRecord | None:
+        request = storage_pb2.GetRequest(tenant_id=tenant_id, key=key, epoch=epoch)
+        reply = await self._call(self._stub.Get, request, timeout or self.timeout)
         return from_proto(reply.record) if reply.found else None
 
     async def scan_range(
@@ -93,6 +116,7 @@ class NodeClient:
         *,
         batch_size: int = 0,
         include_tombstones: bool = True,
+        epoch: int = 0,
         timeout: float | None = None,
     ) -> AsyncIterator[list[StoredRecord]]:
         """Batches of the records in (start, end], in token order. timeout bounds the whole stream."""
@@ -100,6 +124,7 @@ class NodeClient:
             range=storage_pb2.TokenRange(start=start, end=end),
             batch_size=batch_size,
             include_tombstones=include_tombstones,
+            epoch=epoch,
         )
         try:
             async for batch in self._stub.ScanRange(
@@ -107,17 +132,32 @@ class NodeClient:
             ):
                 yield [from_proto(r) for r in batch.records]
         except grpc.aio.AioRpcError as exc:
-            raise StorageError(self.node_id, exc.code(), exc.details() or "") from None
+            raise _error(self.node_id, exc) from None
 
-    async def range_digest(self, start: int, end: int, timeout: float | None = None) -> tuple[bytes, int]:
-        request = storage_pb2.RangeDigestRequest(range=storage_pb2.TokenRange(start=start, end=end))
+    async def range_digest(
+        self, start: int, end: int, *, epoch: int = 0, timeout: float | None = None
+    ) -> tuple[bytes, int]:
+        request = storage_pb2.RangeDigestRequest(
+            range=storage_pb2.TokenRange(start=start, end=end), epoch=epoch
+        )
         reply = await self._call(self._stub.RangeDigest, request, timeout or 10 * self.timeout)
         return bytes(reply.digest), int(reply.count)
 
-    async def delete_range(self, start: int, end: int, timeout: float | None = None) -> int:
-        request = storage_pb2.DeleteRangeRequest(range=storage_pb2.TokenRange(start=start, end=end))
+    async def delete_range(
+        self, start: int, end: int, *, epoch: int = 0, timeout: float | None = None
+    ) -> int:
+        request = storage_pb2.DeleteRangeRequest(
+            range=storage_pb2.TokenRange(start=start, end=end), epoch=epoch
+        )
         reply = await self._call(self._stub.DeleteRange, request, timeout or 30 * self.timeout)
         return int(reply.deleted)
+
+    async def set_fence(self, epoch: int, timeout: float | None = None) -> int:
+        """Refuse requests routed by epochs older than epoch from now on; returns the fence in force."""
+        reply = await self._call(
+            self._stub.SetFence, storage_pb2.SetFenceRequest(epoch=epoch), timeout or self.timeout
+        )
+        return int(reply.fence)
 
     async def stats(self, timeout: float | None = None) -> NodeStats:
         reply = await self._call(self._stub.Stats, storage_pb2.StatsRequest(), timeout or self.timeout)

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from storage_node.engine import Engine, StoredRecord
+from storage_node.engine import Applied, Engine, StoredRecord
 
 MAX_GROUP = 2048
 
@@ -22,7 +22,7 @@ class GroupCommitter:
         self._engine = engine
         # One thread: LMDB allows one write transaction at a time anyway.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-writer")
-        self._pending: list[tuple[Sequence[StoredRecord], asyncio.Future[list[bool]]]] = []
+        self._pending: list[tuple[Sequence[StoredRecord], asyncio.Future[list[Applied]]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -41,12 +41,21 @@ class GroupCommitter:
                 future.set_exception(RuntimeError("storage node is shutting down"))
         self._writer.shutdown(wait=True)
 
-    async def apply(self, records: Sequence[StoredRecord]) -> list[bool]:
+    async def apply(self, records: Sequence[StoredRecord]) -> list[Applied]:
         """Apply records durably; returns once they are committed to disk."""
-        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Applied]] = asyncio.get_running_loop().create_future()
         self._pending.append((records, future))
         self._wakeup.set()
         return await future
+
+    async def raise_fence(self, epoch: int) -> int:
+        """Engine.raise_fence, after every apply queued before this call has committed.
+
+        The caller refuses stale requests from the moment it calls this; what it
+        let in before must be on disk before the fence is reported raised.
+        """
+        await self.apply([])
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._engine.raise_fence, epoch)
 
     async def delete_range(self, start: int, end: int) -> int:
         """Engine.delete_range on the writer thread, ordered with the applies."""
@@ -67,7 +76,7 @@ class GroupCommitter:
                     size += len(item[0])
                 flat = [r for records, _ in group for r in records]
                 try:
-                    results = await loop.run_in_executor(self._writer, self._engine.apply_many, flat)
+                    results = await loop.run_in_executor(self._writer, self._engine.apply_records, flat)
                 except Exception as exc:  # a failed commit fails every write in it
                     for _, future in group:
                         if not future.done():

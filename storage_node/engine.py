@@ -8,7 +8,8 @@ Layout of the `records` database:
     key   = token (8 bytes, big-endian) | len(tenant) (1 byte) | tenant | key
     value = hlc (8) | origin (4) | flags (1) | value
 Keys sort by token, so a token range is one sequential cursor walk. The `meta`
-database holds counters kept in the same transaction as the writes they count.
+database holds counters kept in the same transaction as the writes they count,
+and the node's fence epoch (see proto/storage.proto).
 """
 
 from __future__ import annotations
@@ -21,27 +22,18 @@ from pathlib import Path
 
 import lmdb
 
-from pairdb.keyspace import TOKEN_MAX, Version, token
+from pairdb.keyspace import TOKEN_MAX, Applied, StoredRecord, Version, token
+
+__all__ = ["Applied", "Engine", "Stats", "StoredRecord", "digest_of"]
 
 _VERSION = struct.Struct(">QIB")
 _TOMBSTONE = 0x01
 _TOKEN = struct.Struct(">Q")
 _COUNTERS = struct.Struct(">QQQ")
 _COUNTERS_KEY = b"counters"
+_FENCE = struct.Struct(">Q")
+_FENCE_KEY = b"fence"
 DEFAULT_MAP_SIZE = 1 << 40  # address space, not disk: LMDB files grow as written
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
-    tenant_id: str
-    key: str
-    value: bytes
-    version: Version
-    tombstone: bool = False
-
-    @property
-    def token(self) -> int:
-        return token(self.tenant_id, self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +63,6 @@ def _encode_value(record: StoredRecord) -> bytes:
     return _VERSION.pack(record.version.hlc, record.version.origin, flags) + record.value
 
 
-_VERSION_ONLY = _VERSION.size - 1  # hlc and origin, without the flags byte
-
-
 def _digest(entries: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, int]:
     h = hashlib.blake2b(digest_size=16)
     count = 0
@@ -89,10 +78,7 @@ def digest_of(records: Iterable[StoredRecord], start: int, end: int) -> tuple[by
     Lets the migration worker compare a merged view of several replicas with
     one node's RangeDigest.
     """
-    entries = []
-    for r in records:
-        db_key = encode_key(r.tenant_id, r.key)
-        entries.append((db_key, _VERSION.pack(r.version.hlc, r.version.origin, 0)[:_VERSION_ONLY]))
+    entries = [(encode_key(r.tenant_id, r.key), _encode_value(r)) for r in records]
     # Clockwise from start, as the engine walks: tokens above start first when the range wraps.
     entries.sort(key=lambda e: (start >= end and _TOKEN.unpack_from(e[0])[0] <= start, e[0]))
     return _digest(entries)
@@ -124,12 +110,16 @@ class Engine:
     # -- writes (call from one thread at a time) ---------------------------------
 
     def apply_many(self, records: Sequence[StoredRecord]) -> list[bool]:
-        """Apply each record whose version is newer than the stored one; one durable commit.
+        """apply_records, answering only whether each record was applied."""
+        return [a.applied for a in self.apply_records(records)]
 
-        Returns, per record, whether it was applied. An equal or older version
-        is ignored, which makes retries and copies idempotent.
+    def apply_records(self, records: Sequence[StoredRecord]) -> list[Applied]:
+        """Apply each record newer than the stored one (StoredRecord.order); one durable commit.
+
+        An equal or older record is ignored, which makes retries and copies
+        idempotent; its answer says which version the node holds instead.
         """
-        applied: list[bool] = []
+        applied: list[Applied] = []
         with self._env.begin(write=True) as txn:
             keys, size, tombstones = self._counters(txn)
             for record in records:
@@ -137,8 +127,8 @@ class Engine:
                 current = txn.get(db_key, db=self._records)
                 if current is not None:
                     old = _decode(db_key, current)
-                    if record.version <= old.version:
-                        applied.append(False)
+                    if not record.newer_than(old):
+                        applied.append(Applied(False, old.version, same=record.order == old.order))
                         continue
                     if old.tombstone:
                         tombstones -= 1
@@ -151,9 +141,24 @@ class Engine:
                 else:
                     keys += 1
                     size += len(record.value)
-                applied.append(True)
+                applied.append(Applied(True, record.version))
             txn.put(_COUNTERS_KEY, _COUNTERS.pack(keys, size, tombstones), db=self._meta)
         return applied
+
+    def raise_fence(self, epoch: int) -> int:
+        """Raise the fence to epoch (never lower it), durably; returns the fence in force."""
+        with self._env.begin(write=True) as txn:
+            fence = max(self._fence(txn), epoch)
+            txn.put(_FENCE_KEY, _FENCE.pack(fence), db=self._meta)
+        return fence
+
+    def fence(self) -> int:
+        with self._env.begin() as txn:
+            return self._fence(txn)
+
+    def _fence(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(_FENCE_KEY, db=self._meta)
+        return 0 if raw is None else int(_FENCE.unpack(raw)[0])
 
     def delete_range(self, start: int, end: int) -> int:
         """Remove every record, tombstones included, in (start, end]; one durable commit."""
@@ -211,9 +216,12 @@ class Engine:
         return out, None
 
     def digest(self, start: int, end: int) -> tuple[bytes, int]:
-        """blake2b over (token, tenant, key, version) of every record in (start, end], and their count."""
+        """blake2b over every record in (start, end] (key, version and content), and their count.
+
+        The content counts: replicas holding one version with different values differ.
+        """
         with self._env.begin() as txn:
-            return _digest((k, v[:_VERSION_ONLY]) for k, v in self._walk(txn, start, end, None))
+            return _digest(self._walk(txn, start, end, None))
 
     def stats(self) -> Stats:
         with self._env.begin() as txn:

@@ -10,6 +10,8 @@ from pathlib import Path
 import structlog
 
 from pairdb import metrics
+from pairdb.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
+from pairdb.sabotage import from_env as sabotage_from_env
 from pairdb.serving import Health, new_server
 from proto import storage_pb2, storage_pb2_grpc
 from storage_node.committer import GroupCommitter
@@ -30,9 +32,14 @@ class StorageNodeConfig:
     port: int = 7001
     # /metrics for Prometheus; 0 turns it off.
     metrics_port: int = 0
+    # Versions further ahead of this node's clock are refused (see pairdb/clocks.py).
+    max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
 
 
 async def serve(config: StorageNodeConfig) -> None:
+    sabotage = sabotage_from_env()
+    if sabotage:
+        log.warning("SABOTAGED: this storage node is broken on purpose, for tests", sabotage=sorted(sabotage))
     engine = Engine(config.data_dir)
     committer = GroupCommitter(engine)
     committer.start()
@@ -43,7 +50,15 @@ async def serve(config: StorageNodeConfig) -> None:
         ],
     )
     storage_pb2_grpc.add_StorageServiceServicer_to_server(
-        StorageService(config.node_id, engine, committer), server
+        StorageService(
+            config.node_id,
+            engine,
+            committer,
+            max_clock_offset_ms=config.max_clock_offset_ms,
+            clock=WallClock.from_env(),
+            sabotage=sabotage,
+        ),
+        server,
     )
     health = Health(server, [STORAGE_SERVICE], ready=lambda: True)
     # Read from the engine's counters on each scrape (a short LMDB read transaction).
@@ -63,6 +78,7 @@ async def serve(config: StorageNodeConfig) -> None:
         address=address,
         data_dir=str(config.data_dir),
         keys=stats.keys,
+        fence=engine.fence(),
     )
 
     stop = asyncio.Event()

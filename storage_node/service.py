@@ -1,15 +1,25 @@
-"""StorageService: the node-internal gRPC API over the engine."""
+"""StorageService: the node-internal gRPC API over the engine.
+
+Two guards stand before the engine. The fence (proto/storage.proto) refuses a
+request routed by an epoch older than the last one a registry step announced,
+so a coordinator that stalled past a ring change cannot write or read by the
+ring it knew. The clock check refuses versions further ahead of this node's
+clock than the cluster's maximum offset: one forged or runaway version would
+otherwise win over every later write of its key.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 import structlog
 
+from pairdb.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
 from pairdb.keyspace import MAX_KEY_BYTES, MAX_TENANT_ID_BYTES, MAX_VALUE_BYTES
+from pairdb.sabotage import SKIP_FENCE
 from proto import storage_pb2, storage_pb2_grpc
 from storage_node.committer import GroupCommitter
 from storage_node.engine import Engine
@@ -24,6 +34,8 @@ MAX_APPLY_BATCH = 10_000
 # Value bytes per streamed scan message: far under the 64 MB message limit, even with the
 # one 1 MB value that crosses it and 10,000 keys of under 400 bytes each.
 MAX_SCAN_BATCH_BYTES = 16 * 1024 * 1024
+# Trailing metadata of an ABORTED refusal: the fence the request ran into.
+FENCE_METADATA = "pairdb-fence"
 
 
 def _check_key(tenant_id: str, key: str) -> str | None:
@@ -48,35 +60,80 @@ def _check_record(record: storage_pb2.Record) -> str | None:
 
 
 class StorageService(storage_pb2_grpc.StorageServiceServicer):
-    def __init__(self, node_id: str, engine: Engine, committer: GroupCommitter) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        engine: Engine,
+        committer: GroupCommitter,
+        max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS,
+        clock: WallClock | None = None,
+        sabotage: frozenset[str] = frozenset(),
+    ) -> None:
         self._node_id = node_id
+        self._skip_fence = SKIP_FENCE in sabotage
         self._engine = engine
         self._committer = committer
+        self._max_offset_ms = max_clock_offset_ms
+        self._clock = clock or WallClock()
+        # Raised here first, then on disk: from the moment SetFence starts, stale requests are refused.
+        self._fence = engine.fence()
+
+    async def _check_epoch(self, epoch: int, context: Context) -> None:
+        if epoch and epoch < self._fence and not self._skip_fence:
+            await context.abort(
+                grpc.StatusCode.ABORTED,
+                f"request routed by epoch {epoch}, but node {self._node_id} is fenced at epoch "
+                f"{self._fence}: the caller's view of the ring is out of date; route again",
+                trailing_metadata=((FENCE_METADATA, str(self._fence)),),
+            )
+
+    def _check_clock(self, record: storage_pb2.Record) -> str | None:
+        ahead = (record.version.hlc >> 16) - self._clock.now_ms()
+        if ahead > self._max_offset_ms:
+            return (
+                f"version {record.version.hlc >> 16}.{record.version.hlc & 0xFFFF}@{record.version.origin} "
+                f"is {ahead} ms ahead of this node's clock (max offset {self._max_offset_ms} ms); "
+                "check the clock of the coordinator that wrote it"
+            )
+        return None
+
+    async def _check_records(
+        self, records: Sequence[storage_pb2.Record], context: Context, *, batch: bool
+    ) -> None:
+        """Refuse the whole request if any record is malformed or from the future: nothing half-written."""
+        for i, message in enumerate(records):
+            prefix = f"record {i}: " if batch else ""
+            problem = _check_record(message)
+            if problem:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, prefix + problem)
+            problem = self._check_clock(message)
+            if problem:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, prefix + problem)
 
     async def Apply(self, request: storage_pb2.ApplyRequest, context: Context) -> storage_pb2.ApplyResponse:
-        problem = _check_record(request.record)
-        if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        record = from_proto(request.record)
-        [applied] = await self._committer.apply([record])
-        return storage_pb2.ApplyResponse(applied=applied)
+        await self._check_epoch(request.epoch, context)
+        await self._check_records([request.record], context, batch=False)
+        [result] = await self._committer.apply([from_proto(request.record)])
+        return storage_pb2.ApplyResponse(
+            applied=result.applied,
+            current=storage_pb2.Version(hlc=result.current.hlc, origin=result.current.origin),
+            same=result.same,
+        )
 
     async def ApplyBatch(
         self, request: storage_pb2.ApplyBatchRequest, context: Context
     ) -> storage_pb2.ApplyBatchResponse:
+        await self._check_epoch(request.epoch, context)
         if len(request.records) > MAX_APPLY_BATCH:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"a batch holds at most {MAX_APPLY_BATCH} records"
             )
-        for i, message in enumerate(request.records):
-            problem = _check_record(message)
-            if problem:
-                # Refuse the whole batch: nothing half-written.
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"record {i}: {problem}")
-        applied = await self._committer.apply([from_proto(r) for r in request.records])
-        return storage_pb2.ApplyBatchResponse(applied=applied)
+        await self._check_records(request.records, context, batch=True)
+        results = await self._committer.apply([from_proto(r) for r in request.records])
+        return storage_pb2.ApplyBatchResponse(applied=[r.applied for r in results])
 
     async def Get(self, request: storage_pb2.GetRequest, context: Context) -> storage_pb2.GetResponse:
+        await self._check_epoch(request.epoch, context)
         problem = _check_key(request.tenant_id, request.key)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -90,6 +147,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
     async def ScanRange(
         self, request: storage_pb2.ScanRangeRequest, context: Context
     ) -> AsyncIterator[storage_pb2.ScanRangeBatch]:
+        await self._check_epoch(request.epoch, context)
         batch_size = min(request.batch_size or DEFAULT_SCAN_BATCH, MAX_SCAN_BATCH)
         start, end = request.range.start, request.range.end
         after: bytes | None = None
@@ -118,12 +176,14 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
     async def RangeDigest(
         self, request: storage_pb2.RangeDigestRequest, context: Context
     ) -> storage_pb2.RangeDigestResponse:
+        await self._check_epoch(request.epoch, context)
         digest, count = await asyncio.to_thread(self._engine.digest, request.range.start, request.range.end)
         return storage_pb2.RangeDigestResponse(digest=digest, count=count)
 
     async def DeleteRange(
         self, request: storage_pb2.DeleteRangeRequest, context: Context
     ) -> storage_pb2.DeleteRangeResponse:
+        await self._check_epoch(request.epoch, context)
         # An unset range reads as (0, 0], the whole ring: only an explicit range may delete.
         if not request.HasField("range"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "range is required")
@@ -137,8 +197,22 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         )
         return storage_pb2.DeleteRangeResponse(deleted=deleted)
 
+    async def SetFence(
+        self, request: storage_pb2.SetFenceRequest, context: Context
+    ) -> storage_pb2.SetFenceResponse:
+        before = self._fence
+        self._fence = max(self._fence, request.epoch)
+        fence = await self._committer.raise_fence(request.epoch)
+        if fence > before:
+            log.info("Fence raised", node_id=self._node_id, epoch=fence)
+        return storage_pb2.SetFenceResponse(fence=fence)
+
     async def Stats(self, request: storage_pb2.StatsRequest, context: Context) -> storage_pb2.StatsResponse:
         stats = self._engine.stats()
         return storage_pb2.StatsResponse(
-            node_id=self._node_id, keys=stats.keys, bytes=stats.bytes, tombstones=stats.tombstones
+            node_id=self._node_id,
+            keys=stats.keys,
+            bytes=stats.bytes,
+            tombstones=stats.tombstones,
+            fence=self._fence,
         )

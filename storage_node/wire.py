@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pairdb.keyspace import Version
+from pairdb.keyspace import StoredRecord, Version
 from proto import storage_pb2
-from storage_node.engine import StoredRecord
 
 
 def to_proto(record: StoredRecord, with_token: bool = False) -> storage_pb2.Record:

@@ -138,3 +138,52 @@ async def read_all(clients: list[Client], written: dict[tuple[str, str], bytes])
         if got.value != value:
             bad.append(f"{tenant}/{key}")
     return bad
+
+
+async def current_ring(cluster: LocalCluster) -> Ring:
+    """The ring of the cluster's active nodes, from its metadata."""
+    metadata = await Metadata.connect(cluster.dsn)
+    try:
+        snap = await metadata.snapshot()
+    finally:
+        await metadata.close()
+    return Ring.from_tokens((t, n) for t, n in snap.tokens if snap.nodes[n].status == "active")
+
+
+@dataclass(frozen=True)
+class RegistryState:
+    in_flight: str | None  # the migration id the registry routes by, if any
+    node_status: str | None
+    tokens: int
+
+
+async def registry_state(cluster: LocalCluster, node_id: str) -> RegistryState:
+    """What PostgreSQL holds about the ring change in flight and about node_id."""
+    metadata = await Metadata.connect(cluster.dsn)
+    try:
+        snap = await metadata.snapshot()
+    finally:
+        await metadata.close()
+    node = snap.nodes.get(node_id)
+    return RegistryState(
+        snap.in_flight.migration_id if snap.in_flight else None,
+        node.status if node else None,
+        sum(1 for _, n in snap.tokens if n == node_id),
+    )
+
+
+async def temporal_cli(cluster: LocalCluster, *args: str) -> str:
+    """Run the real `temporal` CLI against the cluster's Temporal server, as an operator would."""
+    from pairdb.temporal import temporal_binary
+
+    proc = await asyncio.create_subprocess_exec(
+        str(temporal_binary()),
+        *args,
+        "--address",
+        cluster.temporal_server.address,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out.decode(errors="replace")
+    return out.decode(errors="replace")

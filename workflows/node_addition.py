@@ -5,14 +5,18 @@
 Cancel (before cutover) and rollback (during cutover) are signals, updates
 with validators (for callers that want a yes/no), and Temporal's own
 cancellation. A phase that fails past its retries rolls back to the last safe
-state and the migration ends `failed`. Every step that touches the world is an
-activity; this module only decides what runs next.
+state and the migration ends `failed`. Compensation, once begun, and cleanup,
+past the point of no return, run to the end whatever stop requests arrive
+meanwhile. What no workflow code can handle (a terminated workflow) the
+reconciler finishes (activities/reconciler.py). Every step that touches the
+world is an activity; this module only decides what runs next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -88,31 +92,30 @@ class NodeAdditionWorkflow:
             await self._wait_for_turn()
             await self._phase(m.DUAL_WRITE, "enable_dual_write", s.migration_id)
             await self._data_copy()
+            if request.hold_at_cutover:
+                # Held from before the phase starts: a resume sent as soon as cutover shows is not lost.
+                s.holding_at_cutover = s.paused = True
             await self._phase(m.CUTOVER, "enter_phase", s.migration_id, m.CUTOVER)
             await self._hold_at_cutover(request.hold_at_cutover)
             self._raise_if_stopped()
-            await self._phase(m.CLEANUP, "enter_phase", s.migration_id, m.CLEANUP, options=MUST_FINISH)
-            await self._activity("drop_moved_ranges", s.migration_id, options=MUST_FINISH)
-            await self._finish(m.S_COMPLETED)
-            s.phase = m.DONE
-            self._publish()
+            await self._uninterruptible(self._cleanup())
             return s
         except _Stop:
-            await self._undo(m.S_ROLLED_BACK if self._reads_on_new() else m.S_CANCELLED, "")
+            await self._uninterruptible(self._undo(self._stopped_status(), ""))
             return s
         except asyncio.CancelledError:
             # Temporal's own cancel means cancel (or rollback once reads moved).
-            await self._undo(m.S_ROLLED_BACK if self._reads_on_new() else m.S_CANCELLED, "")
+            await self._uninterruptible(self._undo(self._stopped_status(), ""))
             raise
         except ActivityError as exc:
             if is_cancelled_exception(exc):
-                await self._undo(m.S_ROLLED_BACK if self._reads_on_new() else m.S_CANCELLED, "")
+                await self._uninterruptible(self._undo(self._stopped_status(), ""))
                 raise
             if s.phase == m.CLEANUP:
-                raise  # cleanup steps retry forever; only a bug gets here
+                raise  # cleanup steps retry forever; only a bug gets here (the reconciler finishes it)
             error = f"phase {s.phase} failed: {_cause(exc)}"
             workflow.logger.error("Migration phase failed; rolling back", extra={"error": error})
-            await self._undo(m.S_FAILED, error)
+            await self._uninterruptible(self._undo(m.S_FAILED, error))
             return s
 
     async def _wait_for_turn(self) -> None:
@@ -160,27 +163,57 @@ class NodeAdditionWorkflow:
         s = self._state
         if not hold:
             return
-        s.holding_at_cutover = s.paused = True
         self._publish()
         await workflow.wait_condition(lambda: not s.paused or self._stop)
         s.holding_at_cutover = False
         self._publish()
 
+    async def _cleanup(self) -> None:
+        """Past the point of no return: reads and writes use the new ring only, then old copies go."""
+        s = self._state
+        await self._phase(m.CLEANUP, "enter_phase", s.migration_id, m.CLEANUP, options=MUST_FINISH)
+        await self._activity("drop_moved_ranges", s.migration_id, options=MUST_FINISH)
+        await self._finish(m.S_COMPLETED)
+        s.phase = m.DONE
+        self._publish()
+
     async def _undo(self, status: str, error: str) -> None:
         """Compensate back to the old ring from wherever the migration stopped, then record status."""
         s = self._state
-        reached = s.phase
-        if reached in (m.CUTOVER,):
-            await self._phase(m.ROLLING_BACK, "restore_reads_on_old", s.migration_id, options=MUST_FINISH)
-        if reached in (m.DUAL_WRITE, m.DATA_COPY, m.CUTOVER, m.ROLLING_BACK):
-            await self._phase(m.CANCELLING, "remove_joining_node", s.migration_id, options=MUST_FINISH)
-            try:
-                await self._activity("wipe_joining_node", s.migration_id, options=BEST_EFFORT)
-            except ActivityError as exc:
-                # The node is out of the ring already; what it holds is never read.
-                error = "; ".join(e for e in (error, f"could not wipe {s.node_id}: {_cause(exc)}") if e)
+        for step in m.undo_steps(s.phase):
+            if step == m.UNDO_RESTORE_READS:
+                await self._phase(m.ROLLING_BACK, step, s.migration_id, options=MUST_FINISH)
+            elif step == m.UNDO_REMOVE_NODE:
+                await self._phase(m.CANCELLING, step, s.migration_id, options=MUST_FINISH)
+            else:
+                try:
+                    await self._activity(step, s.migration_id, options=BEST_EFFORT)
+                except ActivityError as exc:
+                    # The node is out of the ring already; what it holds is never read.
+                    error = "; ".join(e for e in (error, f"could not wipe {s.node_id}: {_cause(exc)}") if e)
         s.error = error
         await self._finish(status)
+
+    async def _uninterruptible(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work to its end: a stop request that arrives meanwhile (a Temporal cancel too) waits.
+
+        Half-done compensation or cleanup would leave the ring between two states.
+        """
+        task = asyncio.ensure_future(work)
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.done():
+                    break
+                workflow.logger.warning(
+                    "Stop request deferred: this step runs to its end first",
+                    extra={"migration_id": self._state.migration_id, "phase": self._state.phase},
+                )
+        task.result()
+
+    def _stopped_status(self) -> str:
+        return m.S_ROLLED_BACK if self._reads_on_new() else m.S_CANCELLED
 
     async def _finish(self, status: str) -> None:
         s = self._state
@@ -243,7 +276,7 @@ class NodeAdditionWorkflow:
             raise _Stop()
 
     def _reads_on_new(self) -> bool:
-        return self._state.phase == m.CUTOVER
+        return self._state.phase in (m.CUTOVER, m.ROLLING_BACK)
 
     # -- what operators see -----------------------------------------------------------------
 
@@ -309,28 +342,32 @@ class NodeAdditionWorkflow:
 
     @workflow.update
     def cancel_migration(self) -> str:
+        if self._stop:
+            return f"already stopping: phase {self._state.phase}"
         self._stop = True
         return f"cancelling: phase {self._state.phase}"
 
     @cancel_migration.validator
     def _validate_cancel(self) -> None:
-        if self._state.phase in (m.CUTOVER, m.ROLLING_BACK):
+        if self._state.phase in (m.CUTOVER, m.ROLLING_BACK) and not self._stop:
             raise ApplicationError("the migration is in cutover: roll it back instead of cancelling")
         if self._state.phase in (m.CLEANUP, m.DONE) or self._state.status in m.TERMINAL_STATUSES:
             raise ApplicationError(
                 f"too late to cancel: phase {self._state.phase}, "
                 f"status {self._state.status}; remove the node instead"
             )
-        if self._stop:
-            raise ApplicationError("the migration is already being cancelled")
 
     @workflow.update
     def rollback_migration(self) -> str:
+        if self._stop:
+            return f"already stopping: phase {self._state.phase}"
         self._stop = True
         return "rolling back: reads return to the old replicas"
 
     @rollback_migration.validator
     def _validate_rollback(self) -> None:
+        if self._stop and self._state.phase in (m.CUTOVER, m.ROLLING_BACK):
+            return  # a repeat: harmless
         if self._state.phase != m.CUTOVER:
             raise ApplicationError(
                 f"rollback applies during cutover; the migration is in {self._state.phase}"
@@ -340,8 +377,6 @@ class NodeAdditionWorkflow:
                     else ""
                 )
             )
-        if self._stop:
-            raise ApplicationError("the migration is already being rolled back")
 
     @workflow.update
     def change_throttle(self, keys_per_second: int) -> int:

@@ -1,4 +1,4 @@
-"""The migration worker process: `pairdb worker` runs NodeAdditionWorkflow and its activities."""
+"""The migration worker process: `pairdb worker` runs NodeAdditionWorkflow, its activities, the reconciler."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 from activities.cleanup import CleanupSteps
 from activities.context import Context
 from activities.copy import CopySteps
+from activities.reconciler import Reconciler
 from activities.registry_steps import RegistrySteps
 from coordinator.metadata import Metadata
 from pairdb import metrics
@@ -74,9 +75,11 @@ async def serve(config: WorkerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("Migration worker started", temporal=config.temporal_address, task_queue=m.TASK_QUEUE)
+    reconciling = asyncio.create_task(Reconciler(ctx, client).run(stop), name="reconciler")
     async with worker:
         await stop.wait()
         log.info("Migration worker stopping")
+    await reconciling
     await ctx.pool.close()
     await metadata.close()
     log.info("Migration worker stopped")

@@ -210,8 +210,10 @@ def test_hlc_versions_always_increase_and_pass_what_was_observed(
             base = issued[-1].hlc if issued else wall[0] << 16
             hlc = arg if op == "observe" else max(0, base + arg)
             v = Version(hlc, origin ^ 1)
-            clock.observe(v)
-            observed.append(v)
+            if clock.observe(v):
+                observed.append(v)
+            else:  # refused only when further ahead of wall time than the maximum offset
+                assert (hlc >> 16) - wall[0] > clock.max_offset_ms
         else:
             for _ in range(arg):
                 tick()

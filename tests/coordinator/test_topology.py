@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from coordinator.metadata import NodeInfo, Snapshot, TenantInfo
+from coordinator.hlc import ClockCeiling
+from coordinator.metadata import NodeInfo, Registration, Snapshot, TenantInfo
 from coordinator.topology import LeaseLapsed, TopologyCache
+from pairdb.clocks import WallClock
 
 
 class FlakyMetadata:
@@ -22,6 +24,9 @@ class FlakyMetadata:
         self.fail_next: BaseException | None = None
         self.down = False
         self.renewals: list[int] = []
+        self.ceilings: list[int] = []
+        self.taken_over = False
+        self.previous_ceiling_ms = 0
 
     async def epoch(self) -> int:
         if self.fail_next is not None:
@@ -36,20 +41,33 @@ class FlakyMetadata:
         tenants = {"t": TenantInfo("t", 1, datetime.now(UTC))}
         return Snapshot(self.epoch_value, nodes, [(5, "n1")], tenants)
 
-    async def register_coordinator(self, *args: Any) -> int:
-        return 1
+    async def register_coordinator(self, *args: Any) -> Registration:
+        return Registration(1, self.previous_ceiling_ms)
 
-    async def renew_lease(self, coordinator_id: str, applied_epoch: int, lease_seconds: float) -> None:
+    async def renew_lease(
+        self, coordinator_id: str, incarnation: str, applied_epoch: int, lease: float, ceiling_ms: int
+    ) -> bool:
         if self.down:
             raise OSError("connection refused")
         self.renewals.append(applied_epoch)
+        self.ceilings.append(ceiling_ms)
+        return not self.taken_over
 
-    async def release_lease(self, coordinator_id: str) -> None:
-        pass
+    async def release_lease(self, coordinator_id: str, incarnation: str, ceiling_ms: int) -> None:
+        self.ceilings.append(ceiling_ms)
 
 
-async def started(metadata: FlakyMetadata, lease: float = 1.0) -> TopologyCache:
-    cache = TopologyCache(metadata, "c1", "127.0.0.1:1", lease_seconds=lease, poll_interval=0.05)  # type: ignore[arg-type]
+async def started(
+    metadata: FlakyMetadata, lease: float = 1.0, wall: WallClock | None = None
+) -> TopologyCache:
+    cache = TopologyCache(
+        metadata,  # type: ignore[arg-type]
+        "c1",
+        "127.0.0.1:1",
+        lease_seconds=lease,
+        poll_interval=0.05,
+        wall=wall,
+    )
     await cache.start()
     return cache
 
@@ -97,5 +115,65 @@ async def test_an_epoch_counts_as_applied_only_when_older_requests_finish() -> N
             assert metadata.renewals[-1] == 1
         await asyncio.sleep(0.3)
         assert cache.applied_epoch == 2 and metadata.renewals[-1] == 2
+    finally:
+        await cache.stop()
+
+
+async def test_background_work_of_a_request_holds_its_epoch_as_applied_until_it_finishes() -> None:
+    """Late replica sends still write by their request's view: a barrier must wait for them too."""
+    metadata = FlakyMetadata()
+    cache = await started(metadata)
+    try:
+        late: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with cache.pin() as pinned:
+            cache.track(pinned.epoch, late)
+        metadata.epoch_value = 2
+        await asyncio.sleep(0.3)
+        assert cache.applied_epoch == 1
+        late.set_result(None)
+        await asyncio.sleep(0.3)
+        assert cache.applied_epoch == 2 and metadata.renewals[-1] == 2
+    finally:
+        await cache.stop()
+
+
+async def test_a_coordinator_whose_id_another_process_took_over_serves_no_more() -> None:
+    metadata = FlakyMetadata()
+    cache = await started(metadata)
+    try:
+        metadata.taken_over = True
+        await asyncio.sleep(0.3)
+        with pytest.raises(LeaseLapsed, match="took over"):
+            cache.check_lease()
+        metadata.taken_over = False
+        await asyncio.sleep(0.3)
+        with pytest.raises(LeaseLapsed):
+            cache.check_lease()  # for good: two processes must never serve as one id
+    finally:
+        await cache.stop()
+
+
+async def test_the_clock_ceiling_is_persisted_with_the_lease_and_versions_stay_below_it() -> None:
+    metadata = FlakyMetadata()
+    cache = await started(metadata, lease=1.0)
+    try:
+        assert metadata.ceilings and cache.clock.ceiling_ms == metadata.ceilings[-1]
+        assert cache.clock.now().wall_ms <= metadata.ceilings[-1]
+        metadata.down = True
+        await asyncio.sleep(1.3)  # no renewal: the wall clock passes the last ceiling
+        with pytest.raises(ClockCeiling):
+            cache.clock.now()
+    finally:
+        await cache.stop()
+    assert metadata.ceilings[-1] >= cache.clock.high_water_ms  # left behind at a clean stop
+
+
+async def test_a_restart_waits_for_its_clock_to_pass_the_previous_incarnations_ceiling() -> None:
+    metadata = FlakyMetadata()
+    wall = WallClock()
+    metadata.previous_ceiling_ms = wall.now_ms() + 400  # its clock stepped back 400 ms
+    cache = await started(metadata, wall=wall)
+    try:
+        assert cache.clock.now().wall_ms > metadata.previous_ceiling_ms
     finally:
         await cache.stop()

@@ -145,3 +145,33 @@ def test_digest_of_records_matches_the_engine_digest(engine: Engine) -> None:
     for start, end in [(tokens[20], tokens[200]), (tokens[300], tokens[30]), (0, 0)]:
         inside = [r for r in records if in_range(r.token, start, end)]
         assert digest_of(reversed(inside), start, end) == engine.digest(start, end)
+
+
+def test_one_version_with_two_values_converges_whichever_arrives_first(tmp_path: Path) -> None:
+    """Two writers that issued one version (a reused origin) must not leave replicas apart for good."""
+    first, second = Engine(tmp_path / "first"), Engine(tmp_path / "second")
+    x = StoredRecord("t", "k", b"x", Version(10, 1))
+    y = StoredRecord("t", "k", b"y", Version(10, 1))
+    first.apply_many([x])
+    first.apply_many([y])
+    second.apply_many([y])
+    second.apply_many([x])
+    assert first.get("t", "k") == second.get("t", "k")
+    assert first.digest(0, 0) == second.digest(0, 0)
+
+
+def test_the_digest_tells_apart_one_version_holding_two_values(tmp_path: Path) -> None:
+    first, second = Engine(tmp_path / "first"), Engine(tmp_path / "second")
+    first.apply_many([StoredRecord("t", "k", b"x", Version(10, 1))])
+    second.apply_many([StoredRecord("t", "k", b"y", Version(10, 1))])
+    assert first.digest(0, 0) != second.digest(0, 0)
+    assert digest_of([StoredRecord("t", "k", b"x", Version(10, 1))], 0, 0) == first.digest(0, 0)
+
+
+def test_the_fence_is_kept_across_a_reopen_and_only_rises(tmp_path: Path) -> None:
+    engine = Engine(tmp_path / "db")
+    assert engine.fence() == 0
+    assert engine.raise_fence(7) == 7
+    assert engine.raise_fence(3) == 7
+    engine.close()
+    assert Engine(tmp_path / "db").fence() == 7

@@ -2,8 +2,9 @@
 
 A hypothesis state machine drives a real Engine (fresh directory per run)
 alongside a model: (tenant, key) -> (version, value, tombstone). A write
-replaces the model's record only when its version is strictly newer; a tie
-keeps what is stored. Every read the engine offers (get, paged scan, digest,
+replaces the model's record only when it is strictly newer: by version, and at
+one version by content (tombstone, then value), so replicas agree whatever the
+order of arrival; an identical record changes nothing. Every read the engine offers (get, paged scan, digest,
 stats) must agree with the model, also after the engine is closed and reopened.
 """
 
@@ -99,7 +100,11 @@ class EngineMachine(RuleBasedStateMachine):
         expected = []
         for r in batch:
             current = self.model.get((r.tenant_id, r.key))
-            newer = current is None or r.version > current.version
+            newer = current is None or (r.version, r.tombstone, r.value) > (
+                current.version,
+                current.tombstone,
+                current.value,
+            )
             expected.append(newer)
             if newer:
                 self.model[(r.tenant_id, r.key)] = Entry(r.version, r.value, r.tombstone)

@@ -23,7 +23,7 @@ def rec(tenant: str, key: str, hlc: int, value: bytes = b"", tombstone: bool = F
 
 async def test_out_of_order_applies_keep_the_newest(node: NodeClient) -> None:
     tenant = "svc-order"
-    assert await node.apply(rec(tenant, "k", 300, b"newest"))
+    assert (await node.apply(rec(tenant, "k", 300, b"newest"))).applied
     assert await node.apply_batch([rec(tenant, "k", 100, b"old"), rec(tenant, "k", 200, b"older")]) == [
         False,
         False,
@@ -35,11 +35,11 @@ async def test_out_of_order_applies_keep_the_newest(node: NodeClient) -> None:
 async def test_tombstone_beats_older_and_loses_to_newer_over_grpc(node: NodeClient) -> None:
     tenant = "svc-tomb"
     await node.apply(rec(tenant, "k", 100, b"v1"))
-    assert await node.apply(rec(tenant, "k", 200, tombstone=True))
-    assert not await node.apply(rec(tenant, "k", 150, b"stale"))
+    assert (await node.apply(rec(tenant, "k", 200, tombstone=True))).applied
+    assert not (await node.apply(rec(tenant, "k", 150, b"stale"))).applied
     stored = await node.get(tenant, "k")
     assert stored is not None and stored.tombstone
-    assert await node.apply(rec(tenant, "k", 250, b"v2"))
+    assert (await node.apply(rec(tenant, "k", 250, b"v2"))).applied
     stored = await node.get(tenant, "k")
     assert stored is not None and stored.value == b"v2" and not stored.tombstone
 
