@@ -7,6 +7,7 @@ from temporalio import activity
 
 from activities.context import Context, heartbeat
 from coordinator.ring import ranges_gained
+from coordinator.topology import Topology
 from pairdb.keyspace import DEFAULT_REPLICATION_FACTOR
 
 log = structlog.get_logger()
@@ -43,13 +44,26 @@ class CleanupSteps:
 
     @activity.defn(name="wipe_joining_node")
     async def wipe_joining_node(self, migration_id: str) -> int:
-        """Cancel and rollback, after the node left the ring: delete everything copied to it."""
+        """Cancel and rollback, after the node left the ring: delete everything copied to it.
+
+        Only a node that is out of the ring: a step that outlived its turn (a workflow
+        reset past a completed addition) must never wipe an active node.
+        """
         row = await self._ctx.migration(migration_id)
-        topology = await self._ctx.topology()
+        snapshot = await self._ctx.metadata.snapshot()
+        node = snapshot.nodes.get(row.node_id)
+        if (node is not None and node.status != "removed") or any(
+            n == row.node_id for _, n in snapshot.tokens
+        ):
+            log.warning(
+                "Not wiping a node that is in the ring", migration_id=migration_id, node_id=row.node_id
+            )
+            return 0
+        topology = Topology.from_snapshot(snapshot)
         # start == end: the whole ring. Routed by the epoch that took the node out, which its fence
         # reached: copy batches still on their way are refused, so nothing lands after the wipe.
-        node = self._ctx.joining(row)
-        await node.set_fence(topology.epoch)  # in case it was down when the step that removed it fenced
-        deleted = await node.delete_range(0, 0, epoch=topology.epoch, timeout=120)
+        joining = self._ctx.joining(row)
+        await joining.set_fence(topology.epoch)  # in case it was down when the step that removed it fenced
+        deleted = await joining.delete_range(0, 0, epoch=topology.epoch, timeout=120)
         log.info("Joining node wiped", migration_id=migration_id, node_id=row.node_id, deleted=deleted)
         return deleted

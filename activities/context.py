@@ -29,6 +29,7 @@ from storage_node.client import NodeClient, StorageError, StoragePool, describe_
 log = structlog.get_logger()
 
 FENCE_ATTEMPTS = 3
+FENCE_BACKOFF_SECONDS = 0.5
 
 
 def heartbeat(*details: Any) -> None:
@@ -90,26 +91,6 @@ class Context:
         topology = await self.topology()
         targets = {n: info.address for n, info in topology.nodes.items() if info.status != "removed"}
         targets.update(extra or {})
-        fenced: set[str] = set()
-        failures: dict[str, str] = {}
-        for _ in range(FENCE_ATTEMPTS):
-            todo = [n for n in targets if n not in fenced]
-            results = await asyncio.gather(
-                *(self.pool.node(n, targets[n]).set_fence(epoch) for n in todo), return_exceptions=True
-            )
-            for node_id, result in zip(todo, results, strict=True):
-                if isinstance(result, BaseException):
-                    failures[node_id] = describe_failure(result)
-                    if not isinstance(result, StorageError):
-                        raise result
-                else:
-                    fenced.add(node_id)
-                    failures.pop(node_id, None)
-            if not failures:
-                break
-            heartbeat({"fence_epoch": epoch, "unreachable": sorted(failures)})
-        if failures:
-            log.warning("Fence not raised on every node", epoch=epoch, unreachable=failures)
         rfs = {t.replication_factor for t in topology.tenants.values()}
         sets = [
             ring.replicas(v.token, rf)
@@ -118,7 +99,28 @@ class Context:
             for rf in rfs
             for v in ring.vnodes
         ]
-        exposed = unfenced_quorum(sets, fenced)
+        fenced: set[str] = set()
+        failures: dict[str, str] = {}
+        for attempt in range(FENCE_ATTEMPTS):
+            todo = [n for n in targets if n not in fenced]
+            results = await asyncio.gather(
+                *(self.pool.node(n, targets[n]).set_fence(epoch) for n in todo), return_exceptions=True
+            )
+            for node_id, result in zip(todo, results, strict=True):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, StorageError):
+                        raise result
+                    failures[node_id] = describe_failure(result)
+                else:
+                    fenced.add(node_id)
+                    failures.pop(node_id, None)
+            exposed = unfenced_quorum(sets, fenced)
+            if exposed is None:
+                break  # a node that is down learns the fence at a later step
+            heartbeat({"fence_epoch": epoch, "unreachable": sorted(failures)})
+            await asyncio.sleep(FENCE_BACKOFF_SECONDS * (attempt + 1))  # a node restarting comes back
+        if failures:
+            log.warning("Fence not raised on every node", epoch=epoch, unreachable=failures)
         if exposed is not None:
             raise ApplicationError(
                 f"fence at epoch {epoch} reached too few replicas of {list(exposed)}: "

@@ -159,7 +159,10 @@ class CopySteps:
                 continue
             for attempt in range(VERIFY_ATTEMPTS):
                 merged = await self._pull(topology, row.node_id, planned)
-                expected = digest_of(merged.values(), planned.start, planned.end)
+                # Hashes every value of the range: off the event loop, so heartbeats go on.
+                expected = await asyncio.to_thread(
+                    digest_of, list(merged.values()), planned.start, planned.end
+                )
                 actual = await joining.range_digest(
                     planned.start, planned.end, epoch=topology.epoch, timeout=SCAN_TIMEOUT
                 )

@@ -66,6 +66,9 @@ class Reconciler:
                 current = await self._ctx.store.get(row.migration_id)
                 if not mine or current is None or current.status in m.TERMINAL_STATUSES:
                     continue
+                ended = await self._workflow_ended(current)  # again, now that no one else acts on it
+                if ended is None:
+                    continue
                 await self._finish(current, ended)
                 finished.append(row.migration_id)
         return finished
@@ -101,6 +104,8 @@ class Reconciler:
         if row.phase in (m.CLEANUP, m.DONE):
             # Past the point of no return: finish what the workflow began.
             if row.phase == m.CLEANUP:
+                # Its barrier and fence may not have finished when the workflow stopped: again, idempotently.
+                await self._registry.enter_phase(migration_id, m.CLEANUP)
                 await self._cleanup.drop_moved_ranges(migration_id)
             await self._registry.finish_migration(migration_id, m.S_COMPLETED, "")
             return

@@ -2,8 +2,9 @@
 
 Every step is idempotent: the registry leaves a phase that is already set
 untouched, and a barrier or fence on an epoch already reached returns at once.
-A step forward on a migration that has ended (its workflow was terminated and
-the reconciler undid it) fails for good; a step back is a no-op.
+A step the migration's graph does not allow (coordinator/registry.py) fails for
+good, e.g. a step forward of an activity that outlived its terminated workflow
+after the reconciler undid the migration.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.context import Context
-from coordinator.registry import MigrationEnded
+from coordinator.registry import StepRefused
 from coordinator.ring import allocate_tokens
 from pairdb import metrics
 from pairdb import migration as m
@@ -26,12 +27,12 @@ log = structlog.get_logger()
 
 
 @asynccontextmanager
-async def _while_open() -> AsyncIterator[None]:
-    """A migration that has ended cannot be moved on: no retry will change that."""
+async def _refused_for_good() -> AsyncIterator[None]:
+    """A step the migration's graph refuses stays refused: no retry will change that."""
     try:
         yield
-    except MigrationEnded as exc:
-        raise ApplicationError(str(exc), type="MigrationEnded", non_retryable=True) from None
+    except StepRefused as exc:
+        raise ApplicationError(str(exc), type="StepRefused", non_retryable=True) from None
 
 
 class RegistrySteps:
@@ -41,7 +42,7 @@ class RegistrySteps:
     @activity.defn(name="claim_ring_change")
     async def claim_ring_change(self, migration_id: str) -> bool:
         """True once this migration holds the one ring-change slot; False while another runs."""
-        async with _while_open():
+        async with _refused_for_good():
             claimed = await self._ctx.registry.claim_ring_change(migration_id)
         if claimed:
             metrics.ACTIVE_MIGRATIONS.set(1)
@@ -54,7 +55,7 @@ class RegistrySteps:
         topology = await self._ctx.topology()
         existing = [(v.token, v.node_id) for v in topology.ring.vnodes]
         tokens = allocate_tokens(existing, row.node_id, row.virtual_nodes)
-        async with _while_open():
+        async with _refused_for_good():
             epoch = await self._ctx.registry.begin_join(migration_id, tokens)
         await self._ctx.settle(epoch, row)
         log.info("Dual write active", migration_id=migration_id, node_id=row.node_id, epoch=epoch)
@@ -65,7 +66,7 @@ class RegistrySteps:
         """Move to data_copy, cutover (node becomes active) or cleanup, then barrier."""
         row = await self._ctx.migration(migration_id)
         node_status = "active" if phase == m.CUTOVER else None
-        async with _while_open():
+        async with _refused_for_good():
             epoch = await self._ctx.registry.set_phase(migration_id, phase, node_status)
         await self._ctx.settle(epoch, row)
         return epoch
@@ -74,7 +75,8 @@ class RegistrySteps:
     async def restore_reads_on_old(self, migration_id: str) -> int:
         """Rollback, first step: reads go back to the old replicas (node joining again), then barrier."""
         row = await self._ctx.migration(migration_id)
-        epoch = await self._ctx.registry.set_phase(migration_id, m.ROLLING_BACK, "joining")
+        async with _refused_for_good():
+            epoch = await self._ctx.registry.set_phase(migration_id, m.ROLLING_BACK, "joining")
         await self._ctx.settle(epoch, row)
         return epoch
 
@@ -82,7 +84,8 @@ class RegistrySteps:
     async def remove_joining_node(self, migration_id: str) -> int:
         """Cancel: the node leaves the ring and dual writes stop, then barrier."""
         row = await self._ctx.migration(migration_id)
-        epoch = await self._ctx.registry.remove_joining_node(migration_id)
+        async with _refused_for_good():
+            epoch = await self._ctx.registry.remove_joining_node(migration_id)
         await self._ctx.settle(epoch, row)
         return epoch
 
@@ -90,7 +93,8 @@ class RegistrySteps:
     async def finish_migration(self, migration_id: str, status: str, error: str) -> int:
         """Record the outcome; the migration leaves the registry (barrier) and frees the ring-change slot."""
         row = await self._ctx.migration(migration_id)
-        epoch = await self._ctx.registry.finish(migration_id, status, error)
+        async with _refused_for_good():
+            epoch = await self._ctx.registry.finish(migration_id, status, error)
         await self._ctx.settle(epoch, row)
         if row.status not in m.TERMINAL_STATUSES:  # count once, not on a retry
             metrics.ACTIVE_MIGRATIONS.set(0)

@@ -91,6 +91,8 @@ STEP_BACK_MS = 600  # and its clock steps back this much when it restarts
 class Fault:
     kind: str
     phase: str
+    # Its own random choices (victim, duration...), drawn in one order whatever the timing.
+    rng: random.Random = field(default_factory=random.Random, repr=False)
     landed: str = ""  # the phase it actually began in ("" when the migration ended first)
 
     def __str__(self) -> str:
@@ -199,9 +201,13 @@ class Schedule:
         extra = self.rng.choice([k for k in KILLS + PAUSES + NETWORK + CLOCK if k != first])
         chosen = kinds or [first, extra]
         drawn = [self.rng.choice(CONTROL_PHASES.get(k, PHASES)) for k in chosen]
-        self.faults = [Fault(k, p) for k, p in zip(chosen, phases or drawn, strict=False)]
+        self.faults = [
+            Fault(k, p, random.Random(self.rng.random()))
+            for k, p in zip(chosen, phases or drawn, strict=False)
+        ]
         self.write_only = (index % 3 == 2) if write_only is None else write_only
         self.skew_ms = self.rng.randint(*SKEW_MS)
+        self.workload_seed = self.rng.random()
         self.result = Result(index, seed, self.faults, self.write_only)
         self._metadata: Metadata | None = None
         self._phases: dict[str, str] = {}  # migration id -> the phase last seen
@@ -228,14 +234,17 @@ class Schedule:
             await cluster.start()
         history = History()
         clients: list[Client] = []
+        checked = False
         try:
             with _environment(SABOTAGE_ENV, self.sabotage_env):
                 await cluster.start_coordinator(free_port(), env=self._coordinator_2_env(self.skew_ms))
             clients = [Client(c.address, timeout=5, retry=NO_RETRY) for c in cluster.coordinator_procs]
-            self._metadata = await Metadata.connect(cluster.dsn)
+            self._metadata = await Metadata.connect(cluster.dsn, min_size=0)  # PostgreSQL may be killed
             for tenant, rf in TENANTS.items():
                 await clients[0].create_tenant(tenant, rf)
-            workload = Workload(clients, history, self.keys, self.rng, reads=not self.write_only)
+            workload = Workload(
+                clients, history, self.keys, random.Random(self.workload_seed), reads=not self.write_only
+            )
             await self._load(clients[0], history)
             workload.start()
             try:
@@ -243,11 +252,15 @@ class Schedule:
             except Exception as exc:  # a migration that cannot end is a finding, not a harness crash
                 self.result.verdict.stuck.append(f"migration did not end: {type(exc).__name__}: {exc}")
             await workload.stop()
-            await self._heal(cluster)
-            if self.sabotage is not None:
-                await self.sabotage(cluster)
             stuck = self.result.verdict.stuck
-            self.result.verdict = await self._check(cluster, clients, history)
+            try:
+                await self._heal(cluster)
+                if self.sabotage is not None:
+                    await self.sabotage(cluster)
+                self.result.verdict = await self._check(cluster, clients, history)
+                checked = True
+            except Exception as exc:  # a check that cannot finish proves nothing: report it, keep the logs
+                self.result.verdict.unchecked.append(f"the check failed: {type(exc).__name__}: {exc}")
             self.result.verdict.stuck[:0] = stuck
         finally:
             for client in clients:
@@ -255,7 +268,7 @@ class Schedule:
             if self._metadata is not None:
                 await self._metadata.close()
             await cluster.stop()
-            if self.result.verdict.ok:
+            if checked and self.result.verdict.ok:
                 shutil.rmtree(path, ignore_errors=True)
         self.result.operations = len(history.ops)
         self.result.acknowledged = history.acknowledged
@@ -306,7 +319,7 @@ class Schedule:
                 # A stop asked in cutover must reach the workflow before the resume does.
                 await asyncio.gather(*(f for f, fault in fired if fault.kind in CONTROL))
                 await asyncio.sleep(self.rng.uniform(0.5, 2.0))
-                if await self._resume(clients, migration_id):
+                if await self._resume(clients, migration_id) and await self._reached(migration_id, m.CLEANUP):
                     injections += self._fire(m.CLEANUP, cluster, clients, migration_id)
         await asyncio.gather(*(f for f, _ in injections))
         status = await self._finish(clients, migration_id)
@@ -329,14 +342,16 @@ class Schedule:
     async def _inject(
         self, fault: Fault, cluster: LocalCluster, clients: list[Client], migration_id: str
     ) -> None:
-        kind = fault.kind
-        await asyncio.sleep(self.rng.uniform(0, 0.5))
-        outage = self.rng.uniform(1.0, 3.0)
-        beyond_lease = LEASE + self.rng.uniform(1.0, 3.0)
-        victim = self.rng.choice(["node-1", "node-2", "node-3"])
-        i = self.rng.randrange(len(cluster.coordinator_procs))
+        kind, rng = fault.kind, fault.rng
+        await asyncio.sleep(rng.uniform(0, 0.5))
+        row = await self._row(migration_id)
+        fault.landed = row[0] if row is not None else fault.landed
+        outage = rng.uniform(1.0, 3.0)
+        beyond_lease = LEASE + rng.uniform(1.0, 3.0)
+        victim = rng.choice(["node-1", "node-2", "node-3"])
+        i = rng.randrange(len(cluster.coordinator_procs))
         if kind in CONTROL:
-            await self._control(kind, clients, migration_id, cluster)
+            await self._control(kind, rng, clients, migration_id, cluster)
         elif kind == "kill_joining_node":
             await cluster.kill_storage_node("node-4")
             await asyncio.sleep(outage)
@@ -368,14 +383,14 @@ class Schedule:
             await asyncio.sleep(beyond_lease)
             cluster.coordinator_procs[i].process.resume()
         elif kind == "pause_storage_node":
-            node = cluster.nodes[self.rng.choice([victim, "node-4"])].process
+            node = cluster.nodes[rng.choice([victim, "node-4"])].process
             node.pause()
             await asyncio.sleep(outage)
             node.resume()
         elif kind == "partition_coordinator_pg":
             proxy = cluster.coordinator_procs[i].pg_proxy
             assert proxy is not None
-            if self.rng.random() < 0.5:
+            if rng.random() < 0.5:
                 proxy.hold()  # queries hang, then arrive late
             else:
                 proxy.block()
@@ -386,10 +401,10 @@ class Schedule:
             await cluster.coordinator_procs[1].process.kill()
             await cluster.restart_coordinator(1, env=self._coordinator_2_env(self.skew_ms - STEP_BACK_MS))
         else:
-            proxy = cluster.nodes[self.rng.choice([victim, "node-4"])].proxy
+            proxy = cluster.nodes[rng.choice([victim, "node-4"])].proxy
             assert proxy is not None
             if kind == "net_latency":
-                proxy.latency, proxy.jitter = self.rng.uniform(0.02, 0.2), 0.05
+                proxy.latency, proxy.jitter = rng.uniform(0.02, 0.2), 0.05
             elif kind == "net_drop":
                 for _ in range(3):
                     proxy.drop_connections()
@@ -402,11 +417,16 @@ class Schedule:
             proxy.heal()
 
     async def _control(
-        self, kind: str, clients: list[Client], migration_id: str, cluster: LocalCluster
+        self, kind: str, rng: random.Random, clients: list[Client], migration_id: str, cluster: LocalCluster
     ) -> None:
         temporal = await TemporalClient.connect(cluster.temporal_server.address)
         handle = temporal.get_workflow_handle(m.workflow_id("node-4"))
         in_cutover = self._phase_now(migration_id) == m.CUTOVER
+
+        def stop(c: Client) -> Awaitable[str]:
+            """What stops the migration where it is: a rollback in cutover, a cancel before it."""
+            return c.rollback_migration(migration_id) if in_cutover else c.cancel_migration(migration_id)
+
         if kind == "cancel_readd":
             with contextlib.suppress(ClientError):
                 await _any(clients, lambda c: c.cancel_migration(migration_id))
@@ -418,23 +438,13 @@ class Schedule:
             with contextlib.suppress(Exception):
                 await handle.terminate(reason="chaos")
         elif kind == "cancel_during_compensation":
-            stop = (
-                (lambda c: c.rollback_migration(migration_id))
-                if in_cutover
-                else (lambda c: c.cancel_migration(migration_id))
-            )
             with contextlib.suppress(ClientError):
                 await _any(clients, stop)
-            await asyncio.sleep(self.rng.uniform(0, 0.5))
+            await asyncio.sleep(rng.uniform(0, 0.5))
             with contextlib.suppress(Exception):
                 await handle.cancel()
         elif kind == "double_stop":
             # The same stop through three channels: an RPC, a signal, Temporal's own cancel.
-            stop = (
-                (lambda c: c.rollback_migration(migration_id))
-                if in_cutover
-                else (lambda c: c.cancel_migration(migration_id))
-            )
             with contextlib.suppress(ClientError):
                 await _any(clients, stop)
             with contextlib.suppress(Exception):
@@ -547,53 +557,60 @@ class Schedule:
         ring = Ring.from_tokens((t, n) for t, n in snap.tokens if snap.nodes[n].status == "active")
         storage = {n: cluster.nodes[n].client() for n in ring.node_ids}
 
-        async def holders(key: tuple[str, str], version: tuple[int, int]) -> tuple[int, list[str]]:
-            replicas = ring.replicas(token(*key), TENANTS[key[0]])
+        async def holders(key: tuple[str, str], wanted: tuple[tuple[int, int], bool, bytes]) -> list[str]:
+            """The key's replicas that lack (version, tombstone, value) or anything newer."""
             lacking = []
-            for node in replicas:
-                try:
-                    record = await storage[node].get(*key)
-                except StorageError:
-                    record = None
-                if record is None or (record.version.hlc, record.version.origin) < version:
+            for node in ring.replicas(token(*key), TENANTS[key[0]]):
+                for attempt in range(3):
+                    try:
+                        record = await storage[node].get(*key)
+                        break
+                    except StorageError:
+                        record = None
+                        await asyncio.sleep(0.5 * (attempt + 1))  # a node just healed may still be waking
+                held = (
+                    None
+                    if record is None
+                    else ((record.version.hlc, record.version.origin), *record.order[1:])
+                )
+                if held is None or held < wanted:
                     lacking.append(node)
-            return len(replicas) - len(lacking), lacking
+            return lacking
 
         try:
-            keys = list(history.by_key())
+            by_key = history.by_key()
             # Durability first, before any final read repairs anything (and, in write-only
             # schedules, before any read at all): a quorum holds the last acknowledged write.
             durability: dict[tuple[str, str], Durability] = {}
-            for key in keys:
-                newest = last_acknowledged(history.by_key()[key])
+            for key, ops in by_key.items():
+                newest = last_acknowledged(ops)
                 if newest is not None and newest.version is not None:
-                    holding, _ = await holders(key, newest.version)
-                    needed = required(Consistency.QUORUM, TENANTS[key[0]])
-                    durability[key] = Durability(holding, needed)
-            for i, key in enumerate(keys):
-                await _final_read(clients, history, key, i)
+                    lacking = await holders(key, (newest.version, newest.kind != PUT, _written(newest)))
+                    rf = TENANTS[key[0]]
+                    durability[key] = Durability(rf - len(lacking), required(Consistency.QUORUM, rf))
+            finals = {key: await _final_read(clients, history, key, i) for i, key in enumerate(by_key)}
             for key, ops in history.by_key().items():
                 check_key(key, ops, verdict, durability.get(key))
             # Convergence: after the final reads (and their repair), every replica, node-4 included,
             # holds what they returned.
             await asyncio.sleep(1)
-            for key, ops in history.by_key().items():
-                final = next((op for op in reversed(ops) if op.final and op.version), None)
-                if (
-                    final is None
-                    or final.version is None
-                    or key in verdict.evidence
-                    or final.version == (0, 0)
-                ):
+            for key, final in finals.items():
+                if final.version is None or final.version == (0, 0) or key in verdict.evidence:
                     continue
-                _, lacking = await holders(key, final.version)
+                lacking = await holders(
+                    key, (final.version, not final.found, final.value if final.found else b"")
+                )
                 if lacking:
                     verdict.lost.append(f"{key[0]}/{key[1]}: replicas {lacking} lack #{final.id}'s version")
-                    verdict.evidence[key] = ops
+                    verdict.evidence[key] = by_key[key]
         finally:
             for c in storage.values():
                 await c.close()
         return verdict
+
+
+def _written(op: Op) -> bytes:
+    return op.value if op.kind == PUT else b""
 
 
 @dataclass(frozen=True)

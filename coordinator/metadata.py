@@ -264,7 +264,7 @@ class Metadata:
             "   lease_expires_at = EXCLUDED.lease_expires_at, started_at = now(),"
             "   incarnation = EXCLUDED.incarnation"
             " WHERE coordinators.lease_expires_at <= clock_timestamp()"
-            "   OR coordinators.incarnation IN ('', EXCLUDED.incarnation)"
+            "   OR coordinators.incarnation = EXCLUDED.incarnation"
             " RETURNING origin, hlc_ceiling_ms",
             coordinator_id,
             address,

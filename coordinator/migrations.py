@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
@@ -72,7 +77,7 @@ class Migrations:
         client = self._client()
         node_id, host, port = request.node_id, request.host, request.port
         workflow_id = m.workflow_id(node_id)
-        await self._store.create(request, workflow_id)
+        recorded = await self._store.create(request, workflow_id)
         log.info(
             "Starting node addition migration",
             node_id=node_id,
@@ -111,7 +116,7 @@ class Migrations:
         except RPCError as exc:
             # The start may have reached Temporal before the error: never delete a row a workflow may
             # own. What never started, the worker's reconciler ends (`failed`, "never started").
-            if not await self._started(workflow_id, request.migration_id):
+            if not await self._started(workflow_id, recorded.started_at):
                 raise Unavailable(
                     f"could not confirm that Temporal started the migration workflow ({exc}); "
                     f"see `pairdb migration status {request.migration_id}` before retrying"
@@ -120,17 +125,15 @@ class Migrations:
         eta = datetime.now(UTC) + timedelta(seconds=10 + keys_to_move / ASSUMED_KEYS_PER_SECOND)
         return Started(request.migration_id, workflow_id, eta)
 
-    async def _started(self, workflow_id: str, migration_id: str) -> bool:
-        """Whether the workflow of this migration is running (its start got through after all)."""
+    async def _started(self, workflow_id: str, since: datetime) -> bool:
+        """Whether this migration's workflow runs after all: a run of its id started since it was recorded."""
         try:
-            state: m.MigrationState = (
-                await self._client()
-                .get_workflow_handle(workflow_id)
-                .query("progress", result_type=m.MigrationState, rpc_timeout=UPDATE_TIMEOUT)
+            described = (
+                await self._client().get_workflow_handle(workflow_id).describe(rpc_timeout=UPDATE_TIMEOUT)
             )
         except Exception:
             return False
-        return state.migration_id == migration_id
+        return described.status == WorkflowExecutionStatus.RUNNING and described.start_time >= since
 
     async def get(self, migration_id: str) -> MigrationRow:
         row = await self._store.get(migration_id)

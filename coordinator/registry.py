@@ -6,13 +6,21 @@ NOTIFYs coordinators. `barrier(epoch)` returns once every coordinator with a
 live lease reports that epoch applied, with no request of an older epoch
 still in flight on it; a coordinator whose lease lapses stops serving, so it
 no longer holds the barrier up.
+
+Phases move only along the migration's graph, checked in the transaction that
+moves them: a step forward only from the phase before it, a step back
+(rolling_back, cancelling) never once cleanup began, and nothing once the
+migration has ended. An activity can outlive its workflow (a cancel reaches it
+only at its next heartbeat; a terminate never does) while compensation or the
+reconciler moves on; its late step is refused instead of undoing theirs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import structlog
@@ -31,8 +39,42 @@ Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 LEASE_DRIFT_MARGIN_SECONDS = 0.5
 
 
-class MigrationEnded(FailedPrecondition):
-    """The migration has a terminal status already (its workflow or the reconciler ended it)."""
+class StepRefused(FailedPrecondition):
+    """The migration is not where this step starts from: it ended, or went another way."""
+
+
+# The phase each step forward starts from; a retried step finds its own phase already set.
+_FORWARD_FROM = {
+    m.DUAL_WRITE: m.QUEUED,
+    m.DATA_COPY: m.DUAL_WRITE,
+    m.CUTOVER: m.DATA_COPY,
+    m.CLEANUP: m.CUTOVER,
+}
+_PAST_RETURN = (m.CLEANUP, m.DONE)
+
+
+def check_step(row: asyncpg.Record | Mapping[str, Any], phase: str) -> None:
+    """Refuse a move of the locked migration row to phase that its graph does not allow."""
+    current, migration_id = row["phase"], row["migration_id"]
+    if row["status"] in m.TERMINAL_STATUSES:
+        raise StepRefused(
+            f"migration {migration_id} has ended ({row['status']}"
+            + (f": {row['error']}" if row["error"] else "")
+            + ")"
+        )
+    if current == phase:
+        return
+    if phase in (m.ROLLING_BACK, m.CANCELLING):
+        if current in _PAST_RETURN:
+            raise StepRefused(f"migration {migration_id} is in {current}, past the point of no return")
+        if phase == m.ROLLING_BACK and current == m.CANCELLING:
+            raise StepRefused(f"migration {migration_id} is cancelling already")
+        return
+    if _FORWARD_FROM.get(phase) != current:
+        raise StepRefused(
+            f"migration {migration_id} is in {current}, not {_FORWARD_FROM.get(phase)}: "
+            f"a step to {phase} that outlived its turn"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +103,7 @@ class Registry:
             if row["status"] == m.S_IN_PROGRESS:
                 return True
             if row["status"] != m.S_QUEUED:
-                raise MigrationEnded(f"migration {migration_id} is {row['status']}: {row['error'] or ''}")
+                raise StepRefused(f"migration {migration_id} is {row['status']}: {row['error'] or ''}")
             busy = await conn.fetchval("SELECT 1 FROM migrations WHERE status = 'in_progress'")
             older = await conn.fetchval(
                 "SELECT 1 FROM migrations WHERE status = 'queued' AND started_at < $1", row["started_at"]
@@ -79,7 +121,7 @@ class Registry:
         """Phase dual_write: the node joins as `joining` with its future tokens. Idempotent."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
-            _require_open(row)
+            check_step(row, m.DUAL_WRITE)
             node = await conn.fetchrow("SELECT status FROM nodes WHERE node_id = $1", row["node_id"])
             if node is None or node["status"] == "removed":
                 if node is not None:
@@ -101,14 +143,14 @@ class Registry:
     async def set_phase(self, migration_id: str, phase: str, node_status: str | None = None) -> int:
         """Move the migration to phase (and its node to node_status) in one epoch.
 
-        Once the migration has ended, stepping back (rolling_back, cancelling) is a no-op and
-        stepping forward fails with MigrationEnded.
+        Once the migration has ended, a step back is a no-op (whoever ended it took the
+        node out); any other move its graph does not allow fails with StepRefused.
         """
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
             if row["status"] in m.TERMINAL_STATUSES and phase in (m.ROLLING_BACK, m.CANCELLING):
                 return int(await conn.fetchval("SELECT epoch FROM registry"))
-            _require_open(row)
+            check_step(row, phase)
             if node_status is not None:
                 await conn.execute(
                     "UPDATE nodes SET status = $2, updated_at = now() WHERE node_id = $1",
@@ -141,6 +183,7 @@ class Registry:
             row = await self._locked_migration(conn, migration_id)
             if row["status"] in m.TERMINAL_STATUSES:
                 return int(await conn.fetchval("SELECT epoch FROM registry"))
+            check_step(row, m.CANCELLING)
             await conn.execute("DELETE FROM ring_tokens WHERE node_id = $1", row["node_id"])
             await conn.execute(
                 "UPDATE nodes SET status = 'removed', updated_at = now() WHERE node_id = $1", row["node_id"]
@@ -148,11 +191,16 @@ class Registry:
             return await self._set_phase(conn, migration_id, m.CANCELLING)
 
     async def finish(self, migration_id: str, status: str, error: str = "") -> int:
-        """End the migration: it leaves the registry and frees the ring-change slot."""
+        """End the migration: it leaves the registry and frees the ring-change slot.
+
+        Completed only from cleanup on; anything else only before it (the ring must match).
+        """
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
             if row["status"] in m.TERMINAL_STATUSES:
                 return int(await conn.fetchval("SELECT epoch FROM registry"))
+            if (status == m.S_COMPLETED) != (row["phase"] in _PAST_RETURN):
+                raise StepRefused(f"migration {migration_id} in {row['phase']} cannot end {status}")
             phase = m.DONE if status == m.S_COMPLETED else row["phase"]
             await conn.execute(
                 "UPDATE migrations SET status = $2, phase = $3, error = NULLIF($4, ''),"
@@ -189,12 +237,3 @@ class Registry:
             if heartbeat is not None:
                 heartbeat(behind)
             await sleep(poll)
-
-
-def _require_open(row: asyncpg.Record) -> None:
-    if row["status"] in m.TERMINAL_STATUSES:
-        raise MigrationEnded(
-            f"migration {row['migration_id']} has ended ({row['status']}"
-            + (f": {row['error']}" if row["error"] else "")
-            + ")"
-        )

@@ -53,7 +53,8 @@ def rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await fn(self, request, context)
         except PairdbError as exc:
-            await context.abort(_STATUS.get(type(exc), grpc.StatusCode.INTERNAL), str(exc))
+            code = next((_STATUS[t] for t in type(exc).__mro__ if t in _STATUS), grpc.StatusCode.INTERNAL)
+            await context.abort(code, str(exc))
         except LeaseLapsed as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         raise AssertionError("unreachable: abort raises")

@@ -284,7 +284,15 @@ class TopologyCache:
         """A tenant from the cache; on a miss, reload first (it may have just been created)."""
         info = self.current.tenants.get(tenant_id)
         if info is None:
-            info = (await self.refresh()).tenants.get(tenant_id)
+            try:
+                # Bounded: a request must not hang on a partitioned PostgreSQL (it holds its epoch).
+                async with asyncio.timeout(self._lease_seconds):
+                    info = (await self.refresh()).tenants.get(tenant_id)
+            except Exception as exc:
+                raise Unavailable(
+                    f"coordinator {self.coordinator_id} cannot look tenant {tenant_id!r} up in PostgreSQL "
+                    f"({type(exc).__name__}: {exc}); retry"
+                ) from None
         return info
 
     async def _run(self) -> None:

@@ -149,7 +149,7 @@ class Node:
 
 @dataclass(frozen=True, slots=True)
 class AddedNode:
-    migration_id: str  # empty when the node joined an empty ring directly
+    migration_id: str  # empty when the node joined directly (a cluster with no tenant yet)
     message: str
     estimated_completion: int
 

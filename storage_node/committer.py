@@ -58,7 +58,8 @@ class GroupCommitter:
         return await asyncio.get_running_loop().run_in_executor(self._writer, self._engine.raise_fence, epoch)
 
     async def delete_range(self, start: int, end: int) -> int:
-        """Engine.delete_range on the writer thread, ordered with the applies."""
+        """Engine.delete_range on the writer thread, after every apply queued before it."""
+        await self.apply([])
         return await asyncio.get_running_loop().run_in_executor(
             self._writer, self._engine.delete_range, start, end
         )

@@ -28,6 +28,8 @@ with workflow.unsafe.imports_passed_through():
     from pairdb import migration as m
 
 CHUNK_RANGES = 16
+# Workflows started before compensation and cleanup became uninterruptible replay as they ran.
+UNINTERRUPTIBLE_PATCH = "uninterruptible-compensation"
 QUEUE_POLL = timedelta(seconds=1)
 
 PHASE_KEY = SearchAttributeKey.for_keyword(m.SA_PHASE)
@@ -199,11 +201,17 @@ class NodeAdditionWorkflow:
 
         Half-done compensation or cleanup would leave the ring between two states.
         """
+        if not workflow.patched(UNINTERRUPTIBLE_PATCH):
+            await work  # a run that began before this rule: replay it as it ran
+            return
         task = asyncio.ensure_future(work)
         while not task.done():
             try:
                 await asyncio.shield(task)
             except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()  # absorbed: nothing later in this task may see it as pending
                 if task.done():
                     break
                 workflow.logger.warning(

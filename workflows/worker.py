@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from dataclasses import dataclass
 
@@ -79,7 +80,9 @@ async def serve(config: WorkerConfig) -> None:
     async with worker:
         await stop.wait()
         log.info("Migration worker stopping")
-    await reconciling
+    reconciling.cancel()  # a pass in the middle of a barrier is picked up again by any worker
+    with contextlib.suppress(asyncio.CancelledError):
+        await reconciling
     await ctx.pool.close()
     await metadata.close()
     log.info("Migration worker stopped")

@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from pairdb import migration as m
 from pairdb.cluster import LocalCluster
-from pairdb.temporal import temporal_binary
-from tests.support import load, wait_ended, wait_for
-
-
-async def temporal_cli(cluster: LocalCluster, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        str(temporal_binary()),
-        *args,
-        "--address",
-        cluster.temporal_server.address,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, out
-    return out.decode()
+from tests.support import load, temporal_cli, wait_ended, wait_for
 
 
 async def test_list_running_migrations_by_phase_and_read_their_details(
