@@ -133,7 +133,13 @@ class ReadPath:
         if REPAIR_READ_SET_ONLY in self._sabotage:
             plan = ReplicaPlan(r.plan.level, r.plan.old)
         holding = {n for n, a in answers.items() if a is not None and a.order >= newest.order}
-        # Replicas that answered with something older are repaired even when the plan is met without them.
+        stale = [n for n, a in answers.items() if _is_stale(a, newest)]
+        if plan.satisfied(holding):
+            # Durable already, the common case: no write-back, only the stale answers repaired.
+            if stale:
+                self._later(r.topology, self._repair(r.topology, newest, stale))
+            return
+        # Replicas that answered with something older get it too, even when the plan is met without them.
         outcome = await self._replicator.send(r.topology, plan, newest, holding=holding, newer_counts=True)
         if outcome.stale is not None:
             raise outcome.stale
@@ -142,10 +148,10 @@ class ReadPath:
                 f"the newest version {newest.version} could not be made durable before returning it: "
                 + outcome.shortfall(plan)
             )
-        repaired = [n for n in plan.targets if n not in holding and n in outcome.acked]
-        if repaired:
-            log.debug("Read repair", tenant_id=newest.tenant_id, key=newest.key, nodes=repaired)
-        stale_elsewhere = [n for n, a in answers.items() if _is_stale(a, newest) and n not in plan.targets]
+        log.debug(
+            "Read repair", tenant_id=newest.tenant_id, key=newest.key, nodes=sorted(outcome.acked - holding)
+        )
+        stale_elsewhere = [n for n in stale if n not in plan.targets]
         if stale_elsewhere:
             self._later(r.topology, self._repair(r.topology, newest, stale_elsewhere))
 
