@@ -82,7 +82,7 @@ async def test_a_restarted_coordinator_whose_clock_stepped_back_issues_newer_ver
     await skewed.restart_coordinator(1, env={CLOCK_OFFSET_ENV: str(AHEAD_MS)})
 
 
-async def test_a_coordinator_that_observed_a_newer_version_orders_its_writes_after_it_across_a_restart(
+async def test_a_write_after_a_restart_with_the_clock_stepped_back_still_wins_over_what_was_read(
     skewed: LocalCluster,
 ) -> None:
     async with skewed.client(1) as ahead:
@@ -90,10 +90,15 @@ async def test_a_coordinator_that_observed_a_newer_version_orders_its_writes_aft
     async with skewed.client(0) as on_time:
         assert (await on_time.get("skew", "observed")).value == b"from-the-future"
     await skewed.coordinator_procs[0].process.kill()
-    await skewed.restart_coordinator(0)
-    async with skewed.client(0) as on_time:
-        await on_time.put("skew", "observed", b"later")
-        assert (await on_time.get("skew", "observed")).value == b"later"
+    # Back with its clock 1.5 s behind: far below the version it read before the restart.
+    await skewed.restart_coordinator(0, env={CLOCK_OFFSET_ENV: "-1500"})
+    try:
+        async with skewed.client(0) as on_time:
+            await on_time.put("skew", "observed", b"later")
+            assert (await on_time.get("skew", "observed")).value == b"later"
+    finally:
+        await skewed.coordinator_procs[0].process.stop()
+        await skewed.restart_coordinator(0, env={})
 
 
 async def test_a_second_process_with_a_live_coordinators_id_does_not_serve_until_that_one_is_gone(
