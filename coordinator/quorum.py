@@ -2,7 +2,7 @@
 
 During a ring change a write has two replica sets, `old` (current ring) and
 `new` (future ring). It is acknowledged only when its consistency level is met
-in each set separately (DESIGN.md §5): a quorum of the union could be made of
+in each set separately (docs/architecture.md, section 5): a quorum of the union could be made of
 old replicas alone and leave the future owners without the write.
 """
 

@@ -1,6 +1,6 @@
 """Which storage nodes a request for a key goes to, and whose answers count.
 
-The read and write sets follow the in-flight ring change's phase (DESIGN.md §5):
+The read and write sets follow the in-flight ring change's phase (docs/architecture.md, section 5):
 
 | phase                              | writes go to | acknowledged when        | reads use |
 |------------------------------------|--------------|--------------------------|-----------|

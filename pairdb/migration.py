@@ -1,7 +1,7 @@
 """What the coordinator, the migration worker and the CLI agree on about a migration.
 
 Plain dataclasses and names only: the workflow imports this module, so it must
-stay free of I/O (DESIGN.md §6).
+stay free of I/O (docs/architecture.md, section 1).
 """
 
 from __future__ import annotations

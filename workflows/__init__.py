@@ -1,1 +1,1 @@
-"""Temporal workflows of pairdb: orchestration only, no I/O (see DESIGN.md §6)."""
+"""Temporal workflows of pairdb: orchestration only, no I/O (see docs/architecture.md)."""

@@ -1,4 +1,4 @@
-"""Read and write sets follow the in-flight ring change's phase (DESIGN.md §5 table)."""
+"""Read and write sets follow the in-flight ring change's phase (docs/architecture.md, section 5)."""
 
 from __future__ import annotations
 
