@@ -3,9 +3,9 @@ FROM python:3.11-slim
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# pairdb/ links coordinator/, proto/, activities/ and workflows/ in as pairdb.* packages.
 COPY pairdb ./pairdb
 COPY coordinator ./coordinator
-COPY storage_node ./storage_node
 COPY activities ./activities
 COPY workflows ./workflows
 COPY proto ./proto

@@ -5,10 +5,10 @@ from __future__ import annotations
 import structlog
 from temporalio import activity
 
-from activities.context import Context, heartbeat
-from coordinator.ring import ranges_gained
-from coordinator.topology import Topology
-from pairdb.keyspace import DEFAULT_REPLICATION_FACTOR
+from pairdb.activities.context import Context, heartbeat
+from pairdb.coordinator.ring import ranges_gained
+from pairdb.coordinator.topology import Topology
+from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR
 
 log = structlog.get_logger()
 

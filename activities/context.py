@@ -18,13 +18,13 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from coordinator.metadata import Metadata, MigrationRow
-from coordinator.migration_store import MigrationStore
-from coordinator.quorum import unfenced_quorum
-from coordinator.registry import Lagging, Registry
-from coordinator.topology import Topology
-from pairdb import request_ids
-from storage_node.client import NodeClient, StorageError, StoragePool, describe_failure
+from pairdb.coordinator.metadata import Metadata, MigrationRow
+from pairdb.coordinator.migration_store import MigrationStore
+from pairdb.coordinator.quorum import unfenced_quorum
+from pairdb.coordinator.registry import Lagging, Registry
+from pairdb.coordinator.topology import Topology
+from pairdb.serving import request_ids
+from pairdb.storage_node.client import NodeClient, StorageError, StoragePool, describe_failure
 
 log = structlog.get_logger()
 

@@ -18,16 +18,16 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.context import Context
-from coordinator.metadata import MigrationRow, PlannedRange
-from coordinator.quorum import Consistency, required
-from coordinator.ring import ranges_gained
-from coordinator.topology import Topology
-from pairdb import metrics
-from pairdb import migration as m
-from pairdb.keyspace import DEFAULT_REPLICATION_FACTOR, StoredRecord
-from storage_node.client import NodeClient, StorageError, describe_failure
-from storage_node.engine import digest_of
+from pairdb.activities.context import Context
+from pairdb.coordinator.metadata import MigrationRow, PlannedRange
+from pairdb.coordinator.quorum import Consistency, required
+from pairdb.coordinator.ring import ranges_gained
+from pairdb.coordinator.topology import Topology
+from pairdb.kernel import migration as m
+from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, StoredRecord
+from pairdb.serving import metrics
+from pairdb.storage_node.client import NodeClient, StorageError, describe_failure
+from pairdb.storage_node.engine import digest_of
 
 log = structlog.get_logger()
 

@@ -25,11 +25,11 @@ import structlog
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.cleanup import CleanupSteps
-from activities.context import Context
-from activities.registry_steps import RegistrySteps
-from coordinator.metadata import MigrationRow
-from pairdb import migration as m
+from pairdb.activities.cleanup import CleanupSteps
+from pairdb.activities.context import Context
+from pairdb.activities.registry_steps import RegistrySteps
+from pairdb.coordinator.metadata import MigrationRow
+from pairdb.kernel import migration as m
 
 log = structlog.get_logger()
 

@@ -17,11 +17,11 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.context import Context
-from coordinator.registry import StepRefused
-from coordinator.ring import allocate_tokens
-from pairdb import metrics
-from pairdb import migration as m
+from pairdb.activities.context import Context
+from pairdb.coordinator.registry import StepRefused
+from pairdb.coordinator.ring import allocate_tokens
+from pairdb.kernel import migration as m
+from pairdb.serving import metrics
 
 log = structlog.get_logger()
 

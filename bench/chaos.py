@@ -38,18 +38,21 @@ from typing import TypeVar
 from temporalio.client import Client as TemporalClient
 from temporalio.client import WorkflowExecutionStatus
 
-from coordinator.metadata import Metadata
-from coordinator.quorum import Consistency, required
-from coordinator.ring import Ring
-from pairdb import logs
-from pairdb import migration as m
-from pairdb.checker import GET, PUT, Durability, History, Op, Verdict, check_key, last_acknowledged
+if __package__ in (None, ""):  # run as `python bench/chaos.py`: the repository is the import root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.checker import GET, PUT, Durability, History, Op, Verdict, check_key, last_acknowledged
 from pairdb.client import NO_RETRY, Client, ClientError
-from pairdb.clocks import CLOCK_OFFSET_ENV
-from pairdb.cluster import LocalCluster, free_port
-from pairdb.keyspace import token
-from pairdb.sabotage import SABOTAGE_ENV
-from storage_node.client import StorageError
+from pairdb.coordinator.metadata import Metadata
+from pairdb.coordinator.quorum import Consistency, required
+from pairdb.coordinator.ring import Ring
+from pairdb.kernel import migration as m
+from pairdb.kernel.clocks import CLOCK_OFFSET_ENV
+from pairdb.kernel.keyspace import token
+from pairdb.kernel.sabotage import SABOTAGE_ENV
+from pairdb.local.cluster import LocalCluster, free_port
+from pairdb.serving import logs
+from pairdb.storage_node.client import StorageError
 
 KILLS = (
     "kill_joining_node",

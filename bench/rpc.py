@@ -39,10 +39,10 @@ from pathlib import Path
 
 import grpc
 
-from pairdb import logs
 from pairdb.client import Client
-from pairdb.cluster import LocalCluster, free_port
-from pairdb.processes import ManagedProcess, die_with_parent
+from pairdb.local.cluster import LocalCluster, free_port
+from pairdb.local.processes import ManagedProcess, die_with_parent
+from pairdb.serving import logs
 
 ECHO_SERVICE = "pairdb.bench.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"

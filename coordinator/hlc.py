@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import structlog
 
-from pairdb.clocks import DEFAULT_MAX_OFFSET_MS
-from pairdb.keyspace import Version
+from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS
+from pairdb.kernel.keyspace import Version
 
 log = structlog.get_logger()
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from coordinator.errors import InvalidArgument
-from coordinator.quorum import Consistency
-from pairdb.keyspace import (
+from pairdb.coordinator.errors import InvalidArgument
+from pairdb.coordinator.quorum import Consistency
+from pairdb.kernel.keyspace import (
     MAX_KEY_BYTES,
     MAX_REPLICATION_FACTOR,
     MAX_VALUE_BYTES,

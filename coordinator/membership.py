@@ -17,13 +17,13 @@ from datetime import datetime
 
 import structlog
 
-from coordinator.errors import AlreadyExists, InvalidArgument, Unavailable
-from coordinator.metadata import Metadata, NodeInfo
-from coordinator.migrations import Migrations
-from coordinator.ring import DEFAULT_VIRTUAL_NODES, allocate_tokens
-from coordinator.topology import Topology, TopologyCache
-from pairdb import migration as m
-from storage_node.client import NodeClient, NodeStats, StorageError, StoragePool
+from pairdb.coordinator.errors import AlreadyExists, InvalidArgument, Unavailable
+from pairdb.coordinator.metadata import Metadata, NodeInfo
+from pairdb.coordinator.migrations import Migrations
+from pairdb.coordinator.ring import DEFAULT_VIRTUAL_NODES, allocate_tokens
+from pairdb.coordinator.topology import Topology, TopologyCache
+from pairdb.kernel import migration as m
+from pairdb.storage_node.client import NodeClient, NodeStats, StorageError, StoragePool
 
 log = structlog.get_logger()
 

@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from coordinator import schema
-from coordinator.errors import AlreadyExists
+from pairdb.coordinator import schema
+from pairdb.coordinator.errors import AlreadyExists
 
 log = structlog.get_logger()
 

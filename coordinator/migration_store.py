@@ -10,10 +10,10 @@ from typing import Any
 
 import asyncpg
 
-from coordinator.errors import AlreadyExists
-from coordinator.metadata import Metadata, MigrationRow, PlannedRange, from_db_token, to_db_token
-from pairdb import migration as m
-from pairdb import request_ids
+from pairdb.coordinator.errors import AlreadyExists
+from pairdb.coordinator.metadata import Metadata, MigrationRow, PlannedRange, from_db_token, to_db_token
+from pairdb.kernel import migration as m
+from pairdb.serving import request_ids
 
 
 def _migration(row: asyncpg.Record) -> MigrationRow:

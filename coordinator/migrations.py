@@ -28,10 +28,10 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from coordinator.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
-from coordinator.metadata import MigrationRow
-from coordinator.migration_store import MigrationStore
-from pairdb import migration as m
+from pairdb.coordinator.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from pairdb.coordinator.metadata import MigrationRow
+from pairdb.coordinator.migration_store import MigrationStore
+from pairdb.kernel import migration as m
 
 log = structlog.get_logger()
 

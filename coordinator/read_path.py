@@ -22,16 +22,16 @@ from typing import Any
 
 import structlog
 
-from coordinator.errors import Unavailable
-from coordinator.hlc import HybridLogicalClock
-from coordinator.quorum import Consistency, ReplicaPlan, required
-from coordinator.replication import Replicator
-from coordinator.routing import Route, StaleView, route
-from coordinator.topology import Topology, TopologyCache
-from coordinator.write_path import ROUTE_ATTEMPTS
-from pairdb.keyspace import StoredRecord, Version
-from pairdb.sabotage import REPAIR_READ_SET_ONLY
-from storage_node.client import StaleEpoch, StoragePool, describe_failure
+from pairdb.coordinator.errors import Unavailable
+from pairdb.coordinator.hlc import HybridLogicalClock
+from pairdb.coordinator.quorum import Consistency, ReplicaPlan, required
+from pairdb.coordinator.replication import Replicator
+from pairdb.coordinator.routing import Route, StaleView, route
+from pairdb.coordinator.topology import Topology, TopologyCache
+from pairdb.coordinator.write_path import ROUTE_ATTEMPTS
+from pairdb.kernel.keyspace import StoredRecord, Version
+from pairdb.kernel.sabotage import REPAIR_READ_SET_ONLY
+from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
 
 log = structlog.get_logger()
 

@@ -25,9 +25,9 @@ from typing import Any
 import asyncpg
 import structlog
 
-from coordinator.errors import FailedPrecondition, NotFound
-from coordinator.metadata import Metadata, bump_epoch, to_db_token
-from pairdb import migration as m
+from pairdb.coordinator.errors import FailedPrecondition, NotFound
+from pairdb.coordinator.metadata import Metadata, bump_epoch, to_db_token
+from pairdb.kernel import migration as m
 
 log = structlog.get_logger()
 

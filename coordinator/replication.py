@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from coordinator.quorum import ReplicaPlan
-from coordinator.topology import Topology, TopologyCache
-from pairdb import metrics
-from pairdb.keyspace import Applied, StoredRecord, Version
-from storage_node.client import StaleEpoch, StoragePool, describe_failure
+from pairdb.coordinator.quorum import ReplicaPlan
+from pairdb.coordinator.topology import Topology, TopologyCache
+from pairdb.kernel.keyspace import Applied, StoredRecord, Version
+from pairdb.serving import metrics
+from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
 
 log = structlog.get_logger()
 

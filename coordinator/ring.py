@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from pairdb.keyspace import TOKEN_MAX
+from pairdb.kernel.keyspace import TOKEN_MAX
 
 RING_SIZE = TOKEN_MAX + 1
 DEFAULT_VIRTUAL_NODES = 128

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coordinator.errors import NotFound, Unavailable
-from coordinator.quorum import Consistency, ReplicaPlan
-from coordinator.topology import Topology, TopologyCache
-from pairdb import migration as m
-from pairdb.keyspace import token
+from pairdb.coordinator.errors import NotFound, Unavailable
+from pairdb.coordinator.quorum import Consistency, ReplicaPlan
+from pairdb.coordinator.topology import Topology, TopologyCache
+from pairdb.kernel import migration as m
+from pairdb.kernel.keyspace import token
 
 _READS_ON_NEW = (m.CUTOVER, m.CLEANUP)
 _WRITES_ON_NEW_ONLY = (m.CLEANUP,)

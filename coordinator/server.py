@@ -10,21 +10,21 @@ from dataclasses import dataclass
 import structlog
 from temporalio.client import Client
 
-from coordinator.membership import Membership
-from coordinator.metadata import Metadata
-from coordinator.migration_store import MigrationStore
-from coordinator.migrations import Migrations
-from coordinator.read_path import ReadPath
-from coordinator.replication import Replicator
-from coordinator.service import CoordinatorService
-from coordinator.topology import TopologyCache
-from coordinator.write_path import WritePath
-from pairdb import metrics
-from pairdb.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
-from pairdb.sabotage import from_env as sabotage_from_env
-from pairdb.serving import Health, new_server
-from proto import coordinator_pb2, coordinator_pb2_grpc
-from storage_node.client import StoragePool
+from pairdb.coordinator.membership import Membership
+from pairdb.coordinator.metadata import Metadata
+from pairdb.coordinator.migration_store import MigrationStore
+from pairdb.coordinator.migrations import Migrations
+from pairdb.coordinator.read_path import ReadPath
+from pairdb.coordinator.replication import Replicator
+from pairdb.coordinator.service import CoordinatorService
+from pairdb.coordinator.topology import TopologyCache
+from pairdb.coordinator.write_path import WritePath
+from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
+from pairdb.kernel.sabotage import from_env as sabotage_from_env
+from pairdb.proto import coordinator_pb2, coordinator_pb2_grpc
+from pairdb.serving import metrics
+from pairdb.serving.server import Health, new_server
+from pairdb.storage_node.client import StoragePool
 
 log = structlog.get_logger()
 

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from coordinator import limits
-from coordinator.errors import (
+from pairdb.coordinator import limits
+from pairdb.coordinator.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -18,16 +18,16 @@ from coordinator.errors import (
     PairdbError,
     Unavailable,
 )
-from coordinator.membership import Membership
-from coordinator.metadata import Metadata, TenantInfo
-from coordinator.migrations import Migrations
-from coordinator.read_path import ReadPath
-from coordinator.topology import LeaseLapsed, TopologyCache
-from coordinator.write_path import WritePath
-from pairdb import migration as m
-from pairdb.keyspace import DEFAULT_REPLICATION_FACTOR, Version
-from proto import coordinator_pb2 as pb
-from proto import coordinator_pb2_grpc
+from pairdb.coordinator.membership import Membership
+from pairdb.coordinator.metadata import Metadata, TenantInfo
+from pairdb.coordinator.migrations import Migrations
+from pairdb.coordinator.read_path import ReadPath
+from pairdb.coordinator.topology import LeaseLapsed, TopologyCache
+from pairdb.coordinator.write_path import WritePath
+from pairdb.kernel import migration as m
+from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, Version
+from pairdb.proto import coordinator_pb2 as pb
+from pairdb.proto import coordinator_pb2_grpc
 
 log = structlog.get_logger()
 Context = grpc.aio.ServicerContext[Any, Any]

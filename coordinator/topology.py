@@ -25,13 +25,13 @@ from typing import Any
 import asyncpg
 import structlog
 
-from coordinator.errors import Unavailable
-from coordinator.hlc import HybridLogicalClock
-from coordinator.metadata import NOTIFY_CHANNEL, Metadata, NodeInfo, Registration, Snapshot, TenantInfo
-from coordinator.ring import Ring
-from pairdb import metrics
-from pairdb import migration as m
-from pairdb.clocks import DEFAULT_MAX_OFFSET_MS, WallClock, boottime
+from pairdb.coordinator.errors import Unavailable
+from pairdb.coordinator.hlc import HybridLogicalClock
+from pairdb.coordinator.metadata import NOTIFY_CHANNEL, Metadata, NodeInfo, Registration, Snapshot, TenantInfo
+from pairdb.coordinator.ring import Ring
+from pairdb.kernel import migration as m
+from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock, boottime
+from pairdb.serving import metrics
 
 log = structlog.get_logger()
 

@@ -25,16 +25,16 @@ from dataclasses import dataclass
 
 import structlog
 
-from coordinator.errors import Unavailable
-from coordinator.hlc import ClockCeiling, HybridLogicalClock
-from coordinator.quorum import Consistency, ReplicaPlan
-from coordinator.replication import Replicator
-from coordinator.routing import StaleView, route
-from coordinator.topology import Topology, TopologyCache
-from pairdb import metrics
-from pairdb.keyspace import StoredRecord, Version
-from pairdb.sabotage import SKIP_REVERSION
-from storage_node.client import StaleEpoch
+from pairdb.coordinator.errors import Unavailable
+from pairdb.coordinator.hlc import ClockCeiling, HybridLogicalClock
+from pairdb.coordinator.quorum import Consistency, ReplicaPlan
+from pairdb.coordinator.replication import Replicator
+from pairdb.coordinator.routing import StaleView, route
+from pairdb.coordinator.topology import Topology, TopologyCache
+from pairdb.kernel.keyspace import StoredRecord, Version
+from pairdb.kernel.sabotage import SKIP_REVERSION
+from pairdb.serving import metrics
+from pairdb.storage_node.client import StaleEpoch
 
 log = structlog.get_logger()
 

@@ -1,14 +1,9 @@
 """pairdb: a multi-tenant replicated key-value store that grows its cluster online."""
 
-import os
 from typing import TYPE_CHECKING
 
-# gRPC core logs an INFO line whenever a process with live channels forks (as a
-# supervisor starting children does); keep its default output to errors.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
-# The client, imported on first use so that `pairdb.keyspace` and friends do not load grpc.
+# The client, imported on first use so that the kernel and friends do not load grpc; importing
+# pairdb changes nothing else (no environment, no logging).
 if TYPE_CHECKING:
     from pairdb.client import (
         AlreadyExists,

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from pairdb import config, logs, progress
+from pairdb import config, progress
 from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError
-from pairdb.clocks import DEFAULT_MAX_OFFSET_MS
-from pairdb.processes import die_with_parent
+from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS
+from pairdb.local.processes import GRPC_QUIET, die_with_parent
+from pairdb.serving import logs
 
 DEV_COORDINATOR_PORT = 50051
 DEV_STORAGE_BASE_PORT = 7001
@@ -371,7 +373,7 @@ async def _run_until_signal(
 
 
 async def _dev(args: argparse.Namespace) -> None:
-    from pairdb.cluster import LocalCluster
+    from pairdb.local.cluster import LocalCluster
 
     cluster = LocalCluster(
         args.data_dir,
@@ -405,6 +407,8 @@ async def _dev(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for name, value in GRPC_QUIET.items():
+        os.environ.setdefault(name, value)  # before this process creates any channel or server
     parser = build_parser()
     resolved = config.resolve(parser, argv)
     args = resolved.args
@@ -414,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             print(config.show(parser, args.target or ["coordinator"], resolved.file))
             return 0
         if args.command == "storage-node":
-            from storage_node.server import StorageNodeConfig, serve
+            from pairdb.storage_node.server import StorageNodeConfig, serve
 
             logs.configure(json=True, level=args.log_level)
             asyncio.run(
@@ -430,8 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         elif args.command == "coordinator":
-            from coordinator.server import CoordinatorConfig
-            from coordinator.server import serve as serve_coordinator
+            from pairdb.coordinator.server import CoordinatorConfig
+            from pairdb.coordinator.server import serve as serve_coordinator
 
             if not args.postgres_dsn:
                 print("error: --postgres-dsn or PAIRDB_POSTGRES_DSN is required", file=sys.stderr)
@@ -454,13 +458,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         elif args.command == "demo":
-            from pairdb.demo import run_demo
+            from pairdb.local.demo import run_demo
 
             logs.configure(json=False, level="WARNING")
             return asyncio.run(run_demo(args.data_dir.resolve(), args.keys))
         elif args.command == "worker":
-            from workflows.worker import WorkerConfig
-            from workflows.worker import serve as serve_worker
+            from pairdb.workflows.worker import WorkerConfig
+            from pairdb.workflows.worker import serve as serve_worker
 
             if not args.postgres_dsn:
                 print("error: --postgres-dsn or PAIRDB_POSTGRES_DSN is required", file=sys.stderr)

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from proto import coordinator_pb2 as pb
-from proto import coordinator_pb2_grpc
+from pairdb.proto import coordinator_pb2 as pb
+from pairdb.proto import coordinator_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 T = TypeVar("T")

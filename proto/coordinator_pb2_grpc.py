@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import coordinator_pb2 as proto_dot_coordinator__pb2
+from pairdb.proto import coordinator_pb2 as pairdb_dot_proto_dot_coordinator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/coordinator_pb2_grpc.py depends on'
+        + ' but the generated code in pairdb/proto/coordinator_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,68 +36,68 @@ class CoordinatorServiceStub:
         """
         self.WriteKeyValue = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/WriteKeyValue',
-                request_serializer=proto_dot_coordinator__pb2.WriteKeyValueRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.WriteKeyValueResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.WriteKeyValueRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.WriteKeyValueResponse.FromString,
                 _registered_method=True)
         self.ReadKeyValue = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/ReadKeyValue',
-                request_serializer=proto_dot_coordinator__pb2.ReadKeyValueRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.ReadKeyValueResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ReadKeyValueRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ReadKeyValueResponse.FromString,
                 _registered_method=True)
         self.DeleteKeyValue = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/DeleteKeyValue',
-                request_serializer=proto_dot_coordinator__pb2.DeleteKeyValueRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.DeleteKeyValueResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.DeleteKeyValueRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.DeleteKeyValueResponse.FromString,
                 _registered_method=True)
         self.CreateTenant = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/CreateTenant',
-                request_serializer=proto_dot_coordinator__pb2.CreateTenantRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.CreateTenantResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.CreateTenantResponse.FromString,
                 _registered_method=True)
         self.GetTenant = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/GetTenant',
-                request_serializer=proto_dot_coordinator__pb2.GetTenantRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.GetTenantResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.GetTenantRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.GetTenantResponse.FromString,
                 _registered_method=True)
         self.AddStorageNode = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/AddStorageNode',
-                request_serializer=proto_dot_coordinator__pb2.AddStorageNodeRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.AddStorageNodeResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.AddStorageNodeRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.AddStorageNodeResponse.FromString,
                 _registered_method=True)
         self.RemoveStorageNode = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/RemoveStorageNode',
-                request_serializer=proto_dot_coordinator__pb2.RemoveStorageNodeRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.RemoveStorageNodeResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeResponse.FromString,
                 _registered_method=True)
         self.ListStorageNodes = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/ListStorageNodes',
-                request_serializer=proto_dot_coordinator__pb2.ListStorageNodesRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.ListStorageNodesResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ListStorageNodesRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ListStorageNodesResponse.FromString,
                 _registered_method=True)
         self.GetMigrationStatus = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/GetMigrationStatus',
-                request_serializer=proto_dot_coordinator__pb2.GetMigrationStatusRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.GetMigrationStatusResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.GetMigrationStatusRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.GetMigrationStatusResponse.FromString,
                 _registered_method=True)
         self.CancelMigration = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/CancelMigration',
-                request_serializer=proto_dot_coordinator__pb2.CancelMigrationRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.CancelMigrationResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.CancelMigrationRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.CancelMigrationResponse.FromString,
                 _registered_method=True)
         self.RollbackMigration = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/RollbackMigration',
-                request_serializer=proto_dot_coordinator__pb2.RollbackMigrationRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.RollbackMigrationResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.RollbackMigrationRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RollbackMigrationResponse.FromString,
                 _registered_method=True)
         self.PauseMigration = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/PauseMigration',
-                request_serializer=proto_dot_coordinator__pb2.PauseMigrationRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.PauseMigrationResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.PauseMigrationRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.PauseMigrationResponse.FromString,
                 _registered_method=True)
         self.ThrottleMigration = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/ThrottleMigration',
-                request_serializer=proto_dot_coordinator__pb2.ThrottleMigrationRequest.SerializeToString,
-                response_deserializer=proto_dot_coordinator__pb2.ThrottleMigrationResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ThrottleMigrationRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ThrottleMigrationResponse.FromString,
                 _registered_method=True)
 
 
@@ -187,68 +187,68 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'WriteKeyValue': grpc.unary_unary_rpc_method_handler(
                     servicer.WriteKeyValue,
-                    request_deserializer=proto_dot_coordinator__pb2.WriteKeyValueRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.WriteKeyValueResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.WriteKeyValueRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.WriteKeyValueResponse.SerializeToString,
             ),
             'ReadKeyValue': grpc.unary_unary_rpc_method_handler(
                     servicer.ReadKeyValue,
-                    request_deserializer=proto_dot_coordinator__pb2.ReadKeyValueRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.ReadKeyValueResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ReadKeyValueRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.ReadKeyValueResponse.SerializeToString,
             ),
             'DeleteKeyValue': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteKeyValue,
-                    request_deserializer=proto_dot_coordinator__pb2.DeleteKeyValueRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.DeleteKeyValueResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.DeleteKeyValueRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.DeleteKeyValueResponse.SerializeToString,
             ),
             'CreateTenant': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTenant,
-                    request_deserializer=proto_dot_coordinator__pb2.CreateTenantRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.CreateTenantResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.CreateTenantRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.CreateTenantResponse.SerializeToString,
             ),
             'GetTenant': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTenant,
-                    request_deserializer=proto_dot_coordinator__pb2.GetTenantRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.GetTenantResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.GetTenantRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.GetTenantResponse.SerializeToString,
             ),
             'AddStorageNode': grpc.unary_unary_rpc_method_handler(
                     servicer.AddStorageNode,
-                    request_deserializer=proto_dot_coordinator__pb2.AddStorageNodeRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.AddStorageNodeResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.AddStorageNodeRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.AddStorageNodeResponse.SerializeToString,
             ),
             'RemoveStorageNode': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveStorageNode,
-                    request_deserializer=proto_dot_coordinator__pb2.RemoveStorageNodeRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.RemoveStorageNodeResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeResponse.SerializeToString,
             ),
             'ListStorageNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListStorageNodes,
-                    request_deserializer=proto_dot_coordinator__pb2.ListStorageNodesRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.ListStorageNodesResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ListStorageNodesRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.ListStorageNodesResponse.SerializeToString,
             ),
             'GetMigrationStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMigrationStatus,
-                    request_deserializer=proto_dot_coordinator__pb2.GetMigrationStatusRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.GetMigrationStatusResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.GetMigrationStatusRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.GetMigrationStatusResponse.SerializeToString,
             ),
             'CancelMigration': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelMigration,
-                    request_deserializer=proto_dot_coordinator__pb2.CancelMigrationRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.CancelMigrationResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.CancelMigrationRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.CancelMigrationResponse.SerializeToString,
             ),
             'RollbackMigration': grpc.unary_unary_rpc_method_handler(
                     servicer.RollbackMigration,
-                    request_deserializer=proto_dot_coordinator__pb2.RollbackMigrationRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.RollbackMigrationResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RollbackMigrationRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.RollbackMigrationResponse.SerializeToString,
             ),
             'PauseMigration': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseMigration,
-                    request_deserializer=proto_dot_coordinator__pb2.PauseMigrationRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.PauseMigrationResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.PauseMigrationRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.PauseMigrationResponse.SerializeToString,
             ),
             'ThrottleMigration': grpc.unary_unary_rpc_method_handler(
                     servicer.ThrottleMigration,
-                    request_deserializer=proto_dot_coordinator__pb2.ThrottleMigrationRequest.FromString,
-                    response_serializer=proto_dot_coordinator__pb2.ThrottleMigrationResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ThrottleMigrationRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.ThrottleMigrationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -276,8 +276,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/WriteKeyValue',
-            proto_dot_coordinator__pb2.WriteKeyValueRequest.SerializeToString,
-            proto_dot_coordinator__pb2.WriteKeyValueResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.WriteKeyValueRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.WriteKeyValueResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -303,8 +303,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/ReadKeyValue',
-            proto_dot_coordinator__pb2.ReadKeyValueRequest.SerializeToString,
-            proto_dot_coordinator__pb2.ReadKeyValueResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.ReadKeyValueRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.ReadKeyValueResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -330,8 +330,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/DeleteKeyValue',
-            proto_dot_coordinator__pb2.DeleteKeyValueRequest.SerializeToString,
-            proto_dot_coordinator__pb2.DeleteKeyValueResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.DeleteKeyValueRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.DeleteKeyValueResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -357,8 +357,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/CreateTenant',
-            proto_dot_coordinator__pb2.CreateTenantRequest.SerializeToString,
-            proto_dot_coordinator__pb2.CreateTenantResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.CreateTenantRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.CreateTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -384,8 +384,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/GetTenant',
-            proto_dot_coordinator__pb2.GetTenantRequest.SerializeToString,
-            proto_dot_coordinator__pb2.GetTenantResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.GetTenantRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.GetTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -411,8 +411,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/AddStorageNode',
-            proto_dot_coordinator__pb2.AddStorageNodeRequest.SerializeToString,
-            proto_dot_coordinator__pb2.AddStorageNodeResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.AddStorageNodeRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.AddStorageNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -438,8 +438,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/RemoveStorageNode',
-            proto_dot_coordinator__pb2.RemoveStorageNodeRequest.SerializeToString,
-            proto_dot_coordinator__pb2.RemoveStorageNodeResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -465,8 +465,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/ListStorageNodes',
-            proto_dot_coordinator__pb2.ListStorageNodesRequest.SerializeToString,
-            proto_dot_coordinator__pb2.ListStorageNodesResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.ListStorageNodesRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.ListStorageNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -492,8 +492,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/GetMigrationStatus',
-            proto_dot_coordinator__pb2.GetMigrationStatusRequest.SerializeToString,
-            proto_dot_coordinator__pb2.GetMigrationStatusResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.GetMigrationStatusRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.GetMigrationStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -519,8 +519,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/CancelMigration',
-            proto_dot_coordinator__pb2.CancelMigrationRequest.SerializeToString,
-            proto_dot_coordinator__pb2.CancelMigrationResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.CancelMigrationRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.CancelMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -546,8 +546,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/RollbackMigration',
-            proto_dot_coordinator__pb2.RollbackMigrationRequest.SerializeToString,
-            proto_dot_coordinator__pb2.RollbackMigrationResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.RollbackMigrationRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.RollbackMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -573,8 +573,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/PauseMigration',
-            proto_dot_coordinator__pb2.PauseMigrationRequest.SerializeToString,
-            proto_dot_coordinator__pb2.PauseMigrationResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.PauseMigrationRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.PauseMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -600,8 +600,8 @@ class CoordinatorService:
             request,
             target,
             '/pairdb.v1.CoordinatorService/ThrottleMigration',
-            proto_dot_coordinator__pb2.ThrottleMigrationRequest.SerializeToString,
-            proto_dot_coordinator__pb2.ThrottleMigrationResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.ThrottleMigrationRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.ThrottleMigrationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import storage_pb2 as proto_dot_storage__pb2
+from pairdb.proto import storage_pb2 as pairdb_dot_proto_dot_storage__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/storage_pb2_grpc.py depends on'
+        + ' but the generated code in pairdb/proto/storage_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,43 +36,43 @@ class StorageServiceStub:
         """
         self.Apply = channel.unary_unary(
                 '/pairdb.v1.StorageService/Apply',
-                request_serializer=proto_dot_storage__pb2.ApplyRequest.SerializeToString,
-                response_deserializer=proto_dot_storage__pb2.ApplyResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyResponse.FromString,
                 _registered_method=True)
         self.ApplyBatch = channel.unary_unary(
                 '/pairdb.v1.StorageService/ApplyBatch',
-                request_serializer=proto_dot_storage__pb2.ApplyBatchRequest.SerializeToString,
-                response_deserializer=proto_dot_storage__pb2.ApplyBatchResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchResponse.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
                 '/pairdb.v1.StorageService/Get',
-                request_serializer=proto_dot_storage__pb2.GetRequest.SerializeToString,
-                response_deserializer=proto_dot_storage__pb2.GetResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.GetRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.GetResponse.FromString,
                 _registered_method=True)
         self.ScanRange = channel.unary_stream(
                 '/pairdb.v1.StorageService/ScanRange',
-                request_serializer=proto_dot_storage__pb2.ScanRangeRequest.SerializeToString,
-                response_deserializer=proto_dot_storage__pb2.ScanRangeBatch.FromString,
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.ScanRangeRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.ScanRangeBatch.FromString,
                 _registered_method=True)
         self.RangeDigest = channel.unary_unary(
                 '/pairdb.v1.StorageService/RangeDigest',
-                request_serializer=proto_dot_storage__pb2.RangeDigestRequest.SerializeToString,
-                response_deserializer=proto_dot_storage__pb2.RangeDigestResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.RangeDigestRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.RangeDigestResponse.FromString,
                 _registered_method=True)
         self.DeleteRange = channel.unary_unary(
                 '/pairdb.v1.StorageService/DeleteRange',
-                request_serializer=proto_dot_storage__pb2.DeleteRangeRequest.SerializeToString,
-                response_deserializer=proto_dot_storage__pb2.DeleteRangeResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.DeleteRangeRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.DeleteRangeResponse.FromString,
                 _registered_method=True)
         self.SetFence = channel.unary_unary(
                 '/pairdb.v1.StorageService/SetFence',
-                request_serializer=proto_dot_storage__pb2.SetFenceRequest.SerializeToString,
-                response_deserializer=proto_dot_storage__pb2.SetFenceResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.SetFenceRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.SetFenceResponse.FromString,
                 _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/pairdb.v1.StorageService/Stats',
-                request_serializer=proto_dot_storage__pb2.StatsRequest.SerializeToString,
-                response_deserializer=proto_dot_storage__pb2.StatsResponse.FromString,
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.StatsRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.StatsResponse.FromString,
                 _registered_method=True)
 
 
@@ -132,43 +132,43 @@ def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Apply': grpc.unary_unary_rpc_method_handler(
                     servicer.Apply,
-                    request_deserializer=proto_dot_storage__pb2.ApplyRequest.FromString,
-                    response_serializer=proto_dot_storage__pb2.ApplyResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyResponse.SerializeToString,
             ),
             'ApplyBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.ApplyBatch,
-                    request_deserializer=proto_dot_storage__pb2.ApplyBatchRequest.FromString,
-                    response_serializer=proto_dot_storage__pb2.ApplyBatchResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=proto_dot_storage__pb2.GetRequest.FromString,
-                    response_serializer=proto_dot_storage__pb2.GetResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.GetRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.GetResponse.SerializeToString,
             ),
             'ScanRange': grpc.unary_stream_rpc_method_handler(
                     servicer.ScanRange,
-                    request_deserializer=proto_dot_storage__pb2.ScanRangeRequest.FromString,
-                    response_serializer=proto_dot_storage__pb2.ScanRangeBatch.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.ScanRangeRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.ScanRangeBatch.SerializeToString,
             ),
             'RangeDigest': grpc.unary_unary_rpc_method_handler(
                     servicer.RangeDigest,
-                    request_deserializer=proto_dot_storage__pb2.RangeDigestRequest.FromString,
-                    response_serializer=proto_dot_storage__pb2.RangeDigestResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.RangeDigestRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.RangeDigestResponse.SerializeToString,
             ),
             'DeleteRange': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteRange,
-                    request_deserializer=proto_dot_storage__pb2.DeleteRangeRequest.FromString,
-                    response_serializer=proto_dot_storage__pb2.DeleteRangeResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.DeleteRangeRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.DeleteRangeResponse.SerializeToString,
             ),
             'SetFence': grpc.unary_unary_rpc_method_handler(
                     servicer.SetFence,
-                    request_deserializer=proto_dot_storage__pb2.SetFenceRequest.FromString,
-                    response_serializer=proto_dot_storage__pb2.SetFenceResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.SetFenceRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.SetFenceResponse.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
-                    request_deserializer=proto_dot_storage__pb2.StatsRequest.FromString,
-                    response_serializer=proto_dot_storage__pb2.StatsResponse.SerializeToString,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.StatsRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -196,8 +196,8 @@ class StorageService:
             request,
             target,
             '/pairdb.v1.StorageService/Apply',
-            proto_dot_storage__pb2.ApplyRequest.SerializeToString,
-            proto_dot_storage__pb2.ApplyResponse.FromString,
+            pairdb_dot_proto_dot_storage__pb2.ApplyRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.ApplyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -223,8 +223,8 @@ class StorageService:
             request,
             target,
             '/pairdb.v1.StorageService/ApplyBatch',
-            proto_dot_storage__pb2.ApplyBatchRequest.SerializeToString,
-            proto_dot_storage__pb2.ApplyBatchResponse.FromString,
+            pairdb_dot_proto_dot_storage__pb2.ApplyBatchRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.ApplyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -250,8 +250,8 @@ class StorageService:
             request,
             target,
             '/pairdb.v1.StorageService/Get',
-            proto_dot_storage__pb2.GetRequest.SerializeToString,
-            proto_dot_storage__pb2.GetResponse.FromString,
+            pairdb_dot_proto_dot_storage__pb2.GetRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.GetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -277,8 +277,8 @@ class StorageService:
             request,
             target,
             '/pairdb.v1.StorageService/ScanRange',
-            proto_dot_storage__pb2.ScanRangeRequest.SerializeToString,
-            proto_dot_storage__pb2.ScanRangeBatch.FromString,
+            pairdb_dot_proto_dot_storage__pb2.ScanRangeRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.ScanRangeBatch.FromString,
             options,
             channel_credentials,
             insecure,
@@ -304,8 +304,8 @@ class StorageService:
             request,
             target,
             '/pairdb.v1.StorageService/RangeDigest',
-            proto_dot_storage__pb2.RangeDigestRequest.SerializeToString,
-            proto_dot_storage__pb2.RangeDigestResponse.FromString,
+            pairdb_dot_proto_dot_storage__pb2.RangeDigestRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.RangeDigestResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -331,8 +331,8 @@ class StorageService:
             request,
             target,
             '/pairdb.v1.StorageService/DeleteRange',
-            proto_dot_storage__pb2.DeleteRangeRequest.SerializeToString,
-            proto_dot_storage__pb2.DeleteRangeResponse.FromString,
+            pairdb_dot_proto_dot_storage__pb2.DeleteRangeRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.DeleteRangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -358,8 +358,8 @@ class StorageService:
             request,
             target,
             '/pairdb.v1.StorageService/SetFence',
-            proto_dot_storage__pb2.SetFenceRequest.SerializeToString,
-            proto_dot_storage__pb2.SetFenceResponse.FromString,
+            pairdb_dot_proto_dot_storage__pb2.SetFenceRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.SetFenceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -385,8 +385,8 @@ class StorageService:
             request,
             target,
             '/pairdb.v1.StorageService/Stats',
-            proto_dot_storage__pb2.StatsRequest.SerializeToString,
-            proto_dot_storage__pb2.StatsResponse.FromString,
+            pairdb_dot_proto_dot_storage__pb2.StatsRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

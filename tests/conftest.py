@@ -14,9 +14,13 @@ from typing import Any
 import pytest
 
 from pairdb.client import Client
-from pairdb.cluster import LocalCluster
+from pairdb.local.cluster import LocalCluster
+from pairdb.local.processes import GRPC_QUIET
 
 _tenant_numbers = itertools.count(1)
+
+for _name, _value in GRPC_QUIET.items():
+    os.environ.setdefault(_name, _value)  # the test process forks servers while its channels live
 
 
 def fresh_dir(prefix: str) -> Path:

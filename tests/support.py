@@ -8,10 +8,10 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from coordinator.metadata import Metadata
-from coordinator.ring import Ring
 from pairdb.client import Client, ClientError, MigrationStatus
-from pairdb.cluster import LocalCluster
+from pairdb.coordinator.metadata import Metadata
+from pairdb.coordinator.ring import Ring
+from pairdb.local.cluster import LocalCluster
 
 
 async def wait_for(
@@ -174,7 +174,7 @@ async def registry_state(cluster: LocalCluster, node_id: str) -> RegistryState:
 
 async def temporal_cli(cluster: LocalCluster, *args: str) -> str:
     """Run the real `temporal` CLI against the cluster's Temporal server, as an operator would."""
-    from pairdb.temporal import temporal_binary
+    from pairdb.local.temporal import temporal_binary
 
     proc = await asyncio.create_subprocess_exec(
         str(temporal_binary()),

@@ -25,7 +25,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from pairdb import migration as m
+    from pairdb.kernel import migration as m
 
 CHUNK_RANGES = 16
 # Workflows started before compensation and cleanup became uninterruptible replay as they ran.

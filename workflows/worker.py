@@ -12,15 +12,15 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
-from activities.cleanup import CleanupSteps
-from activities.context import Context
-from activities.copy import CopySteps
-from activities.reconciler import Reconciler
-from activities.registry_steps import RegistrySteps
-from coordinator.metadata import Metadata
-from pairdb import metrics
-from pairdb import migration as m
-from workflows.node_addition import NodeAdditionWorkflow
+from pairdb.activities.cleanup import CleanupSteps
+from pairdb.activities.context import Context
+from pairdb.activities.copy import CopySteps
+from pairdb.activities.reconciler import Reconciler
+from pairdb.activities.registry_steps import RegistrySteps
+from pairdb.coordinator.metadata import Metadata
+from pairdb.kernel import migration as m
+from pairdb.serving import metrics
+from pairdb.workflows.node_addition import NodeAdditionWorkflow
 
 log = structlog.get_logger()
 

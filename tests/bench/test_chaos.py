@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from bench.chaos import Schedule
-from pairdb import migration as m
-from pairdb.cluster import LocalCluster
-from pairdb.sabotage import SKIP_REVERSION
+from pairdb.kernel import migration as m
+from pairdb.kernel.sabotage import SKIP_REVERSION
+from pairdb.local.cluster import LocalCluster
 
 
 async def test_a_fixed_seed_schedule_with_a_pause_and_a_terminated_workflow_loses_nothing() -> None:

@@ -15,14 +15,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from coordinator.metadata import Metadata
-from pairdb import migration as m
-from pairdb.checker import GET, PUT, History, Verdict, check_key
+from bench.checker import GET, PUT, History, Verdict, check_key
 from pairdb.client import Client
-from pairdb.cluster import LocalCluster
-from pairdb.keyspace import StoredRecord, Version, token
-from pairdb.sabotage import REPAIR_READ_SET_ONLY, SABOTAGE_ENV, SKIP_FENCE
-from storage_node.client import StorageError
+from pairdb.coordinator.metadata import Metadata
+from pairdb.kernel import migration as m
+from pairdb.kernel.keyspace import StoredRecord, Version, token
+from pairdb.kernel.sabotage import REPAIR_READ_SET_ONLY, SABOTAGE_ENV, SKIP_FENCE
+from pairdb.local.cluster import LocalCluster
+from pairdb.storage_node.client import StorageError
 from tests.conftest import local_cluster
 from tests.support import load, rings, wait_ended, wait_phase
 

@@ -6,10 +6,10 @@ import grpc
 import pytest
 
 from pairdb.client import Client, ClientError
-from pairdb.cluster import LocalCluster
-from pairdb.keyspace import MAX_KEY_BYTES, MAX_VALUE_BYTES
-from proto import coordinator_pb2 as pb
-from proto import coordinator_pb2_grpc
+from pairdb.kernel.keyspace import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from pairdb.local.cluster import LocalCluster
+from pairdb.proto import coordinator_pb2 as pb
+from pairdb.proto import coordinator_pb2_grpc
 
 
 async def total_records(cluster: LocalCluster) -> int:

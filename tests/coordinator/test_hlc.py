@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.hlc import ClockCeiling, HybridLogicalClock
-from pairdb.keyspace import Version
+from pairdb.coordinator.hlc import ClockCeiling, HybridLogicalClock
+from pairdb.kernel.keyspace import Version
 
 
 def test_versions_increase_within_one_millisecond() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 
-from coordinator.metadata import Metadata
-from pairdb.postgres import EmbeddedPostgres
+from pairdb.coordinator.metadata import Metadata
+from pairdb.local.postgres import EmbeddedPostgres
 from tests.conftest import fresh_dir
 
 

@@ -14,14 +14,14 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.hlc import HybridLogicalClock
-from coordinator.metadata import InFlight, NodeInfo, Snapshot, TenantInfo
-from coordinator.quorum import Consistency, ReplicaPlan
-from coordinator.ring import RING_SIZE, RangeMove, Ring, allocate_tokens, ranges_gained
-from coordinator.routing import plan
-from coordinator.topology import Topology
-from pairdb import migration as m
-from pairdb.keyspace import TOKEN_MAX, Version, in_range
+from pairdb.coordinator.hlc import HybridLogicalClock
+from pairdb.coordinator.metadata import InFlight, NodeInfo, Snapshot, TenantInfo
+from pairdb.coordinator.quorum import Consistency, ReplicaPlan
+from pairdb.coordinator.ring import RING_SIZE, RangeMove, Ring, allocate_tokens, ranges_gained
+from pairdb.coordinator.routing import plan
+from pairdb.coordinator.topology import Topology
+from pairdb.kernel import migration as m
+from pairdb.kernel.keyspace import TOKEN_MAX, Version, in_range
 
 FAST = settings(max_examples=60, deadline=None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from coordinator.quorum import Consistency, ReplicaPlan, required
+from pairdb.coordinator.quorum import Consistency, ReplicaPlan, required
 
 
 def test_required_answers_per_level() -> None:

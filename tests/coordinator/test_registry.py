@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.registry import StepRefused, check_step
-from pairdb import migration as m
+from pairdb.coordinator.registry import StepRefused, check_step
+from pairdb.kernel import migration as m
 
 
 def row(phase: str, status: str = m.S_IN_PROGRESS) -> dict[str, str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from coordinator.ring import DEFAULT_VIRTUAL_NODES, Ring, allocate_tokens
-from pairdb.keyspace import token
+from pairdb.coordinator.ring import DEFAULT_VIRTUAL_NODES, Ring, allocate_tokens
+from pairdb.kernel.keyspace import token
 
 
 def build(nodes: list[str], vnodes: int = DEFAULT_VIRTUAL_NODES) -> Ring:

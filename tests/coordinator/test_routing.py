@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from coordinator.metadata import InFlight, NodeInfo, Snapshot, TenantInfo
-from coordinator.quorum import Consistency
-from coordinator.ring import Ring, allocate_tokens, ranges_gained
-from coordinator.routing import plan
-from coordinator.topology import Topology
-from pairdb import migration as m
-from pairdb.keyspace import in_range, token
+from pairdb.coordinator.metadata import InFlight, NodeInfo, Snapshot, TenantInfo
+from pairdb.coordinator.quorum import Consistency
+from pairdb.coordinator.ring import Ring, allocate_tokens, ranges_gained
+from pairdb.coordinator.routing import plan
+from pairdb.coordinator.topology import Topology
+from pairdb.kernel import migration as m
+from pairdb.kernel.keyspace import in_range, token
 
 
 def snapshot(phase: str | None, node4_status: str = "joining") -> Snapshot:

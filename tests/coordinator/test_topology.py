@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from coordinator.hlc import ClockCeiling
-from coordinator.metadata import NodeInfo, Registration, Snapshot, TenantInfo
-from coordinator.topology import LeaseLapsed, TopologyCache
-from pairdb.clocks import WallClock
+from pairdb.coordinator.hlc import ClockCeiling
+from pairdb.coordinator.metadata import NodeInfo, Registration, Snapshot, TenantInfo
+from pairdb.coordinator.topology import LeaseLapsed, TopologyCache
+from pairdb.kernel.clocks import WallClock
 
 
 class FlakyMetadata:

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from coordinator.metadata import Metadata
 from pairdb.client import Client, ClientError
-from pairdb.clocks import CLOCK_OFFSET_ENV
-from pairdb.cluster import LocalCluster, free_port
-from pairdb.keyspace import Version
-from storage_node.client import StorageError
-from storage_node.engine import StoredRecord
+from pairdb.coordinator.metadata import Metadata
+from pairdb.kernel.clocks import CLOCK_OFFSET_ENV
+from pairdb.kernel.keyspace import Version
+from pairdb.local.cluster import LocalCluster, free_port
+from pairdb.storage_node.client import StorageError
+from pairdb.storage_node.engine import StoredRecord
 from tests.conftest import local_cluster
 from tests.support import wait_for
 

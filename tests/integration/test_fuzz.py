@@ -27,11 +27,18 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pairdb.client import ClientError
-from pairdb.cluster import LocalCluster, free_port
-from pairdb.keyspace import MAX_KEY_BYTES, MAX_VALUE_BYTES, TENANT_ID_PATTERN, TOKEN_MAX, in_range, token
-from pairdb.processes import ManagedProcess, pairdb_command
-from proto import coordinator_pb2, storage_pb2
-from storage_node.client import NodeClient
+from pairdb.kernel.keyspace import (
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    TENANT_ID_PATTERN,
+    TOKEN_MAX,
+    in_range,
+    token,
+)
+from pairdb.local.cluster import LocalCluster, free_port
+from pairdb.local.processes import ManagedProcess, pairdb_command
+from pairdb.proto import coordinator_pb2, storage_pb2
+from pairdb.storage_node.client import NodeClient
 
 OK = grpc.StatusCode.OK
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -9,7 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from pairdb.cluster import LocalCluster
+from pairdb.local.cluster import LocalCluster
 from tests.conftest import local_cluster
 from tests.support import wait_for
 

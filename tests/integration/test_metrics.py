@@ -7,7 +7,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pairdb.cluster import LocalCluster
+from pairdb.local.cluster import LocalCluster
 from tests.support import Writer, load, wait_ended, wait_for
 
 

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from coordinator.ring import Ring
-from pairdb import migration as m
-from pairdb.cluster import LocalCluster
-from pairdb.keyspace import Version, token
-from storage_node.engine import StoredRecord
+from pairdb.coordinator.ring import Ring
+from pairdb.kernel import migration as m
+from pairdb.kernel.keyspace import Version, token
+from pairdb.local.cluster import LocalCluster
+from pairdb.storage_node.engine import StoredRecord
 from tests.conftest import local_cluster
 from tests.support import load, rings, wait_ended, wait_for, wait_phase
 

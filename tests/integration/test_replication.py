@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from pairdb.client import Client, ClientError
-from pairdb.cluster import LocalCluster
+from pairdb.local.cluster import LocalCluster
 
 
 async def test_put_get_delete_round_trip_at_quorum(client: Client, tenant: str) -> None:
@@ -104,9 +104,9 @@ async def test_a_killed_node_does_not_stop_quorum_and_keeps_what_it_acknowledged
 
 async def test_writes_acknowledged_by_a_node_survive_its_kill_9(cluster: LocalCluster, tenant: str) -> None:
     """Hammer one storage node directly, kill -9 it mid-stream: every acknowledged apply is on disk."""
-    from pairdb.keyspace import Version
-    from storage_node.client import StorageError
-    from storage_node.engine import StoredRecord
+    from pairdb.kernel.keyspace import Version
+    from pairdb.storage_node.client import StorageError
+    from pairdb.storage_node.engine import StoredRecord
 
     node = cluster.nodes["node-2"]
     storage = node.client()

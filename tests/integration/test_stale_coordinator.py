@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from coordinator.quorum import Consistency, required
-from coordinator.ring import Ring
 from pairdb.client import NO_RETRY, Client, ClientError
-from pairdb.cluster import LocalCluster, free_port
-from pairdb.keyspace import token
+from pairdb.coordinator.quorum import Consistency, required
+from pairdb.coordinator.ring import Ring
+from pairdb.kernel.keyspace import token
+from pairdb.local.cluster import LocalCluster, free_port
 from tests.conftest import local_cluster
 from tests.support import current_ring, load, wait_ended
 

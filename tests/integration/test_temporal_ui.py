@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pairdb import migration as m
-from pairdb.cluster import LocalCluster
+from pairdb.kernel import migration as m
+from pairdb.local.cluster import LocalCluster
 from tests.cdp import CHROMIUM, FRAME_TEXTS, Chromium
 from tests.conftest import repo_root
 from tests.support import load, wait_ended, wait_phase

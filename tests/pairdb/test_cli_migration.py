@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from pairdb.cluster import LocalCluster
+from pairdb.local.cluster import LocalCluster
 from tests.support import load, wait_for
 
 

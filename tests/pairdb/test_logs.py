@@ -8,7 +8,7 @@ import logging
 import pytest
 import structlog
 
-from pairdb import logs, request_ids
+from pairdb.serving import logs, request_ids
 
 
 def test_structlog_and_stdlib_lines_are_json_with_context(capsys: pytest.CaptureFixture[str]) -> None:

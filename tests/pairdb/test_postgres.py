@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from pairdb import postgres
-from pairdb.postgres import EmbeddedPostgres
+from pairdb.local import postgres
+from pairdb.local.postgres import EmbeddedPostgres
 
 MakePg = Callable[[Path], EmbeddedPostgres]
 

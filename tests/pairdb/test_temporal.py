@@ -19,8 +19,8 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
-from pairdb import temporal
-from pairdb.temporal import SEARCH_ATTRIBUTES, TemporalDevServer, temporal_binary
+from pairdb.local import temporal
+from pairdb.local.temporal import SEARCH_ATTRIBUTES, TemporalDevServer, temporal_binary
 
 
 class MakeServer(Protocol):

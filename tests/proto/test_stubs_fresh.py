@@ -15,12 +15,10 @@ def test_generated_stubs_match_the_proto_sources(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    generated = sorted(p.name for p in (tmp_path / "proto").glob("*_pb2*"))
+    generated = sorted(p.name for p in tmp_path.glob("*_pb2*"))
     committed = sorted(p.name for p in (ROOT / "proto").glob("*_pb2*"))
     assert generated == committed
     stale = [
-        name
-        for name in generated
-        if (tmp_path / "proto" / name).read_bytes() != (ROOT / "proto" / name).read_bytes()
+        name for name in generated if (tmp_path / name).read_bytes() != (ROOT / "proto" / name).read_bytes()
     ]
     assert not stale, f"stale stubs {stale}: run python scripts/gen_proto.py"

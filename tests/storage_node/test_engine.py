@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pairdb.keyspace import TOKEN_MAX, Version, in_range, token
-from storage_node.engine import Engine, StoredRecord, digest_of
+from pairdb.kernel.keyspace import TOKEN_MAX, Version, in_range, token
+from pairdb.storage_node.engine import Engine, StoredRecord, digest_of
 
 
 def rec(key: str, hlc: int, value: bytes = b"v", tombstone: bool = False, tenant: str = "t") -> StoredRecord:

@@ -12,13 +12,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pairdb.keyspace import Version
-from pairdb.serving import new_server
-from proto import storage_pb2_grpc
-from storage_node.client import NodeClient, StaleEpoch, StorageError
-from storage_node.committer import GroupCommitter
-from storage_node.engine import Engine, StoredRecord
-from storage_node.service import StorageService
+from pairdb.kernel.keyspace import Version
+from pairdb.proto import storage_pb2_grpc
+from pairdb.serving.server import new_server
+from pairdb.storage_node.client import NodeClient, StaleEpoch, StorageError
+from pairdb.storage_node.committer import GroupCommitter
+from pairdb.storage_node.engine import Engine, StoredRecord
+from pairdb.storage_node.service import StorageService
 
 MAX_OFFSET_MS = 500
 

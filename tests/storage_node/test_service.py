@@ -5,11 +5,11 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from pairdb.cluster import LocalCluster
-from pairdb.keyspace import TOKEN_MAX, Version, in_range, token
-from proto import storage_pb2, storage_pb2_grpc
-from storage_node.client import NodeClient, StorageError
-from storage_node.engine import StoredRecord
+from pairdb.kernel.keyspace import TOKEN_MAX, Version, in_range, token
+from pairdb.local.cluster import LocalCluster
+from pairdb.proto import storage_pb2, storage_pb2_grpc
+from pairdb.storage_node.client import NodeClient, StorageError
+from pairdb.storage_node.engine import StoredRecord
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ async def test_invalid_records_are_refused_whole(cluster: LocalCluster, node: No
 
 
 async def test_an_unreachable_node_is_reported_by_name() -> None:
-    from pairdb.cluster import free_port
+    from pairdb.local.cluster import free_port
 
     client = NodeClient("ghost", f"127.0.0.1:{free_port()}", timeout=1)
     try:

@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 
-from pairdb import migration as m
 from pairdb.client import Client, ClientError
-from pairdb.cluster import LocalCluster, free_port
-from pairdb.faults import TcpProxy
+from pairdb.kernel import migration as m
+from pairdb.local.cluster import LocalCluster, free_port
+from pairdb.local.faults import TcpProxy
 from tests.support import load, wait_ended, wait_for
 
 

@@ -18,13 +18,13 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client as TemporalClient
 
-from coordinator.metadata import Metadata
-from coordinator.ring import ranges_gained
-from pairdb import migration as m
 from pairdb.client import Client, ClientError
-from pairdb.cluster import LocalCluster
-from pairdb.temporal import temporal_binary
-from storage_node.engine import StoredRecord, digest_of
+from pairdb.coordinator.metadata import Metadata
+from pairdb.coordinator.ring import ranges_gained
+from pairdb.kernel import migration as m
+from pairdb.local.cluster import LocalCluster
+from pairdb.local.temporal import temporal_binary
+from pairdb.storage_node.engine import StoredRecord, digest_of
 from tests.support import Writer, load, read_all, rings, wait_ended, wait_for, wait_phase
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -364,7 +364,7 @@ async def test_bad_migration_requests(migration_cluster: LocalCluster) -> None:
         assert cancel_missing.value.code == grpc.StatusCode.NOT_FOUND
         await client.create_tenant("t", 3)
         await client.put("t", "k", b"v")
-        from pairdb.cluster import free_port
+        from pairdb.local.cluster import free_port
 
         with pytest.raises(ClientError) as unreachable:
             await client.add_node("node-9", "127.0.0.1", free_port())

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pairdb import migration as m
-from pairdb.cluster import LocalCluster
+from pairdb.kernel import migration as m
+from pairdb.local.cluster import LocalCluster
 from tests.support import load, temporal_cli, wait_ended, wait_for
 
 

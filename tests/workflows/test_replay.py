@@ -16,8 +16,8 @@ from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from pairdb import migration as m
-from workflows.node_addition import NodeAdditionWorkflow
+from pairdb.kernel import migration as m
+from pairdb.workflows.node_addition import NodeAdditionWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 

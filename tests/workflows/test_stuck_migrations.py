@@ -17,14 +17,14 @@ import grpc
 import pytest
 from temporalio.client import Client as TemporalClient
 
-from coordinator.metadata import Metadata
-from pairdb import migration as m
 from pairdb.client import Client
-from pairdb.cluster import LocalCluster
-from pairdb.faults import TcpProxy
-from pairdb.keyspace import Version
-from storage_node.client import StorageError
-from storage_node.engine import StoredRecord
+from pairdb.coordinator.metadata import Metadata
+from pairdb.kernel import migration as m
+from pairdb.kernel.keyspace import Version
+from pairdb.local.cluster import LocalCluster
+from pairdb.local.faults import TcpProxy
+from pairdb.storage_node.client import StorageError
+from pairdb.storage_node.engine import StoredRecord
 from tests.conftest import local_cluster
 from tests.support import load, registry_state, temporal_cli, wait_ended, wait_phase
 

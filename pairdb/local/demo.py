@@ -17,14 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.metadata import Metadata
-from coordinator.ring import Ring
-from pairdb import migration as m
 from pairdb import progress
 from pairdb.client import Client, ClientError
-from pairdb.cluster import LocalCluster
-from pairdb.keyspace import token
-from storage_node.engine import StoredRecord
+from pairdb.coordinator.metadata import Metadata
+from pairdb.coordinator.ring import Ring
+from pairdb.kernel import migration as m
+from pairdb.kernel.keyspace import token
+from pairdb.local.cluster import LocalCluster
+from pairdb.storage_node.engine import StoredRecord
 
 TENANTS = {"acme": 3, "globex": 3, "initech": 2}
 LOAD_CONCURRENCY = 64

@@ -16,12 +16,12 @@ from pathlib import Path
 import structlog
 
 from pairdb.client import Client, ClientError
-from pairdb.faults import TcpProxy
-from pairdb.migration import TASK_QUEUE
-from pairdb.postgres import EmbeddedPostgres
-from pairdb.processes import ManagedProcess, pairdb_command
-from pairdb.temporal import TemporalDevServer
-from storage_node.client import NodeClient
+from pairdb.kernel.migration import TASK_QUEUE
+from pairdb.local.faults import TcpProxy
+from pairdb.local.postgres import EmbeddedPostgres
+from pairdb.local.processes import ManagedProcess, pairdb_command
+from pairdb.local.temporal import TemporalDevServer
+from pairdb.storage_node.client import NodeClient
 
 log = structlog.get_logger()
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from pairdb.interception import Context
+from pairdb.serving.interception import Context
 
 HEADER = "x-request-id"
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")

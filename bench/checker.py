@@ -27,7 +27,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from pairdb.linearizability import READ, WRITE, Operation, check_register
+from bench.linearizability import READ, WRITE, Operation, check_register
 
 PUT, DELETE, GET = "put", "delete", "get"
 OK, FAILED = "ok", "failed"

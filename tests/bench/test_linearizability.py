@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pairdb.linearizability import READ, WRITE, Operation, Verdict, check_register
+from bench.linearizability import READ, WRITE, Operation, Verdict, check_register
 
 # No example database: the tests leave no files behind.
 FAST = settings(max_examples=200, deadline=None, database=None)

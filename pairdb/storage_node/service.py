@@ -17,13 +17,13 @@ from typing import Any
 import grpc
 import structlog
 
-from pairdb.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
-from pairdb.keyspace import MAX_KEY_BYTES, MAX_TENANT_ID_BYTES, MAX_VALUE_BYTES
-from pairdb.sabotage import SKIP_FENCE
-from proto import storage_pb2, storage_pb2_grpc
-from storage_node.committer import GroupCommitter
-from storage_node.engine import Engine
-from storage_node.wire import from_proto, to_proto
+from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
+from pairdb.kernel.keyspace import MAX_KEY_BYTES, MAX_TENANT_ID_BYTES, MAX_VALUE_BYTES
+from pairdb.kernel.sabotage import SKIP_FENCE
+from pairdb.proto import storage_pb2, storage_pb2_grpc
+from pairdb.storage_node.committer import GroupCommitter
+from pairdb.storage_node.engine import Engine
+from pairdb.storage_node.wire import from_proto, to_proto
 
 log = structlog.get_logger()
 Context = grpc.aio.ServicerContext[Any, Any]

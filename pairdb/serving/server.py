@@ -11,9 +11,9 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pairdb import metrics, request_ids
-from pairdb.interception import AroundInterceptor
-from pairdb.request_guard import RequestGuard
+from pairdb.serving import metrics, request_ids
+from pairdb.serving.interception import AroundInterceptor
+from pairdb.serving.request_guard import RequestGuard
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pairdb.keyspace import StoredRecord, Version
-from proto import storage_pb2
+from pairdb.kernel.keyspace import StoredRecord, Version
+from pairdb.proto import storage_pb2
 
 
 def to_proto(record: StoredRecord, with_token: bool = False) -> storage_pb2.Record:

@@ -14,10 +14,10 @@ from typing import Any
 
 import grpc
 
-from pairdb import request_ids
-from pairdb.keyspace import Applied, StoredRecord, Version
-from proto import storage_pb2, storage_pb2_grpc
-from storage_node.wire import from_proto, to_proto
+from pairdb.kernel.keyspace import Applied, StoredRecord, Version
+from pairdb.proto import storage_pb2, storage_pb2_grpc
+from pairdb.serving import request_ids
+from pairdb.storage_node.wire import from_proto, to_proto
 
 # Trailing metadata of a fence refusal (storage_node/service.py).
 FENCE_METADATA = "pairdb-fence"

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import structlog
 
-from pairdb import metrics
-from pairdb.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
-from pairdb.sabotage import from_env as sabotage_from_env
-from pairdb.serving import Health, new_server
-from proto import storage_pb2, storage_pb2_grpc
-from storage_node.committer import GroupCommitter
-from storage_node.engine import Engine
-from storage_node.service import StorageService
+from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
+from pairdb.kernel.sabotage import from_env as sabotage_from_env
+from pairdb.proto import storage_pb2, storage_pb2_grpc
+from pairdb.serving import metrics
+from pairdb.serving.server import Health, new_server
+from pairdb.storage_node.committer import GroupCommitter
+from pairdb.storage_node.engine import Engine
+from pairdb.storage_node.service import StorageService
 
 log = structlog.get_logger()
 

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from storage_node.engine import Applied, Engine, StoredRecord
+from pairdb.storage_node.engine import Applied, Engine, StoredRecord
 
 MAX_GROUP = 2048
 

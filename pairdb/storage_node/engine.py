@@ -22,7 +22,7 @@ from pathlib import Path
 
 import lmdb
 
-from pairdb.keyspace import TOKEN_MAX, Applied, StoredRecord, Version, token
+from pairdb.kernel.keyspace import TOKEN_MAX, Applied, StoredRecord, Version, token
 
 __all__ = ["Applied", "Engine", "Stats", "StoredRecord", "digest_of"]
 

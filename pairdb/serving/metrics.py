@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from pairdb.interception import Context
+from pairdb.serving.interception import Context
 
 # -- every gRPC server -------------------------------------------------------------
 RPC_REQUESTS = Counter(

@@ -17,6 +17,9 @@ log = structlog.get_logger()
 
 _PR_SET_PDEATHSIG = 1
 PARENT_PID_ENV = "PAIRDB_PARENT_PID"
+# gRPC core logs a line whenever a process with live channels forks (as a supervisor starting
+# children does); pairdb's own processes keep its output to errors unless told otherwise.
+GRPC_QUIET = {"GRPC_VERBOSITY": "ERROR", "GRPC_ENABLE_FORK_SUPPORT": "false"}
 
 
 def die_with_parent() -> None:
@@ -59,7 +62,7 @@ class ManagedProcess:
         if self.running:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **(self.env or {}), PARENT_PID_ENV: str(os.getpid())}
+        env = {**GRPC_QUIET, **os.environ, **(self.env or {}), PARENT_PID_ENV: str(os.getpid())}
         out = await asyncio.to_thread(open, self.log_path, "ab")
         with out:
             self.proc = await asyncio.create_subprocess_exec(

@@ -5,7 +5,7 @@ Each test builds one key's history by hand, with explicit real-time intervals.
 
 from __future__ import annotations
 
-from pairdb.checker import DELETE, GET, PUT, Durability, History, Op, Verdict, check_key
+from bench.checker import DELETE, GET, PUT, Durability, History, Op, Verdict, check_key
 
 KEY = ("t", "k")
 

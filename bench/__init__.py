@@ -1,0 +1,1 @@
+"""Benchmarks and the chaos harness: run from the repository, never installed."""

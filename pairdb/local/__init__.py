@@ -1,0 +1,1 @@
+"""A whole pairdb cluster on one machine: supervised PostgreSQL, Temporal and pairdb processes, faults."""
