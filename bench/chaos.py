@@ -12,7 +12,7 @@ cutover or cleanup hold the addition at cutover until it has landed). Every
 third schedule writes only, so its replicas are checked before any read has
 repaired them. Every operation is recorded with its real-time interval; after
 the cluster converges the harness reads every key once more and the checker
-(pairdb/checker.py) judges the whole history per key: linearizable, nothing
+(bench/checker.py) judges the whole history per key: linearizable, nothing
 lost, nothing resurrected, no stale read, durable on a quorum, no migration
 stuck. Exit status 1 on any violation, with the seed and the offending keys'
 histories.

@@ -6,7 +6,7 @@ harness reads every key once more (those reads join the history) and the
 checker judges each key on its own:
 
 - linearizable: the key's writes, deletes and reads, successful or not,
-  behave as one atomic register (pairdb/linearizability.py): every read
+  behave as one atomic register (bench/linearizability.py): every read
   returns the value of the latest write before it in some order that respects
   real time. A write whose outcome is unknown may take effect or not, but once
   a read returned it, it stays visible. A failure is reported as

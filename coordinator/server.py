@@ -42,7 +42,7 @@ class CoordinatorConfig:
     # Long enough to ride out a starved event loop on a busy machine; a dead
     # coordinator holds a barrier up at most this long.
     lease_seconds: float = 10.0
-    # Largest clock offset between any two processes (see pairdb/clocks.py).
+    # Largest clock offset between any two processes (see pairdb/kernel/clocks.py).
     max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
     # Temporal frontend; without it the coordinator serves data but cannot run migrations.
     temporal_address: str = ""

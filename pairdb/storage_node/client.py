@@ -19,7 +19,7 @@ from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.serving import request_ids
 from pairdb.storage_node.wire import from_proto, to_proto
 
-# Trailing metadata of a fence refusal (storage_node/service.py).
+# Trailing metadata of a fence refusal (service.py).
 FENCE_METADATA = "pairdb-fence"
 
 DEFAULT_TIMEOUT = 2.0

@@ -1,7 +1,7 @@
 """The storage engine: durable, token-ordered, versioned last-write-wins records on LMDB.
 
 Chosen over RocksDB by bench/engines.py (figures in the README). Every method
-is synchronous and short; storage_node/committer.py runs writes on one thread
+is synchronous and short; committer.py runs writes on one thread
 with group commit, so the event loop never waits on an fsync.
 
 Layout of the `records` database:

@@ -32,7 +32,7 @@ class StorageNodeConfig:
     port: int = 7001
     # /metrics for Prometheus; 0 turns it off.
     metrics_port: int = 0
-    # Versions further ahead of this node's clock are refused (see pairdb/clocks.py).
+    # Versions further ahead of this node's clock are refused (see pairdb/kernel/clocks.py).
     max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
 
 
