@@ -9,6 +9,7 @@ from pairdb.activities.context import Context, heartbeat
 from pairdb.coordinator.ring import ranges_gained
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR
+from pairdb.kernel.migration import MigrationRef, NodeState
 
 log = structlog.get_logger()
 
@@ -18,7 +19,7 @@ class CleanupSteps:
         self._ctx = ctx
 
     @activity.defn(name="drop_moved_ranges")
-    async def drop_moved_ranges(self, migration_id: str) -> int:
+    async def drop_moved_ranges(self, ref: MigrationRef) -> int:
         """After cleanup's barrier: delete, on each old replica, the ranges it no longer replicates.
 
         Ranges are judged at the largest RF of any tenant, so nothing a tenant
@@ -26,6 +27,7 @@ class CleanupSteps:
         it no longer serves (never read, harmless). Deleting an absent range is
         a no-op, so a retry is safe.
         """
+        migration_id = ref.migration_id
         row = await self._ctx.migration(migration_id)
         topology = await self._ctx.topology()
         assert topology.future is not None, "drop_moved_ranges runs during cleanup"
@@ -43,16 +45,17 @@ class CleanupSteps:
         return deleted
 
     @activity.defn(name="wipe_joining_node")
-    async def wipe_joining_node(self, migration_id: str) -> int:
+    async def wipe_joining_node(self, ref: MigrationRef) -> int:
         """Cancel and rollback, after the node left the ring: delete everything copied to it.
 
         Only a node that is out of the ring: a step that outlived its turn (a workflow
         reset past a completed addition) must never wipe an active node.
         """
+        migration_id = ref.migration_id
         row = await self._ctx.migration(migration_id)
         snapshot = await self._ctx.metadata.snapshot()
         node = snapshot.nodes.get(row.node_id)
-        if (node is not None and node.status != "removed") or any(
+        if (node is not None and node.status != NodeState.REMOVED) or any(
             n == row.node_id for _, n in snapshot.tokens
         ):
             log.warning(

@@ -23,6 +23,7 @@ from pairdb.coordinator.migration_store import MigrationStore
 from pairdb.coordinator.quorum import unfenced_quorum
 from pairdb.coordinator.registry import Lagging, Registry
 from pairdb.coordinator.topology import Topology
+from pairdb.kernel.migration import NodeState
 from pairdb.serving import request_ids
 from pairdb.storage_node.client import NodeClient, StorageError, StoragePool, describe_failure
 
@@ -89,7 +90,7 @@ class Context:
         form a quorum. Otherwise the step fails and is retried.
         """
         topology = await self.topology()
-        targets = {n: info.address for n, info in topology.nodes.items() if info.status != "removed"}
+        targets = {n: info.address for n, info in topology.nodes.items() if info.status != NodeState.REMOVED}
         targets.update(extra or {})
         rfs = {t.replication_factor for t in topology.tenants.values()}
         sets = [

@@ -3,8 +3,9 @@
 A range is streamed from a quorum of its old replicas (in each tenant's
 replica set, whatever its RF), merged by version, and applied to the joining
 node in batches; the storage node's last-write-wins makes a copy that races a
-dual write harmless. Each finished range is checkpointed in PostgreSQL and in
-the activity's heartbeat, so a retried or resumed activity skips it.
+dual write harmless. Each finished range is checkpointed in PostgreSQL (the
+plan's `copied` flag), so a retried or resumed activity skips it; heartbeats
+only say the activity is alive.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pairdb.coordinator.metadata import MigrationRow, PlannedRange
 from pairdb.coordinator.quorum import Consistency, required
 from pairdb.coordinator.ring import ranges_gained
 from pairdb.coordinator.topology import Topology
-from pairdb.kernel import migration as m
 from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, StoredRecord
+from pairdb.kernel.migration import CopyChunk, CopyPlan, MigrationRef, Progress
 from pairdb.serving import metrics
 from pairdb.storage_node.client import NodeClient, StorageError, describe_failure
 from pairdb.storage_node.engine import digest_of
@@ -84,8 +85,9 @@ class CopySteps:
         return row, topology
 
     @activity.defn(name="plan_copy")
-    async def plan_copy(self, migration_id: str) -> m.CopyPlan:
+    async def plan_copy(self, ref: MigrationRef) -> CopyPlan:
         """The ranges the joining node gains (for the largest RF of any tenant), with key estimates."""
+        migration_id = ref.migration_id
         row, topology = await self._moving(migration_id)
         assert topology.future is not None
         rf = max(_rfs(topology).values(), default=DEFAULT_REPLICATION_FACTOR)
@@ -112,21 +114,16 @@ class CopySteps:
             ranges=totals["ranges_total"],
             keys=totals["keys_total"],
         )
-        return m.CopyPlan(totals["ranges_total"], totals["keys_total"])
+        return CopyPlan(totals["ranges_total"], totals["keys_total"])
 
     @activity.defn(name="copy_ranges")
-    async def copy_ranges(self, chunk: m.CopyChunk) -> m.Progress:
+    async def copy_ranges(self, chunk: CopyChunk) -> Progress:
         """Copy a chunk of planned ranges to the joining node, skipping those already copied."""
         row, topology = await self._moving(chunk.migration_id)
         joining = self._ctx.joining(row)
-        details = activity.info().heartbeat_details
-        done: set[int] = set(details[0]["done"]) if details else set()  # plain dicts/lists come back
         throttle = Throttle(chunk.throttle_keys_per_second)
-        todo = [
-            p
-            for p in await self._ctx.store.plan(chunk.migration_id, chunk.range_indexes)
-            if not p.copied and p.index not in done
-        ]  # checkpointed ranges are never copied twice
+        plan = await self._ctx.store.plan(chunk.migration_id, chunk.range_indexes)
+        todo = [p for p in plan if not p.copied]  # checkpointed ranges are never copied twice
         slots = asyncio.Semaphore(PARALLEL_RANGES)
 
         async def copy_one(planned: PlannedRange) -> None:
@@ -134,14 +131,13 @@ class CopySteps:
                 merged = await self._pull(topology, row.node_id, planned)
                 keys, size = await self._apply(joining, merged.values(), throttle, topology.epoch)
                 await self._ctx.store.mark_copied(chunk.migration_id, planned.index, keys, size)
-                done.add(planned.index)
-                activity.heartbeat({"done": sorted(done)})
+                activity.heartbeat()
 
         await asyncio.gather(*(copy_one(p) for p in todo))
         return await self._report(chunk.migration_id)
 
     @activity.defn(name="verify_ranges")
-    async def verify_ranges(self, chunk: m.CopyChunk) -> int:
+    async def verify_ranges(self, chunk: CopyChunk) -> int:
         """Compare each range's digest on the joining node with the merged old view; copy again on mismatch.
 
         Returns how many ranges had to be copied again. Dual writes may make the
@@ -186,7 +182,7 @@ class CopySteps:
                 recopied += 1
                 await self._apply(joining, behind, Throttle(0), topology.epoch)
             await self._ctx.store.mark_verified(chunk.migration_id, planned.index)
-            activity.heartbeat({"verified": planned.index})
+            activity.heartbeat()
         return recopied
 
     async def _digests_agree(self, topology: Topology, joining: NodeClient, planned: PlannedRange) -> bool:
@@ -290,7 +286,7 @@ class CopySteps:
                 have[(record.tenant_id, record.key)] = record
         return [r for k, r in merged.items() if r.newer_than(have.get(k))]
 
-    async def _report(self, migration_id: str) -> m.Progress:
+    async def _report(self, migration_id: str) -> Progress:
         totals = await self._ctx.store.totals(migration_id)
         row = await self._ctx.migration(migration_id)
         started = row.progress.get("copy_started_at") or time.time()
@@ -298,7 +294,7 @@ class CopySteps:
         rate = totals["keys_copied"] / elapsed
         remaining = max(totals["keys_total"] - totals["keys_copied"], 0)
         eta = remaining / rate if rate > 0 else 0.0
-        progress = m.Progress(
+        progress = Progress(
             keys_copied=totals["keys_copied"],
             keys_total=max(totals["keys_total"], totals["keys_copied"]),
             bytes_copied=totals["bytes_copied"],

@@ -30,6 +30,7 @@ from pairdb.activities.context import Context
 from pairdb.activities.registry_steps import RegistrySteps
 from pairdb.coordinator.metadata import MigrationRow
 from pairdb.kernel import migration as m
+from pairdb.kernel.migration import TERMINAL, EnterPhase, FinishMigration, MigrationRef, Phase, Status, Undo
 
 log = structlog.get_logger()
 
@@ -64,7 +65,7 @@ class Reconciler:
                 continue
             async with self._ctx.store.exclusive(row.migration_id) as mine:
                 current = await self._ctx.store.get(row.migration_id)
-                if not mine or current is None or current.status in m.TERMINAL_STATUSES:
+                if not mine or current is None or current.status in TERMINAL:
                     continue
                 ended = await self._workflow_ended(current)  # again, now that no one else acts on it
                 if ended is None:
@@ -85,14 +86,15 @@ class Reconciler:
         if status == WorkflowExecutionStatus.RUNNING:
             return None
         young = datetime.now(UTC) - row.started_at < START_GRACE
-        if row.status == m.S_QUEUED and young:
+        if row.status == Status.QUEUED and young:
             return None  # its coordinator may be starting the workflow right now
-        if described is None or (row.status == m.S_QUEUED and described.start_time < row.started_at):
+        if described is None or (row.status == Status.QUEUED and described.start_time < row.started_at):
             return NEVER_STARTED  # no run, or only an earlier migration's run of this workflow id
         return status.name.lower().replace("_", " ") if status is not None else "closed"
 
     async def _finish(self, row: MigrationRow, ended: str) -> None:
         migration_id = row.migration_id
+        ref = MigrationRef(migration_id)
         structlog.contextvars.bind_contextvars(migration_id=migration_id, node_id=row.node_id)
         log.warning(
             "Migration's workflow is not running; reconciling",
@@ -101,25 +103,25 @@ class Reconciler:
             status=row.status,
             phase=row.phase,
         )
-        if row.phase in (m.CLEANUP, m.DONE):
+        if row.phase in (Phase.CLEANUP, Phase.DONE):
             # Past the point of no return: finish what the workflow began.
-            if row.phase == m.CLEANUP:
+            if row.phase == Phase.CLEANUP:
                 # Its barrier and fence may not have finished when the workflow stopped: again, idempotently.
-                await self._registry.enter_phase(migration_id, m.CLEANUP)
-                await self._cleanup.drop_moved_ranges(migration_id)
-            await self._registry.finish_migration(migration_id, m.S_COMPLETED, "")
+                await self._registry.enter_phase(EnterPhase(migration_id, Phase.CLEANUP))
+                await self._cleanup.drop_moved_ranges(ref)
+            await self._registry.finish_migration(FinishMigration(migration_id, Status.COMPLETED))
             return
         error = f"workflow {row.workflow_id} {ended}"
         for step in m.undo_steps(row.phase):
-            if step == m.UNDO_RESTORE_READS:
-                await self._registry.restore_reads_on_old(migration_id)
-            elif step == m.UNDO_REMOVE_NODE:
-                await self._registry.remove_joining_node(migration_id)
+            if step is Undo.RESTORE_READS:
+                await self._registry.restore_reads_on_old(ref)
+            elif step is Undo.REMOVE_NODE:
+                await self._registry.remove_joining_node(ref)
             else:
                 try:
-                    await self._cleanup.wipe_joining_node(migration_id)
+                    await self._cleanup.wipe_joining_node(ref)
                 except Exception as exc:  # out of the ring already: what it holds is never read
                     error += f"; could not wipe {row.node_id}: {exc}"
-        status = m.S_CANCELLED if ended == "canceled" else m.S_FAILED
+        status = Status.CANCELLED if ended == "canceled" else Status.FAILED
         undone = "; the reconciler undid it" if m.undo_steps(row.phase) else ""
-        await self._registry.finish_migration(migration_id, status, error + undone)
+        await self._registry.finish_migration(FinishMigration(migration_id, status, error + undone))

@@ -20,7 +20,15 @@ from temporalio.exceptions import ApplicationError
 from pairdb.activities.context import Context
 from pairdb.coordinator.registry import StepRefused
 from pairdb.coordinator.ring import allocate_tokens
-from pairdb.kernel import migration as m
+from pairdb.kernel.migration import (
+    TERMINAL,
+    EnterPhase,
+    FinishMigration,
+    MigrationRef,
+    NodeState,
+    Phase,
+    Status,
+)
 from pairdb.serving import metrics
 
 log = structlog.get_logger()
@@ -40,8 +48,9 @@ class RegistrySteps:
         self._ctx = ctx
 
     @activity.defn(name="claim_ring_change")
-    async def claim_ring_change(self, migration_id: str) -> bool:
+    async def claim_ring_change(self, ref: MigrationRef) -> bool:
         """True once this migration holds the one ring-change slot; False while another runs."""
+        migration_id = ref.migration_id
         async with _refused_for_good():
             claimed = await self._ctx.registry.claim_ring_change(migration_id)
         if claimed:
@@ -49,8 +58,9 @@ class RegistrySteps:
         return claimed
 
     @activity.defn(name="enable_dual_write")
-    async def enable_dual_write(self, migration_id: str) -> int:
+    async def enable_dual_write(self, ref: MigrationRef) -> int:
         """Phase dual_write: the node joins with its tokens; writes reach old ∪ new from the barrier on."""
+        migration_id = ref.migration_id
         row = await self._ctx.migration(migration_id)
         topology = await self._ctx.topology()
         existing = [(v.token, v.node_id) for v in topology.ring.vnodes]
@@ -62,27 +72,30 @@ class RegistrySteps:
         return epoch
 
     @activity.defn(name="enter_phase")
-    async def enter_phase(self, migration_id: str, phase: str) -> int:
+    async def enter_phase(self, step: EnterPhase) -> int:
         """Move to data_copy, cutover (node becomes active) or cleanup, then barrier."""
+        migration_id, phase = step.migration_id, step.phase
         row = await self._ctx.migration(migration_id)
-        node_status = "active" if phase == m.CUTOVER else None
+        node_status = NodeState.ACTIVE if phase == Phase.CUTOVER else None
         async with _refused_for_good():
             epoch = await self._ctx.registry.set_phase(migration_id, phase, node_status)
         await self._ctx.settle(epoch, row)
         return epoch
 
     @activity.defn(name="restore_reads_on_old")
-    async def restore_reads_on_old(self, migration_id: str) -> int:
+    async def restore_reads_on_old(self, ref: MigrationRef) -> int:
         """Rollback, first step: reads go back to the old replicas (node joining again), then barrier."""
+        migration_id = ref.migration_id
         row = await self._ctx.migration(migration_id)
         async with _refused_for_good():
-            epoch = await self._ctx.registry.set_phase(migration_id, m.ROLLING_BACK, "joining")
+            epoch = await self._ctx.registry.set_phase(migration_id, Phase.ROLLING_BACK, NodeState.JOINING)
         await self._ctx.settle(epoch, row)
         return epoch
 
     @activity.defn(name="remove_joining_node")
-    async def remove_joining_node(self, migration_id: str) -> int:
+    async def remove_joining_node(self, ref: MigrationRef) -> int:
         """Cancel: the node leaves the ring and dual writes stop, then barrier."""
+        migration_id = ref.migration_id
         row = await self._ctx.migration(migration_id)
         async with _refused_for_good():
             epoch = await self._ctx.registry.remove_joining_node(migration_id)
@@ -90,20 +103,21 @@ class RegistrySteps:
         return epoch
 
     @activity.defn(name="finish_migration")
-    async def finish_migration(self, migration_id: str, status: str, error: str) -> int:
+    async def finish_migration(self, finish: FinishMigration) -> int:
         """Record the outcome; the migration leaves the registry (barrier) and frees the ring-change slot."""
+        migration_id, status, error = finish.migration_id, finish.status, finish.error
         row = await self._ctx.migration(migration_id)
         async with _refused_for_good():
             epoch = await self._ctx.registry.finish(migration_id, status, error)
         await self._ctx.settle(epoch, row)
-        if row.status not in m.TERMINAL_STATUSES:  # count once, not on a retry
+        if row.status not in TERMINAL:  # count once, not on a retry
             metrics.ACTIVE_MIGRATIONS.set(0)
             metrics.MIGRATION_DURATION.labels(status).observe(
                 (datetime.now(UTC) - row.started_at).total_seconds()
             )
-            if status == m.S_FAILED:
+            if status == Status.FAILED:
                 metrics.PHASE_FAILURES.labels(row.phase).inc()
-            if status == m.S_COMPLETED:
+            if status == Status.COMPLETED:
                 log.info(
                     "Node addition migration completed successfully",
                     migration_id=migration_id,

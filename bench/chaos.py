@@ -49,6 +49,7 @@ from pairdb.coordinator.ring import Ring
 from pairdb.kernel import migration as m
 from pairdb.kernel.clocks import CLOCK_OFFSET_ENV
 from pairdb.kernel.keyspace import token
+from pairdb.kernel.migration import TERMINAL, NodeState, Phase, Status
 from pairdb.kernel.sabotage import SABOTAGE_ENV
 from pairdb.local.cluster import LocalCluster, free_port
 from pairdb.serving import logs
@@ -73,14 +74,14 @@ CONTROL = (
     "double_stop",
 )
 KINDS = KILLS + PAUSES + NETWORK + CLOCK + CONTROL
-PHASES = (m.DUAL_WRITE, m.DATA_COPY, m.CUTOVER, m.CLEANUP)
+PHASES = (Phase.DUAL_WRITE, Phase.DATA_COPY, Phase.CUTOVER, Phase.CLEANUP)
 # Where each control fault may land: a stop asks for what that phase allows.
 CONTROL_PHASES = {
-    "cancel_readd": (m.DUAL_WRITE, m.DATA_COPY),
-    "rollback_readd": (m.CUTOVER,),
+    "cancel_readd": (Phase.DUAL_WRITE, Phase.DATA_COPY),
+    "rollback_readd": (Phase.CUTOVER,),
     "terminate_workflow": PHASES,
-    "cancel_during_compensation": (m.DATA_COPY, m.CUTOVER),
-    "double_stop": (m.DUAL_WRITE, m.DATA_COPY, m.CUTOVER),
+    "cancel_during_compensation": (Phase.DATA_COPY, Phase.CUTOVER),
+    "double_stop": (Phase.DUAL_WRITE, Phase.DATA_COPY, Phase.CUTOVER),
 }
 TENANTS = {"chaos-a": 3, "chaos-b": 2}
 T = TypeVar("T")
@@ -301,7 +302,7 @@ class Schedule:
 
     async def _migrate(self, cluster: LocalCluster, clients: list[Client]) -> None:
         node4 = await cluster.add_storage_node("node-4")
-        hold = any(f.phase in (m.CUTOVER, m.CLEANUP) for f in self.faults)
+        hold = any(f.phase in (Phase.CUTOVER, Phase.CLEANUP) for f in self.faults)
         added = await clients[0].add_node(
             "node-4",
             "127.0.0.1",
@@ -314,20 +315,22 @@ class Schedule:
         for phase in PHASES:
             if not await self._reached(migration_id, phase):
                 break
-            if phase == m.CLEANUP:
+            if phase == Phase.CLEANUP:
                 continue  # cleanup faults start with the resume below
             fired = self._fire(phase, cluster, clients, migration_id)
             injections += fired
-            if phase == m.CUTOVER and hold:
+            if phase == Phase.CUTOVER and hold:
                 # A stop asked in cutover must reach the workflow before the resume does.
                 await asyncio.gather(*(f for f, fault in fired if fault.kind in CONTROL))
                 await asyncio.sleep(self.rng.uniform(0.5, 2.0))
-                if await self._resume(clients, migration_id) and await self._reached(migration_id, m.CLEANUP):
-                    injections += self._fire(m.CLEANUP, cluster, clients, migration_id)
+                if await self._resume(clients, migration_id) and await self._reached(
+                    migration_id, Phase.CLEANUP
+                ):
+                    injections += self._fire(Phase.CLEANUP, cluster, clients, migration_id)
         await asyncio.gather(*(f for f, _ in injections))
         status = await self._finish(clients, migration_id)
         self.result.migrations.append(status.status)
-        if status.status in (m.S_CANCELLED, m.S_ROLLED_BACK, m.S_FAILED):
+        if status.status in (Status.CANCELLED, Status.ROLLED_BACK, Status.FAILED):
             again = await _retry_add(clients, node4.advertised_port)
             self.result.migrations.append((await self._finish(clients, again)).status)
 
@@ -424,7 +427,7 @@ class Schedule:
     ) -> None:
         temporal = await TemporalClient.connect(cluster.temporal_server.address)
         handle = temporal.get_workflow_handle(m.workflow_id("node-4"))
-        in_cutover = self._phase_now(migration_id) == m.CUTOVER
+        in_cutover = self._phase_now(migration_id) == Phase.CUTOVER
 
         def stop(c: Client) -> Awaitable[str]:
             """What stops the migration where it is: a rollback in cutover, a cancel before it."""
@@ -460,7 +463,7 @@ class Schedule:
 
     async def _reached(self, migration_id: str, phase: str) -> bool:
         """Wait until the migration is in phase or past it; False when it ended before."""
-        order = {p: i for i, p in enumerate(PHASES)}
+        order: dict[str, int] = {p: i for i, p in enumerate(PHASES)}
         while time.monotonic() < self.deadline:
             row = await self._row(migration_id)
             if row is not None:
@@ -468,9 +471,9 @@ class Schedule:
                 self._phases[migration_id] = current
                 if current in order and order[current] >= order[phase]:
                     return True
-                if current == m.DONE:
-                    return phase == m.CLEANUP
-                if status in m.TERMINAL_STATUSES or current in (m.CANCELLING, m.ROLLING_BACK):
+                if current == Phase.DONE:
+                    return phase == Phase.CLEANUP
+                if status in TERMINAL or current in (Phase.CANCELLING, Phase.ROLLING_BACK):
                     return False
             await asyncio.sleep(0.05)
         return False
@@ -489,7 +492,7 @@ class Schedule:
         """Let a migration held at cutover go on to cleanup (unless a fault stopped it meanwhile)."""
         while time.monotonic() < self.deadline:
             row = await self._row(migration_id)
-            if row is not None and (row[0] != m.CUTOVER or row[1] in m.TERMINAL_STATUSES):
+            if row is not None and (row[0] != Phase.CUTOVER or row[1] in TERMINAL):
                 return False
             try:
                 await _any(clients, lambda c: c.pause_migration(migration_id, False))
@@ -503,7 +506,7 @@ class Schedule:
             await _any(clients, lambda c: c.throttle_migration(migration_id, 0))
         while time.monotonic() < self.deadline:
             row = await self._row(migration_id)
-            if row is not None and row[1] in m.TERMINAL_STATUSES:
+            if row is not None and row[1] in TERMINAL:
                 return _Status(row[1])
             await asyncio.sleep(0.5)
         raise TimeoutError(f"migration {migration_id} did not end in time")
@@ -543,7 +546,7 @@ class Schedule:
         # Stuck: every migration ended, the registry holds none, and no workflow still runs.
         temporal = await TemporalClient.connect(cluster.temporal_server.address)
         for row in rows:
-            if row["status"] not in m.TERMINAL_STATUSES:
+            if row["status"] not in TERMINAL:
                 verdict.stuck.append(f"migration {row['migration_id']} is {row['status']} in {row['phase']}")
         for workflow_id in {r["workflow_id"] for r in rows}:
             # The workflow returns just after its last activity recorded the outcome: allow it that moment.
@@ -557,7 +560,7 @@ class Schedule:
         if snap.in_flight is not None:
             verdict.stuck.append(f"registry still holds migration {snap.in_flight.migration_id}")
 
-        ring = Ring.from_tokens((t, n) for t, n in snap.tokens if snap.nodes[n].status == "active")
+        ring = Ring.from_tokens((t, n) for t, n in snap.tokens if snap.nodes[n].status == NodeState.ACTIVE)
         storage = {n: cluster.nodes[n].client() for n in ring.node_ids}
 
         async def holders(key: tuple[str, str], wanted: tuple[tuple[int, int], bool, bytes]) -> list[str]:

@@ -23,6 +23,7 @@ from pairdb.coordinator.migrations import Migrations
 from pairdb.coordinator.ring import DEFAULT_VIRTUAL_NODES, allocate_tokens
 from pairdb.coordinator.topology import Topology, TopologyCache
 from pairdb.kernel import migration as m
+from pairdb.kernel.migration import NodeState
 from pairdb.storage_node.client import NodeClient, NodeStats, StorageError, StoragePool
 
 log = structlog.get_logger()
@@ -65,7 +66,7 @@ class Membership:
         async with self._lock:
             topology = await self._cache.refresh()
             known = topology.nodes.get(node_id)
-            if known is not None and known.status != "removed":
+            if known is not None and known.status != NodeState.REMOVED:
                 raise AlreadyExists(f"node {node_id!r} is already in the cluster ({known.status})")
             joining = NodeClient(node_id, f"{host}:{port}")
             try:
@@ -105,7 +106,7 @@ class Membership:
     ) -> bool:
         """Join directly; False when a tenant or a ring change appeared meanwhile (then: the workflow)."""
         tokens = allocate_tokens(((v.token, v.node_id) for v in topology.ring.vnodes), node_id, vnodes)
-        node = NodeInfo(node_id, host, port, "active", vnodes)
+        node = NodeInfo(node_id, host, port, NodeState.ACTIVE, vnodes)
         if not await self._metadata.join_node_directly(node, tokens):
             return False
         await self._cache.refresh()

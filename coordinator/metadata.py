@@ -18,6 +18,7 @@ import structlog
 
 from pairdb.coordinator import schema
 from pairdb.coordinator.errors import AlreadyExists
+from pairdb.kernel.migration import NodeState, Phase, Status
 
 log = structlog.get_logger()
 
@@ -47,7 +48,7 @@ class NodeInfo:
     node_id: str
     host: str
     port: int
-    status: str
+    status: NodeState
     virtual_nodes: int
 
     @property
@@ -61,7 +62,7 @@ class InFlight:
 
     migration_id: str
     node_id: str
-    phase: str
+    phase: Phase
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +74,8 @@ class MigrationRow:
     port: int
     virtual_nodes: int
     workflow_id: str
-    phase: str
-    status: str
+    phase: Phase
+    status: Status
     progress: dict[str, Any]
     error: str
     started_at: datetime
@@ -119,7 +120,7 @@ def _tenant(row: asyncpg.Record) -> TenantInfo:
 
 
 def _node(row: asyncpg.Record) -> NodeInfo:
-    return NodeInfo(row["node_id"], row["host"], row["port"], row["status"], row["virtual_nodes"])
+    return NodeInfo(row["node_id"], row["host"], row["port"], NodeState(row["status"]), row["virtual_nodes"])
 
 
 async def bump_epoch(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> int:
@@ -176,7 +177,7 @@ class Metadata:
             row = await conn.fetchrow(
                 "SELECT migration_id, node_id, phase FROM migrations WHERE status = 'in_progress'"
             )
-        in_flight = InFlight(row["migration_id"], row["node_id"], row["phase"]) if row else None
+        in_flight = InFlight(row["migration_id"], row["node_id"], Phase(row["phase"])) if row else None
         return Snapshot(epoch, nodes, tokens, tenants, in_flight)
 
     # -- tenants ---------------------------------------------------------------

@@ -13,6 +13,7 @@ import asyncpg
 from pairdb.coordinator.errors import AlreadyExists
 from pairdb.coordinator.metadata import Metadata, MigrationRow, PlannedRange, from_db_token, to_db_token
 from pairdb.kernel import migration as m
+from pairdb.kernel.migration import NodeState, Phase, Status
 from pairdb.serving import request_ids
 
 
@@ -26,8 +27,8 @@ def _migration(row: asyncpg.Record) -> MigrationRow:
         port=row["port"],
         virtual_nodes=row["virtual_nodes"],
         workflow_id=row["workflow_id"],
-        phase=row["phase"],
-        status=row["status"],
+        phase=Phase(row["phase"]),
+        status=Status(row["status"]),
         progress=json.loads(progress) if isinstance(progress, str) else dict(progress or {}),
         error=row["error"] or "",
         started_at=row["started_at"],
@@ -58,7 +59,7 @@ class MigrationStore:
         """Record a queued node addition; ALREADY_EXISTS if the node is in the ring or already joining."""
         async with self._pool.acquire() as conn, conn.transaction():
             node = await conn.fetchrow("SELECT status FROM nodes WHERE node_id = $1", request.node_id)
-            if node is not None and node["status"] != "removed":
+            if node is not None and node["status"] != NodeState.REMOVED:
                 raise AlreadyExists(f"node {request.node_id!r} is already in the cluster ({node['status']})")
             taken = await conn.fetchval(
                 "SELECT node_id FROM nodes WHERE host = $1 AND port = $2 AND status <> 'removed'",

@@ -32,6 +32,7 @@ from pairdb.coordinator.errors import AlreadyExists, FailedPrecondition, NotFoun
 from pairdb.coordinator.metadata import MigrationRow
 from pairdb.coordinator.migration_store import MigrationStore
 from pairdb.kernel import migration as m
+from pairdb.kernel.migration import TERMINAL, Phase, Status
 
 log = structlog.get_logger()
 
@@ -95,9 +96,9 @@ class Migrations:
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 search_attributes=TypedSearchAttributes(
                     [
-                        SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_PHASE), m.QUEUED),
+                        SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_PHASE), Phase.QUEUED),
                         SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_NODE), node_id),
-                        SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_STATUS), m.S_QUEUED),
+                        SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_STATUS), Status.QUEUED),
                     ]
                 ),
                 static_summary=f"Add storage node {node_id} at {host}:{port}",
@@ -143,11 +144,11 @@ class Migrations:
 
     async def control(self, row: MigrationRow) -> Control:
         """Pause and throttle as the running workflow has them (defaults once it ended)."""
-        if row.status in m.TERMINAL_STATUSES or self._temporal is None:
+        if row.status in TERMINAL or self._temporal is None:
             return Control(False, 0)
         try:
             state = await self._temporal.get_workflow_handle(row.workflow_id).query(
-                "progress", result_type=m.MigrationState
+                m.QUERY_PROGRESS, result_type=m.MigrationState
             )
         except RPCError:
             return Control(False, 0)
@@ -155,7 +156,7 @@ class Migrations:
 
     async def _update(self, migration_id: str, update: str, *args: object) -> str:
         row = await self.get(migration_id)
-        if row.status in m.TERMINAL_STATUSES:
+        if row.status in TERMINAL:
             raise FailedPrecondition(f"migration {migration_id} has ended ({row.status})")
         handle = self._client().get_workflow_handle(row.workflow_id)
         try:
@@ -171,15 +172,15 @@ class Migrations:
         return str(result)
 
     async def cancel(self, migration_id: str) -> str:
-        return await self._update(migration_id, "cancel_migration")
+        return await self._update(migration_id, m.UPDATE_CANCEL)
 
     async def rollback(self, migration_id: str) -> str:
-        return await self._update(migration_id, "rollback_migration")
+        return await self._update(migration_id, m.UPDATE_ROLLBACK)
 
     async def pause(self, migration_id: str, paused: bool) -> str:
-        await self._update(migration_id, "set_paused", paused)
+        await self._update(migration_id, m.UPDATE_PAUSE, paused)
         return "paused" if paused else "resumed"
 
     async def throttle(self, migration_id: str, keys_per_second: int) -> str:
-        value = await self._update(migration_id, "change_throttle", keys_per_second)
+        value = await self._update(migration_id, m.UPDATE_THROTTLE, keys_per_second)
         return f"throttle set to {value} keys/s" if value != "0" else "throttle removed"

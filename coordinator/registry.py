@@ -27,7 +27,7 @@ import structlog
 
 from pairdb.coordinator.errors import FailedPrecondition, NotFound
 from pairdb.coordinator.metadata import Metadata, bump_epoch, to_db_token
-from pairdb.kernel import migration as m
+from pairdb.kernel.migration import TERMINAL, NodeState, Phase, Status
 
 log = structlog.get_logger()
 
@@ -45,18 +45,18 @@ class StepRefused(FailedPrecondition):
 
 # The phase each step forward starts from; a retried step finds its own phase already set.
 _FORWARD_FROM = {
-    m.DUAL_WRITE: m.QUEUED,
-    m.DATA_COPY: m.DUAL_WRITE,
-    m.CUTOVER: m.DATA_COPY,
-    m.CLEANUP: m.CUTOVER,
+    Phase.DUAL_WRITE: Phase.QUEUED,
+    Phase.DATA_COPY: Phase.DUAL_WRITE,
+    Phase.CUTOVER: Phase.DATA_COPY,
+    Phase.CLEANUP: Phase.CUTOVER,
 }
-_PAST_RETURN = (m.CLEANUP, m.DONE)
+_PAST_RETURN = (Phase.CLEANUP, Phase.DONE)
 
 
-def check_step(row: asyncpg.Record | Mapping[str, Any], phase: str) -> None:
+def check_step(row: asyncpg.Record | Mapping[str, Any], phase: Phase) -> None:
     """Refuse a move of the locked migration row to phase that its graph does not allow."""
-    current, migration_id = row["phase"], row["migration_id"]
-    if row["status"] in m.TERMINAL_STATUSES:
+    current, migration_id = Phase(row["phase"]), row["migration_id"]
+    if row["status"] in TERMINAL:
         raise StepRefused(
             f"migration {migration_id} has ended ({row['status']}"
             + (f": {row['error']}" if row["error"] else "")
@@ -64,10 +64,10 @@ def check_step(row: asyncpg.Record | Mapping[str, Any], phase: str) -> None:
         )
     if current == phase:
         return
-    if phase in (m.ROLLING_BACK, m.CANCELLING):
+    if phase in (Phase.ROLLING_BACK, Phase.CANCELLING):
         if current in _PAST_RETURN:
             raise StepRefused(f"migration {migration_id} is in {current}, past the point of no return")
-        if phase == m.ROLLING_BACK and current == m.CANCELLING:
+        if phase == Phase.ROLLING_BACK and current == Phase.CANCELLING:
             raise StepRefused(f"migration {migration_id} is cancelling already")
         return
     if _FORWARD_FROM.get(phase) != current:
@@ -100,9 +100,9 @@ class Registry:
         """Take the one ring-change slot for this migration if it is free and this is the oldest queued."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
-            if row["status"] == m.S_IN_PROGRESS:
+            if row["status"] == Status.IN_PROGRESS:
                 return True
-            if row["status"] != m.S_QUEUED:
+            if row["status"] != Status.QUEUED:
                 raise StepRefused(f"migration {migration_id} is {row['status']}: {row['error'] or ''}")
             busy = await conn.fetchval("SELECT 1 FROM migrations WHERE status = 'in_progress'")
             older = await conn.fetchval(
@@ -121,9 +121,9 @@ class Registry:
         """Phase dual_write: the node joins as `joining` with its future tokens. Idempotent."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
-            check_step(row, m.DUAL_WRITE)
+            check_step(row, Phase.DUAL_WRITE)
             node = await conn.fetchrow("SELECT status FROM nodes WHERE node_id = $1", row["node_id"])
-            if node is None or node["status"] == "removed":
+            if node is None or node["status"] == NodeState.REMOVED:
                 if node is not None:
                     await conn.execute("DELETE FROM nodes WHERE node_id = $1", row["node_id"])
                 await conn.execute(
@@ -138,9 +138,9 @@ class Registry:
                     "INSERT INTO ring_tokens (token, node_id) VALUES ($1, $2)",
                     [(to_db_token(t), row["node_id"]) for t in tokens],
                 )
-            return await self._set_phase(conn, migration_id, m.DUAL_WRITE)
+            return await self._set_phase(conn, migration_id, Phase.DUAL_WRITE)
 
-    async def set_phase(self, migration_id: str, phase: str, node_status: str | None = None) -> int:
+    async def set_phase(self, migration_id: str, phase: Phase, node_status: NodeState | None = None) -> int:
         """Move the migration to phase (and its node to node_status) in one epoch.
 
         Once the migration has ended, a step back is a no-op (whoever ended it took the
@@ -148,7 +148,7 @@ class Registry:
         """
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
-            if row["status"] in m.TERMINAL_STATUSES and phase in (m.ROLLING_BACK, m.CANCELLING):
+            if row["status"] in TERMINAL and phase in (Phase.ROLLING_BACK, Phase.CANCELLING):
                 return int(await conn.fetchval("SELECT epoch FROM registry"))
             check_step(row, phase)
             if node_status is not None:
@@ -159,7 +159,7 @@ class Registry:
                 )
             return await self._set_phase(conn, migration_id, phase)
 
-    async def _set_phase(self, conn: Connection, migration_id: str, phase: str) -> int:
+    async def _set_phase(self, conn: Connection, migration_id: str, phase: Phase) -> int:
         current = await conn.fetchrow(
             "SELECT phase, (SELECT epoch FROM registry) AS epoch FROM migrations WHERE migration_id = $1",
             migration_id,
@@ -181,27 +181,27 @@ class Registry:
         """
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
-            if row["status"] in m.TERMINAL_STATUSES:
+            if row["status"] in TERMINAL:
                 return int(await conn.fetchval("SELECT epoch FROM registry"))
-            check_step(row, m.CANCELLING)
+            check_step(row, Phase.CANCELLING)
             await conn.execute("DELETE FROM ring_tokens WHERE node_id = $1", row["node_id"])
             await conn.execute(
                 "UPDATE nodes SET status = 'removed', updated_at = now() WHERE node_id = $1", row["node_id"]
             )
-            return await self._set_phase(conn, migration_id, m.CANCELLING)
+            return await self._set_phase(conn, migration_id, Phase.CANCELLING)
 
-    async def finish(self, migration_id: str, status: str, error: str = "") -> int:
+    async def finish(self, migration_id: str, status: Status, error: str = "") -> int:
         """End the migration: it leaves the registry and frees the ring-change slot.
 
         Completed only from cleanup on; anything else only before it (the ring must match).
         """
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
-            if row["status"] in m.TERMINAL_STATUSES:
+            if row["status"] in TERMINAL:
                 return int(await conn.fetchval("SELECT epoch FROM registry"))
-            if (status == m.S_COMPLETED) != (row["phase"] in _PAST_RETURN):
+            if (status == Status.COMPLETED) != (row["phase"] in _PAST_RETURN):
                 raise StepRefused(f"migration {migration_id} in {row['phase']} cannot end {status}")
-            phase = m.DONE if status == m.S_COMPLETED else row["phase"]
+            phase = Phase.DONE if status == Status.COMPLETED else row["phase"]
             await conn.execute(
                 "UPDATE migrations SET status = $2, phase = $3, error = NULLIF($4, ''),"
                 " completed_at = now(), updated_at = now() WHERE migration_id = $1",

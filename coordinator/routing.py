@@ -1,13 +1,9 @@
 """Which storage nodes a request for a key goes to, and whose answers count.
 
-The read and write sets follow the in-flight ring change's phase (docs/architecture.md, section 5):
-
-| phase                              | writes go to | acknowledged when        | reads use |
-|------------------------------------|--------------|--------------------------|-----------|
-| none                               | old          | level met in old         | old       |
-| dual_write, data_copy, rolling_back| old ∪ new    | level met in old and new | old       |
-| cutover                            | old ∪ new    | level met in old and new | new       |
-| cleanup                            | new          | level met in new         | new       |
+The read and write sets follow the in-flight ring change's phase, as the
+kernel's ROUTING table says (docs/architecture.md, section 5): writes to old,
+old ∪ new (acknowledged when the level is met in each) or new; reads from old
+or new.
 """
 
 from __future__ import annotations
@@ -17,11 +13,8 @@ from dataclasses import dataclass
 from pairdb.coordinator.errors import NotFound, Unavailable
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan
 from pairdb.coordinator.topology import Topology, TopologyCache
-from pairdb.kernel import migration as m
 from pairdb.kernel.keyspace import token
-
-_READS_ON_NEW = (m.CUTOVER, m.CLEANUP)
-_WRITES_ON_NEW_ONLY = (m.CLEANUP,)
+from pairdb.kernel.migration import ROUTING, Writes
 
 
 class StaleView(Exception):
@@ -42,12 +35,15 @@ class Route:
 
 def plan(topology: Topology, t: int, rf: int, level: Consistency, *, write: bool) -> ReplicaPlan:
     old = topology.ring.replicas(t, rf)
-    if topology.future is None:
+    if topology.future is None or topology.phase is None:
         return ReplicaPlan(level, old)
     new = topology.future.replicas(t, rf)
-    if topology.phase in _WRITES_ON_NEW_ONLY or (not write and topology.phase in _READS_ON_NEW):
+    routing = ROUTING[topology.phase]
+    if not write:
+        return ReplicaPlan(level, new if routing.reads_new else old)
+    if routing.writes is Writes.NEW:
         return ReplicaPlan(level, new)
-    if not write or old == new:
+    if routing.writes is Writes.OLD or old == new:
         return ReplicaPlan(level, old)
     return ReplicaPlan(level, old, new)
 

@@ -24,8 +24,8 @@ from pairdb.coordinator.migrations import Migrations
 from pairdb.coordinator.read_path import ReadPath
 from pairdb.coordinator.topology import LeaseLapsed, TopologyCache
 from pairdb.coordinator.write_path import WritePath
-from pairdb.kernel import migration as m
 from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, Version
+from pairdb.kernel.migration import TERMINAL, Status
 from pairdb.proto import coordinator_pb2 as pb
 from pairdb.proto import coordinator_pb2_grpc
 
@@ -209,7 +209,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         row = await self._migrations.get(limits.migration_id(request.migration_id))
         control = await self._migrations.control(row)
         p = row.progress
-        ended = row.status in m.TERMINAL_STATUSES
+        ended = row.status in TERMINAL
         return pb.GetMigrationStatusResponse(
             success=True,
             migration_id=row.migration_id,
@@ -221,7 +221,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             progress=pb.MigrationProgress(
                 keys_copied=int(p.get("keys_copied", 0)),
                 keys_total=int(p.get("keys_total", 0)),
-                percent=100.0 if row.status == m.S_COMPLETED else float(p.get("percent", 0.0)),
+                percent=100.0 if row.status == Status.COMPLETED else float(p.get("percent", 0.0)),
                 bytes_copied=int(p.get("bytes_copied", 0)),
                 ranges_done=int(p.get("ranges_done", 0)),
                 ranges_total=int(p.get("ranges_total", 0)),

@@ -29,8 +29,8 @@ from pairdb.coordinator.errors import Unavailable
 from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.metadata import NOTIFY_CHANNEL, Metadata, NodeInfo, Registration, Snapshot, TenantInfo
 from pairdb.coordinator.ring import Ring
-from pairdb.kernel import migration as m
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock, boottime
+from pairdb.kernel.migration import ROUTING, NodeState, Phase
 from pairdb.serving import metrics
 
 log = structlog.get_logger()
@@ -38,10 +38,6 @@ log = structlog.get_logger()
 # A restarted coordinator whose clock is this far behind its previous incarnation's
 # versions refuses to start rather than wait: someone must look at that clock.
 MAX_CLOCK_WAIT_MS = 60_000
-
-
-# Phases in which requests route over both rings (see routing.py).
-ROUTED_PHASES = (m.DUAL_WRITE, m.DATA_COPY, m.CUTOVER, m.CLEANUP, m.ROLLING_BACK)
 
 
 class LeaseLapsed(Exception):
@@ -58,15 +54,15 @@ class Topology:
     tenants: dict[str, TenantInfo]
     # While a node addition is in flight: the ring with the joining node, its phase and its node.
     future: Ring | None = None
-    phase: str | None = None
+    phase: Phase | None = None
     moving_node: str | None = None
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> Topology:
         moving = snap.in_flight.node_id if snap.in_flight else None
-        members = {n for n, info in snap.nodes.items() if info.status == "active" and n != moving}
+        members = {n for n, info in snap.nodes.items() if info.status == NodeState.ACTIVE and n != moving}
         ring = Ring.from_tokens((t, n) for t, n in snap.tokens if n in members)
-        if snap.in_flight is None or snap.in_flight.phase not in ROUTED_PHASES:
+        if snap.in_flight is None or snap.in_flight.phase not in ROUTING:
             return cls(snap.epoch, ring, snap.nodes, snap.tenants)
         future = Ring.from_tokens((t, n) for t, n in snap.tokens if n in members or n == moving)
         return cls(snap.epoch, ring, snap.nodes, snap.tenants, future, snap.in_flight.phase, moving)

@@ -16,16 +16,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.workflow import ActivityConfig
 
 with workflow.unsafe.imports_passed_through():
+    # Activities by reference, so mypy checks every call across the Temporal boundary; their
+    # modules load outside the sandbox and run only in the worker, never in workflow code.
+    from pairdb.activities.cleanup import CleanupSteps
+    from pairdb.activities.copy import CopySteps
+    from pairdb.activities.registry_steps import RegistrySteps
     from pairdb.kernel import migration as m
+    from pairdb.kernel.migration import (
+        TERMINAL,
+        CopyChunk,
+        EnterPhase,
+        FinishMigration,
+        MigrationRef,
+        Phase,
+        Status,
+        Undo,
+    )
 
 CHUNK_RANGES = 16
 # Workflows started before compensation and cleanup became uninterruptible replay as they ran.
@@ -37,38 +53,40 @@ NODE_KEY = SearchAttributeKey.for_keyword(m.SA_NODE)
 STATUS_KEY = SearchAttributeKey.for_keyword(m.SA_STATUS)
 
 # Registry steps end in a barrier, which waits at most a coordinator lease.
-REGISTRY_STEP: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(minutes=2),
-    "heartbeat_timeout": timedelta(seconds=20),
-    "retry_policy": RetryPolicy(
+REGISTRY_STEP = ActivityConfig(
+    start_to_close_timeout=timedelta(minutes=2),
+    heartbeat_timeout=timedelta(seconds=20),
+    retry_policy=RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=10
     ),
-}
+)
 # A copy chunk survives its nodes restarting: retried for minutes, heartbeats every range.
-COPY_STEP: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(minutes=30),
-    "heartbeat_timeout": timedelta(seconds=10),
-    "retry_policy": RetryPolicy(
+COPY_STEP = ActivityConfig(
+    start_to_close_timeout=timedelta(minutes=30),
+    heartbeat_timeout=timedelta(seconds=10),
+    retry_policy=RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=30
     ),
-}
+)
 # Past the point of no return (cleanup) and while undoing: retry until it works.
-MUST_FINISH: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(minutes=30),
-    "heartbeat_timeout": timedelta(seconds=60),
-    "retry_policy": RetryPolicy(
-        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
-    ),
-}
+MUST_FINISH = ActivityConfig(
+    start_to_close_timeout=timedelta(minutes=30),
+    heartbeat_timeout=timedelta(seconds=60),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+)
 
 # Wiping a cancelled node: it may be the very node that is down.
-BEST_EFFORT: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(minutes=5),
-    "heartbeat_timeout": timedelta(seconds=60),
-    "retry_policy": RetryPolicy(
+BEST_EFFORT = ActivityConfig(
+    start_to_close_timeout=timedelta(minutes=5),
+    heartbeat_timeout=timedelta(seconds=60),
+    retry_policy=RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5
     ),
-}
+)
+
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 class _Stop(Exception):
@@ -78,7 +96,7 @@ class _Stop(Exception):
 @workflow.defn(name=m.WORKFLOW_NAME)
 class NodeAdditionWorkflow:
     def __init__(self) -> None:
-        self._state = m.MigrationState("", "", m.QUEUED, m.S_QUEUED)
+        self._state = m.MigrationState("", "", Phase.QUEUED, Status.QUEUED)
         # Set by cancel or rollback, however asked; where the migration got to decides which it is.
         self._stop = False
 
@@ -92,12 +110,14 @@ class NodeAdditionWorkflow:
         self._publish()
         try:
             await self._wait_for_turn()
-            await self._phase(m.DUAL_WRITE, "enable_dual_write", s.migration_id)
+            await self._phase(Phase.DUAL_WRITE, RegistrySteps.enable_dual_write, MigrationRef(s.migration_id))
             await self._data_copy()
             if request.hold_at_cutover:
                 # Held from before the phase starts: a resume sent as soon as cutover shows is not lost.
                 s.holding_at_cutover = s.paused = True
-            await self._phase(m.CUTOVER, "enter_phase", s.migration_id, m.CUTOVER)
+            await self._phase(
+                Phase.CUTOVER, RegistrySteps.enter_phase, EnterPhase(s.migration_id, Phase.CUTOVER)
+            )
             await self._hold_at_cutover(request.hold_at_cutover)
             self._raise_if_stopped()
             await self._uninterruptible(self._cleanup())
@@ -113,26 +133,30 @@ class NodeAdditionWorkflow:
             if is_cancelled_exception(exc):
                 await self._uninterruptible(self._undo(self._stopped_status(), ""))
                 raise
-            if s.phase == m.CLEANUP:
+            if s.phase == Phase.CLEANUP:
                 raise  # cleanup steps retry forever; only a bug gets here (the reconciler finishes it)
             error = f"phase {s.phase} failed: {_cause(exc)}"
             workflow.logger.error("Migration phase failed; rolling back", extra={"error": error})
-            await self._uninterruptible(self._undo(m.S_FAILED, error))
+            await self._uninterruptible(self._undo(Status.FAILED, error))
             return s
 
     async def _wait_for_turn(self) -> None:
         """Stay `queued` until this migration holds the one ring-change slot."""
-        while not await self._activity("claim_ring_change", self._state.migration_id, result_type=bool):
+        while not await self._activity(
+            RegistrySteps.claim_ring_change, MigrationRef(self._state.migration_id)
+        ):
             with contextlib.suppress(asyncio.TimeoutError):
                 await workflow.wait_condition(lambda: self._stop, timeout=QUEUE_POLL)
             self._raise_if_stopped()
-        self._state.status = m.S_IN_PROGRESS
+        self._state.status = Status.IN_PROGRESS
         self._publish()
 
     async def _data_copy(self) -> None:
         s = self._state
-        await self._phase(m.DATA_COPY, "enter_phase", s.migration_id, m.DATA_COPY)
-        plan = await self._activity("plan_copy", s.migration_id, result_type=m.CopyPlan, stoppable=True)
+        await self._phase(
+            Phase.DATA_COPY, RegistrySteps.enter_phase, EnterPhase(s.migration_id, Phase.DATA_COPY)
+        )
+        plan = await self._activity(CopySteps.plan_copy, MigrationRef(s.migration_id), stoppable=True)
         s.progress.ranges_total, s.progress.keys_total = plan.ranges_total, plan.keys_total
         self._publish()
         chunks = [
@@ -143,21 +167,16 @@ class NodeAdditionWorkflow:
             await workflow.wait_condition(lambda: not s.paused or self._stop)
             self._raise_if_stopped()
             s.progress = await self._activity(
-                "copy_ranges",
-                m.CopyChunk(s.migration_id, chunk, s.throttle_keys_per_second),
-                result_type=m.Progress,
-                options=COPY_STEP,
+                CopySteps.copy_ranges,
+                CopyChunk(s.migration_id, chunk, s.throttle_keys_per_second),
+                COPY_STEP,
                 stoppable=True,
             )
             self._publish()
         for chunk in chunks:
             self._raise_if_stopped()
             await self._activity(
-                "verify_ranges",
-                m.CopyChunk(s.migration_id, chunk),
-                result_type=int,
-                options=COPY_STEP,
-                stoppable=True,
+                CopySteps.verify_ranges, CopyChunk(s.migration_id, chunk), COPY_STEP, stoppable=True
             )
 
     async def _hold_at_cutover(self, hold: bool) -> None:
@@ -173,23 +192,26 @@ class NodeAdditionWorkflow:
     async def _cleanup(self) -> None:
         """Past the point of no return: reads and writes use the new ring only, then old copies go."""
         s = self._state
-        await self._phase(m.CLEANUP, "enter_phase", s.migration_id, m.CLEANUP, options=MUST_FINISH)
-        await self._activity("drop_moved_ranges", s.migration_id, options=MUST_FINISH)
-        await self._finish(m.S_COMPLETED)
-        s.phase = m.DONE
+        await self._phase(
+            Phase.CLEANUP, RegistrySteps.enter_phase, EnterPhase(s.migration_id, Phase.CLEANUP), MUST_FINISH
+        )
+        await self._activity(CleanupSteps.drop_moved_ranges, MigrationRef(s.migration_id), MUST_FINISH)
+        await self._finish(Status.COMPLETED)
+        s.phase = Phase.DONE
         self._publish()
 
-    async def _undo(self, status: str, error: str) -> None:
+    async def _undo(self, status: Status, error: str) -> None:
         """Compensate back to the old ring from wherever the migration stopped, then record status."""
         s = self._state
+        ref = MigrationRef(s.migration_id)
         for step in m.undo_steps(s.phase):
-            if step == m.UNDO_RESTORE_READS:
-                await self._phase(m.ROLLING_BACK, step, s.migration_id, options=MUST_FINISH)
-            elif step == m.UNDO_REMOVE_NODE:
-                await self._phase(m.CANCELLING, step, s.migration_id, options=MUST_FINISH)
+            if step is Undo.RESTORE_READS:
+                await self._phase(Phase.ROLLING_BACK, RegistrySteps.restore_reads_on_old, ref, MUST_FINISH)
+            elif step is Undo.REMOVE_NODE:
+                await self._phase(Phase.CANCELLING, RegistrySteps.remove_joining_node, ref, MUST_FINISH)
             else:
                 try:
-                    await self._activity(step, s.migration_id, options=BEST_EFFORT)
+                    await self._activity(CleanupSteps.wipe_joining_node, ref, BEST_EFFORT)
                 except ActivityError as exc:
                     # The node is out of the ring already; what it holds is never read.
                     error = "; ".join(e for e in (error, f"could not wipe {s.node_id}: {_cause(exc)}") if e)
@@ -220,25 +242,31 @@ class NodeAdditionWorkflow:
                 )
         task.result()
 
-    def _stopped_status(self) -> str:
-        return m.S_ROLLED_BACK if self._reads_on_new() else m.S_CANCELLED
+    def _stopped_status(self) -> Status:
+        return Status.ROLLED_BACK if self._reads_on_new() else Status.CANCELLED
 
-    async def _finish(self, status: str) -> None:
+    async def _finish(self, status: Status) -> None:
         s = self._state
-        await self._activity("finish_migration", s.migration_id, status, s.error, options=MUST_FINISH)
+        await self._activity(
+            RegistrySteps.finish_migration, FinishMigration(s.migration_id, status, s.error), MUST_FINISH
+        )
         s.status = status
         self._publish()
 
     # -- steps ---------------------------------------------------------------------------
 
     async def _phase(
-        self, phase: str, activity: str, *args: Any, options: dict[str, Any] | None = None
+        self,
+        phase: Phase,
+        activity: Callable[[Any, A], Awaitable[int]],
+        arg: A,
+        config: ActivityConfig = REGISTRY_STEP,
     ) -> None:
         started = workflow.now()
         self._state.phase = phase
         self._state.phase_history.append(phase)
         self._publish()
-        await self._activity(activity, *args, options=options)
+        await self._activity(activity, arg, config)
         workflow.logger.info(
             "Migration phase completed",
             extra={
@@ -250,15 +278,14 @@ class NodeAdditionWorkflow:
 
     async def _activity(
         self,
-        name: str,
-        *args: Any,
-        result_type: type | None = None,
-        options: dict[str, Any] | None = None,
+        activity: Callable[[Any, A], Awaitable[R]],
+        arg: A,
+        config: ActivityConfig = REGISTRY_STEP,
+        *,
         stoppable: bool = False,
-    ) -> Any:
-        handle = workflow.start_activity(
-            name, args=list(args), result_type=result_type, **(options or REGISTRY_STEP)
-        )
+    ) -> R:
+        """Run one step; a stoppable one is cancelled as soon as an operator asks to stop (then _Stop)."""
+        handle = workflow.start_activity_method(activity, arg, **config)
         if not stoppable:
             return await handle
         stop = asyncio.ensure_future(workflow.wait_condition(lambda: self._stop))
@@ -284,7 +311,7 @@ class NodeAdditionWorkflow:
             raise _Stop()
 
     def _reads_on_new(self) -> bool:
-        return self._state.phase in (m.CUTOVER, m.ROLLING_BACK)
+        return self._state.phase in (Phase.CUTOVER, Phase.ROLLING_BACK)
 
     # -- what operators see -----------------------------------------------------------------
 
@@ -312,7 +339,7 @@ class NodeAdditionWorkflow:
             lines.append(f"- error: {s.error}")
         workflow.set_current_details("\n".join(lines))
 
-    @workflow.query
+    @workflow.query(name=m.QUERY_PROGRESS)
     def progress(self) -> m.MigrationState:
         return self._state
 
@@ -321,7 +348,7 @@ class NodeAdditionWorkflow:
     @workflow.signal
     def cancel(self) -> None:
         """Cancel before cutover; during cutover this rolls back; ignored once cleanup began."""
-        if self._state.phase in (m.CLEANUP, m.DONE):
+        if self._state.phase in (Phase.CLEANUP, Phase.DONE):
             workflow.logger.warning("cancel ignored: the migration is past cutover")
             return
         self._stop = True
@@ -348,7 +375,7 @@ class NodeAdditionWorkflow:
 
     # -- updates (the coordinator's RPCs): a yes/no answer ------------------------------------------
 
-    @workflow.update
+    @workflow.update(name=m.UPDATE_CANCEL)
     def cancel_migration(self) -> str:
         if self._stop:
             return f"already stopping: phase {self._state.phase}"
@@ -357,15 +384,15 @@ class NodeAdditionWorkflow:
 
     @cancel_migration.validator
     def _validate_cancel(self) -> None:
-        if self._state.phase in (m.CUTOVER, m.ROLLING_BACK) and not self._stop:
+        if self._state.phase in (Phase.CUTOVER, Phase.ROLLING_BACK) and not self._stop:
             raise ApplicationError("the migration is in cutover: roll it back instead of cancelling")
-        if self._state.phase in (m.CLEANUP, m.DONE) or self._state.status in m.TERMINAL_STATUSES:
+        if self._state.phase in (Phase.CLEANUP, Phase.DONE) or self._state.status in TERMINAL:
             raise ApplicationError(
                 f"too late to cancel: phase {self._state.phase}, "
                 f"status {self._state.status}; remove the node instead"
             )
 
-    @workflow.update
+    @workflow.update(name=m.UPDATE_ROLLBACK)
     def rollback_migration(self) -> str:
         if self._stop:
             return f"already stopping: phase {self._state.phase}"
@@ -374,19 +401,19 @@ class NodeAdditionWorkflow:
 
     @rollback_migration.validator
     def _validate_rollback(self) -> None:
-        if self._stop and self._state.phase in (m.CUTOVER, m.ROLLING_BACK):
+        if self._stop and self._state.phase in (Phase.CUTOVER, Phase.ROLLING_BACK):
             return  # a repeat: harmless
-        if self._state.phase != m.CUTOVER:
+        if self._state.phase != Phase.CUTOVER:
             raise ApplicationError(
                 f"rollback applies during cutover; the migration is in {self._state.phase}"
                 + (
                     " (cancel it instead)"
-                    if self._state.phase in (m.QUEUED, m.DUAL_WRITE, m.DATA_COPY)
+                    if self._state.phase in (Phase.QUEUED, Phase.DUAL_WRITE, Phase.DATA_COPY)
                     else ""
                 )
             )
 
-    @workflow.update
+    @workflow.update(name=m.UPDATE_THROTTLE)
     def change_throttle(self, keys_per_second: int) -> int:
         self.set_throttle(keys_per_second)
         return self._state.throttle_keys_per_second
@@ -396,7 +423,7 @@ class NodeAdditionWorkflow:
         if keys_per_second < 0:
             raise ApplicationError("throttle must be 0 (unlimited) or a positive number of keys per second")
 
-    @workflow.update
+    @workflow.update(name=m.UPDATE_PAUSE)
     def set_paused(self, paused: bool) -> bool:
         self._state.paused = paused
         self._publish()
@@ -404,7 +431,7 @@ class NodeAdditionWorkflow:
 
     @set_paused.validator
     def _validate_pause(self, paused: bool) -> None:
-        if self._state.status in m.TERMINAL_STATUSES:
+        if self._state.status in TERMINAL:
             raise ApplicationError(f"the migration is {self._state.status}")
 
 

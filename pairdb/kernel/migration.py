@@ -1,65 +1,122 @@
 """What the coordinator, the migration worker and the CLI agree on about a migration.
 
-Plain dataclasses and names only: the workflow imports this module, so it must
-stay free of I/O (docs/architecture.md, section 1).
+Phases, statuses and node states are defined here once, with the routing rule
+of each phase; so are the inputs and outputs that cross the Temporal boundary.
+Plain data only: the workflow imports this module, so it stays free of I/O
+(docs/architecture.md, section 1).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 TASK_QUEUE = "pairdb-migrations"
 WORKFLOW_NAME = "NodeAdditionWorkflow"
 
-# Phases, in order. `queued` waits for another ring change to finish; the
-# in-between phases `cancelling` and `rolling_back` route like "no migration"
-# and "reads on old" respectively while compensation runs.
-QUEUED = "queued"
-DUAL_WRITE = "dual_write"
-DATA_COPY = "data_copy"
-CUTOVER = "cutover"
-CLEANUP = "cleanup"
-DONE = "done"
-CANCELLING = "cancelling"
-ROLLING_BACK = "rolling_back"
-PHASES = (QUEUED, DUAL_WRITE, DATA_COPY, CUTOVER, CLEANUP, DONE)
 
-# Statuses. Terminal ones end the migration.
-S_QUEUED = "queued"
-S_IN_PROGRESS = "in_progress"
-S_COMPLETED = "completed"
-S_FAILED = "failed"
-S_CANCELLED = "cancelled"
-S_ROLLED_BACK = "rolled_back"
-TERMINAL_STATUSES = (S_COMPLETED, S_FAILED, S_CANCELLED, S_ROLLED_BACK)
+class Phase(enum.StrEnum):
+    """Where a migration is. `queued` waits for another ring change to finish; `cancelling` and
+    `rolling_back` are the way back (compensation); `done` follows cleanup."""
+
+    QUEUED = "queued"
+    DUAL_WRITE = "dual_write"
+    DATA_COPY = "data_copy"
+    CUTOVER = "cutover"
+    CLEANUP = "cleanup"
+    DONE = "done"
+    CANCELLING = "cancelling"
+    ROLLING_BACK = "rolling_back"
+
+
+class Status(enum.StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.ROLLED_BACK})
+
+
+class NodeState(enum.StrEnum):
+    """A storage node's membership (the nodes table's status column holds these values)."""
+
+    JOINING = "joining"  # receives dual writes and the copy, not yet read from
+    ACTIVE = "active"  # in the ring
+    LEAVING = "leaving"
+    REMOVED = "removed"  # out of the ring for good
+
+
+class Writes(enum.Enum):
+    OLD = "old"
+    BOTH = "both"  # old ∪ new, acknowledged when the level is met in each
+    NEW = "new"
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How requests route while a ring change is in a phase (docs/architecture.md, section 5)."""
+
+    writes: Writes
+    reads_new: bool
+
+
+# Phases in which requests route over both rings; any other phase routes by the current ring alone.
+ROUTING: dict[Phase, Routing] = {
+    Phase.DUAL_WRITE: Routing(Writes.BOTH, reads_new=False),
+    Phase.DATA_COPY: Routing(Writes.BOTH, reads_new=False),
+    Phase.CUTOVER: Routing(Writes.BOTH, reads_new=True),
+    Phase.CLEANUP: Routing(Writes.NEW, reads_new=True),
+    Phase.ROLLING_BACK: Routing(Writes.BOTH, reads_new=False),
+}
 
 # Search attributes registered on the Temporal server (`start-dev --search-attribute`).
 SA_PHASE = "MigrationPhase"
 SA_NODE = "MigrationNode"
 SA_STATUS = "MigrationStatus"
 
+# The workflow's updates, called by name by the coordinator (which sits below the workflow
+# layer and so cannot import it).
+UPDATE_CANCEL = "cancel_migration"
+UPDATE_ROLLBACK = "rollback_migration"
+UPDATE_PAUSE = "set_paused"
+UPDATE_THROTTLE = "change_throttle"
+QUERY_PROGRESS = "progress"
 
-# Compensation steps (activity names), in order, for a migration stopped in a phase.
-UNDO_RESTORE_READS = "restore_reads_on_old"
-UNDO_REMOVE_NODE = "remove_joining_node"
-UNDO_WIPE_NODE = "wipe_joining_node"
+
+class Undo(enum.Enum):
+    """Compensation steps, in the order they run."""
+
+    RESTORE_READS = "restore_reads_on_old"
+    REMOVE_NODE = "remove_joining_node"
+    WIPE_NODE = "wipe_joining_node"
 
 
-def undo_steps(phase: str) -> list[str]:
+def undo_steps(phase: Phase) -> list[Undo]:
     """What takes a migration stopped in `phase` back to the old ring, before its status is recorded.
 
     Used by the workflow and by the reconciler alike. Each step is idempotent.
     """
-    if phase in (CUTOVER, ROLLING_BACK):
-        return [UNDO_RESTORE_READS, UNDO_REMOVE_NODE, UNDO_WIPE_NODE]
-    if phase in (DUAL_WRITE, DATA_COPY, CANCELLING):
-        return [UNDO_REMOVE_NODE, UNDO_WIPE_NODE]
+    if phase in (Phase.CUTOVER, Phase.ROLLING_BACK):
+        return [Undo.RESTORE_READS, Undo.REMOVE_NODE, Undo.WIPE_NODE]
+    if phase in (Phase.DUAL_WRITE, Phase.DATA_COPY, Phase.CANCELLING):
+        return [Undo.REMOVE_NODE, Undo.WIPE_NODE]
     return []  # queued: nothing joined yet
 
 
 def workflow_id(node_id: str) -> str:
     """One workflow id per node: Temporal refuses a second addition of the same node while one runs."""
     return f"add-node-{node_id}"
+
+
+# -- the workflow's input and query result -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -102,14 +159,37 @@ class MigrationState:
 
     migration_id: str
     node_id: str
-    phase: str
-    status: str
+    phase: Phase
+    status: Status
     paused: bool = False
     throttle_keys_per_second: int = 0
     holding_at_cutover: bool = False
     error: str = ""
     progress: Progress = field(default_factory=Progress)
-    phase_history: list[str] = field(default_factory=list)
+    phase_history: list[Phase] = field(default_factory=list)
+
+
+# -- activity inputs and outputs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MigrationRef:
+    """An activity that needs only which migration it acts on."""
+
+    migration_id: str
+
+
+@dataclass(frozen=True)
+class EnterPhase:
+    migration_id: str
+    phase: Phase
+
+
+@dataclass(frozen=True)
+class FinishMigration:
+    migration_id: str
+    status: Status
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,15 +199,6 @@ class CopyChunk:
     migration_id: str
     range_indexes: list[int]
     throttle_keys_per_second: int = 0
-
-
-@dataclass(frozen=True)
-class ChunkResult:
-    ranges_done: int
-    keys: int
-    bytes: int
-    # Ranges found different on verification and copied again.
-    recopied: int = 0
 
 
 @dataclass(frozen=True)

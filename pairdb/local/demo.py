@@ -23,6 +23,7 @@ from pairdb.coordinator.metadata import Metadata
 from pairdb.coordinator.ring import Ring
 from pairdb.kernel import migration as m
 from pairdb.kernel.keyspace import token
+from pairdb.kernel.migration import NodeState
 from pairdb.local.cluster import LocalCluster
 from pairdb.storage_node.engine import StoredRecord
 
@@ -134,7 +135,7 @@ async def _check_new_node(
         snap = await metadata.snapshot()
     finally:
         await metadata.close()
-    ring = Ring.from_tokens((t, n) for t, n in snap.tokens if snap.nodes[n].status == "active")
+    ring = Ring.from_tokens((t, n) for t, n in snap.tokens if snap.nodes[n].status == NodeState.ACTIVE)
     held: dict[tuple[str, str], StoredRecord] = {}
     node4 = cluster.nodes["node-4"].client()
     try:

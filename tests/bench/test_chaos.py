@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.chaos import Schedule
-from pairdb.kernel import migration as m
+from pairdb.kernel.migration import Phase, Status
 from pairdb.kernel.sabotage import SKIP_REVERSION
 from pairdb.local.cluster import LocalCluster
 
@@ -15,12 +15,15 @@ async def test_a_fixed_seed_schedule_with_a_pause_and_a_terminated_workflow_lose
         keys=200,
         minutes=5,
         kinds=["pause_coordinator", "terminate_workflow"],
-        phases=[m.DATA_COPY, m.DATA_COPY],
+        phases=[Phase.DATA_COPY, Phase.DATA_COPY],
     ).run()
     verdict = result.verdict
     assert result.acknowledged > 500
     # The terminated addition was undone by the reconciler; the next one completed.
-    assert result.migrations[0] in (m.S_FAILED, m.S_CANCELLED) and result.migrations[-1] == m.S_COMPLETED
+    assert (
+        result.migrations[0] in (Status.FAILED, Status.CANCELLED)
+        and result.migrations[-1] == Status.COMPLETED
+    )
     assert verdict.ok, verdict.lines[:10]
 
 
@@ -41,11 +44,11 @@ async def test_the_checker_reports_writes_lost_from_their_replicas_before_any_re
         keys=200,
         minutes=4,
         kinds=["net_latency"],
-        phases=[m.DATA_COPY],
+        phases=[Phase.DATA_COPY],
         write_only=True,
         sabotage=wipe_two_replicas,
     ).run()
-    assert result.migrations == [m.S_COMPLETED]
+    assert result.migrations == [Status.COMPLETED]
     assert len(result.verdict.lost) > 50
     assert any("before any read repaired it" in line for line in result.verdict.lost)
 
@@ -58,7 +61,7 @@ async def test_the_checker_reports_writes_lost_to_clock_skew_when_they_are_not_v
         keys=20,
         minutes=4,
         kinds=["clock_skew"],
-        phases=[m.CLEANUP],
+        phases=[Phase.CLEANUP],
         sabotage_env=SKIP_REVERSION,
     ).run()
     verdict = result.verdict

@@ -18,8 +18,8 @@ import pytest
 from bench.checker import GET, PUT, History, Verdict, check_key
 from pairdb.client import Client
 from pairdb.coordinator.metadata import Metadata
-from pairdb.kernel import migration as m
 from pairdb.kernel.keyspace import StoredRecord, Version, token
+from pairdb.kernel.migration import Phase, Status
 from pairdb.kernel.sabotage import REPAIR_READ_SET_ONLY, SABOTAGE_ENV, SKIP_FENCE
 from pairdb.local.cluster import LocalCluster
 from pairdb.storage_node.client import StorageError
@@ -60,7 +60,7 @@ async def test_the_checker_sees_a_value_vanish_when_reads_repair_only_the_read_s
     node4 = await broken.add_storage_node("node-4")
     async with broken.client() as client:
         added = await client.add_node("node-4", "127.0.0.1", node4.advertised_port, hold_at_cutover=True)
-        await wait_phase(client, added.migration_id, m.CUTOVER)
+        await wait_phase(client, added.migration_id, Phase.CUTOVER)
         old, new = await rings(broken, "node-4")
         key = next(
             f"vanish-{i}" for i in range(10_000) if "node-4" in new.replicas(token(TENANT, f"vanish-{i}"), 3)
@@ -81,7 +81,7 @@ async def test_the_checker_sees_a_value_vanish_when_reads_repair_only_the_read_s
         # Reads in cutover use the new replicas: node-4 and one shared node answer.
         await _read(history, broken, client, key, blocked=shared[0])
         await client.rollback_migration(added.migration_id)
-        assert (await wait_ended(client, added.migration_id)).status == m.S_ROLLED_BACK
+        assert (await wait_ended(client, added.migration_id)).status == Status.ROLLED_BACK
         # Back on the old replicas; the other shared node is slow to answer.
         await _read(history, broken, client, key, blocked=shared[1], final=True)
     assert set(old_set) >= set(shared)
@@ -116,7 +116,7 @@ async def test_the_checker_sees_a_write_lost_when_storage_nodes_skip_the_fence(b
     node5 = await broken.add_storage_node("node-5")
     async with broken.client() as client:
         added = await client.add_node("node-5", "127.0.0.1", node5.advertised_port)
-        assert (await wait_ended(client, added.migration_id)).status == m.S_COMPLETED
+        assert (await wait_ended(client, added.migration_id)).status == Status.COMPLETED
         old, new = await rings(broken, "node-5")
         key = next(
             f"stale-{i}" for i in range(10_000) if "node-5" in new.replicas(token(TENANT, f"stale-{i}"), 3)

@@ -20,8 +20,8 @@ from pairdb.coordinator.quorum import Consistency, ReplicaPlan
 from pairdb.coordinator.ring import RING_SIZE, RangeMove, Ring, allocate_tokens, ranges_gained
 from pairdb.coordinator.routing import plan
 from pairdb.coordinator.topology import Topology
-from pairdb.kernel import migration as m
 from pairdb.kernel.keyspace import TOKEN_MAX, Version, in_range
+from pairdb.kernel.migration import Phase
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -269,9 +269,9 @@ def test_both_sets_rule_matches_brute_force(
 
 # -- routing per migration phase ----------------------------------------------------------------
 
-BEFORE_CUTOVER = (m.DUAL_WRITE, m.DATA_COPY, m.ROLLING_BACK)
-NOT_ROUTED = (None, m.QUEUED, m.CANCELLING)
-ALL_PHASES = (*NOT_ROUTED, *BEFORE_CUTOVER, m.CUTOVER, m.CLEANUP, m.DONE)
+BEFORE_CUTOVER = (Phase.DUAL_WRITE, Phase.DATA_COPY, Phase.ROLLING_BACK)
+NOT_ROUTED = (None, Phase.QUEUED, Phase.CANCELLING)
+ALL_PHASES = (*NOT_ROUTED, *BEFORE_CUTOVER, Phase.CUTOVER, Phase.CLEANUP, Phase.DONE)
 
 
 @settings(max_examples=80, deadline=None)
@@ -298,7 +298,7 @@ def test_read_and_write_sets_follow_the_phase_table(
     if phase is None:
         # No ring change in flight: a node that holds tokens but is not active gets nothing.
         infos[moving] = NodeInfo(moving, "127.0.0.1", 7999, "joining", nodes[-1][1])
-    elif phase != m.DONE:  # done: the migration has finished, the node is simply in the ring
+    elif phase != Phase.DONE:  # done: the migration has finished, the node is simply in the ring
         infos[moving] = NodeInfo(moving, "127.0.0.1", 7999, moving_status, nodes[-1][1])
         in_flight = InFlight("mig", moving, phase)
     tenants = {"t": TenantInfo("t", rf, datetime.now(UTC))}
@@ -317,7 +317,7 @@ def test_read_and_write_sets_follow_the_phase_table(
             want_write, want_read = (old,), (old,)
         elif phase in BEFORE_CUTOVER:
             want_write, want_read = tuple(dict.fromkeys([old, new])), (old,)
-        elif phase == m.CUTOVER:
+        elif phase == Phase.CUTOVER:
             want_write, want_read = tuple(dict.fromkeys([old, new])), (new,)
         else:  # cleanup, done
             want_write, want_read = (new,), (new,)

@@ -6,24 +6,25 @@ import pytest
 
 from pairdb.coordinator.registry import StepRefused, check_step
 from pairdb.kernel import migration as m
+from pairdb.kernel.migration import Phase, Status, Undo
 
 
-def row(phase: str, status: str = m.S_IN_PROGRESS) -> dict[str, str]:
+def row(phase: str, status: str = Status.IN_PROGRESS) -> dict[str, str]:
     return {"migration_id": "mig", "phase": phase, "status": status, "error": ""}
 
 
 @pytest.mark.parametrize(
     ("current", "step"),
     [
-        (m.QUEUED, m.DUAL_WRITE),
-        (m.DUAL_WRITE, m.DATA_COPY),
-        (m.DATA_COPY, m.CUTOVER),
-        (m.CUTOVER, m.CLEANUP),
-        (m.CUTOVER, m.CUTOVER),  # a retried step finds its phase set
-        (m.CUTOVER, m.ROLLING_BACK),
-        (m.DATA_COPY, m.ROLLING_BACK),  # the cutover step never committed: reads were on old anyway
-        (m.ROLLING_BACK, m.CANCELLING),
-        (m.DUAL_WRITE, m.CANCELLING),
+        (Phase.QUEUED, Phase.DUAL_WRITE),
+        (Phase.DUAL_WRITE, Phase.DATA_COPY),
+        (Phase.DATA_COPY, Phase.CUTOVER),
+        (Phase.CUTOVER, Phase.CLEANUP),
+        (Phase.CUTOVER, Phase.CUTOVER),  # a retried step finds its phase set
+        (Phase.CUTOVER, Phase.ROLLING_BACK),
+        (Phase.DATA_COPY, Phase.ROLLING_BACK),  # the cutover step never committed: reads were on old anyway
+        (Phase.ROLLING_BACK, Phase.CANCELLING),
+        (Phase.DUAL_WRITE, Phase.CANCELLING),
     ],
 )
 def test_the_steps_of_the_graph_are_allowed(current: str, step: str) -> None:
@@ -33,13 +34,13 @@ def test_the_steps_of_the_graph_are_allowed(current: str, step: str) -> None:
 @pytest.mark.parametrize(
     ("current", "step"),
     [
-        (m.CANCELLING, m.DUAL_WRITE),  # a join that outlived its cancel must not put the node back
-        (m.ROLLING_BACK, m.CLEANUP),  # nor a cleanup step that outlived its rollback
-        (m.CLEANUP, m.ROLLING_BACK),  # past the point of no return nothing goes back
-        (m.CLEANUP, m.CANCELLING),
-        (m.CANCELLING, m.ROLLING_BACK),
-        (m.DATA_COPY, m.CLEANUP),  # no phase is skipped
-        (m.CLEANUP, m.CUTOVER),  # a reset workflow replaying an earlier step
+        (Phase.CANCELLING, Phase.DUAL_WRITE),  # a join that outlived its cancel must not put the node back
+        (Phase.ROLLING_BACK, Phase.CLEANUP),  # nor a cleanup step that outlived its rollback
+        (Phase.CLEANUP, Phase.ROLLING_BACK),  # past the point of no return nothing goes back
+        (Phase.CLEANUP, Phase.CANCELLING),
+        (Phase.CANCELLING, Phase.ROLLING_BACK),
+        (Phase.DATA_COPY, Phase.CLEANUP),  # no phase is skipped
+        (Phase.CLEANUP, Phase.CUTOVER),  # a reset workflow replaying an earlier step
     ],
 )
 def test_a_step_off_the_graph_is_refused(current: str, step: str) -> None:
@@ -48,13 +49,13 @@ def test_a_step_off_the_graph_is_refused(current: str, step: str) -> None:
 
 
 def test_nothing_moves_once_the_migration_ended() -> None:
-    for step in (m.DUAL_WRITE, m.CANCELLING, m.CLEANUP):
+    for step in (Phase.DUAL_WRITE, Phase.CANCELLING, Phase.CLEANUP):
         with pytest.raises(StepRefused, match="has ended"):
-            check_step(row(m.CANCELLING, m.S_FAILED), step)
+            check_step(row(Phase.CANCELLING, Status.FAILED), step)
 
 
 def test_undo_steps_take_each_phase_back_to_the_old_ring() -> None:
-    assert m.undo_steps(m.QUEUED) == []
-    assert m.undo_steps(m.DATA_COPY) == [m.UNDO_REMOVE_NODE, m.UNDO_WIPE_NODE]
-    assert m.undo_steps(m.CUTOVER) == [m.UNDO_RESTORE_READS, m.UNDO_REMOVE_NODE, m.UNDO_WIPE_NODE]
-    assert m.undo_steps(m.CLEANUP) == []  # past the point of no return: finished forward instead
+    assert m.undo_steps(Phase.QUEUED) == []
+    assert m.undo_steps(Phase.DATA_COPY) == [Undo.REMOVE_NODE, Undo.WIPE_NODE]
+    assert m.undo_steps(Phase.CUTOVER) == [Undo.RESTORE_READS, Undo.REMOVE_NODE, Undo.WIPE_NODE]
+    assert m.undo_steps(Phase.CLEANUP) == []  # past the point of no return: finished forward instead

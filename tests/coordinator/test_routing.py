@@ -12,8 +12,8 @@ from pairdb.coordinator.quorum import Consistency
 from pairdb.coordinator.ring import Ring, allocate_tokens, ranges_gained
 from pairdb.coordinator.routing import plan
 from pairdb.coordinator.topology import Topology
-from pairdb.kernel import migration as m
 from pairdb.kernel.keyspace import in_range, token
+from pairdb.kernel.migration import Phase
 
 
 def snapshot(phase: str | None, node4_status: str = "joining") -> Snapshot:
@@ -36,7 +36,7 @@ def keys_moving_to_node4(topology: Topology) -> list[int]:
     return [t for t in found if "node-4" in topology.future.replicas(t, 3)]
 
 
-@pytest.mark.parametrize("phase", [m.DUAL_WRITE, m.DATA_COPY, m.ROLLING_BACK])
+@pytest.mark.parametrize("phase", [Phase.DUAL_WRITE, Phase.DATA_COPY, Phase.ROLLING_BACK])
 def test_before_cutover_writes_need_both_sets_and_reads_use_old(phase: str) -> None:
     topology = Topology.from_snapshot(snapshot(phase))
     for t in keys_moving_to_node4(topology)[:50]:
@@ -48,7 +48,7 @@ def test_before_cutover_writes_need_both_sets_and_reads_use_old(phase: str) -> N
 
 
 def test_in_cutover_writes_need_both_sets_and_reads_use_new() -> None:
-    topology = Topology.from_snapshot(snapshot(m.CUTOVER, node4_status="active"))
+    topology = Topology.from_snapshot(snapshot(Phase.CUTOVER, node4_status="active"))
     for t in keys_moving_to_node4(topology)[:50]:
         assert plan(topology, t, 3, Consistency.QUORUM, write=True).new is not None
         read = plan(topology, t, 3, Consistency.QUORUM, write=False)
@@ -56,14 +56,14 @@ def test_in_cutover_writes_need_both_sets_and_reads_use_new() -> None:
 
 
 def test_in_cleanup_everything_uses_new_only() -> None:
-    topology = Topology.from_snapshot(snapshot(m.CLEANUP, node4_status="active"))
+    topology = Topology.from_snapshot(snapshot(Phase.CLEANUP, node4_status="active"))
     for t in keys_moving_to_node4(topology)[:50]:
         for write in (True, False):
             p = plan(topology, t, 3, Consistency.QUORUM, write=write)
             assert p.new is None and "node-4" in p.old
 
 
-@pytest.mark.parametrize("phase", [None, m.QUEUED, m.CANCELLING])
+@pytest.mark.parametrize("phase", [None, Phase.QUEUED, Phase.CANCELLING])
 def test_without_a_routed_phase_the_joining_node_gets_nothing(phase: str | None) -> None:
     topology = Topology.from_snapshot(snapshot(phase))
     assert topology.future is None
@@ -73,7 +73,7 @@ def test_without_a_routed_phase_the_joining_node_gets_nothing(phase: str | None)
 
 
 def test_keys_not_moving_keep_a_single_replica_set() -> None:
-    topology = Topology.from_snapshot(snapshot(m.DATA_COPY))
+    topology = Topology.from_snapshot(snapshot(Phase.DATA_COPY))
     assert topology.future is not None
     for i in range(500):
         t = token("t", f"k{i}")
@@ -82,7 +82,7 @@ def test_keys_not_moving_keep_a_single_replica_set() -> None:
 
 
 def test_copy_plan_covers_every_token_whose_future_set_gains_the_node() -> None:
-    topology = Topology.from_snapshot(snapshot(m.DATA_COPY))
+    topology = Topology.from_snapshot(snapshot(Phase.DATA_COPY))
     assert topology.future is not None
     moves = ranges_gained(topology.ring, topology.future, "node-4", 3)
     rng = random.Random(3)
@@ -94,7 +94,7 @@ def test_copy_plan_covers_every_token_whose_future_set_gains_the_node() -> None:
 
 
 def test_ring_of_old_and_new_differ_only_by_the_joining_node() -> None:
-    topology = Topology.from_snapshot(snapshot(m.DUAL_WRITE))
+    topology = Topology.from_snapshot(snapshot(Phase.DUAL_WRITE))
     assert topology.future is not None
     assert topology.ring.node_ids == {"node-1", "node-2", "node-3"}
     assert topology.future.node_ids == {"node-1", "node-2", "node-3", "node-4"}

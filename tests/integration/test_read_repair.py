@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from pairdb.coordinator.ring import Ring
-from pairdb.kernel import migration as m
 from pairdb.kernel.keyspace import Version, token
+from pairdb.kernel.migration import Phase, Status
 from pairdb.local.cluster import LocalCluster
 from pairdb.storage_node.engine import StoredRecord
 from tests.conftest import local_cluster
@@ -71,7 +71,7 @@ async def test_a_value_read_in_cutover_survives_a_rollback(cluster: LocalCluster
     node4 = await cluster.add_storage_node("node-4")
     async with cluster.client() as client:
         added = await client.add_node("node-4", "127.0.0.1", node4.advertised_port, hold_at_cutover=True)
-        await wait_phase(client, added.migration_id, m.CUTOVER)
+        await wait_phase(client, added.migration_id, Phase.CUTOVER)
         old, new = await rings(cluster, "node-4")
         key, old_set, new_set = key_moving(old, new)
         shared = [n for n in new_set if n != "node-4"]
@@ -85,7 +85,7 @@ async def test_a_value_read_in_cutover_survives_a_rollback(cluster: LocalCluster
         finally:
             blocked.unblock()
         await client.rollback_migration(added.migration_id)
-        assert (await wait_ended(client, added.migration_id)).status == m.S_ROLLED_BACK
+        assert (await wait_ended(client, added.migration_id)).status == Status.ROLLED_BACK
         # Reads are back on the old replicas: a quorum of them must hold what was read.
         assert len(await holding(cluster, old_set, key, b"read-once")) >= 2
         assert (await client.get("t", key)).value == b"read-once"

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pairdb.kernel import migration as m
+from pairdb.kernel.migration import Phase
 from pairdb.local.cluster import LocalCluster
 from tests.cdp import CHROMIUM, FRAME_TEXTS, Chromium
 from tests.conftest import repo_root
@@ -52,7 +53,7 @@ async def test_ui_shows_node_and_phase_of_migration_held_at_cutover(
         await load(client, ["ui"], 300)
         node4 = await cluster.add_storage_node("node-4")
         added = await client.add_node("node-4", "127.0.0.1", node4.advertised_port, hold_at_cutover=True)
-        await wait_phase(client, added.migration_id, m.CUTOVER, timeout=60)
+        await wait_phase(client, added.migration_id, Phase.CUTOVER, timeout=60)
 
         async with await Chromium.launch() as browser:
             # Without a run id the UI resolves the latest run and shows its timeline; the node

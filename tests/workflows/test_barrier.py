@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from pairdb.client import Client, ClientError
-from pairdb.kernel import migration as m
+from pairdb.kernel.migration import Phase
 from pairdb.local.cluster import LocalCluster, free_port
 from pairdb.local.faults import TcpProxy
 from tests.support import load, wait_ended, wait_for
@@ -41,7 +41,7 @@ async def test_copy_waits_for_a_held_back_coordinator_until_it_applies_or_its_le
             added = await client.add_node("node-4", "127.0.0.1", node4.port)
             await asyncio.sleep(3)  # well inside the 10 s lease
             status = await client.migration(added.migration_id)
-            assert status.phase == m.DUAL_WRITE and status.ranges_total == 0, status
+            assert status.phase == Phase.DUAL_WRITE and status.ranges_total == 0, status
             await held_client.put("t", "while-held", b"ok")  # its lease still holds: it serves
             proxy.unblock()
             assert (await wait_ended(client, added.migration_id)).status == "completed"
@@ -55,10 +55,10 @@ async def test_copy_waits_for_a_held_back_coordinator_until_it_applies_or_its_le
 
             async def copying() -> bool:
                 return (await client.migration(added.migration_id)).phase in (
-                    m.DATA_COPY,
-                    m.CUTOVER,
-                    m.CLEANUP,
-                    m.DONE,
+                    Phase.DATA_COPY,
+                    Phase.CUTOVER,
+                    Phase.CLEANUP,
+                    Phase.DONE,
                 )
 
             await wait_for(copying, timeout=60, what="the copy to start")

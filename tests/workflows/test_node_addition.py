@@ -22,6 +22,7 @@ from pairdb.client import Client, ClientError
 from pairdb.coordinator.metadata import Metadata
 from pairdb.coordinator.ring import ranges_gained
 from pairdb.kernel import migration as m
+from pairdb.kernel.migration import Phase, Status
 from pairdb.local.cluster import LocalCluster
 from pairdb.local.temporal import temporal_binary
 from pairdb.storage_node.engine import StoredRecord, digest_of
@@ -85,7 +86,7 @@ async def test_happy_path_four_phases_then_node_active_and_ranges_moved(
     temporal = await TemporalClient.connect(cluster.temporal_server.address)
     handle = temporal.get_workflow_handle(m.workflow_id("node-4"), result_type=m.MigrationState)
     result = await handle.result()
-    assert result.phase_history == [m.DUAL_WRITE, m.DATA_COPY, m.CUTOVER, m.CLEANUP]
+    assert result.phase_history == [Phase.DUAL_WRITE, Phase.DATA_COPY, Phase.CUTOVER, Phase.CLEANUP]
     scheduled = [
         e.activity_task_scheduled_event_attributes.activity_type.name
         async for e in handle.fetch_history_events()
@@ -106,7 +107,7 @@ async def test_happy_path_four_phases_then_node_active_and_ranges_moved(
     await record_history(cluster, "happy_path")
     described = await handle.describe()
     attributes = {k.name: v for k, v in described.typed_search_attributes if k.name.startswith("Migration")}
-    assert attributes == {m.SA_PHASE: m.DONE, m.SA_NODE: "node-4", m.SA_STATUS: m.S_COMPLETED}
+    assert attributes == {m.SA_PHASE: Phase.DONE, m.SA_NODE: "node-4", m.SA_STATUS: Status.COMPLETED}
 
     # Every range node-4 gained: same count and digest as the merged view of its other replicas;
     # the replicas that gave the range up no longer hold it.
@@ -206,7 +207,7 @@ async def test_joining_node_killed_during_copy_then_restarted(migration_cluster:
 
 async def _copied_some(client: Client, migration_id: str) -> bool:
     status = await client.migration(migration_id)
-    return status.phase == m.DATA_COPY and status.ranges_done > 0
+    return status.phase == Phase.DATA_COPY and status.ranges_done > 0
 
 
 async def test_worker_killed_mid_copy_resumes_from_its_checkpoint(migration_cluster: LocalCluster) -> None:
@@ -310,7 +311,7 @@ async def test_rollback_during_cutover(migration_cluster: LocalCluster) -> None:
         writer = Writer([c0, c1], "load")
         writer.start()
         added = await c0.add_node("node-4", "127.0.0.1", node4.port, hold_at_cutover=True)
-        await wait_phase(c0, added.migration_id, m.CUTOVER)
+        await wait_phase(c0, added.migration_id, Phase.CUTOVER)
         with pytest.raises(ClientError) as refused:
             await c0.cancel_migration(added.migration_id)
         assert (

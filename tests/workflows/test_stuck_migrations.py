@@ -21,6 +21,7 @@ from pairdb.client import Client
 from pairdb.coordinator.metadata import Metadata
 from pairdb.kernel import migration as m
 from pairdb.kernel.keyspace import Version
+from pairdb.kernel.migration import Phase, Status
 from pairdb.local.cluster import LocalCluster
 from pairdb.local.faults import TcpProxy
 from pairdb.storage_node.client import StorageError
@@ -62,27 +63,27 @@ async def add(cluster: LocalCluster, client: Client, node_id: str, **options: ob
 async def test_a_terminated_addition_is_undone_and_the_next_one_completes(cluster: LocalCluster) -> None:
     async with cluster.client() as client:
         migration_id = await add(cluster, client, "node-4", throttle_keys_per_second=THROTTLE)
-        await wait_phase(client, migration_id, m.DATA_COPY)
+        await wait_phase(client, migration_id, Phase.DATA_COPY)
         await temporal_cli(
             cluster, "workflow", "terminate", "--workflow-id", m.workflow_id("node-4"), "--reason", "test"
         )
         status = await wait_ended(client, migration_id, timeout=60)
-        assert status.status in (m.S_FAILED, m.S_CANCELLED), status
+        assert status.status in (Status.FAILED, Status.CANCELLED), status
         assert "terminated" in status.error
         await assert_undone(cluster, "node-4")
 
         following = await add(cluster, client, "node-5")
-        assert (await wait_ended(client, following)).status == m.S_COMPLETED
+        assert (await wait_ended(client, following)).status == Status.COMPLETED
 
 
 async def test_a_temporal_cancel_during_a_rollback_does_not_interrupt_it(cluster: LocalCluster) -> None:
     async with cluster.client() as client:
         migration_id = await add(cluster, client, "node-6", hold_at_cutover=True)
-        await wait_phase(client, migration_id, m.CUTOVER)
+        await wait_phase(client, migration_id, Phase.CUTOVER)
         held_proxy(cluster).hold()  # the rollback's first barrier now waits
         try:
             await client.rollback_migration(migration_id)
-            await wait_phase(client, migration_id, m.ROLLING_BACK)
+            await wait_phase(client, migration_id, Phase.ROLLING_BACK)
             temporal = await TemporalClient.connect(cluster.temporal_server.address)
             await temporal.get_workflow_handle(m.workflow_id("node-6")).cancel()
             # And once more through the signal an operator might also send.
@@ -92,24 +93,24 @@ async def test_a_temporal_cancel_during_a_rollback_does_not_interrupt_it(cluster
         finally:
             held_proxy(cluster).release()
         status = await wait_ended(client, migration_id)
-        assert status.status == m.S_ROLLED_BACK, status
+        assert status.status == Status.ROLLED_BACK, status
         await assert_undone(cluster, "node-6")
 
 
 async def test_a_temporal_cancel_during_cleanup_finishes_the_addition(cluster: LocalCluster) -> None:
     async with cluster.client() as client:
         migration_id = await add(cluster, client, "node-7", hold_at_cutover=True)
-        await wait_phase(client, migration_id, m.CUTOVER)
+        await wait_phase(client, migration_id, Phase.CUTOVER)
         held_proxy(cluster).hold()  # cleanup's barrier now waits
         try:
             await client.pause_migration(migration_id, False)
-            await wait_phase(client, migration_id, m.CLEANUP)
+            await wait_phase(client, migration_id, Phase.CLEANUP)
             temporal = await TemporalClient.connect(cluster.temporal_server.address)
             await temporal.get_workflow_handle(m.workflow_id("node-7")).cancel()
         finally:
             held_proxy(cluster).release()
         status = await wait_ended(client, migration_id)
-        assert status.status == m.S_COMPLETED, status
+        assert status.status == Status.COMPLETED, status
         state = await registry_state(cluster, "node-7")
         assert (state.in_flight, state.node_status) == (None, "active")
 
@@ -130,9 +131,9 @@ async def test_a_migration_recorded_without_a_workflow_does_not_block_the_queue(
         await metadata.close()
     async with cluster.client() as client:
         migration_id = await add(cluster, client, "node-8")
-        assert (await wait_ended(client, migration_id)).status == m.S_COMPLETED
+        assert (await wait_ended(client, migration_id)).status == Status.COMPLETED
         orphan = await client.migration("orphan")
-        assert orphan.status == m.S_FAILED and "never started" in orphan.error, orphan
+        assert orphan.status == Status.FAILED and "never started" in orphan.error, orphan
 
 
 async def test_a_copy_batch_arriving_after_a_cancel_is_refused_by_the_wiped_node(
@@ -140,10 +141,10 @@ async def test_a_copy_batch_arriving_after_a_cancel_is_refused_by_the_wiped_node
 ) -> None:
     async with cluster.client() as client:
         migration_id = await add(cluster, client, "node-9", throttle_keys_per_second=THROTTLE)
-        await wait_phase(client, migration_id, m.DATA_COPY)
+        await wait_phase(client, migration_id, Phase.DATA_COPY)
         copy_epoch = await _epoch(cluster)
         await client.cancel_migration(migration_id)
-        assert (await wait_ended(client, migration_id)).status == m.S_CANCELLED
+        assert (await wait_ended(client, migration_id)).status == Status.CANCELLED
     await assert_undone(cluster, "node-9")
     # What a copy activity still running after the cancel would send (it learns of the
     # cancel only at its next heartbeat).
