@@ -56,8 +56,8 @@ async def test_unknown_consistency_level_is_refused(cluster: LocalCluster, tenan
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.WriteKeyValue(
-                pb.WriteKeyValueRequest(tenant_id=tenant, key="k", value=b"v", consistency=9)
-            )  # type: ignore[arg-type]
+                pb.WriteKeyValueRequest(tenant_id=tenant, key="k", value=b"v", consistency=9)  # type: ignore[arg-type]
+            )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown consistency level 9" in (err.value.details() or "")
     assert await total_records(cluster) == before

@@ -21,7 +21,7 @@ from pairdb.coordinator.ring import RING_SIZE, RangeMove, Ring, allocate_tokens,
 from pairdb.coordinator.routing import plan
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.keyspace import TOKEN_MAX, Version, in_range
-from pairdb.kernel.migration import Phase
+from pairdb.kernel.migration import NodeState, Phase
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -293,14 +293,14 @@ def test_read_and_write_sets_follow_the_phase_table(
     rf = min(rf, len(nodes) - 1)  # the current ring can serve it
     tokens = allocate(nodes)
     moving = nodes[-1][0]
-    infos = {n: NodeInfo(n, "127.0.0.1", 7000 + i, "active", c) for i, (n, c) in enumerate(nodes)}
+    infos = {n: NodeInfo(n, "127.0.0.1", 7000 + i, NodeState.ACTIVE, c) for i, (n, c) in enumerate(nodes)}
     in_flight = None
     if phase is None:
         # No ring change in flight: a node that holds tokens but is not active gets nothing.
-        infos[moving] = NodeInfo(moving, "127.0.0.1", 7999, "joining", nodes[-1][1])
+        infos[moving] = NodeInfo(moving, "127.0.0.1", 7999, NodeState.JOINING, nodes[-1][1])
     elif phase != Phase.DONE:  # done: the migration has finished, the node is simply in the ring
-        infos[moving] = NodeInfo(moving, "127.0.0.1", 7999, moving_status, nodes[-1][1])
-        in_flight = InFlight("mig", moving, phase)
+        infos[moving] = NodeInfo(moving, "127.0.0.1", 7999, NodeState(moving_status), nodes[-1][1])
+        in_flight = InFlight("mig", moving, Phase(phase))
     tenants = {"t": TenantInfo("t", rf, datetime.now(UTC))}
     topology = Topology.from_snapshot(Snapshot(7, infos, tokens, tenants, in_flight))
 

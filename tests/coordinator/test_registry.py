@@ -27,7 +27,7 @@ def row(phase: str, status: str = Status.IN_PROGRESS) -> dict[str, str]:
         (Phase.DUAL_WRITE, Phase.CANCELLING),
     ],
 )
-def test_the_steps_of_the_graph_are_allowed(current: str, step: str) -> None:
+def test_the_steps_of_the_graph_are_allowed(current: Phase, step: Phase) -> None:
     check_step(row(current), step)
 
 
@@ -43,7 +43,7 @@ def test_the_steps_of_the_graph_are_allowed(current: str, step: str) -> None:
         (Phase.CLEANUP, Phase.CUTOVER),  # a reset workflow replaying an earlier step
     ],
 )
-def test_a_step_off_the_graph_is_refused(current: str, step: str) -> None:
+def test_a_step_off_the_graph_is_refused(current: Phase, step: Phase) -> None:
     with pytest.raises(StepRefused):
         check_step(row(current), step)
 

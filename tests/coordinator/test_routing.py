@@ -13,7 +13,7 @@ from pairdb.coordinator.ring import Ring, allocate_tokens, ranges_gained
 from pairdb.coordinator.routing import plan
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.keyspace import in_range, token
-from pairdb.kernel.migration import Phase
+from pairdb.kernel.migration import NodeState, Phase
 
 
 def snapshot(phase: str | None, node4_status: str = "joining") -> Snapshot:
@@ -21,12 +21,12 @@ def snapshot(phase: str | None, node4_status: str = "joining") -> Snapshot:
     for n in ("node-1", "node-2", "node-3", "node-4"):
         tokens += [(t, n) for t in allocate_tokens(tokens, n, 64)]
     nodes = {
-        n: NodeInfo(n, "127.0.0.1", 7000 + i, "active", 64)
+        n: NodeInfo(n, "127.0.0.1", 7000 + i, NodeState.ACTIVE, 64)
         for i, n in enumerate(["node-1", "node-2", "node-3"])
     }
-    nodes["node-4"] = NodeInfo("node-4", "127.0.0.1", 7004, node4_status, 64)
+    nodes["node-4"] = NodeInfo("node-4", "127.0.0.1", 7004, NodeState(node4_status), 64)
     tenants = {"t": TenantInfo("t", 3, datetime.now(UTC))}
-    in_flight = InFlight("mig", "node-4", phase) if phase else None
+    in_flight = InFlight("mig", "node-4", Phase(phase)) if phase else None
     return Snapshot(1, nodes, tokens, tenants, in_flight)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pairdb.kernel.migration import NodeState
 from pairdb.coordinator.hlc import ClockCeiling
 from pairdb.coordinator.metadata import NodeInfo, Registration, Snapshot, TenantInfo
 from pairdb.coordinator.topology import LeaseLapsed, TopologyCache
@@ -37,7 +38,7 @@ class FlakyMetadata:
         return self.epoch_value
 
     async def snapshot(self) -> Snapshot:
-        nodes = {"n1": NodeInfo("n1", "127.0.0.1", 1, "active", 1)}
+        nodes = {"n1": NodeInfo("n1", "127.0.0.1", 1, NodeState.ACTIVE, 1)}
         tenants = {"t": TenantInfo("t", 1, datetime.now(UTC))}
         return Snapshot(self.epoch_value, nodes, [(5, "n1")], tenants)
 

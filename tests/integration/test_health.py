@@ -13,8 +13,8 @@ from pairdb.local.cluster import LocalCluster
 from tests.conftest import local_cluster
 from tests.support import wait_for
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVING: int = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture

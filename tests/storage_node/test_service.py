@@ -80,7 +80,7 @@ async def test_invalid_records_are_refused_whole(cluster: LocalCluster, node: No
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "record 1" in (err.value.details() or "")
     finally:
-        await channel.close()
+        await channel.close(None)
     assert await node.get("svc-bad", "fine") is None  # nothing half-written
 
 
