@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from temporalio import activity
 
-from pairdb.activities.context import Context, heartbeat
+from pairdb.activities.context import StepContext, heartbeat
 from pairdb.coordinator.ring import ranges_gained
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR
@@ -15,7 +15,7 @@ log = structlog.get_logger()
 
 
 class CleanupSteps:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: StepContext) -> None:
         self._ctx = ctx
 
     @activity.defn(name="drop_moved_ranges")

@@ -40,14 +40,14 @@ def heartbeat(*details: Any) -> None:
 
 
 @dataclass
-class Context:
+class StepContext:
     metadata: Metadata
     registry: Registry
     store: MigrationStore
     pool: StoragePool
 
     @classmethod
-    def create(cls, metadata: Metadata, storage_timeout: float = 5.0) -> Context:
+    def create(cls, metadata: Metadata, storage_timeout: float = 5.0) -> StepContext:
         return cls(metadata, Registry(metadata), MigrationStore(metadata), StoragePool(storage_timeout))
 
     async def migration(self, migration_id: str) -> MigrationRow:

@@ -19,7 +19,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from pairdb.activities.context import Context
+from pairdb.activities.context import StepContext
 from pairdb.coordinator.metadata import MigrationRow, PlannedRange
 from pairdb.coordinator.quorum import Consistency, required
 from pairdb.coordinator.ring import ranges_gained
@@ -71,7 +71,7 @@ def _rfs(topology: Topology) -> dict[str, int]:
 
 
 class CopySteps:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: StepContext) -> None:
         self._ctx = ctx
 
     async def _moving(self, migration_id: str) -> tuple[MigrationRow, Topology]:

@@ -26,7 +26,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from pairdb.activities.cleanup import CleanupSteps
-from pairdb.activities.context import Context
+from pairdb.activities.context import StepContext
 from pairdb.activities.registry_steps import RegistrySteps
 from pairdb.coordinator.metadata import MigrationRow
 from pairdb.kernel import migration as m
@@ -41,7 +41,7 @@ NEVER_STARTED = "never started"
 
 
 class Reconciler:
-    def __init__(self, ctx: Context, temporal: Client) -> None:
+    def __init__(self, ctx: StepContext, temporal: Client) -> None:
         self._ctx = ctx
         self._temporal = temporal
         self._registry = RegistrySteps(ctx)

@@ -17,7 +17,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from pairdb.activities.context import Context
+from pairdb.activities.context import StepContext
 from pairdb.coordinator.registry import StepRefused
 from pairdb.coordinator.ring import allocate_tokens
 from pairdb.kernel.migration import (
@@ -44,7 +44,7 @@ async def _refused_for_good() -> AsyncIterator[None]:
 
 
 class RegistrySteps:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: StepContext) -> None:
         self._ctx = ctx
 
     @activity.defn(name="claim_ring_change")

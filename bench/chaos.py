@@ -51,7 +51,8 @@ from pairdb.kernel.clocks import CLOCK_OFFSET_ENV
 from pairdb.kernel.keyspace import token
 from pairdb.kernel.migration import TERMINAL, NodeState, Phase, Status
 from pairdb.kernel.sabotage import SABOTAGE_ENV
-from pairdb.local.cluster import LocalCluster, free_port
+from pairdb.local.cluster import LocalCluster
+from pairdb.local.processes import free_port
 from pairdb.serving import logs
 from pairdb.storage_node.client import StorageError
 

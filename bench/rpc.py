@@ -40,8 +40,8 @@ from pathlib import Path
 import grpc
 
 from pairdb.client import Client
-from pairdb.local.cluster import LocalCluster, free_port
-from pairdb.local.processes import ManagedProcess, die_with_parent
+from pairdb.local.cluster import LocalCluster
+from pairdb.local.processes import ManagedProcess, die_with_parent, free_port
 from pairdb.serving import logs
 
 ECHO_SERVICE = "pairdb.bench.Echo"

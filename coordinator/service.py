@@ -28,9 +28,9 @@ from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, Version
 from pairdb.kernel.migration import TERMINAL, Status
 from pairdb.proto import coordinator_pb2 as pb
 from pairdb.proto import coordinator_pb2_grpc
+from pairdb.serving.interception import ServicerContext
 
 log = structlog.get_logger()
-Context = grpc.aio.ServicerContext[Any, Any]
 
 _STATUS = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -42,14 +42,14 @@ _STATUS = {
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
+Handler = Callable[[Any, Req, ServicerContext], Awaitable[Resp]]
 
 
 def rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Turn pairdb errors into gRPC statuses with their messages."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: Context) -> Resp:
+    async def wrapper(self: Any, request: Req, context: ServicerContext) -> Resp:
         try:
             return await fn(self, request, context)
         except PairdbError as exc:
@@ -95,41 +95,44 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     @rpc
     async def WriteKeyValue(
-        self, request: pb.WriteKeyValueRequest, context: Context
+        self, request: pb.WriteKeyValueRequest, context: ServicerContext
     ) -> pb.WriteKeyValueResponse:
         tenant_id, key = limits.tenant_id(request.tenant_id), limits.key(request.key)
         value, level = limits.value(request.value), limits.consistency(request.consistency)
-        self._cache.check_lease()
-        result = await self._writes.put(tenant_id, key, value, level)
+        result = await self._writes.put(
+            tenant_id, key, value, level
+        )  # pinned: the lease is checked then, and before replying
         return pb.WriteKeyValueResponse(version=_version(result.version), acknowledged=result.acknowledged)
 
     @rpc
     async def ReadKeyValue(
-        self, request: pb.ReadKeyValueRequest, context: Context
+        self, request: pb.ReadKeyValueRequest, context: ServicerContext
     ) -> pb.ReadKeyValueResponse:
         tenant_id, key = limits.tenant_id(request.tenant_id), limits.key(request.key)
         level = limits.consistency(request.consistency)
-        self._cache.check_lease()
-        result = await self._reads.get(tenant_id, key, level)
+        result = await self._reads.get(
+            tenant_id, key, level
+        )  # pinned: the lease is checked then, and before replying
         return pb.ReadKeyValueResponse(
             found=result.found, value=result.value, version=_version(result.version)
         )
 
     @rpc
     async def DeleteKeyValue(
-        self, request: pb.DeleteKeyValueRequest, context: Context
+        self, request: pb.DeleteKeyValueRequest, context: ServicerContext
     ) -> pb.DeleteKeyValueResponse:
         tenant_id, key = limits.tenant_id(request.tenant_id), limits.key(request.key)
         level = limits.consistency(request.consistency)
-        self._cache.check_lease()
-        result = await self._writes.delete(tenant_id, key, level)
+        result = await self._writes.delete(
+            tenant_id, key, level
+        )  # pinned: the lease is checked then, and before replying
         return pb.DeleteKeyValueResponse(version=_version(result.version), acknowledged=result.acknowledged)
 
     # -- tenants -----------------------------------------------------------------
 
     @rpc
     async def CreateTenant(
-        self, request: pb.CreateTenantRequest, context: Context
+        self, request: pb.CreateTenantRequest, context: ServicerContext
     ) -> pb.CreateTenantResponse:
         tenant_id = limits.tenant_id(request.tenant_id)
         rf = limits.replication_factor(request.replication_factor or DEFAULT_REPLICATION_FACTOR)
@@ -144,7 +147,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return pb.CreateTenantResponse(tenant=_tenant(info))
 
     @rpc
-    async def GetTenant(self, request: pb.GetTenantRequest, context: Context) -> pb.GetTenantResponse:
+    async def GetTenant(self, request: pb.GetTenantRequest, context: ServicerContext) -> pb.GetTenantResponse:
         tenant_id = limits.tenant_id(request.tenant_id)
         info = await self._cache.tenant(tenant_id)
         if info is None:
@@ -155,7 +158,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     @rpc
     async def AddStorageNode(
-        self, request: pb.AddStorageNodeRequest, context: Context
+        self, request: pb.AddStorageNodeRequest, context: ServicerContext
     ) -> pb.AddStorageNodeResponse:
         node_id = limits.node_id(request.node_id)
         host, port = limits.host_port(request.host, request.port)
@@ -180,7 +183,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     @rpc
     async def ListStorageNodes(
-        self, request: pb.ListStorageNodesRequest, context: Context
+        self, request: pb.ListStorageNodesRequest, context: ServicerContext
     ) -> pb.ListStorageNodesResponse:
         nodes = await self._metadata.list_nodes()
         return pb.ListStorageNodesResponse(
@@ -197,14 +200,14 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         )
 
     async def RemoveStorageNode(
-        self, request: pb.RemoveStorageNodeRequest, context: Context
+        self, request: pb.RemoveStorageNodeRequest, context: ServicerContext
     ) -> pb.RemoveStorageNodeResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "node removal is not implemented yet")
         raise AssertionError("unreachable")
 
     @rpc
     async def GetMigrationStatus(
-        self, request: pb.GetMigrationStatusRequest, context: Context
+        self, request: pb.GetMigrationStatusRequest, context: ServicerContext
     ) -> pb.GetMigrationStatusResponse:
         row = await self._migrations.get(limits.migration_id(request.migration_id))
         control = await self._migrations.control(row)
@@ -240,28 +243,28 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     @rpc
     async def CancelMigration(
-        self, request: pb.CancelMigrationRequest, context: Context
+        self, request: pb.CancelMigrationRequest, context: ServicerContext
     ) -> pb.CancelMigrationResponse:
         message = await self._migrations.cancel(limits.migration_id(request.migration_id))
         return pb.CancelMigrationResponse(success=True, message=message)
 
     @rpc
     async def RollbackMigration(
-        self, request: pb.RollbackMigrationRequest, context: Context
+        self, request: pb.RollbackMigrationRequest, context: ServicerContext
     ) -> pb.RollbackMigrationResponse:
         message = await self._migrations.rollback(limits.migration_id(request.migration_id))
         return pb.RollbackMigrationResponse(success=True, message=message)
 
     @rpc
     async def PauseMigration(
-        self, request: pb.PauseMigrationRequest, context: Context
+        self, request: pb.PauseMigrationRequest, context: ServicerContext
     ) -> pb.PauseMigrationResponse:
         message = await self._migrations.pause(limits.migration_id(request.migration_id), request.paused)
         return pb.PauseMigrationResponse(success=True, message=message)
 
     @rpc
     async def ThrottleMigration(
-        self, request: pb.ThrottleMigrationRequest, context: Context
+        self, request: pb.ThrottleMigrationRequest, context: ServicerContext
     ) -> pb.ThrottleMigrationResponse:
         if request.keys_per_second > 10_000_000:
             raise InvalidArgument("keys_per_second must be at most 10,000,000 (0 removes the limit)")
@@ -271,7 +274,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return pb.ThrottleMigrationResponse(success=True, message=message)
 
 
-def _peer(context: Context) -> str:
+def _peer(context: ServicerContext) -> str:
     try:
         return str(context.peer())
     except Exception:

@@ -13,7 +13,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from pairdb.activities.cleanup import CleanupSteps
-from pairdb.activities.context import Context
+from pairdb.activities.context import StepContext
 from pairdb.activities.copy import CopySteps
 from pairdb.activities.reconciler import Reconciler
 from pairdb.activities.registry_steps import RegistrySteps
@@ -36,7 +36,7 @@ class WorkerConfig:
     sdk_metrics_port: int = 0
 
 
-def build_worker(client: Client, ctx: Context) -> Worker:
+def build_worker(client: Client, ctx: StepContext) -> Worker:
     registry, copy, cleanup = RegistrySteps(ctx), CopySteps(ctx), CleanupSteps(ctx)
     return Worker(
         client,
@@ -60,7 +60,7 @@ def build_worker(client: Client, ctx: Context) -> Worker:
 
 async def serve(config: WorkerConfig) -> None:
     metadata = await Metadata.connect(config.postgres_dsn)
-    ctx = Context.create(metadata, config.storage_timeout)
+    ctx = StepContext.create(metadata, config.storage_timeout)
     metrics.serve(config.metrics_port)
     runtime = None
     if config.sdk_metrics_port:

@@ -7,7 +7,6 @@ with free ports. Data lives under one directory and is reused on the next start.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -19,20 +18,13 @@ from pairdb.client import Client, ClientError
 from pairdb.kernel.migration import TASK_QUEUE
 from pairdb.local.faults import TcpProxy
 from pairdb.local.postgres import EmbeddedPostgres
-from pairdb.local.processes import ManagedProcess, pairdb_command
+from pairdb.local.processes import ManagedProcess, free_port, pairdb_command
 from pairdb.local.temporal import TemporalDevServer
 from pairdb.storage_node.client import NodeClient
 
 log = structlog.get_logger()
 
 DATABASE = "pairdb"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -15,7 +15,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -28,6 +27,8 @@ from typing import IO, Any
 
 import asyncpg
 import structlog
+
+from pairdb.local.processes import free_port
 
 with warnings.catch_warnings():
     # Importing the wheel evaluates its PostgresServer class, which resolves a runtime dir
@@ -138,7 +139,7 @@ class EmbeddedPostgres:
             attempts = _PORT_ATTEMPTS if self._requested_port == 0 else 1
             for attempt in range(1, attempts + 1):
                 if self._port is None:
-                    self._port = _free_port()
+                    self._port = free_port()
                 try:
                     await self._launch(deadline, may_retry_port=attempt < attempts)
                     break
@@ -390,13 +391,6 @@ class EmbeddedPostgres:
         if self._run_as is None:
             raise RuntimeError("filesystem not prepared")
         return self._run_as
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _prepare_filesystem(data_dir: Path) -> _RunAs:

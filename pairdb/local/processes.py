@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -35,6 +36,16 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != int(parent):  # the supervisor died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def free_port(exclude: int | None = None) -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now (other than `exclude`)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port != exclude:
+            return port
 
 
 def pairdb_command(*args: str) -> list[str]:

@@ -21,7 +21,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.parse
@@ -32,6 +31,8 @@ import structlog
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
+
+from pairdb.local.processes import free_port
 
 __all__ = ["SEARCH_ATTRIBUTES", "TemporalDevServer", "temporal_binary"]
 
@@ -258,9 +259,9 @@ class TemporalDevServer:
 
     def _choose_ports(self) -> None:
         if self._port is None:
-            self._port = _free_port(exclude=self._ui_port)
+            self._port = free_port(exclude=self._ui_port)
         if self._ui_port is None:
-            self._ui_port = _free_port(exclude=self._port)
+            self._ui_port = free_port(exclude=self._port)
 
     def _command(self, binary: Path) -> list[str]:
         assert self._port is not None and self._ui_port is not None
@@ -397,15 +398,6 @@ class TemporalDevServer:
         status = await _http_status(self._ui_port, f"/api/v1/namespaces/{_quote(self._namespace)}")
         if status != 200:
             raise RuntimeError(f"UI API answered HTTP {status}")
-
-
-def _free_port(exclude: int | None = None) -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((_HOST, 0))
-            port: int = sock.getsockname()[1]
-        if port != exclude:
-            return port
 
 
 async def _http_status(port: int | None, path: str) -> int:

@@ -13,9 +13,10 @@ from typing import Any
 import grpc
 
 Handler = Any  # grpc.RpcMethodHandler: grpc-stubs types its behaviours as sync callables
-Context = grpc.aio.ServicerContext[Any, Any]
+# What every gRPC handler is given (the stubs leave its type open).
+ServicerContext = grpc.aio.ServicerContext[Any, Any]
 # (full method name, call context) -> what to run around the call
-Around = Callable[[str, Context], AbstractAsyncContextManager[None]]
+Around = Callable[[str, ServicerContext], AbstractAsyncContextManager[None]]
 
 
 class AroundInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -34,7 +35,7 @@ class AroundInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
-            async def unary(request: Any, context: Context) -> Any:
+            async def unary(request: Any, context: ServicerContext) -> Any:
                 async with around(method, context):
                     return await inner(request, context)
 
@@ -44,7 +45,7 @@ class AroundInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
-            async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            async def stream(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
                 async with around(method, context):
                     async for item in inner_stream(request, context):
                         yield item

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from pairdb.serving.interception import Context
+from pairdb.serving.interception import ServicerContext
 
 # -- every gRPC server -------------------------------------------------------------
 RPC_REQUESTS = Counter(
@@ -68,7 +68,7 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
 
 
 @contextlib.asynccontextmanager
-async def timed(full_method: str, context: Context) -> AsyncIterator[None]:
+async def timed(full_method: str, context: ServicerContext) -> AsyncIterator[None]:
     """Count and time one RPC with its final status code (around every call, see serving.py)."""
     service, _, method = full_method.rpartition("/")
     service = service.lstrip("/").rsplit(".", 1)[-1]

@@ -9,8 +9,9 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError
 
+from pairdb.serving.interception import ServicerContext
+
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in grpc-stubs
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -61,7 +62,7 @@ def _guarded(handler: Handler) -> Handler:
     unary: Any = handler.unary_unary
     if unary is not None:
 
-        async def unary_unary(request: Any, context: Context) -> Any:
+        async def unary_unary(request: Any, context: ServicerContext) -> Any:
             try:
                 await _refuse_malformed(request, context)
                 return await unary(request, context)
@@ -72,7 +73,7 @@ def _guarded(handler: Handler) -> Handler:
         return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, handler.response_serializer)
     stream: Any = handler.unary_stream
 
-    async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+    async def unary_stream(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
         try:
             await _refuse_malformed(request, context)
             async for reply in stream(request, context):
@@ -84,7 +85,7 @@ def _guarded(handler: Handler) -> Handler:
     return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, handler.response_serializer)
 
 
-async def _refuse_malformed(request: object, context: Context) -> None:
+async def _refuse_malformed(request: object, context: ServicerContext) -> None:
     if isinstance(request, _Malformed):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {request.reason}")
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from pairdb.serving.interception import Context
+from pairdb.serving.interception import ServicerContext
 
 HEADER = "x-request-id"
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -35,7 +35,7 @@ def outgoing() -> tuple[tuple[str, str], ...] | None:
     return ((HEADER, rid),) if rid else None
 
 
-def _from(context: Context) -> str:
+def _from(context: ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == HEADER and isinstance(value, str) and 0 < len(value) <= 64:
             return value
@@ -43,7 +43,7 @@ def _from(context: Context) -> str:
 
 
 @contextlib.asynccontextmanager
-async def bound(full_method: str, context: Context) -> AsyncIterator[None]:
+async def bound(full_method: str, context: ServicerContext) -> AsyncIterator[None]:
     """Bind the call's request id for its duration (each RPC runs in its own task: its own context)."""
     bind(_from(context))
     yield

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import grpc
 import structlog
@@ -21,12 +20,12 @@ from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
 from pairdb.kernel.keyspace import MAX_KEY_BYTES, MAX_TENANT_ID_BYTES, MAX_VALUE_BYTES
 from pairdb.kernel.sabotage import SKIP_FENCE
 from pairdb.proto import storage_pb2, storage_pb2_grpc
+from pairdb.serving.interception import ServicerContext
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine
 from pairdb.storage_node.wire import from_proto, to_proto
 
 log = structlog.get_logger()
-Context = grpc.aio.ServicerContext[Any, Any]
 
 DEFAULT_SCAN_BATCH = 512
 MAX_SCAN_BATCH = 10_000
@@ -78,7 +77,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         # Raised here first, then on disk: from the moment SetFence starts, stale requests are refused.
         self._fence = engine.fence()
 
-    async def _check_epoch(self, epoch: int, context: Context) -> None:
+    async def _check_epoch(self, epoch: int, context: ServicerContext) -> None:
         if epoch and epoch < self._fence and not self._skip_fence:
             await context.abort(
                 grpc.StatusCode.ABORTED,
@@ -98,7 +97,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         return None
 
     async def _check_records(
-        self, records: Sequence[storage_pb2.Record], context: Context, *, batch: bool
+        self, records: Sequence[storage_pb2.Record], context: ServicerContext, *, batch: bool
     ) -> None:
         """Refuse the whole request if any record is malformed or from the future: nothing half-written."""
         for i, message in enumerate(records):
@@ -110,7 +109,9 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             if problem:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, prefix + problem)
 
-    async def Apply(self, request: storage_pb2.ApplyRequest, context: Context) -> storage_pb2.ApplyResponse:
+    async def Apply(
+        self, request: storage_pb2.ApplyRequest, context: ServicerContext
+    ) -> storage_pb2.ApplyResponse:
         await self._check_epoch(request.epoch, context)
         await self._check_records([request.record], context, batch=False)
         [result] = await self._committer.apply([from_proto(request.record)])
@@ -121,7 +122,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         )
 
     async def ApplyBatch(
-        self, request: storage_pb2.ApplyBatchRequest, context: Context
+        self, request: storage_pb2.ApplyBatchRequest, context: ServicerContext
     ) -> storage_pb2.ApplyBatchResponse:
         await self._check_epoch(request.epoch, context)
         if len(request.records) > MAX_APPLY_BATCH:
@@ -132,7 +133,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         results = await self._committer.apply([from_proto(r) for r in request.records])
         return storage_pb2.ApplyBatchResponse(applied=[r.applied for r in results])
 
-    async def Get(self, request: storage_pb2.GetRequest, context: Context) -> storage_pb2.GetResponse:
+    async def Get(self, request: storage_pb2.GetRequest, context: ServicerContext) -> storage_pb2.GetResponse:
         await self._check_epoch(request.epoch, context)
         problem = _check_key(request.tenant_id, request.key)
         if problem:
@@ -145,7 +146,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         return storage_pb2.GetResponse(found=True, record=to_proto(record, with_token=True))
 
     async def ScanRange(
-        self, request: storage_pb2.ScanRangeRequest, context: Context
+        self, request: storage_pb2.ScanRangeRequest, context: ServicerContext
     ) -> AsyncIterator[storage_pb2.ScanRangeBatch]:
         await self._check_epoch(request.epoch, context)
         batch_size = min(request.batch_size or DEFAULT_SCAN_BATCH, MAX_SCAN_BATCH)
@@ -174,14 +175,14 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
                 return
 
     async def RangeDigest(
-        self, request: storage_pb2.RangeDigestRequest, context: Context
+        self, request: storage_pb2.RangeDigestRequest, context: ServicerContext
     ) -> storage_pb2.RangeDigestResponse:
         await self._check_epoch(request.epoch, context)
         digest, count = await asyncio.to_thread(self._engine.digest, request.range.start, request.range.end)
         return storage_pb2.RangeDigestResponse(digest=digest, count=count)
 
     async def DeleteRange(
-        self, request: storage_pb2.DeleteRangeRequest, context: Context
+        self, request: storage_pb2.DeleteRangeRequest, context: ServicerContext
     ) -> storage_pb2.DeleteRangeResponse:
         await self._check_epoch(request.epoch, context)
         # An unset range reads as (0, 0], the whole ring: only an explicit range may delete.
@@ -198,7 +199,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         return storage_pb2.DeleteRangeResponse(deleted=deleted)
 
     async def SetFence(
-        self, request: storage_pb2.SetFenceRequest, context: Context
+        self, request: storage_pb2.SetFenceRequest, context: ServicerContext
     ) -> storage_pb2.SetFenceResponse:
         before = self._fence
         self._fence = max(self._fence, request.epoch)
@@ -207,7 +208,9 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             log.info("Fence raised", node_id=self._node_id, epoch=fence)
         return storage_pb2.SetFenceResponse(fence=fence)
 
-    async def Stats(self, request: storage_pb2.StatsRequest, context: Context) -> storage_pb2.StatsResponse:
+    async def Stats(
+        self, request: storage_pb2.StatsRequest, context: ServicerContext
+    ) -> storage_pb2.StatsResponse:
         stats = self._engine.stats()
         return storage_pb2.StatsResponse(
             node_id=self._node_id,

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from pairdb.kernel.migration import NodeState
 from pairdb.coordinator.hlc import ClockCeiling
 from pairdb.coordinator.metadata import NodeInfo, Registration, Snapshot, TenantInfo
 from pairdb.coordinator.topology import LeaseLapsed, TopologyCache
 from pairdb.kernel.clocks import WallClock
+from pairdb.kernel.migration import NodeState
 
 
 class FlakyMetadata:

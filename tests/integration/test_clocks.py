@@ -16,7 +16,8 @@ from pairdb.client import Client, ClientError
 from pairdb.coordinator.metadata import Metadata
 from pairdb.kernel.clocks import CLOCK_OFFSET_ENV
 from pairdb.kernel.keyspace import Version
-from pairdb.local.cluster import LocalCluster, free_port
+from pairdb.local.cluster import LocalCluster
+from pairdb.local.processes import free_port
 from pairdb.storage_node.client import StorageError
 from pairdb.storage_node.engine import StoredRecord
 from tests.conftest import local_cluster

@@ -35,8 +35,8 @@ from pairdb.kernel.keyspace import (
     in_range,
     token,
 )
-from pairdb.local.cluster import LocalCluster, free_port
-from pairdb.local.processes import ManagedProcess, pairdb_command
+from pairdb.local.cluster import LocalCluster
+from pairdb.local.processes import ManagedProcess, free_port, pairdb_command
 from pairdb.proto import coordinator_pb2, storage_pb2
 from pairdb.storage_node.client import NodeClient
 

@@ -18,7 +18,8 @@ from pairdb.client import NO_RETRY, Client, ClientError
 from pairdb.coordinator.quorum import Consistency, required
 from pairdb.coordinator.ring import Ring
 from pairdb.kernel.keyspace import token
-from pairdb.local.cluster import LocalCluster, free_port
+from pairdb.local.cluster import LocalCluster
+from pairdb.local.processes import free_port
 from tests.conftest import local_cluster
 from tests.support import current_ring, load, wait_ended
 

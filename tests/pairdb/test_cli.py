@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from pairdb.local.cluster import free_port
+from pairdb.local.processes import free_port
 
 PAIRDB = [sys.executable, "-m", "pairdb.cli"]
 

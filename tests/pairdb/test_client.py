@@ -12,7 +12,8 @@ import pytest
 
 import pairdb
 from pairdb.client import NO_RETRY, Client, RetryPolicy
-from pairdb.local.cluster import LocalCluster, free_port
+from pairdb.local.cluster import LocalCluster
+from pairdb.local.processes import free_port
 
 FAST = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05)
 

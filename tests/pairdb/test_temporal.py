@@ -20,6 +20,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 from pairdb.local import temporal
+from pairdb.local.processes import free_port
 from pairdb.local.temporal import SEARCH_ATTRIBUTES, TemporalDevServer, temporal_binary
 
 
@@ -206,11 +207,8 @@ async def test_a_port_we_picked_is_replaced_when_taken_meanwhile(
         squatter.listen()
         taken = squatter.getsockname()[1]
         picks = iter([taken])
-        real_free_port = temporal._free_port
         # The first pick is taken by the time the server binds it: the race a free port has.
-        monkeypatch.setattr(
-            temporal, "_free_port", lambda exclude=None: next(picks, None) or real_free_port()
-        )
+        monkeypatch.setattr(temporal, "free_port", lambda exclude=None: next(picks, None) or free_port())
         server = make_server(tmp_path / "temporal")
         address = await server.start()
     assert server.port not in (None, taken)

@@ -85,7 +85,7 @@ async def test_invalid_records_are_refused_whole(cluster: LocalCluster, node: No
 
 
 async def test_an_unreachable_node_is_reported_by_name() -> None:
-    from pairdb.local.cluster import free_port
+    from pairdb.local.processes import free_port
 
     client = NodeClient("ghost", f"127.0.0.1:{free_port()}", timeout=1)
     try:

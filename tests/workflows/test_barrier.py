@@ -14,8 +14,9 @@ import pytest
 
 from pairdb.client import Client, ClientError
 from pairdb.kernel.migration import Phase
-from pairdb.local.cluster import LocalCluster, free_port
+from pairdb.local.cluster import LocalCluster
 from pairdb.local.faults import TcpProxy
+from pairdb.local.processes import free_port
 from tests.support import load, wait_ended, wait_for
 
 

@@ -365,7 +365,7 @@ async def test_bad_migration_requests(migration_cluster: LocalCluster) -> None:
         assert cancel_missing.value.code == grpc.StatusCode.NOT_FOUND
         await client.create_tenant("t", 3)
         await client.put("t", "k", b"v")
-        from pairdb.local.cluster import free_port
+        from pairdb.local.processes import free_port
 
         with pytest.raises(ClientError) as unreachable:
             await client.add_node("node-9", "127.0.0.1", free_port())
