@@ -10,9 +10,12 @@ this is the proof of what runs in which order, whatever operators ask.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,6 +26,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from pairdb.activities.cleanup import CleanupSteps
+from pairdb.activities.reconciler import Reconciler
+from pairdb.activities.registry_steps import RegistrySteps
+from pairdb.coordinator.metadata import MigrationRow
 from pairdb.kernel import migration as m
 from pairdb.kernel.migration import (
     CopyChunk,
@@ -341,3 +348,124 @@ async def _wait_phase(run: Run, phase: Phase, *, holding: bool = False) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"the workflow never reached {phase}")
+
+
+# -- the reconciler: what no workflow code can do after a terminate --------------------------------------
+
+
+class RecordingRegistry(RegistrySteps):
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.errors: list[str] = []
+
+    async def restore_reads_on_old(self, ref: MigrationRef) -> int:
+        self.calls.append("restore_reads_on_old")
+        return 1
+
+    async def remove_joining_node(self, ref: MigrationRef) -> int:
+        self.calls.append("remove_joining_node")
+        return 1
+
+    async def enter_phase(self, step: EnterPhase) -> int:
+        self.calls.append(f"enter_phase:{step.phase}")
+        return 1
+
+    async def finish_migration(self, finish: FinishMigration) -> int:
+        self.calls.append(f"finish_migration:{finish.status}")
+        self.errors.append(finish.error)
+        return 1
+
+
+class RecordingCleanup(CleanupSteps):
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    async def wipe_joining_node(self, ref: MigrationRef) -> int:
+        self.calls.append("wipe_joining_node")
+        return 0
+
+    async def drop_moved_ranges(self, ref: MigrationRef) -> int:
+        self.calls.append("drop_moved_ranges")
+        return 0
+
+
+@dataclass
+class OneMigrationStore:
+    """The migrations table, holding one unfinished migration."""
+
+    row: MigrationRow
+
+    async def unfinished(self) -> list[MigrationRow]:
+        return [] if self.row.status in m.TERMINAL else [self.row]
+
+    async def get(self, migration_id: str) -> MigrationRow:
+        return self.row
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, migration_id: str) -> AsyncIterator[bool]:
+        yield True
+
+
+def migration_row(migration_id: str, workflow_id: str, phase: Phase) -> MigrationRow:
+    return MigrationRow(
+        migration_id=migration_id,
+        type="node_addition",
+        node_id="node-9",
+        host="127.0.0.1",
+        port=7009,
+        virtual_nodes=8,
+        workflow_id=workflow_id,
+        phase=phase,
+        status=Status.IN_PROGRESS,
+        progress={},
+        error="",
+        started_at=datetime.now(UTC) - timedelta(minutes=1),
+        completed_at=None,
+        estimated_completion=None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("phase", "expected"),
+    [
+        (Phase.DATA_COPY, ["remove_joining_node", "wipe_joining_node", "finish_migration:failed"]),
+        (
+            Phase.CUTOVER,
+            ["restore_reads_on_old", "remove_joining_node", "wipe_joining_node", "finish_migration:failed"],
+        ),
+        (Phase.CLEANUP, ["enter_phase:cleanup", "drop_moved_ranges", "finish_migration:completed"]),
+    ],
+)
+async def test_a_terminated_workflow_is_finished_by_the_reconciler_from_the_phase_it_reached(
+    start: Callable[..., Any], env: WorkflowEnvironment, phase: Phase, expected: list[str]
+) -> None:
+    steps = Steps()
+    steps.hold("copy_ranges")
+    run: Run = await start(steps)
+    await steps.at("copy_ranges")
+    await run.handle.terminate(reason="an operator's temporal workflow terminate")
+    calls: list[str] = []
+    registry = RecordingRegistry(calls)
+    ctx: Any = SimpleNamespace(store=OneMigrationStore(migration_row("mig-t", run.handle.id, phase)))
+    reconciler = Reconciler(ctx, env.client, registry, RecordingCleanup(calls))
+    assert await reconciler.reconcile() == ["mig-t"]
+    assert calls == expected
+    if phase != Phase.CLEANUP:
+        assert "terminated; the reconciler undid it" in registry.errors[-1]
+
+
+async def test_the_reconciler_leaves_a_running_workflow_alone(
+    start: Callable[..., Any], env: WorkflowEnvironment
+) -> None:
+    steps = Steps()
+    steps.hold("copy_ranges")
+    run: Run = await start(steps)
+    await steps.at("copy_ranges")
+    calls: list[str] = []
+    ctx: Any = SimpleNamespace(
+        store=OneMigrationStore(migration_row("mig-r", run.handle.id, Phase.DATA_COPY))
+    )
+    reconciler = Reconciler(ctx, env.client, RecordingRegistry(calls), RecordingCleanup(calls))
+    assert await reconciler.reconcile() == [] and calls == []
+    steps.release("copy_ranges")
+    assert (await run.result()).status == Status.COMPLETED
