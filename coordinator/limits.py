@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pairdb.coordinator.errors import InvalidArgument
 from pairdb.coordinator.quorum import Consistency
+from pairdb.kernel.errors import InvalidArgument
 from pairdb.kernel.keyspace import (
     MAX_KEY_BYTES,
     MAX_REPLICATION_FACTOR,

@@ -17,12 +17,12 @@ from datetime import datetime
 
 import structlog
 
-from pairdb.coordinator.errors import AlreadyExists, InvalidArgument, Unavailable
 from pairdb.coordinator.metadata import Metadata, NodeInfo
 from pairdb.coordinator.migrations import Migrations
 from pairdb.coordinator.ring import DEFAULT_VIRTUAL_NODES, allocate_tokens
 from pairdb.coordinator.topology import Topology, TopologyCache
 from pairdb.kernel import migration as m
+from pairdb.kernel.errors import AlreadyExists, InvalidArgument, Unavailable
 from pairdb.kernel.migration import NodeState
 from pairdb.storage_node.client import NodeClient, NodeStats, StorageError, StoragePool
 

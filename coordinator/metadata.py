@@ -17,7 +17,7 @@ import asyncpg
 import structlog
 
 from pairdb.coordinator import schema
-from pairdb.coordinator.errors import AlreadyExists
+from pairdb.kernel.errors import AlreadyExists
 from pairdb.kernel.migration import NodeState, Phase, Status
 
 log = structlog.get_logger()

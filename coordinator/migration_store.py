@@ -10,9 +10,9 @@ from typing import Any
 
 import asyncpg
 
-from pairdb.coordinator.errors import AlreadyExists
 from pairdb.coordinator.metadata import Metadata, MigrationRow, PlannedRange, from_db_token, to_db_token
 from pairdb.kernel import migration as m
+from pairdb.kernel.errors import AlreadyExists
 from pairdb.kernel.migration import NodeState, Phase, Status
 from pairdb.serving import request_ids
 

@@ -28,10 +28,10 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from pairdb.coordinator.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from pairdb.coordinator.metadata import MigrationRow
 from pairdb.coordinator.migration_store import MigrationStore
 from pairdb.kernel import migration as m
+from pairdb.kernel.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from pairdb.kernel.migration import TERMINAL, Phase, Status
 
 log = structlog.get_logger()

@@ -22,13 +22,13 @@ from typing import Any
 
 import structlog
 
-from pairdb.coordinator.errors import Unavailable
 from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan, required
 from pairdb.coordinator.replication import Replicator
 from pairdb.coordinator.routing import Route, StaleView, route
 from pairdb.coordinator.topology import Topology, TopologyCache
 from pairdb.coordinator.write_path import ROUTE_ATTEMPTS
+from pairdb.kernel.errors import Unavailable
 from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.kernel.sabotage import REPAIR_READ_SET_ONLY
 from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure

@@ -25,8 +25,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from pairdb.coordinator.errors import FailedPrecondition, NotFound
 from pairdb.coordinator.metadata import Metadata, bump_epoch, to_db_token
+from pairdb.kernel.errors import FailedPrecondition, NotFound
 from pairdb.kernel.migration import TERMINAL, NodeState, Phase, Status
 
 log = structlog.get_logger()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pairdb.coordinator.errors import NotFound, Unavailable
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan
 from pairdb.coordinator.topology import Topology, TopologyCache
+from pairdb.kernel.errors import NotFound, Unavailable
 from pairdb.kernel.keyspace import token
 from pairdb.kernel.migration import ROUTING, Writes
 

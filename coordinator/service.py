@@ -10,20 +10,18 @@ import grpc
 import structlog
 
 from pairdb.coordinator import limits
-from pairdb.coordinator.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PairdbError,
-    Unavailable,
-)
 from pairdb.coordinator.membership import Membership
 from pairdb.coordinator.metadata import Metadata, TenantInfo
 from pairdb.coordinator.migrations import Migrations
 from pairdb.coordinator.read_path import ReadPath
 from pairdb.coordinator.topology import LeaseLapsed, TopologyCache
 from pairdb.coordinator.write_path import WritePath
+from pairdb.kernel.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PairdbError,
+)
 from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, Version
 from pairdb.kernel.migration import TERMINAL, Status
 from pairdb.proto import coordinator_pb2 as pb
@@ -31,14 +29,6 @@ from pairdb.proto import coordinator_pb2_grpc
 from pairdb.serving.interception import ServicerContext
 
 log = structlog.get_logger()
-
-_STATUS = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -53,8 +43,7 @@ def rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await fn(self, request, context)
         except PairdbError as exc:
-            code = next((_STATUS[t] for t in type(exc).__mro__ if t in _STATUS), grpc.StatusCode.INTERNAL)
-            await context.abort(code, str(exc))
+            await context.abort(grpc.StatusCode[exc.status], exc.message)
         except LeaseLapsed as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         raise AssertionError("unreachable: abort raises")

@@ -25,11 +25,11 @@ from typing import Any
 import asyncpg
 import structlog
 
-from pairdb.coordinator.errors import Unavailable
 from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.metadata import NOTIFY_CHANNEL, Metadata, NodeInfo, Registration, Snapshot, TenantInfo
 from pairdb.coordinator.ring import Ring
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock, boottime
+from pairdb.kernel.errors import Unavailable
 from pairdb.kernel.migration import ROUTING, NodeState, Phase
 from pairdb.serving import metrics
 

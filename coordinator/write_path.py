@@ -25,12 +25,12 @@ from dataclasses import dataclass
 
 import structlog
 
-from pairdb.coordinator.errors import Unavailable
 from pairdb.coordinator.hlc import ClockCeiling, HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan
 from pairdb.coordinator.replication import Replicator
 from pairdb.coordinator.routing import StaleView, route
 from pairdb.coordinator.topology import Topology, TopologyCache
+from pairdb.kernel.errors import Unavailable
 from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.kernel.sabotage import SKIP_REVERSION
 from pairdb.serving import metrics

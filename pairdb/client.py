@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from pairdb.kernel import errors
 from pairdb.proto import coordinator_pb2 as pb
 from pairdb.proto import coordinator_pb2_grpc
 
@@ -47,55 +48,40 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-class ClientError(Exception):
+class ClientError(errors.PairdbError):
     """A refused or failed call: the gRPC status code and the coordinator's message.
 
-    Raised as the subclass for its status when there is one (NotFound, ...);
-    other statuses (INTERNAL, UNIMPLEMENTED, ...) raise ClientError itself.
+    Raised as the subclass for its status when there is one (NotFound, ...),
+    which is also the kernel's error of that name; other statuses (INTERNAL,
+    UNIMPLEMENTED, ...) raise ClientError itself.
     """
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(f"{code.name}: {message}")
+        super().__init__(message)
+        self.args = (f"{code.name}: {message}",)
         self.code = code
-        self.message = message
 
 
-class InvalidArgument(ClientError):
-    """A bad tenant id, key, value, consistency level or replication factor."""
+def _client_error(kind: type[errors.PairdbError]) -> type[ClientError]:
+    """The client's face of a kernel error: both, so either catches it."""
+    return type(kind.__name__, (ClientError, kind), {"__doc__": kind.__doc__, "__module__": __name__})
 
 
-class NotFound(ClientError):
-    """An unknown tenant or migration."""
+InvalidArgument = _client_error(errors.InvalidArgument)
+NotFound = _client_error(errors.NotFound)
+AlreadyExists = _client_error(errors.AlreadyExists)
+FailedPrecondition = _client_error(errors.FailedPrecondition)
+Unavailable = _client_error(errors.Unavailable)
+DeadlineExceeded = _client_error(errors.DeadlineExceeded)
 
-
-class AlreadyExists(ClientError):
-    """A tenant or node that exists already."""
-
-
-class FailedPrecondition(ClientError):
-    """Not possible in the current state (say, rollback outside cutover)."""
-
-
-class Unavailable(ClientError):
-    """Too few replicas answered, the coordinator is unreachable or its lease lapsed."""
-
-
-class DeadlineExceeded(ClientError):
-    """The client's timeout passed before an answer (across all retries)."""
-
-
-_ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+_ERRORS: dict[str, type[ClientError]] = {
+    face.status: face
+    for face in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unavailable, DeadlineExceeded)
 }
 
 
 def error_for(code: grpc.StatusCode, message: str) -> ClientError:
-    return _ERRORS.get(code, ClientError)(code, message)
+    return _ERRORS.get(code.name, ClientError)(code, message)
 
 
 @dataclass(frozen=True, slots=True)

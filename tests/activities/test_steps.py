@@ -106,4 +106,3 @@ async def test_the_steps_of_an_addition_are_idempotent_and_refuse_to_run_out_of_
     with pytest.raises(ApplicationError, match="has ended"):
         await env.run(registry.enable_dual_write, ref)
     await env.run(registry.remove_joining_node, ref)
-

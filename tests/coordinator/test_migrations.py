@@ -15,9 +15,9 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from pairdb.coordinator.errors import Unavailable
 from pairdb.coordinator.migrations import Migrations
 from pairdb.kernel import migration as m
+from pairdb.kernel.errors import Unavailable
 
 REQUEST = m.NodeAdditionInput("mig-1", "node-9", "127.0.0.1", 7009, 8)
 RECORDED_AT = datetime(2026, 1, 1, tzinfo=UTC)
