@@ -1,6 +1,6 @@
 """Chaos: add a node under client load while faults are injected, then check the history.
 
-    python bench/chaos.py --schedules N --seed S [--keys K] [--minutes M] [--kinds a,b]
+    python bench/chaos.py --schedules N --seed S [--keys K] [--minutes M] [--kinds a,b] [--only I]
 
 Each schedule starts a fresh local cluster (PostgreSQL, Temporal dev server,
 three storage nodes behind TCP proxies, two coordinators that each reach
@@ -33,10 +33,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio.client import Client as TemporalClient
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 
 if __package__ in (None, ""):  # run as `python bench/chaos.py`: the repository is the import root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -322,13 +322,18 @@ class Schedule:
             injections += fired
             if phase == Phase.CUTOVER and hold:
                 # A stop asked in cutover must reach the workflow before the resume does.
-                await asyncio.gather(*(f for f, fault in fired if fault.kind in CONTROL))
+                stops = [f for f, fault in fired if fault.kind in CONTROL]
+                await asyncio.gather(*stops, return_exceptions=True)
                 await asyncio.sleep(self.rng.uniform(0.5, 2.0))
                 if await self._resume(clients, migration_id) and await self._reached(
                     migration_id, Phase.CLEANUP
                 ):
                     injections += self._fire(Phase.CLEANUP, cluster, clients, migration_id)
-        await asyncio.gather(*(f for f, _ in injections))
+        outcomes = await asyncio.gather(*(f for f, _ in injections), return_exceptions=True)
+        for (_, fault), outcome in zip(injections, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                # A process that does not come back is a finding; the migration is still judged.
+                self.result.verdict.stuck.append(f"{fault}: {type(outcome).__name__}: {str(outcome)[:300]}")
         status = await self._finish(clients, migration_id)
         self.result.migrations.append(status.status)
         if status.status in (Status.CANCELLED, Status.ROLLED_BACK, Status.FAILED):
@@ -426,9 +431,12 @@ class Schedule:
     async def _control(
         self, kind: str, rng: random.Random, clients: list[Client], migration_id: str, cluster: LocalCluster
     ) -> None:
-        temporal = await TemporalClient.connect(cluster.temporal_server.address)
-        handle = temporal.get_workflow_handle(m.workflow_id("node-4"))
         in_cutover = self._phase_now(migration_id) == Phase.CUTOVER
+
+        async def workflow() -> WorkflowHandle[Any, Any]:
+            """The workflow, through Temporal, which may be down (another fault): then the call fails."""
+            temporal = await TemporalClient.connect(cluster.temporal_server.address)
+            return temporal.get_workflow_handle(m.workflow_id("node-4"))
 
         def stop(c: Client) -> Awaitable[str]:
             """What stops the migration where it is: a rollback in cutover, a cancel before it."""
@@ -443,21 +451,21 @@ class Schedule:
         elif kind == "terminate_workflow":
             # What an operator's `temporal workflow terminate` does: no workflow code runs.
             with contextlib.suppress(Exception):
-                await handle.terminate(reason="chaos")
+                await (await workflow()).terminate(reason="chaos")
         elif kind == "cancel_during_compensation":
             with contextlib.suppress(ClientError):
                 await _any(clients, stop)
             await asyncio.sleep(rng.uniform(0, 0.5))
             with contextlib.suppress(Exception):
-                await handle.cancel()
+                await (await workflow()).cancel()
         elif kind == "double_stop":
             # The same stop through three channels: an RPC, a signal, Temporal's own cancel.
             with contextlib.suppress(ClientError):
                 await _any(clients, stop)
             with contextlib.suppress(Exception):
-                await handle.signal("cancel")
+                await (await workflow()).signal("cancel")
             with contextlib.suppress(Exception):
-                await handle.cancel()
+                await (await workflow()).cancel()
 
     def _phase_now(self, migration_id: str) -> str:
         return self._phases.get(migration_id, "")
@@ -697,11 +705,13 @@ async def _retry_add(clients: list[Client], port: int) -> str:
     raise RuntimeError("could not add node-4 again")
 
 
-async def run(schedules: int, seed: int, keys: int, minutes: float, kinds: list[str] | None) -> int:
+async def run(
+    schedules: int, seed: int, keys: int, minutes: float, kinds: list[str] | None, only: int | None = None
+) -> int:
     tally: Counter[str] = Counter()
     landed: Counter[str] = Counter()
     results = []
-    for index in range(schedules):
+    for index in [only] if only is not None else range(schedules):
         result = await Schedule(index, seed, keys, minutes, kinds).run()
         results.append(result)
         tally.update(f.kind for f in result.faults)
@@ -717,7 +727,8 @@ async def run(schedules: int, seed: int, keys: int, minutes: float, kinds: list[
     print("faults by phase they landed in: " + ", ".join(f"{p}={n}" for p, n in sorted(landed.items())))
     operations, acknowledged = sum(r.operations for r in results), sum(r.acknowledged for r in results)
     print(
-        f"schedules={schedules} write_only={sum(r.write_only for r in results)} faults={sum(tally.values())} "
+        f"schedules={len(results)} write_only={sum(r.write_only for r in results)} "
+        f"faults={sum(tally.values())} "
         f"operations={operations} acknowledged={acknowledged} lost={total['lost']} "
         f"resurrected={total['resurrected']} stale_reads={total['stale_reads']} "
         f"linearizability_violations={total['nonlinearizable']} phantom={total['phantom']} "
@@ -728,7 +739,7 @@ async def run(schedules: int, seed: int, keys: int, minutes: float, kinds: list[
 
 def _report(result: Result) -> None:
     v = result.verdict
-    rerun = f"--seed {result.seed} --schedules {result.index + 1}"
+    rerun = f"--seed {result.seed} --only {result.index}"
     print(f"  VIOLATION in schedule {result.index} (re-run: {rerun}); logs kept in {result.log_dir}")
     for line in v.lines[:20]:
         print(f"    {line}")
@@ -743,6 +754,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--schedules", type=int, default=20, help="schedules to run (default %(default)s)")
+    parser.add_argument(
+        "--only", type=int, default=None, help="run only the schedule of this index (a re-run)"
+    )
     parser.add_argument(
         "--seed", type=int, default=1, help="seed for every random choice (default %(default)s)"
     )
@@ -759,7 +773,7 @@ def main() -> None:
     unknown = set(kinds or ()) - set(KINDS)
     if unknown:
         parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
-    sys.exit(asyncio.run(run(args.schedules, args.seed, args.keys, args.minutes, kinds)))
+    sys.exit(asyncio.run(run(args.schedules, args.seed, args.keys, args.minutes, kinds, args.only)))
 
 
 if __name__ == "__main__":

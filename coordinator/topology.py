@@ -38,6 +38,8 @@ log = structlog.get_logger()
 # A restarted coordinator whose clock is this far behind its previous incarnation's
 # versions refuses to start rather than wait: someone must look at that clock.
 MAX_CLOCK_WAIT_MS = 60_000
+# How long start-up keeps trying while PostgreSQL is unreachable.
+STARTUP_WAIT_SECONDS = 60.0
 
 
 class LeaseLapsed(Exception):
@@ -111,12 +113,33 @@ class TopologyCache:
         return self.clock.origin
 
     async def start(self) -> None:
-        registration = await self._register()
-        self.clock.origin = registration.origin
-        await self._wait_for_clock(registration.hlc_ceiling_ms)
-        self.clock.start_after(registration.hlc_ceiling_ms)
-        await self.refresh()
-        await self._renew()  # a lease and a persisted clock ceiling before the first request
+        """Take the id's lease, load the view, renew once; PostgreSQL may come and go meanwhile.
+
+        A coordinator restarted while PostgreSQL restarts too (found by chaos: it exited and
+        never came back) keeps trying for STARTUP_WAIT_SECONDS, as Metadata.connect does.
+        """
+        deadline = boottime() + STARTUP_WAIT_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                registration = await self._register()
+                self.clock.origin = registration.origin
+                await self._wait_for_clock(registration.hlc_ceiling_ms)
+                self.clock.start_after(registration.hlc_ceiling_ms)
+                await self.refresh()
+                await self._renew()  # a lease and a persisted clock ceiling before the first request
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if boottime() + delay > deadline:
+                    raise
+                log.warning(
+                    "PostgreSQL not ready; retrying start-up",
+                    coordinator_id=self.coordinator_id,
+                    error=f"{type(exc).__name__}: {exc}",
+                    delay=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         self._task = asyncio.create_task(self._run(), name="topology-refresh")
 
     async def _register(self) -> Registration:

@@ -43,6 +43,8 @@ class FlakyMetadata:
         return Snapshot(self.epoch_value, nodes, [(5, "n1")], tenants)
 
     async def register_coordinator(self, *args: Any) -> Registration:
+        if self.down:
+            raise ConnectionError("unexpected connection_lost() call")
         return Registration(1, self.previous_ceiling_ms)
 
     async def renew_lease(
@@ -176,5 +178,20 @@ async def test_a_restart_waits_for_its_clock_to_pass_the_previous_incarnations_c
     cache = await started(metadata, wall=wall)
     try:
         assert cache.clock.now().wall_ms > metadata.previous_ceiling_ms
+    finally:
+        await cache.stop()
+
+
+async def test_a_coordinator_starting_while_postgresql_is_down_waits_for_it() -> None:
+    """Regression (chaos): a coordinator restarted while PostgreSQL restarted exited for good."""
+    metadata = FlakyMetadata()
+    metadata.down = True
+    starting = asyncio.ensure_future(started(metadata))
+    await asyncio.sleep(0.5)
+    assert not starting.done()
+    metadata.down = False
+    cache = await asyncio.wait_for(starting, 10)
+    try:
+        cache.check_lease()
     finally:
         await cache.stop()
