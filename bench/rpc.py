@@ -43,9 +43,11 @@ from pairdb.client import Client
 from pairdb.local.cluster import LocalCluster
 from pairdb.local.processes import ManagedProcess, die_with_parent, free_port
 from pairdb.serving import logs
+from pairdb.storage_node.coalescing import Coalescer, Send
 
-ECHO_SERVICE = "pairdb.bench.Echo"
-ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
+BENCH_SERVICE = "pairdb.bench.Bench"
+ROLE_METHODS = {"echo": "Echo", "noop-storage": "Apply", "noop-coordinator": "Write"}
+NOOP_STORAGE_METHOD = f"/{BENCH_SERVICE}/Apply"
 PAYLOAD_BYTES = 100
 WARMUP_SECONDS = 1.0
 # A per-request deadline bounds the run even if a server stops answering.
@@ -67,23 +69,71 @@ class Result:
     p99_ms: float
 
 
-# --------------------------------------------------------------------------- echo server (child)
+# --------------------------------------------------------------------------- no-work servers (children)
 
 
 async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
     return request
 
 
-async def serve_echo(port: int) -> None:
-    """The child process: echo every request until SIGTERM."""
+async def _noop_storage(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    # A coalesced call: a 4-byte item count, then the items; the answer is the count (all "applied").
+    return request[:4]
+
+
+class NoopCoordinator:
+    """A coordinator that does no work: each request goes to three no-op storage servers through
+    pairdb's coalescer (one per server) and is answered when two of them acknowledged it."""
+
+    def __init__(self, node_ports: list[int]) -> None:
+        self._channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p}") for p in node_ports]
+        self._nodes = [
+            Coalescer(self._sender(channel), lambda: TimeoutError("no-op storage server timed out"))
+            for channel in self._channels
+        ]
+
+    @staticmethod
+    def _sender(channel: grpc.aio.Channel) -> Send[bytes, bool]:
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            NOOP_STORAGE_METHOD, request_serializer=None, response_deserializer=None
+        )
+
+        async def send(epoch: int, items: list[bytes], timeout: float) -> list[bool]:
+            reply = await call(len(items).to_bytes(4, "big") + b"".join(items), timeout=timeout)
+            return [True] * int.from_bytes(reply, "big")
+
+        return send
+
+    async def handle(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        sends = [
+            node.submit(request, epoch=0, size=len(request), timeout=REQUEST_TIMEOUT) for node in self._nodes
+        ]
+        acked = 0
+        for done in asyncio.as_completed(sends):
+            if await done:
+                acked += 1
+            if acked == 2:
+                return request
+        raise RuntimeError("fewer than two no-op storage servers acknowledged")
+
+
+async def serve(role: str, port: int, node_ports: list[int]) -> None:
+    """The child process: serve one no-work role until SIGTERM."""
     server = grpc.aio.server()
-    # No (de)serializers: the handler sees and returns the raw bytes, no protobuf involved.
-    handler = grpc.method_handlers_generic_handler(
-        ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+    # No (de)serializers: the handlers see and return raw bytes, no protobuf involved.
+    handler: Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
+    if role == "echo":
+        handler = _echo
+    elif role == "noop-storage":
+        handler = _noop_storage
+    else:
+        handler = NoopCoordinator(node_ports).handle
+    generic = grpc.method_handlers_generic_handler(
+        BENCH_SERVICE, {ROLE_METHODS[role]: grpc.unary_unary_rpc_method_handler(handler)}
     )
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((generic,))
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
-        raise SystemExit(f"echo server: cannot listen on 127.0.0.1:{port}")
+        raise SystemExit(f"{role} server: cannot listen on 127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -136,36 +186,53 @@ async def measure(label: str, op: Op, seconds: float, concurrency: int) -> Resul
 # --------------------------------------------------------------------------- measurements
 
 
-async def bench_echo(args: argparse.Namespace, workdir: Path) -> Result:
-    """Measurement 1: raw grpc.aio unary round trips to the echo child process."""
+async def start_child(role: str, workdir: Path, node_ports: Sequence[int] = ()) -> tuple[ManagedProcess, int]:
+    """One no-work server in a child process (this script); returns it and its port once it answers."""
     port = free_port()
+    argv = [sys.executable, str(SCRIPT), "--serve", role, str(port)]
+    if node_ports:
+        argv += ["--nodes", ",".join(map(str, node_ports))]
     # ManagedProcess sets PAIRDB_PARENT_PID, so the child dies with us (see die_with_parent).
-    server = ManagedProcess(
-        "echo-server",
-        [sys.executable, str(SCRIPT), "--echo-server", str(port)],
-        workdir / "logs" / "echo-server.log",
-    )
-    payload = os.urandom(PAYLOAD_BYTES)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    echo: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
-        ECHO_METHOD, request_serializer=None, response_deserializer=None
-    )
+    child = ManagedProcess(f"{role}-{port}", argv, workdir / "logs" / f"{role}-{port}.log")
+    await child.start()
+    return child, port
 
-    async def probe() -> None:
-        await echo(payload, timeout=1.0)
 
-    async def op(w: int, i: int) -> None:
-        reply = await echo(payload, timeout=REQUEST_TIMEOUT)
-        if len(reply) != PAYLOAD_BYTES:
-            raise RuntimeError(f"echo returned {len(reply)} bytes, sent {PAYLOAD_BYTES}")
-
+async def bench_bytes_service(
+    label: str, role: str, args: argparse.Namespace, workdir: Path, node_roles: int = 0
+) -> Result:
+    """Closed-loop unary calls with 100-byte payloads to a no-work server (and its no-op nodes)."""
+    children: list[ManagedProcess] = []
+    channel: grpc.aio.Channel | None = None
     try:
-        await server.start()
-        await server.wait_ready(probe)
-        return await measure("raw grpc.aio echo", op, args.seconds, args.concurrency)
+        node_ports = []
+        for _ in range(node_roles):
+            child, port = await start_child("noop-storage", workdir)
+            children.append(child)
+            node_ports.append(port)
+        front, port = await start_child(role, workdir, node_ports)
+        children.append(front)
+        payload = os.urandom(PAYLOAD_BYTES)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            f"/{BENCH_SERVICE}/{ROLE_METHODS[role]}", request_serializer=None, response_deserializer=None
+        )
+
+        async def probe() -> None:
+            await call(payload, timeout=1.0)
+
+        async def op(w: int, i: int) -> None:
+            reply = await call(payload, timeout=REQUEST_TIMEOUT)
+            if len(reply) != PAYLOAD_BYTES:
+                raise RuntimeError(f"{role} returned {len(reply)} bytes, sent {PAYLOAD_BYTES}")
+
+        await front.wait_ready(probe)
+        return await measure(label, op, args.seconds, args.concurrency)
     finally:
-        await channel.close(grace=None)
-        await server.stop()
+        if channel is not None:
+            await channel.close(grace=None)
+        for child in reversed(children):
+            await child.stop()
 
 
 async def bench_coordinator(args: argparse.Namespace, workdir: Path) -> list[Result]:
@@ -233,15 +300,18 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         f"{WARMUP_SECONDS:.0f} s warm-up + {args.seconds:g} s per measurement, loopback"
     )
     print(flush=True)
-    echo = await bench_echo(args, workdir)
-    writes, reads = await bench_coordinator(args, workdir)
-    print(render([echo, writes, reads]))
-    print()
-    print(
-        f"coordinator vs raw gRPC ceiling: writes {writes.ops_per_second / echo.ops_per_second:.1%}, "
-        f"reads {reads.ops_per_second / echo.ops_per_second:.1%} of "
-        f"{echo.ops_per_second:,.0f} ops/s"
+    echo = await bench_bytes_service("(a) raw grpc.aio echo", "echo", args, workdir)
+    plumbing = await bench_bytes_service(
+        "(b) no-work coordinator, coalesced to 3 no-op nodes", "noop-coordinator", args, workdir, node_roles=3
     )
+    pairdb = await bench_coordinator(args, workdir)
+    print(render([echo, plumbing, *pairdb]))
+    print()
+    for r in pairdb:
+        print(
+            f"{r.label}: {r.ops_per_second / echo.ops_per_second:.1%} of (a) echo, "
+            f"{r.ops_per_second / plumbing.ops_per_second:.1%} of (b) plumbing ceiling"
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -261,12 +331,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="requests kept in flight at once, one asyncio task each (default: 32)",
     )
     parser.add_argument(
-        "--echo-server",
-        type=int,
-        metavar="PORT",
+        "--serve",
+        nargs=2,
+        metavar=("ROLE", "PORT"),
         default=None,
-        help="internal: run only the echo gRPC server on 127.0.0.1:PORT (the script starts it itself)",
+        help="internal: run only one no-work server (echo, noop-storage, noop-coordinator) on "
+        "127.0.0.1:PORT (the script starts its children itself)",
     )
+    parser.add_argument("--nodes", default="", help="internal: the no-op nodes' ports of a noop-coordinator")
     args = parser.parse_args(argv)
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
@@ -277,9 +349,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.echo_server is not None:
+    if args.serve is not None:
         die_with_parent()
-        asyncio.run(serve_echo(args.echo_server))
+        role, port = args.serve
+        asyncio.run(serve(role, int(port), [int(p) for p in args.nodes.split(",") if p]))
         return
     # LocalCluster logs its progress; only warnings and errors belong beside the results.
     logs.configure(json=False, level="WARNING")

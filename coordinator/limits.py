@@ -5,6 +5,8 @@ from __future__ import annotations
 from pairdb.coordinator.quorum import Consistency
 from pairdb.kernel.errors import InvalidArgument
 from pairdb.kernel.keyspace import (
+    MAX_BATCH_ITEMS,
+    MAX_BATCH_VALUE_BYTES,
     MAX_KEY_BYTES,
     MAX_REPLICATION_FACTOR,
     MAX_VALUE_BYTES,
@@ -37,6 +39,19 @@ def value(data: bytes) -> bytes:
     if len(data) > MAX_VALUE_BYTES:
         raise InvalidArgument(f"value is {len(data)} bytes; the limit is {MAX_VALUE_BYTES}")
     return data
+
+
+def batch(items: int, value_bytes: int = 0) -> None:
+    """A batch within the limits, or INVALID_ARGUMENT for the whole batch."""
+    if items > MAX_BATCH_ITEMS:
+        raise InvalidArgument(
+            f"a batch holds at most {MAX_BATCH_ITEMS} items; this one has {items}: split it"
+        )
+    if value_bytes > MAX_BATCH_VALUE_BYTES:
+        raise InvalidArgument(
+            f"a batch holds at most {MAX_BATCH_VALUE_BYTES} bytes of values; "
+            f"this one has {value_bytes}: split it"
+        )
 
 
 def consistency(raw: int) -> Consistency:

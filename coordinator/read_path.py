@@ -1,7 +1,8 @@
 """The read path: ask the replicas, return the newest record, but only once it is durable.
 
-A read waits for enough answers from the read set to meet its level and takes
-the newest record among them. Before returning it, it makes that record held
+A read asks as many replicas of the read set as its level needs, more only
+when one fails or is slow (replica_reads.py), and takes the newest record
+among the answers. Before returning it, it makes that record held
 at the read's level in every set the current phase writes to (blocking read
 repair, as the write-back phase of ABD): otherwise a value a client has seen
 could vanish from the next read, after a replica failure, a cutover or a
@@ -11,12 +12,15 @@ behave as one linearizable register per key.
 Answers arriving after the reply are checked in the background: stale
 replicas are repaired, and a late answer newer than what was returned (a write
 in flight) is spread to the replicas that answered first.
+
+A batch (get_many) reads many keys under one pinned view, each decided by the
+same rules; a key refused by a fence is read again the single-key way.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +28,12 @@ import structlog
 
 from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan, required
+from pairdb.coordinator.replica_reads import KeyRead, SpeculationDelay
 from pairdb.coordinator.replication import Replicator
 from pairdb.coordinator.routing import Route, StaleView, route
-from pairdb.coordinator.topology import Topology, TopologyCache
+from pairdb.coordinator.topology import LeaseLapsed, Topology, TopologyCache
 from pairdb.coordinator.write_path import ROUTE_ATTEMPTS
-from pairdb.kernel.errors import Unavailable
+from pairdb.kernel.errors import PairdbError, Unavailable
 from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.kernel.sabotage import REPAIR_READ_SET_ONLY
 from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
@@ -68,6 +73,9 @@ class ReadPath:
         self._replicator = replicator
         self._clock = clock
         self._sabotage = sabotage
+        self._speculation = SpeculationDelay()
+        # Rotates which replicas a read asks first, so each takes its share (and gets checked).
+        self._turn = 0
 
     async def get(self, tenant_id: str, key: str, level: Consistency) -> ReadResult:
         fence = 0
@@ -85,44 +93,88 @@ class ReadPath:
             await self._cache.catch_up(fence)
         raise Unavailable(f"the ring changed {ROUTE_ATTEMPTS} times during this read; retry it")
 
-    async def _get(self, r: Route, tenant_id: str, key: str) -> ReadResult:
-        level, replicas, topology = r.plan.level, r.plan.old, r.topology
-        need = required(level, len(replicas))
-        asks = {
-            asyncio.ensure_future(
-                self._pool.node(n, topology.address(n)).get(tenant_id, key, epoch=topology.epoch)
-            ): n
-            for n in replicas
-        }
-        answers: dict[str, _Answer] = {}
-        failed: dict[str, str] = {}
-        pending = set(asks)
-        while pending and len(answers) < need and len(replicas) - len(failed) >= need:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                exc = task.exception()
-                if exc is None:
-                    answers[asks[task]] = task.result()
-                elif isinstance(exc, StaleEpoch):
-                    self._later(topology, self._drain(topology, {t: asks[t] for t in pending}, answers, None))
-                    raise exc
+    async def get_many(
+        self, keys: Sequence[tuple[str, str]], level: Consistency
+    ) -> list[ReadResult | PairdbError]:
+        """Each (tenant_id, key)'s result or error, in order, under one pinned view.
+
+        A key whose answers cannot settle it in bulk (a replica fenced at a newer
+        epoch, a view older than its tenant) is read again the single-key way.
+        """
+        results: list[ReadResult | PairdbError | None] = [None] * len(keys)
+        single: list[int] = []
+        with self._cache.pin() as topology:
+            reads: list[tuple[int, Route, KeyRead]] = []
+            for i, (tenant_id, key) in enumerate(keys):
+                try:
+                    r = await route(self._cache, topology, tenant_id, key, level, write=False)
+                except StaleView:
+                    single.append(i)
+                    continue
+                except PairdbError as exc:
+                    results[i] = exc
+                    continue
+                reads.append((i, r, self._ask(r, tenant_id, key)))
+            await asyncio.gather(*(read.decision for _, _, read in reads))
+            for i, r, read in reads:
+                try:
+                    results[i] = await self._conclude(r, read)
+                except StaleEpoch:
+                    single.append(i)
+                except PairdbError as exc:
+                    results[i] = exc
+            self._cache.check_lease()
+        if single:
+            again = await asyncio.gather(*(self.get(*keys[i], level) for i in single), return_exceptions=True)
+            for i, result in zip(single, again, strict=True):
+                if isinstance(result, PairdbError | ReadResult):
+                    results[i] = result
+                elif isinstance(result, LeaseLapsed):
+                    results[i] = Unavailable(str(result))
                 else:
-                    failed[asks[task]] = describe_failure(exc)
-        if len(answers) < need:
-            self._later(topology, self._drain(topology, {t: asks[t] for t in pending}, answers, None))
+                    raise result
+        return [r for r in results if r is not None]
+
+    def _ask(self, r: Route, tenant_id: str, key: str) -> KeyRead:
+        replicas, topology = r.plan.old, r.topology
+        self._turn += 1
+        return KeyRead(
+            self._pool,
+            {n: topology.address(n) for n in replicas},
+            topology.epoch,
+            tenant_id,
+            key,
+            replicas,
+            required(r.plan.level, len(replicas)),
+            self._turn % len(replicas) if replicas else 0,
+            self._speculation,
+        )
+
+    async def _get(self, r: Route, tenant_id: str, key: str) -> ReadResult:
+        read = self._ask(r, tenant_id, key)
+        await read.decision
+        return await self._conclude(r, read)
+
+    async def _conclude(self, r: Route, read: KeyRead) -> ReadResult:
+        """The read's result from its answers, once the newest of them is durable."""
+        topology, answers = r.topology, read.answers
+        if read.stale is not None:
+            self._later(topology, self._drain(topology, read.late, answers, None))
+            raise read.stale
+        if len(answers) < read.need:
+            self._later(topology, self._drain(topology, read.late, answers, None))
             got = ", ".join(sorted(answers)) or "none"
-            failures = ", ".join(f"{n} ({why})" for n, why in sorted(failed.items()))
+            failures = ", ".join(f"{n} ({why})" for n, why in sorted(read.failed.items()))
             raise Unavailable(
-                f"{level.name} read needs {need} of {len(replicas)} replicas, "
+                f"{r.plan.level.name} read needs {read.need} of {len(read.replicas)} replicas, "
                 f"{len(answers)} answered ({got}); failed: {failures}"
             )
-
         newest = _newest(list(answers.values()))
         if newest is not None:
             self._clock.observe(newest.version)
             await self._make_durable(r, newest, answers)
-        if pending:
-            self._later(topology, self._drain(topology, {t: asks[t] for t in pending}, answers, newest))
+        if read.late:
+            self._later(topology, self._drain(topology, read.late, answers, newest))
         if newest is None or newest.tombstone:
             return ReadResult(False, b"", newest.version if newest else None)
         return ReadResult(True, newest.value, newest.version)

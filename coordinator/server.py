@@ -20,6 +20,7 @@ from pairdb.coordinator.service import CoordinatorService
 from pairdb.coordinator.topology import TopologyCache
 from pairdb.coordinator.write_path import WritePath
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
+from pairdb.kernel.keyspace import MAX_BATCH_VALUE_BYTES
 from pairdb.kernel.sabotage import from_env as sabotage_from_env
 from pairdb.proto import coordinator_pb2, coordinator_pb2_grpc
 from pairdb.serving import metrics
@@ -27,6 +28,8 @@ from pairdb.serving.server import Health, new_server
 from pairdb.storage_node.client import StoragePool
 
 log = structlog.get_logger()
+
+MAX_REQUEST_BYTES = 2 * MAX_BATCH_VALUE_BYTES
 
 COORDINATOR_SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
 
@@ -89,7 +92,8 @@ async def serve(config: CoordinatorConfig) -> None:
         migrations,
     )
     metrics.serve(config.metrics_port, config.host)
-    server = new_server()
+    # Room for a full BatchWrite (16 MiB of values plus keys and framing); larger gets RESOURCE_EXHAUSTED.
+    server = new_server([("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(service, server)
     # Ready only with a live lease and a working PostgreSQL: otherwise it refuses requests anyway.
     health = Health(server, [COORDINATOR_SERVICE], ready=cache.serving)

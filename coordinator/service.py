@@ -15,7 +15,7 @@ from pairdb.coordinator.metadata import Metadata, TenantInfo
 from pairdb.coordinator.migrations import Migrations
 from pairdb.coordinator.read_path import ReadPath
 from pairdb.coordinator.topology import LeaseLapsed, TopologyCache
-from pairdb.coordinator.write_path import WritePath
+from pairdb.coordinator.write_path import Write, WritePath
 from pairdb.kernel.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -53,6 +53,17 @@ def rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 def _version(v: Version | None) -> pb.WriteVersion:
     return pb.WriteVersion() if v is None else pb.WriteVersion(hlc=v.hlc, origin=v.origin)
+
+
+def _write(item: pb.BatchWriteItem) -> Write:
+    tenant_id, key = limits.tenant_id(item.tenant_id), limits.key(item.key)
+    if item.delete and item.value:
+        raise InvalidArgument("a delete carries no value: leave value empty")
+    return Write(tenant_id, key, limits.value(item.value), item.delete)
+
+
+def _fail(result: pb.BatchWriteResult | pb.BatchReadResult, exc: PairdbError) -> None:
+    result.code, result.error = grpc.StatusCode[exc.status].value[0], exc.message
 
 
 def _tenant(info: TenantInfo) -> pb.Tenant:
@@ -116,6 +127,50 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             tenant_id, key, level
         )  # pinned: the lease is checked then, and before replying
         return pb.DeleteKeyValueResponse(version=_version(result.version), acknowledged=result.acknowledged)
+
+    @rpc
+    async def BatchWrite(
+        self, request: pb.BatchWriteRequest, context: ServicerContext
+    ) -> pb.BatchWriteResponse:
+        limits.batch(len(request.items), sum(len(item.value) for item in request.items))
+        level = limits.consistency(request.consistency)
+        results = [pb.BatchWriteResult() for _ in request.items]
+        writes: list[Write] = []
+        valid: list[int] = []
+        for i, item in enumerate(request.items):
+            try:
+                writes.append(_write(item))
+                valid.append(i)
+            except PairdbError as exc:
+                _fail(results[i], exc)
+        for i, outcome in zip(valid, await self._writes.put_many(writes, level), strict=True):
+            if isinstance(outcome, PairdbError):
+                _fail(results[i], outcome)
+            else:
+                results[i].version.CopyFrom(_version(outcome.version))
+                results[i].acknowledged = outcome.acknowledged
+        return pb.BatchWriteResponse(results=results)
+
+    @rpc
+    async def BatchRead(self, request: pb.BatchReadRequest, context: ServicerContext) -> pb.BatchReadResponse:
+        limits.batch(len(request.items))
+        level = limits.consistency(request.consistency)
+        results = [pb.BatchReadResult() for _ in request.items]
+        keys: list[tuple[str, str]] = []
+        valid: list[int] = []
+        for i, item in enumerate(request.items):
+            try:
+                keys.append((limits.tenant_id(item.tenant_id), limits.key(item.key)))
+                valid.append(i)
+            except PairdbError as exc:
+                _fail(results[i], exc)
+        for i, outcome in zip(valid, await self._reads.get_many(keys, level), strict=True):
+            if isinstance(outcome, PairdbError):
+                _fail(results[i], outcome)
+            else:
+                results[i].found, results[i].value = outcome.found, outcome.value
+                results[i].version.CopyFrom(_version(outcome.version))
+        return pb.BatchReadResponse(results=results)
 
     # -- tenants -----------------------------------------------------------------
 

@@ -15,22 +15,28 @@ send a write round again:
 
 No reply leaves after the coordinator's lease ran out: a barrier may have
 moved on without it meanwhile.
+
+A batch (put_many) is many writes under one pinned view, sent to each replica
+in as few calls as possible and decided key by key by the same plan rules. A
+key that needs one of the three decisions above goes the single-key way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from pairdb.coordinator.hlc import ClockCeiling, HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan
-from pairdb.coordinator.replication import Replicator
+from pairdb.coordinator.replication import Delivery, Replicator
 from pairdb.coordinator.routing import StaleView, route
-from pairdb.coordinator.topology import Topology, TopologyCache
-from pairdb.kernel.errors import Unavailable
+from pairdb.coordinator.topology import LeaseLapsed, Topology, TopologyCache
+from pairdb.kernel.errors import PairdbError, Unavailable
 from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.kernel.sabotage import SKIP_REVERSION
 from pairdb.serving import metrics
@@ -50,6 +56,16 @@ class WriteResult:
     acknowledged: int
 
 
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One item of a batch: a value, or a delete (tombstone)."""
+
+    tenant_id: str
+    key: str
+    value: bytes
+    tombstone: bool = False
+
+
 class WritePath:
     def __init__(
         self,
@@ -64,13 +80,13 @@ class WritePath:
         self._sabotage = sabotage
 
     async def put(self, tenant_id: str, key: str, value: bytes, level: Consistency) -> WriteResult:
-        return await self._write(tenant_id, key, value, tombstone=False, level=level)
+        return await self._write(tenant_id, key, value, False, level=level)
 
     async def delete(self, tenant_id: str, key: str, level: Consistency) -> WriteResult:
-        return await self._write(tenant_id, key, b"", tombstone=True, level=level)
+        return await self._write(tenant_id, key, b"", True, level=level)
 
     async def _write(
-        self, tenant_id: str, key: str, value: bytes, *, tombstone: bool, level: Consistency
+        self, tenant_id: str, key: str, value: bytes, tombstone: bool, *, level: Consistency
     ) -> WriteResult:
         started = time.perf_counter()
         fence = 0
@@ -92,6 +108,58 @@ class WritePath:
                     return result
             await self._cache.catch_up(fence)
         raise Unavailable(f"the ring changed {ROUTE_ATTEMPTS} times during this write; retry it")
+
+    async def put_many(self, writes: Sequence[Write], level: Consistency) -> list[WriteResult | PairdbError]:
+        """Each write's result or error, in order; not a transaction (each is acknowledged on its own)."""
+        results: list[WriteResult | PairdbError | None] = [None] * len(writes)
+        single: list[int] = []  # keys the single-key path finishes
+        with self._cache.pin() as topology:
+            routed: list[int] = []
+            deliveries: list[Delivery] = []
+            for i, w in enumerate(writes):
+                try:
+                    r = await route(self._cache, topology, w.tenant_id, w.key, level, write=True)
+                except StaleView:
+                    single.append(i)
+                    continue
+                except PairdbError as exc:
+                    results[i] = exc
+                    continue
+                routed.append(i)
+                deliveries.append(
+                    Delivery(r.plan, StoredRecord(w.tenant_id, w.key, w.value, self._now(), w.tombstone))
+                )
+            outcomes = await self._replicator.send_many(topology, deliveries, dual_write=True)
+            self._cache.check_lease()
+        for i, delivery, outcome in zip(routed, deliveries, outcomes, strict=True):
+            if delivery.plan.satisfied(outcome.acked):
+                results[i] = WriteResult(delivery.record.version, len(outcome.acked))
+            elif outcome.stale is not None or outcome.newer:
+                single.append(i)
+            else:
+                results[i] = Unavailable(outcome.shortfall(delivery.plan))
+        if single:
+            again = await asyncio.gather(
+                *(
+                    self._write(
+                        writes[i].tenant_id,
+                        writes[i].key,
+                        writes[i].value,
+                        tombstone=writes[i].tombstone,
+                        level=level,
+                    )
+                    for i in single
+                ),
+                return_exceptions=True,
+            )
+            for i, result in zip(single, again, strict=True):
+                if isinstance(result, PairdbError | WriteResult):
+                    results[i] = result
+                elif isinstance(result, LeaseLapsed):
+                    results[i] = Unavailable(str(result))
+                else:
+                    raise result
+        return [r for r in results if r is not None]
 
     async def replicate(self, topology: Topology, plan: ReplicaPlan, record: StoredRecord) -> WriteResult:
         """Send record until plan is met, versioning it above any newer version a replica holds."""
@@ -129,3 +197,7 @@ class WritePath:
             return self._clock.now()
         except ClockCeiling as exc:
             raise Unavailable(str(exc)) from None
+
+
+def _fields(w: Write) -> tuple[str, str, bytes, bool]:
+    return w.tenant_id, w.key, w.value, w.tombstone

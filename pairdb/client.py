@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
@@ -27,11 +27,13 @@ from typing import Any, TypeVar
 import grpc
 
 from pairdb.kernel import errors
+from pairdb.kernel.keyspace import MAX_BATCH_ITEMS, MAX_BATCH_VALUE_BYTES
 from pairdb.proto import coordinator_pb2 as pb
 from pairdb.proto import coordinator_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 T = TypeVar("T")
+Item = TypeVar("Item")
 CONSISTENCY = {"ONE": pb.ONE, "QUORUM": pb.QUORUM, "ALL": pb.ALL}
 _CHANNEL_OPTIONS = [
     # A restarted coordinator should be found again quickly, not after gRPC's
@@ -82,6 +84,26 @@ _ERRORS: dict[str, type[ClientError]] = {
 
 def error_for(code: grpc.StatusCode, message: str) -> ClientError:
     return _ERRORS.get(code.name, ClientError)(code, message)
+
+
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _item_error(code: int, message: str) -> ClientError:
+    return error_for(_STATUS_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN), message)
+
+
+def _chunks(items: Sequence[Item], value_bytes: Callable[[Item], int]) -> Iterator[Sequence[Item]]:
+    """items cut into runs that fit one batch call (MAX_BATCH_ITEMS, MAX_BATCH_VALUE_BYTES)."""
+    start, size = 0, 0
+    for i, item in enumerate(items):
+        n = value_bytes(item)
+        if i - start == MAX_BATCH_ITEMS or (i > start and size + n > MAX_BATCH_VALUE_BYTES):
+            yield items[start:i]
+            start, size = i, 0
+        size += n
+    if start < len(items):
+        yield items[start:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +274,51 @@ class Client:
         )
         return reply.version.hlc, reply.version.origin
 
+    async def put_many(
+        self, items: Sequence[tuple[str, str, bytes | None]], consistency: str = "QUORUM"
+    ) -> list[tuple[int, int] | ClientError]:
+        """Write many (tenant_id, key, value) items; a value of None deletes the key.
+
+        Not a transaction: each item is acknowledged on its own, and its result
+        is its version or the error it failed with (the others are unaffected).
+        Sent in BatchWrite calls within the batch limits, one after the other;
+        a call that fails as a whole (UNAVAILABLE) is retried like put.
+        """
+        results: list[tuple[int, int] | ClientError] = []
+        for chunk in _chunks(items, lambda item: len(item[2] or b"")):
+            request = pb.BatchWriteRequest(
+                items=[
+                    pb.BatchWriteItem(tenant_id=t, key=k, value=v or b"", delete=v is None)
+                    for t, k, v in chunk
+                ],
+                consistency=CONSISTENCY[consistency],
+            )
+            reply = await self._call(self._stub.BatchWrite, request, retry=True)
+            results.extend(
+                _item_error(r.code, r.error) if r.code else (r.version.hlc, r.version.origin)
+                for r in reply.results
+            )
+        return results
+
+    async def get_many(
+        self, keys: Sequence[tuple[str, str]], consistency: str = "QUORUM"
+    ) -> list[Value | ClientError]:
+        """Read many (tenant_id, key) pairs: each one's Value, or the error it failed with."""
+        results: list[Value | ClientError] = []
+        for chunk in _chunks(keys, lambda _: 0):
+            request = pb.BatchReadRequest(
+                items=[pb.BatchReadItem(tenant_id=t, key=k) for t, k in chunk],
+                consistency=CONSISTENCY[consistency],
+            )
+            reply = await self._call(self._stub.BatchRead, request, retry=True)
+            results.extend(
+                _item_error(r.code, r.error)
+                if r.code
+                else Value(r.found, r.value, (r.version.hlc, r.version.origin))
+                for r in reply.results
+            )
+        return results
+
     async def create_tenant(self, tenant_id: str, replication_factor: int = 0) -> int:
         reply = await self._call(
             self._stub.CreateTenant,
@@ -410,6 +477,16 @@ class SyncClient:
 
     def delete(self, tenant_id: str, key: str, consistency: str = "QUORUM") -> tuple[int, int]:
         return self._run(self._client.delete(tenant_id, key, consistency))
+
+    def put_many(
+        self, items: Sequence[tuple[str, str, bytes | None]], consistency: str = "QUORUM"
+    ) -> list[tuple[int, int] | ClientError]:
+        return self._run(self._client.put_many(items, consistency))
+
+    def get_many(
+        self, keys: Sequence[tuple[str, str]], consistency: str = "QUORUM"
+    ) -> list[Value | ClientError]:
+        return self._run(self._client.get_many(keys, consistency))
 
     def create_tenant(self, tenant_id: str, replication_factor: int = 0) -> int:
         return self._run(self._client.create_tenant(tenant_id, replication_factor))

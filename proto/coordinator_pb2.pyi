@@ -84,6 +84,80 @@ class DeleteKeyValueResponse(_message.Message):
     acknowledged: int
     def __init__(self, version: _Optional[_Union[WriteVersion, _Mapping]] = ..., acknowledged: _Optional[int] = ...) -> None: ...
 
+class BatchWriteItem(_message.Message):
+    __slots__ = ("tenant_id", "key", "value", "delete")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    key: str
+    value: bytes
+    delete: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., delete: _Optional[bool] = ...) -> None: ...
+
+class BatchWriteRequest(_message.Message):
+    __slots__ = ("items", "consistency")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[BatchWriteItem]
+    consistency: Consistency
+    def __init__(self, items: _Optional[_Iterable[_Union[BatchWriteItem, _Mapping]]] = ..., consistency: _Optional[_Union[Consistency, str]] = ...) -> None: ...
+
+class BatchWriteResult(_message.Message):
+    __slots__ = ("code", "error", "version", "acknowledged")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    error: str
+    version: WriteVersion
+    acknowledged: int
+    def __init__(self, code: _Optional[int] = ..., error: _Optional[str] = ..., version: _Optional[_Union[WriteVersion, _Mapping]] = ..., acknowledged: _Optional[int] = ...) -> None: ...
+
+class BatchWriteResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BatchWriteResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[BatchWriteResult, _Mapping]]] = ...) -> None: ...
+
+class BatchReadItem(_message.Message):
+    __slots__ = ("tenant_id", "key")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    key: str
+    def __init__(self, tenant_id: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class BatchReadRequest(_message.Message):
+    __slots__ = ("items", "consistency")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[BatchReadItem]
+    consistency: Consistency
+    def __init__(self, items: _Optional[_Iterable[_Union[BatchReadItem, _Mapping]]] = ..., consistency: _Optional[_Union[Consistency, str]] = ...) -> None: ...
+
+class BatchReadResult(_message.Message):
+    __slots__ = ("code", "error", "found", "value", "version")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    error: str
+    found: bool
+    value: bytes
+    version: WriteVersion
+    def __init__(self, code: _Optional[int] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., value: _Optional[bytes] = ..., version: _Optional[_Union[WriteVersion, _Mapping]] = ...) -> None: ...
+
+class BatchReadResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BatchReadResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[BatchReadResult, _Mapping]]] = ...) -> None: ...
+
 class CreateTenantRequest(_message.Message):
     __slots__ = ("tenant_id", "replication_factor")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,16 @@ class CoordinatorServiceStub:
                 request_serializer=pairdb_dot_proto_dot_coordinator__pb2.DeleteKeyValueRequest.SerializeToString,
                 response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.DeleteKeyValueResponse.FromString,
                 _registered_method=True)
+        self.BatchWrite = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/BatchWrite',
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.BatchWriteRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.BatchWriteResponse.FromString,
+                _registered_method=True)
+        self.BatchRead = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/BatchRead',
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.BatchReadRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.BatchReadResponse.FromString,
+                _registered_method=True)
         self.CreateTenant = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/CreateTenant',
                 request_serializer=pairdb_dot_proto_dot_coordinator__pb2.CreateTenantRequest.SerializeToString,
@@ -117,6 +127,18 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteKeyValue(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchWrite(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRead(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,6 +221,16 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.DeleteKeyValue,
                     request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.DeleteKeyValueRequest.FromString,
                     response_serializer=pairdb_dot_proto_dot_coordinator__pb2.DeleteKeyValueResponse.SerializeToString,
+            ),
+            'BatchWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchWrite,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.BatchWriteRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.BatchWriteResponse.SerializeToString,
+            ),
+            'BatchRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRead,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.BatchReadRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.BatchReadResponse.SerializeToString,
             ),
             'CreateTenant': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTenant,
@@ -332,6 +364,60 @@ class CoordinatorService:
             '/pairdb.v1.CoordinatorService/DeleteKeyValue',
             pairdb_dot_proto_dot_coordinator__pb2.DeleteKeyValueRequest.SerializeToString,
             pairdb_dot_proto_dot_coordinator__pb2.DeleteKeyValueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/BatchWrite',
+            pairdb_dot_proto_dot_coordinator__pb2.BatchWriteRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.BatchWriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/BatchRead',
+            pairdb_dot_proto_dot_coordinator__pb2.BatchReadRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.BatchReadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,36 @@ class ApplyBatchResponse(_message.Message):
     applied: _containers.RepeatedScalarFieldContainer[bool]
     def __init__(self, applied: _Optional[_Iterable[bool]] = ...) -> None: ...
 
+class ApplyManyRequest(_message.Message):
+    __slots__ = ("records", "epoch")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    epoch: int
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ApplyOutcome(_message.Message):
+    __slots__ = ("result", "error")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    result: ApplyResponse
+    error: ItemError
+    def __init__(self, result: _Optional[_Union[ApplyResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class ApplyManyResponse(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[ApplyOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[ApplyOutcome, _Mapping]]] = ...) -> None: ...
+
 class GetRequest(_message.Message):
     __slots__ = ("tenant_id", "key", "epoch")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +117,36 @@ class GetResponse(_message.Message):
     found: bool
     record: Record
     def __init__(self, found: _Optional[bool] = ..., record: _Optional[_Union[Record, _Mapping]] = ...) -> None: ...
+
+class RecordKey(_message.Message):
+    __slots__ = ("tenant_id", "key")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    key: str
+    def __init__(self, tenant_id: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class GetManyRequest(_message.Message):
+    __slots__ = ("keys", "epoch")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[RecordKey]
+    epoch: int
+    def __init__(self, keys: _Optional[_Iterable[_Union[RecordKey, _Mapping]]] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class GetOutcome(_message.Message):
+    __slots__ = ("result", "error")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    result: GetResponse
+    error: ItemError
+    def __init__(self, result: _Optional[_Union[GetResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class GetManyResponse(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[GetOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[GetOutcome, _Mapping]]] = ...) -> None: ...
 
 class ScanRangeRequest(_message.Message):
     __slots__ = ("range", "batch_size", "include_tombstones", "epoch")

@@ -44,10 +44,20 @@ class StorageServiceStub:
                 request_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchRequest.SerializeToString,
                 response_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchResponse.FromString,
                 _registered_method=True)
+        self.ApplyMany = channel.unary_unary(
+                '/pairdb.v1.StorageService/ApplyMany',
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyManyRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyManyResponse.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/pairdb.v1.StorageService/Get',
                 request_serializer=pairdb_dot_proto_dot_storage__pb2.GetRequest.SerializeToString,
                 response_deserializer=pairdb_dot_proto_dot_storage__pb2.GetResponse.FromString,
+                _registered_method=True)
+        self.GetMany = channel.unary_unary(
+                '/pairdb.v1.StorageService/GetMany',
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.GetManyRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.GetManyResponse.FromString,
                 _registered_method=True)
         self.ScanRange = channel.unary_stream(
                 '/pairdb.v1.StorageService/ScanRange',
@@ -91,7 +101,19 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyMany(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Get(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMany(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,10 +162,20 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     request_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchRequest.FromString,
                     response_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchResponse.SerializeToString,
             ),
+            'ApplyMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyMany,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyManyRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyManyResponse.SerializeToString,
+            ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
                     request_deserializer=pairdb_dot_proto_dot_storage__pb2.GetRequest.FromString,
                     response_serializer=pairdb_dot_proto_dot_storage__pb2.GetResponse.SerializeToString,
+            ),
+            'GetMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMany,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.GetManyRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.GetManyResponse.SerializeToString,
             ),
             'ScanRange': grpc.unary_stream_rpc_method_handler(
                     servicer.ScanRange,
@@ -236,6 +268,33 @@ class StorageService:
             _registered_method=True)
 
     @staticmethod
+    def ApplyMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.StorageService/ApplyMany',
+            pairdb_dot_proto_dot_storage__pb2.ApplyManyRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.ApplyManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Get(request,
             target,
             options=(),
@@ -252,6 +311,33 @@ class StorageService:
             '/pairdb.v1.StorageService/Get',
             pairdb_dot_proto_dot_storage__pb2.GetRequest.SerializeToString,
             pairdb_dot_proto_dot_storage__pb2.GetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.StorageService/GetMany',
+            pairdb_dot_proto_dot_storage__pb2.GetManyRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.GetManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

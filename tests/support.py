@@ -5,13 +5,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
 
 from pairdb.client import Client, ClientError, MigrationStatus
 from pairdb.coordinator.metadata import Metadata
 from pairdb.coordinator.ring import Ring
+from pairdb.kernel.keyspace import Version
 from pairdb.local.cluster import LocalCluster
+from pairdb.proto import storage_pb2_grpc
+from pairdb.serving.server import new_server
+from pairdb.storage_node.committer import GroupCommitter
+from pairdb.storage_node.engine import Engine
+from pairdb.storage_node.service import StorageService
+
+# The maximum clock offset of in-process storage nodes (start_node).
+MAX_OFFSET_MS = 500
 
 
 async def wait_for(
@@ -187,3 +200,24 @@ async def temporal_cli(cluster: LocalCluster, *args: str) -> str:
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, out.decode(errors="replace")
     return out.decode(errors="replace")
+
+
+async def start_node(
+    path: Path, node_id: str = "fenced"
+) -> tuple[grpc.aio.Server, GroupCommitter, Engine, int]:
+    """A StorageService in this process, on loopback, over its own LMDB directory at path."""
+    engine = Engine(path)
+    committer = GroupCommitter(engine)
+    committer.start()
+    server = new_server()
+    storage_pb2_grpc.add_StorageServiceServicer_to_server(
+        StorageService(node_id, engine, committer, max_clock_offset_ms=MAX_OFFSET_MS), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, committer, engine, port
+
+
+def now_version(origin: int = 1, ahead_ms: int = 0) -> Version:
+    """A version of now on this machine's clock (plus ahead_ms)."""
+    return Version((time.time_ns() // 1_000_000 + ahead_ms) << 16, origin)

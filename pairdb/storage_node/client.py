@@ -1,6 +1,8 @@
 """The one client of StorageService, used by coordinators and the migration worker alike.
 
 One channel per node, reused by every request; every call has a deadline.
+Single-record writes and point reads are coalesced: concurrent ones share an
+ApplyMany or GetMany call (coalescing.py), each keeping its own outcome.
 Failures surface as StorageError naming the node, so callers can say which
 replica failed and why; a refusal by the node's fence as StaleEpoch. Data
 calls take the registry epoch the caller routed them by (0: not routed).
@@ -8,6 +10,7 @@ calls take the registry epoch the caller routed them by (0: not routed).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +20,7 @@ import grpc
 from pairdb.kernel.keyspace import Applied, StoredRecord, Version
 from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.serving import request_ids
+from pairdb.storage_node.coalescing import Caps, Coalescer
 from pairdb.storage_node.wire import from_proto, to_proto
 
 # Trailing metadata of a fence refusal (service.py).
@@ -58,6 +62,21 @@ def _error(node_id: str, exc: grpc.aio.AioRpcError) -> StorageError:
     return StorageError(node_id, exc.code(), exc.details() or "")
 
 
+_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _item_error(node_id: str, error: storage_pb2.ItemError) -> StorageError:
+    return StorageError(node_id, _STATUS_BY_NUMBER.get(error.code, grpc.StatusCode.UNKNOWN), error.message)
+
+
+def _applied(reply: storage_pb2.ApplyResponse) -> Applied:
+    return Applied(reply.applied, Version(reply.current.hlc, reply.current.origin), reply.same)
+
+
+# Bytes an item adds to a call, beyond its key and value: version, flags, framing.
+_ITEM_OVERHEAD = 48
+
+
 def describe_failure(exc: BaseException | None) -> str:
     """A short reason for a failed call, for logs and client-facing messages."""
     if isinstance(exc, StorageError):
@@ -74,15 +93,33 @@ class NodeStats:
 
 
 class NodeClient:
-    def __init__(self, node_id: str, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, node_id: str, address: str, timeout: float = DEFAULT_TIMEOUT, caps: Caps | None = None
+    ) -> None:
         self.node_id = node_id
         self.address = address
         self.timeout = timeout
         self._channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = storage_pb2_grpc.StorageServiceStub(self._channel)
+        self._writes: Coalescer[StoredRecord, Applied] = Coalescer(
+            self._apply_many, self._expired, caps or Caps()
+        )
+        self._reads: Coalescer[tuple[str, str], StoredRecord | None] = Coalescer(
+            self._get_many, self._expired, caps or Caps()
+        )
 
     async def close(self) -> None:
+        await self._writes.close()
+        await self._reads.close()
         await self._channel.close(None)
+
+    @property
+    def queued(self) -> int:
+        """Writes and reads waiting for a call slot: how far behind this node is."""
+        return self._writes.queued + self._reads.queued
+
+    def _expired(self) -> StorageError:
+        return StorageError(self.node_id, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     async def _call(self, method: Callable[..., Awaitable[Any]], request: object, timeout: float) -> Any:
         try:
@@ -90,10 +127,25 @@ class NodeClient:
         except grpc.aio.AioRpcError as exc:
             raise _error(self.node_id, exc) from None
 
+    def submit_apply(
+        self, record: StoredRecord, *, epoch: int = 0, timeout: float | None = None
+    ) -> asyncio.Future[Applied]:
+        """Apply one record, coalesced with concurrent ones; a future rather than a task, to stay cheap."""
+        size = len(record.value) + len(record.key) + len(record.tenant_id) + _ITEM_OVERHEAD
+        return self._writes.submit(record, epoch=epoch, size=size, timeout=timeout or self.timeout)
+
     async def apply(self, record: StoredRecord, *, epoch: int = 0, timeout: float | None = None) -> Applied:
-        request = storage_pb2.ApplyRequest(record=to_proto(record), epoch=epoch)
-        reply = await self._call(self._stub.Apply, request, timeout or self.timeout)
-        return Applied(reply.applied, Version(reply.current.hlc, reply.current.origin), reply.same)
+        return await self.submit_apply(record, epoch=epoch, timeout=timeout)
+
+    async def _apply_many(
+        self, epoch: int, records: list[StoredRecord], timeout: float
+    ) -> list[Applied | StorageError]:
+        request = storage_pb2.ApplyManyRequest(records=[to_proto(r) for r in records], epoch=epoch)
+        reply = await self._call(self._stub.ApplyMany, request, timeout)
+        return [
+            _item_error(self.node_id, o.error) if o.HasField("error") else _applied(o.result)
+            for o in reply.outcomes
+        ]
 
     async def apply_batch(
         self, records: Sequence[StoredRecord], *, epoch: int = 0, timeout: float | None = None
@@ -102,12 +154,33 @@ class NodeClient:
         reply = await self._call(self._stub.ApplyBatch, request, timeout or self.timeout)
         return list(reply.applied)
 
+    def submit_get(
+        self, tenant_id: str, key: str, *, epoch: int = 0, timeout: float | None = None
+    ) -> asyncio.Future[StoredRecord | None]:
+        """Read one key, coalesced with concurrent reads of this node."""
+        size = len(key) + len(tenant_id) + _ITEM_OVERHEAD
+        return self._reads.submit((tenant_id, key), epoch=epoch, size=size, timeout=timeout or self.timeout)
+
     async def get(
         self, tenant_id: str, key: str, *, epoch: int = 0, timeout: float | None = None
     ) -> StoredRecord | None:
-        request = storage_pb2.GetRequest(tenant_id=tenant_id, key=key, epoch=epoch)
-        reply = await self._call(self._stub.Get, request, timeout or self.timeout)
-        return from_proto(reply.record) if reply.found else None
+        return await self.submit_get(tenant_id, key, epoch=epoch, timeout=timeout)
+
+    async def _get_many(
+        self, epoch: int, keys: list[tuple[str, str]], timeout: float
+    ) -> list[StoredRecord | StorageError | None]:
+        request = storage_pb2.GetManyRequest(
+            keys=[storage_pb2.RecordKey(tenant_id=t, key=k) for t, k in keys], epoch=epoch
+        )
+        reply = await self._call(self._stub.GetMany, request, timeout)
+        return [
+            _item_error(self.node_id, o.error)
+            if o.HasField("error")
+            else from_proto(o.result.record)
+            if o.result.found
+            else None
+            for o in reply.outcomes
+        ]
 
     async def scan_range(
         self,

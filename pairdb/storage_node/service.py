@@ -17,7 +17,7 @@ import grpc
 import structlog
 
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
-from pairdb.kernel.keyspace import MAX_KEY_BYTES, MAX_TENANT_ID_BYTES, MAX_VALUE_BYTES
+from pairdb.kernel.keyspace import MAX_KEY_BYTES, MAX_TENANT_ID_BYTES, MAX_VALUE_BYTES, Applied
 from pairdb.kernel.sabotage import SKIP_FENCE
 from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.serving.interception import ServicerContext
@@ -58,6 +58,12 @@ def _check_record(record: storage_pb2.Record) -> str | None:
     return None
 
 
+def _fill_applied(reply: storage_pb2.ApplyResponse, result: Applied) -> None:
+    reply.applied = result.applied
+    reply.current.hlc, reply.current.origin = result.current.hlc, result.current.origin
+    reply.same = result.same
+
+
 class StorageService(storage_pb2_grpc.StorageServiceServicer):
     def __init__(
         self,
@@ -96,18 +102,31 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             )
         return None
 
+    def _refusal(self, record: storage_pb2.Record) -> tuple[grpc.StatusCode, str] | None:
+        """Why one record is refused (and with which status), or None."""
+        problem = _check_record(record)
+        if problem:
+            return grpc.StatusCode.INVALID_ARGUMENT, problem
+        problem = self._check_clock(record)
+        if problem:
+            return grpc.StatusCode.FAILED_PRECONDITION, problem
+        return None
+
     async def _check_records(
         self, records: Sequence[storage_pb2.Record], context: ServicerContext, *, batch: bool
     ) -> None:
         """Refuse the whole request if any record is malformed or from the future: nothing half-written."""
         for i, message in enumerate(records):
-            prefix = f"record {i}: " if batch else ""
-            problem = _check_record(message)
-            if problem:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, prefix + problem)
-            problem = self._check_clock(message)
-            if problem:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, prefix + problem)
+            refusal = self._refusal(message)
+            if refusal:
+                code, problem = refusal
+                await context.abort(code, f"record {i}: {problem}" if batch else problem)
+
+    async def _check_count(self, count: int, context: ServicerContext) -> None:
+        if count > MAX_APPLY_BATCH:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"a batch holds at most {MAX_APPLY_BATCH} records"
+            )
 
     async def Apply(
         self, request: storage_pb2.ApplyRequest, context: ServicerContext
@@ -115,35 +134,68 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         await self._check_epoch(request.epoch, context)
         await self._check_records([request.record], context, batch=False)
         [result] = await self._committer.apply([from_proto(request.record)])
-        return storage_pb2.ApplyResponse(
-            applied=result.applied,
-            current=storage_pb2.Version(hlc=result.current.hlc, origin=result.current.origin),
-            same=result.same,
-        )
+        reply = storage_pb2.ApplyResponse()
+        _fill_applied(reply, result)
+        return reply
 
     async def ApplyBatch(
         self, request: storage_pb2.ApplyBatchRequest, context: ServicerContext
     ) -> storage_pb2.ApplyBatchResponse:
         await self._check_epoch(request.epoch, context)
-        if len(request.records) > MAX_APPLY_BATCH:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"a batch holds at most {MAX_APPLY_BATCH} records"
-            )
+        await self._check_count(len(request.records), context)
         await self._check_records(request.records, context, batch=True)
         results = await self._committer.apply([from_proto(r) for r in request.records])
         return storage_pb2.ApplyBatchResponse(applied=[r.applied for r in results])
+
+    async def ApplyMany(
+        self, request: storage_pb2.ApplyManyRequest, context: ServicerContext
+    ) -> storage_pb2.ApplyManyResponse:
+        await self._check_epoch(request.epoch, context)
+        await self._check_count(len(request.records), context)
+        outcomes = [storage_pb2.ApplyOutcome() for _ in request.records]
+        accepted: list[int] = []
+        for i, message in enumerate(request.records):
+            refusal = self._refusal(message)
+            if refusal:
+                outcomes[i].error.code, outcomes[i].error.message = refusal[0].value[0], refusal[1]
+            else:
+                accepted.append(i)
+        # One group commit (one fsync) for every accepted record of the call.
+        results = await self._committer.apply([from_proto(request.records[i]) for i in accepted])
+        for i, result in zip(accepted, results, strict=True):
+            _fill_applied(outcomes[i].result, result)
+        return storage_pb2.ApplyManyResponse(outcomes=outcomes)
 
     async def Get(self, request: storage_pb2.GetRequest, context: ServicerContext) -> storage_pb2.GetResponse:
         await self._check_epoch(request.epoch, context)
         problem = _check_key(request.tenant_id, request.key)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        reply = storage_pb2.GetResponse()
+        self._read_into(reply, request.tenant_id, request.key)
+        return reply
+
+    async def GetMany(
+        self, request: storage_pb2.GetManyRequest, context: ServicerContext
+    ) -> storage_pb2.GetManyResponse:
+        await self._check_epoch(request.epoch, context)
+        await self._check_count(len(request.keys), context)
+        outcomes = [storage_pb2.GetOutcome() for _ in request.keys]
+        for outcome, k in zip(outcomes, request.keys, strict=True):
+            problem = _check_key(k.tenant_id, k.key)
+            if problem:
+                outcome.error.code, outcome.error.message = grpc.StatusCode.INVALID_ARGUMENT.value[0], problem
+            else:
+                self._read_into(outcome.result, k.tenant_id, k.key)
+        return storage_pb2.GetManyResponse(outcomes=outcomes)
+
+    def _read_into(self, reply: storage_pb2.GetResponse, tenant_id: str, key: str) -> None:
         # An LMDB point read is a memory-mapped lookup of a few microseconds:
         # cheaper inline than a thread hop.
-        record = self._engine.get(request.tenant_id, request.key)
-        if record is None:
-            return storage_pb2.GetResponse(found=False)
-        return storage_pb2.GetResponse(found=True, record=to_proto(record, with_token=True))
+        record = self._engine.get(tenant_id, key)
+        reply.found = record is not None
+        if record is not None:
+            reply.record.CopyFrom(to_proto(record, with_token=True))
 
     async def ScanRange(
         self, request: storage_pb2.ScanRangeRequest, context: ServicerContext

@@ -51,6 +51,19 @@ async def test_a_write_that_starts_after_an_acknowledged_write_wins_though_that_
             assert (await ahead.get("skew", key)).value == b"second", key
 
 
+async def test_a_batch_write_that_starts_after_acknowledged_writes_wins_though_they_ran_ahead(
+    skewed: LocalCluster,
+) -> None:
+    keys = [f"batch-{i}" for i in range(50)]
+    async with skewed.client(0) as on_time, skewed.client(1) as ahead:
+        first = await ahead.put_many([("skew", k, b"first") for k in keys])
+        assert all(isinstance(v, tuple) for v in first)
+        second = await on_time.put_many([("skew", k, b"second") for k in keys])
+        assert all(isinstance(v, tuple) for v in second), second
+        read = await on_time.get_many([("skew", k) for k in keys])
+        assert [getattr(v, "value", v) for v in read] == [b"second"] * len(keys)
+
+
 async def test_a_version_beyond_the_maximum_clock_offset_is_refused_by_a_storage_node(
     skewed: LocalCluster,
 ) -> None:

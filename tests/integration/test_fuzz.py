@@ -325,6 +325,30 @@ def refused_data_writes(draw: st.DrawFn) -> tuple[str, Fields]:
 
 
 @st.composite
+def flawed_batch_item(draw: st.DrawFn) -> Fields:
+    """One BatchWrite item with at least one flaw of its own."""
+    flaw = draw(st.sampled_from(["tenant", "missing tenant", "key", "value", "delete with value"]))
+    tenant = draw(
+        odd_names | bad_utf8
+        if flaw == "tenant"
+        else missing_tenants
+        if flaw == "missing tenant"
+        else any_tenants
+    )
+    key = draw(bad_keys if flaw == "key" else any_keys)
+    if flaw == "delete with value":
+        return [(1, tenant), (2, key), (3, draw(st.binary(min_size=1, max_size=64))), (4, 1)]
+    value = draw(bad_values if flaw == "value" else good_values | bad_values)
+    return [(1, tenant), (2, key), (3, value), (4, draw(st.integers(0, 1)))]
+
+
+@st.composite
+def flawed_batch_writes(draw: st.DrawFn) -> Fields:
+    items = draw(st.lists(flawed_batch_item(), min_size=1, max_size=4))
+    return [(1, item) for item in items] + [(2, draw(good_consistency | bad_consistency))]
+
+
+@st.composite
 def reads(draw: st.DrawFn) -> tuple[str, Fields]:
     """Requests that may succeed: they write nothing either way."""
     method = draw(st.sampled_from(["ReadKeyValue", "GetTenant", "ListStorageNodes", "RemoveStorageNode"]))
@@ -556,6 +580,23 @@ def test_refused_data_writes_write_nothing(cluster: LocalCluster, coordinator: g
     def fuzz(case: tuple[str, Fields]) -> None:
         method, fields = case
         refused(send(coordinator, COORDINATOR, method, encode(fields)), case)
+
+    with writes_nothing(cluster):
+        fuzz()
+
+
+def test_a_batch_of_flawed_items_writes_nothing_and_fails_each_item(
+    cluster: LocalCluster, coordinator: grpc.Channel
+) -> None:
+    @FUZZ
+    @given(flawed_batch_writes())
+    def fuzz(fields: Fields) -> None:
+        reply = send(coordinator, COORDINATOR, "BatchWrite", encode(fields))
+        check(reply, fields)
+        if reply.code == OK:  # accepted as a batch: then every item has failed on its own
+            results = coordinator_pb2.BatchWriteResponse.FromString(reply.body).results
+            assert len(results) == sum(1 for number, _ in fields if number == 1)
+            assert all(r.code and r.error for r in results), (fields, results)
 
     with writes_nothing(cluster):
         fuzz()

@@ -5,7 +5,6 @@ A real StorageService over gRPC on loopback, in this process, on its own LMDB di
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,27 +12,9 @@ import grpc
 import pytest
 
 from pairdb.kernel.keyspace import Version
-from pairdb.proto import storage_pb2_grpc
-from pairdb.serving.server import new_server
 from pairdb.storage_node.client import NodeClient, StaleEpoch, StorageError
-from pairdb.storage_node.committer import GroupCommitter
-from pairdb.storage_node.engine import Engine, StoredRecord
-from pairdb.storage_node.service import StorageService
-
-MAX_OFFSET_MS = 500
-
-
-async def start_node(path: Path) -> tuple[grpc.aio.Server, GroupCommitter, Engine, int]:
-    engine = Engine(path)
-    committer = GroupCommitter(engine)
-    committer.start()
-    server = new_server()
-    storage_pb2_grpc.add_StorageServiceServicer_to_server(
-        StorageService("fenced", engine, committer, max_clock_offset_ms=MAX_OFFSET_MS), server
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, committer, engine, port
+from pairdb.storage_node.engine import StoredRecord
+from tests.support import MAX_OFFSET_MS, now_version, start_node
 
 
 @pytest.fixture
@@ -45,10 +26,6 @@ async def node(tmp_path: Path) -> AsyncIterator[NodeClient]:
     await server.stop(None)
     await committer.stop()
     engine.close()
-
-
-def now_version(origin: int = 1, ahead_ms: int = 0) -> Version:
-    return Version((time.time_ns() // 1_000_000 + ahead_ms) << 16, origin)
 
 
 def rec(key: str, version: Version, value: bytes = b"v") -> StoredRecord:

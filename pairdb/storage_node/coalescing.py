@@ -1,0 +1,149 @@
+"""Coalesced calls to one storage node: concurrent requests share one RPC.
+
+Per node and per kind (writes, reads) there is one sender. A request that
+finds a free call slot goes out at once, alone: no delay is added while the
+node is idle. Requests arriving while calls are in flight queue up and leave
+together in the next call, within caps on items and bytes (natural batching).
+The node commits a call's writes in one group commit, so a burst of concurrent
+writes costs one round trip and one fsync instead of one each; and the
+per-call cost of gRPC in Python, which dominates a small request, is paid once.
+
+Each item keeps its own outcome and deadline: an item the node refuses for its
+content fails alone, a failed call fails only the items in it, and an item
+whose deadline passes fails then, whatever its call is doing. Items routed by
+different epochs never share a call: the epoch is the call's, for the node's
+fence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+# Sends one call: the epoch, the items, and the time left until the last item's deadline.
+# Returns one result or exception per item; raises when the whole call failed.
+Send = Callable[[int, list[Item], float], Awaitable[Sequence[Result | BaseException]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    items: int = 512
+    bytes: int = 4 * 1024 * 1024
+    # Calls in flight at once: more than one lets a call fill while the previous one is answered.
+    in_flight: int = 2
+
+
+@dataclass(slots=True)
+class _Pending(Generic[Item, Result]):
+    value: Item
+    epoch: int
+    size: int
+    deadline: float
+    future: asyncio.Future[Result]
+    timer: asyncio.TimerHandle | None = None
+
+
+class Coalescer(Generic[Item, Result]):
+    def __init__(
+        self,
+        send: Send[Item, Result],
+        expired: Callable[[], BaseException],
+        caps: Caps = Caps(),
+    ) -> None:
+        """expired: the exception an item fails with when its deadline passes first."""
+        self._send = send
+        self._expired = expired
+        self._caps = caps
+        self._queue: deque[_Pending[Item, Result]] = deque()
+        self._in_flight = 0
+        self._calls: set[asyncio.Task[None]] = set()
+
+    def submit(self, value: Item, *, epoch: int, size: int, timeout: float) -> asyncio.Future[Result]:
+        """Queue one item; its future resolves with the node's answer for it, or fails."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        deadline = loop.time() + timeout
+        pending = _Pending(value, epoch, size, deadline, future)
+        pending.timer = loop.call_at(deadline, self._expire, pending)
+        self._queue.append(pending)
+        self._dispatch()
+        return future
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def close(self) -> None:
+        for task in list(self._calls):
+            task.cancel()
+        await asyncio.gather(*self._calls, return_exceptions=True)
+
+    def _expire(self, pending: _Pending[Item, Result]) -> None:
+        if not pending.future.done():
+            pending.future.set_exception(self._expired())
+
+    def _dispatch(self) -> None:
+        while self._queue and self._in_flight < self._caps.in_flight:
+            call = self._take()
+            if not call:
+                return
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._run(call))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    def _take(self) -> list[_Pending[Item, Result]]:
+        """The next call: queued items of the oldest item's epoch, in order, within the caps."""
+        call: list[_Pending[Item, Result]] = []
+        other_epochs: list[_Pending[Item, Result]] = []
+        size = 0
+        while self._queue and len(call) < self._caps.items:
+            pending = self._queue[0]
+            if pending.future.done():  # expired, or its caller gave up on it
+                self._queue.popleft()
+                continue
+            if call and pending.epoch != call[0].epoch:
+                other_epochs.append(self._queue.popleft())
+                continue
+            if call and size + pending.size > self._caps.bytes:
+                break
+            call.append(self._queue.popleft())
+            size += pending.size
+        self._queue.extendleft(reversed(other_epochs))
+        return call
+
+    async def _run(self, call: list[_Pending[Item, Result]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            timeout = max(p.deadline for p in call) - loop.time()
+            results = await self._send(call[0].epoch, [p.value for p in call], timeout)
+        except BaseException as exc:  # the whole call failed (or we are closing): each item with it
+            for p in call:
+                _settle(p, exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for p, result in zip(call, results, strict=True):
+                _settle(p, result)
+        finally:
+            self._in_flight -= 1
+            self._dispatch()
+
+
+def _settle(pending: _Pending[Item, Result], outcome: Result | BaseException) -> None:
+    if pending.timer is not None:
+        pending.timer.cancel()
+    if pending.future.done():
+        return
+    if isinstance(outcome, asyncio.CancelledError):
+        pending.future.cancel()
+    elif isinstance(outcome, BaseException):
+        pending.future.set_exception(outcome)
+    else:
+        pending.future.set_result(outcome)

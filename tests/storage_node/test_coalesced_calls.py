@@ -1,0 +1,89 @@
+"""A coalesced call carries many requests' records; each record has its own outcome.
+
+A real StorageService over gRPC on loopback, in this process, on its own LMDB directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from pairdb.proto import storage_pb2, storage_pb2_grpc
+from pairdb.storage_node.client import NodeClient, StaleEpoch, StorageError
+from pairdb.storage_node.coalescing import Caps
+from pairdb.storage_node.engine import StoredRecord
+from pairdb.storage_node.wire import to_proto
+from tests.support import MAX_OFFSET_MS, now_version, start_node
+
+
+@pytest.fixture
+async def address(tmp_path: Path) -> AsyncIterator[str]:
+    server, committer, engine, port = await start_node(tmp_path / "db", "coalesced")
+    yield f"127.0.0.1:{port}"
+    await server.stop(None)
+    await committer.stop()
+    engine.close()
+
+
+def rec(key: str, value: bytes = b"v", ahead_ms: int = 0) -> StoredRecord:
+    return StoredRecord("t", key, value, now_version(ahead_ms=ahead_ms))
+
+
+async def test_apply_many_refuses_a_bad_record_alone_and_applies_the_rest(address: str) -> None:
+    records = [rec("a"), rec("b", ahead_ms=10 * MAX_OFFSET_MS), rec("c")]
+    bad = storage_pb2.Record(tenant_id="t", key="", value=b"x", version=storage_pb2.Version(hlc=5))
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = storage_pb2_grpc.StorageServiceStub(channel)
+        reply = await stub.ApplyMany(
+            storage_pb2.ApplyManyRequest(records=[*map(to_proto, records), bad], epoch=1)
+        )
+    a, ahead, c, malformed = reply.outcomes
+    assert a.result.applied and c.result.applied
+    assert ahead.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "ahead of this node's clock" in ahead.error.message
+    assert malformed.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    client = NodeClient("coalesced", address)
+    try:
+        assert [await client.get("t", k) for k in "abc"] == [records[0], None, records[2]]
+    finally:
+        await client.close()
+
+
+async def test_concurrent_writes_through_one_client_share_calls_yet_fail_alone(address: str) -> None:
+    client = NodeClient("coalesced", address, caps=Caps(in_flight=1))
+    try:
+        good = [rec(f"k{i}") for i in range(50)]
+        outcomes = await asyncio.gather(
+            *(client.apply(r) for r in good),
+            client.apply(rec("future", ahead_ms=10 * MAX_OFFSET_MS)),
+            return_exceptions=True,
+        )
+        *applied, refused = outcomes
+        assert all(not isinstance(a, BaseException) and a.applied for a in applied)
+        assert isinstance(refused, StorageError)
+        assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
+        reads = await asyncio.gather(*(client.get("t", r.key) for r in good), client.get("t", "future"))
+        assert reads == [*good, None]
+    finally:
+        await client.close()
+
+
+async def test_a_fenced_call_refuses_every_record_in_it_as_stale(address: str) -> None:
+    client = NodeClient("coalesced", address)
+    try:
+        await client.set_fence(5)
+        outcomes = await asyncio.gather(
+            *(client.apply(rec(f"k{i}"), epoch=4) for i in range(10)), return_exceptions=True
+        )
+        assert all(isinstance(o, StaleEpoch) and o.fence == 5 for o in outcomes)
+        reads = await asyncio.gather(
+            *(client.get("t", f"k{i}", epoch=4) for i in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, StaleEpoch) for r in reads)
+        assert await client.get("t", "k0", epoch=5) is None
+    finally:
+        await client.close()

@@ -1,0 +1,194 @@
+"""Coalescing: concurrent items share calls, and each keeps its own outcome and deadline.
+
+Unit tests of coalescing.py against a scripted sender (no node): each call the
+coalescer makes is recorded and answered when the test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from pairdb.storage_node.coalescing import Caps, Coalescer
+
+
+class Expired(Exception):
+    pass
+
+
+@dataclass
+class Call:
+    epoch: int
+    items: list[str]
+    timeout: float
+    answer: asyncio.Future[Sequence[str | BaseException]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Node:
+    """Records calls; each waits until the test answers it (or raises through it)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+
+    async def send(self, epoch: int, items: list[str], timeout: float) -> Sequence[str | BaseException]:
+        call = Call(epoch, items, timeout)
+        self.calls.append(call)
+        return await call.answer
+
+    def echo(self, index: int) -> None:
+        call = self.calls[index]
+        call.answer.set_result([item.upper() for item in call.items])
+
+
+def coalescer(node: Node, **caps: int) -> Coalescer[str, str]:
+    return Coalescer(node.send, Expired, Caps(**caps))
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_an_item_sent_to_an_idle_node_goes_out_at_once_alone() -> None:
+    node = Node()
+    c = coalescer(node)
+    future = c.submit("a", epoch=1, size=1, timeout=5)
+    await settle()
+    assert [call.items for call in node.calls] == [["a"]]
+    node.echo(0)
+    assert await future == "A"
+
+
+async def test_items_arriving_while_calls_are_in_flight_leave_together_in_the_next_call() -> None:
+    node = Node()
+    c = coalescer(node, in_flight=1)
+    first = c.submit("a", epoch=1, size=1, timeout=5)
+    await settle()
+    later = [c.submit(x, epoch=1, size=1, timeout=5) for x in "bcd"]
+    await settle()
+    assert len(node.calls) == 1  # the slot is busy: b, c, d wait
+    node.echo(0)
+    await settle()
+    assert [call.items for call in node.calls] == [["a"], ["b", "c", "d"]]
+    node.echo(1)
+    assert [await f for f in (first, *later)] == ["A", "B", "C", "D"]
+
+
+async def test_a_call_holds_at_most_the_capped_items_and_bytes() -> None:
+    node = Node()
+    c = coalescer(node, in_flight=1, items=3, bytes=10)
+    c.submit("first", epoch=1, size=1, timeout=5)
+    await settle()
+    for x in "abcde":
+        c.submit(x, epoch=1, size=1, timeout=5)
+    c.submit("big", epoch=1, size=9, timeout=5)
+    c.submit("huge", epoch=1, size=50, timeout=5)  # over the byte cap alone: still sent, by itself
+    for i in range(4):
+        node.echo(i)
+        await settle()
+    assert [call.items for call in node.calls] == [["first"], ["a", "b", "c"], ["d", "e"], ["big"], ["huge"]]
+
+
+async def test_items_routed_by_different_epochs_never_share_a_call() -> None:
+    node = Node()
+    c = coalescer(node, in_flight=1)
+    c.submit("first", epoch=1, size=1, timeout=5)
+    await settle()
+    for x, epoch in [("a", 1), ("b", 2), ("c", 1), ("d", 2)]:
+        c.submit(x, epoch=epoch, size=1, timeout=5)
+    for i in range(3):
+        node.echo(i)
+        await settle()
+    assert [(call.epoch, call.items) for call in node.calls] == [
+        (1, ["first"]),
+        (1, ["a", "c"]),
+        (2, ["b", "d"]),
+    ]
+
+
+async def test_an_item_refused_by_the_node_fails_alone() -> None:
+    node = Node()
+    c = coalescer(node, in_flight=1)
+    c.submit("first", epoch=1, size=1, timeout=5)
+    await settle()
+    good, bad, also_good = (c.submit(x, epoch=1, size=1, timeout=5) for x in "abc")
+    node.echo(0)
+    await settle()
+    node.calls[1].answer.set_result(["A", ValueError("b is malformed"), "C"])
+    assert await good == "A"
+    with pytest.raises(ValueError, match="b is malformed"):
+        await bad
+    assert await also_good == "C"
+
+
+async def test_a_failed_call_fails_only_its_own_items() -> None:
+    node = Node()
+    c = coalescer(node, in_flight=1)
+    doomed = c.submit("a", epoch=1, size=1, timeout=5)
+    await settle()
+    later = c.submit("b", epoch=1, size=1, timeout=5)
+    node.calls[0].answer.set_exception(ConnectionError("node went away"))
+    with pytest.raises(ConnectionError):
+        await doomed
+    await settle()
+    node.echo(1)
+    assert await later == "B"
+
+
+async def test_an_item_fails_at_its_own_deadline_while_its_call_hangs() -> None:
+    node = Node()
+    c = coalescer(node, in_flight=1)
+    short = c.submit("a", epoch=1, size=1, timeout=0.05)
+    await settle()
+    with pytest.raises(Expired):
+        await short
+    assert not node.calls[0].answer.done()  # the call itself is still out there
+    queued = c.submit("b", epoch=1, size=1, timeout=5)
+    node.echo(0)
+    await settle()
+    node.echo(1)
+    assert await queued == "B"
+
+
+async def test_an_expired_or_abandoned_item_is_never_sent() -> None:
+    node = Node()
+    c = coalescer(node, in_flight=1)
+    c.submit("first", epoch=1, size=1, timeout=5)
+    await settle()
+    expired = c.submit("stale", epoch=1, size=1, timeout=0.01)
+    abandoned = c.submit("dropped", epoch=1, size=1, timeout=5)
+    kept = c.submit("kept", epoch=1, size=1, timeout=5)
+    abandoned.cancel()
+    with pytest.raises(Expired):
+        await expired
+    node.echo(0)
+    await settle()
+    assert node.calls[1].items == ["kept"]
+    node.echo(1)
+    assert await kept == "KEPT"
+
+
+async def test_the_call_deadline_covers_its_longest_waiting_item() -> None:
+    node = Node()
+    c = coalescer(node, in_flight=1)
+    c.submit("first", epoch=1, size=1, timeout=5)
+    await settle()
+    c.submit("a", epoch=1, size=1, timeout=1)
+    c.submit("b", epoch=1, size=1, timeout=3)
+    node.echo(0)
+    await settle()
+    assert 2.5 < node.calls[1].timeout <= 3
+
+
+async def test_closing_cancels_the_items_of_calls_in_flight() -> None:
+    node = Node()
+    c = coalescer(node)
+    future = c.submit("a", epoch=1, size=1, timeout=5)
+    await settle()
+    await c.close()
+    assert future.cancelled()
