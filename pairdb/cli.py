@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from pairdb import config, progress
+from pairdb import config, loading, progress
 from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS
 from pairdb.local.processes import GRPC_QUIET, die_with_parent
@@ -240,6 +240,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_consistency(p)
     _add_client_flags(p)
 
+    p = sub.add_parser(
+        "load",
+        help="bulk-load a JSON Lines or CSV file of tenant, key, value (resumable)",
+        description="Write every row of FILE through BatchWrite. JSON Lines: "
+        '{"tenant": ..., "key": ..., "value": ...} (or "value_base64"); CSV: tenant,key,value. '
+        "Rows that cannot be stored go to FILE.rejected.jsonl and the load goes on; an interrupted "
+        "load resumes where it stopped when run again (state in FILE.load-state).",
+    )
+    p.add_argument("file", type=Path)
+    p.add_argument("--format", choices=["jsonl", "csv"], default=None, help="default: from the file name")
+    p.add_argument(
+        "--concurrency", type=int, default=4, help="batches in flight at once (default %(default)s)"
+    )
+    p.add_argument("--restart", action="store_true", help="start from the top, ignoring a saved position")
+    _add_consistency(p)
+    _add_client_flags(p)
+
     p = sub.add_parser("tenant", help="manage tenants")
     tsub = p.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
     tp = tsub.add_parser("create", help="create a tenant")
@@ -291,6 +308,40 @@ async def _client_command(args: argparse.Namespace) -> int:
             return await _node_add(client, args)
         elif args.command == "migration":
             return await _migration(client, args)
+        elif args.command == "load":
+            return await _load(client, args)
+    return 0
+
+
+async def _load(client: Client, args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        print(f"error: no such file: {args.file}", file=sys.stderr)
+        return 2
+    if args.concurrency < 1:
+        print("error: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        fmt = loading.detect_format(args.file, args.format)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    loader = loading.Loader(
+        client,
+        args.file,
+        fmt,
+        consistency=args.consistency,
+        concurrency=args.concurrency,
+        restart=args.restart,
+    )
+    try:
+        report = await loader.run()
+    except loading.LoadFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    rate = report.loaded / max(report.seconds, 1e-9)
+    print(f"loaded {report.loaded:,} keys in {report.seconds:.1f} s ({rate:,.0f} keys/s)")
+    if report.rejected_path is not None:
+        print(f"rejected {report.rejected:,} rows: see {report.rejected_path}")
     return 0
 
 

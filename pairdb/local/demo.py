@@ -1,7 +1,7 @@
 """`pairdb demo`: grow a live cluster by one node while clients read and write, and prove nothing was lost.
 
 1. start a fresh local cluster (PostgreSQL, Temporal + UI, 3 storage nodes, 2 coordinators, a worker);
-2. load sample data over 3 tenants through both coordinators;
+2. load sample data over 3 tenants from a JSON Lines file, as `pairdb load` does;
 3. start node-4 and add it online while a writer and a reader keep running through both coordinators;
 4. check every acknowledged write at QUORUM, and every key node-4 should own on node-4 itself;
 5. print a summary and stop the cluster. Exit 0 only when nothing was lost.
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pairdb import progress
+from pairdb import loading, progress
 from pairdb.client import Client, ClientError
 from pairdb.coordinator.metadata import Metadata
 from pairdb.coordinator.ring import Ring
@@ -28,7 +29,9 @@ from pairdb.local.cluster import LocalCluster
 from pairdb.storage_node.engine import StoredRecord
 
 TENANTS = {"acme": 3, "globex": 3, "initech": 2}
-LOAD_CONCURRENCY = 64
+# Batches in flight while loading and checking.
+LOAD_CONCURRENCY = 4
+CHECK_BATCH = 1000
 
 
 @dataclass
@@ -84,43 +87,51 @@ class Traffic:
             await asyncio.sleep(0.002)
 
 
-async def _load(clients: list[Client], keys: int) -> dict[tuple[str, str], bytes]:
-    written: dict[tuple[str, str], bytes] = {}
-    plan = [(t, i) for i in range(keys // len(TENANTS)) for t in TENANTS]
-    queue = iter(plan)
-    started = time.monotonic()
-
-    async def worker(n: int) -> None:
-        client = clients[n % len(clients)]
-        for tenant, i in queue:
-            value = f"{tenant}-value-{i}".encode()
-            await client.put(tenant, f"key-{i}", value)
-            written[(tenant, f"key-{i}")] = value
-            if len(written) % 20_000 == 0:
-                rate = len(written) / (time.monotonic() - started)
-                print(f"  loaded {len(written):,} keys ({rate:,.0f}/s)", flush=True)
-
-    await asyncio.gather(*(worker(n) for n in range(LOAD_CONCURRENCY)))
-    return written
+async def _load(client: Client, data_dir: Path, keys: int) -> dict[tuple[str, str], bytes]:
+    """Write the sample data to a JSON Lines file and load it as `pairdb load` does."""
+    rows = {
+        (tenant, f"key-{i}"): f"{tenant}-value-{i}".encode()
+        for i in range(keys // len(TENANTS))
+        for tenant in TENANTS
+    }
+    path = data_dir / "sample.jsonl"
+    lines = (json.dumps({"tenant": t, "key": k, "value": v.decode()}) for (t, k), v in rows.items())
+    await asyncio.to_thread(path.write_text, "\n".join(lines) + "\n")
+    print(f"  pairdb load {path}", flush=True)
+    report = await loading.Loader(client, path, "jsonl", concurrency=LOAD_CONCURRENCY).run()
+    if report.rejected or report.loaded != len(rows):
+        raise RuntimeError(
+            f"loading the sample data rejected {report.rejected} rows; see {report.rejected_path}"
+        )
+    print(
+        f"  loaded {report.loaded:,} keys in {report.seconds:.1f} s ({report.loaded / report.seconds:,.0f}/s)"
+    )
+    return rows
 
 
 async def _check_quorum(clients: list[Client], expected: dict[tuple[str, str], bytes]) -> list[str]:
+    """Read every key back at QUORUM, in batches through both coordinators."""
     lost: list[str] = []
-    items = iter(list(expected.items()))
+    keys = list(expected)
+    chunks = iter(range(0, len(keys), CHECK_BATCH))
     checked = 0
 
     async def worker(n: int) -> None:
         nonlocal checked
         client = clients[n % len(clients)]
-        for (tenant, key), value in items:
-            got = await client.get(tenant, key)
-            checked += 1
-            if checked % 20_000 == 0:
+        for start in chunks:
+            batch = keys[start : start + CHECK_BATCH]
+            for (tenant, key), got in zip(batch, await client.get_many(batch), strict=True):
+                value = expected[(tenant, key)]
+                if isinstance(got, ClientError):
+                    lost.append(f"{tenant}/{key}: acknowledged {value!r}, read failed: {got}")
+                elif got.value != value or not got.found:
+                    lost.append(
+                        f"{tenant}/{key}: acknowledged {value!r}, read {got.value if got.found else None!r}"
+                    )
+            checked += len(batch)
+            if checked % 20_000 < CHECK_BATCH:
                 print(f"  checked {checked:,} of {len(expected):,}", flush=True)
-            if got.value != value:
-                lost.append(
-                    f"{tenant}/{key}: acknowledged {value!r}, read {got.value if got.found else None!r}"
-                )
 
     await asyncio.gather(*(worker(n) for n in range(LOAD_CONCURRENCY)))
     return lost
@@ -168,7 +179,7 @@ async def run_demo(data_dir: Path, keys: int, log_level: str = "WARNING") -> int
         for tenant, rf in TENANTS.items():
             await clients[0].create_tenant(tenant, rf)
         print(f"loading {keys:,} keys over tenants {', '.join(TENANTS)} ...", flush=True)
-        expected = await _load(clients, keys)
+        expected = await _load(clients[0], data_dir, keys)
 
         node4 = await cluster.add_storage_node("node-4")
         traffic = Traffic(clients)
