@@ -1,24 +1,29 @@
 """The data copy: plan the ranges the joining node gains, copy them, verify them.
 
 A range is streamed from a quorum of its old replicas (in each tenant's
-replica set, whatever its RF), merged by version, and applied to the joining
-node in batches; the storage node's last-write-wins makes a copy that races a
-dual write harmless. Each finished range is checkpointed in PostgreSQL (the
-plan's `copied` flag), so a retried or resumed activity skips it; heartbeats
-only say the activity is alive.
+replica set, whatever its RF), merged on the fly by version (merge.py), and
+applied to the joining node in batches, a few in flight while the merge goes
+on: memory holds batches, never a range. The storage node's last-write-wins
+makes a copy that races a dual write harmless, and a range whose source failed
+midway is simply streamed again from another quorum. Each finished range is
+checkpointed in PostgreSQL (the plan's `copied` flag), so a retried or resumed
+activity skips it; heartbeats only say the activity is alive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from pairdb.activities import merge
 from pairdb.activities.context import StepContext
 from pairdb.coordinator.metadata import MigrationRow, PlannedRange
 from pairdb.coordinator.quorum import Consistency, required
@@ -28,26 +33,32 @@ from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, StoredRecord
 from pairdb.kernel.migration import CopyChunk, CopyPlan, MigrationRef, Progress
 from pairdb.serving import metrics
 from pairdb.storage_node.client import NodeClient, StorageError, describe_failure
-from pairdb.storage_node.engine import digest_of
 
 log = structlog.get_logger()
 
 APPLY_BATCH = 500
+# Apply batches in flight to the joining node while the merge prepares the next.
+APPLY_IN_FLIGHT = 3
 SCAN_BATCH = 1000
 SCAN_TIMEOUT = 300.0
 VERIFY_ATTEMPTS = 3
 # Ranges copied at once within a chunk: overlaps one range's streaming with another's apply.
 PARALLEL_RANGES = 4
 
-_Merged = dict[tuple[str, str], StoredRecord]
+T = TypeVar("T")
 
 
 class Throttle:
-    """A token bucket in keys per second; 0 means no limit."""
+    """A token bucket in keys per second; 0 means no limit.
+
+    It starts empty and holds at most one second of tokens: a new copy step
+    (each chunk of ranges is one) gets no burst, so the operator's rate holds
+    over the whole migration, not per chunk.
+    """
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
-        self._allowance = float(rate)
+        self._allowance = 0.0
         self._last = time.monotonic()
 
     async def take(self, n: int) -> None:
@@ -128,8 +139,12 @@ class CopySteps:
 
         async def copy_one(planned: PlannedRange) -> None:
             async with slots:
-                merged = await self._pull(topology, row.node_id, planned)
-                keys, size = await self._apply(joining, merged.values(), throttle, topology.epoch)
+
+                async def stream(sources: list[str]) -> tuple[int, int]:
+                    old = self._old_view(topology, row.node_id, planned, sources)
+                    return await self._apply(joining, old, throttle, topology.epoch)
+
+                keys, size = await self._from_quorum(topology, joining, planned, stream)
                 await self._ctx.store.mark_copied(chunk.migration_id, planned.index, keys, size)
                 activity.heartbeat()
 
@@ -154,36 +169,64 @@ class CopySteps:
                 await self._ctx.store.mark_verified(chunk.migration_id, planned.index)
                 continue
             for attempt in range(VERIFY_ATTEMPTS):
-                merged = await self._pull(topology, row.node_id, planned)
-                # Hashes every value of the range: off the event loop, so heartbeats go on.
-                expected = await asyncio.to_thread(
-                    digest_of, list(merged.values()), planned.start, planned.end
-                )
-                actual = await joining.range_digest(
-                    planned.start, planned.end, epoch=topology.epoch, timeout=SCAN_TIMEOUT
-                )
-                if actual == expected:
+                if await self._matches(topology, row.node_id, joining, planned):
                     break
-                behind = await self._behind(joining, planned, merged, topology.epoch)
+                last = attempt == VERIFY_ATTEMPTS - 1
+                # Copy what the joining node lacks again; on the last attempt only count it.
+                behind = await self._catch_up(topology, row.node_id, joining, planned, apply=not last)
                 if not behind:
                     break
-                if attempt == VERIFY_ATTEMPTS - 1:
+                if last:
                     raise ApplicationError(
                         f"range {planned.index} ({planned.start}, {planned.end}] still differs on "
-                        f"{row.node_id} after {VERIFY_ATTEMPTS} copies: {len(behind)} records behind"
+                        f"{row.node_id} after {VERIFY_ATTEMPTS} copies: {behind} records behind"
                     )
                 log.warning(
-                    "Range differs; copying again",
+                    "Range differs; copied the records behind again",
                     migration_id=chunk.migration_id,
                     node_id=row.node_id,
                     range=planned.index,
-                    behind=len(behind),
+                    behind=behind,
                 )
                 recopied += 1
-                await self._apply(joining, behind, Throttle(0), topology.epoch)
             await self._ctx.store.mark_verified(chunk.migration_id, planned.index)
             activity.heartbeat()
         return recopied
+
+    async def _matches(
+        self, topology: Topology, node_id: str, joining: NodeClient, planned: PlannedRange
+    ) -> bool:
+        """Whether the joining node's digest of the range equals that of the merged old view."""
+
+        async def digest(sources: list[str]) -> tuple[bytes, int]:
+            running = merge.RunningDigest()
+            async for batch in self._old_view(topology, node_id, planned, sources):
+                running.add(batch)
+                activity.heartbeat()
+            return running.result()
+
+        expected = await self._from_quorum(topology, joining, planned, digest)
+        actual = await joining.range_digest(
+            planned.start, planned.end, epoch=topology.epoch, timeout=SCAN_TIMEOUT
+        )
+        return actual == expected
+
+    async def _catch_up(
+        self, topology: Topology, node_id: str, joining: NodeClient, planned: PlannedRange, *, apply: bool
+    ) -> int:
+        """Old records the joining node lacks or holds older: applied to it (or only counted); how many."""
+
+        async def run(sources: list[str]) -> int:
+            old = self._old_view(topology, node_id, planned, sources)
+            have = joining.scan_range(
+                planned.start, planned.end, batch_size=SCAN_BATCH, epoch=topology.epoch, timeout=SCAN_TIMEOUT
+            )
+            lagging = merge.behind(old, have, planned.start, planned.end)
+            if apply:
+                return (await self._apply(joining, lagging, Throttle(0), topology.epoch))[0]
+            return sum([len(batch) async for batch in lagging])
+
+        return await self._from_quorum(topology, joining, planned, run)
 
     async def _digests_agree(self, topology: Topology, joining: NodeClient, planned: PlannedRange) -> bool:
         """Fast path: a quorum of old replicas and the joining node report one and the same digest.
@@ -204,87 +247,94 @@ class CopySteps:
             return False
         return len(set(digests)) == 1
 
-    async def _pull(self, topology: Topology, node_id: str, planned: PlannedRange) -> _Merged:
-        """Stream the range from a quorum of its old replicas and merge by version.
-
-        Only records of tenants whose future replica set includes the joining
-        node are kept. Sources are tried in replica order until, for every
-        tenant RF, a quorum of that RF's replica set has answered.
-        """
+    def _old_view(
+        self, topology: Topology, node_id: str, planned: PlannedRange, sources: list[str]
+    ) -> AsyncIterator[list[StoredRecord]]:
+        """The range as these old replicas hold it, merged; only tenants the joining node will replicate."""
         assert topology.future is not None
         rfs = _rfs(topology)
         wanted = {t for t, rf in rfs.items() if node_id in topology.future.replicas(planned.end, rf)}
-        needs = {rf: planned.sources[:rf] for rf in set(rfs.values())}
-        merged: _Merged = {}
-        answered: list[str] = []
-        failures: list[str] = []
-        for source in planned.sources:
-            if all(_quorum_met(answered, members) for members in needs.values()) and answered:
-                break
-            partial: _Merged = {}
-            try:
-                async for batch in self._ctx.node(topology, source).scan_range(
-                    planned.start,
-                    planned.end,
-                    batch_size=SCAN_BATCH,
-                    epoch=topology.epoch,
-                    timeout=SCAN_TIMEOUT,
-                ):
-                    for record in batch:
-                        if record.tenant_id in wanted:
-                            partial[(record.tenant_id, record.key)] = record
-                    activity.heartbeat()
-            except StorageError as exc:
-                failures.append(describe_failure(exc))
-                continue
-            for k, record in partial.items():
-                if record.newer_than(merged.get(k)):
-                    merged[k] = record
-            answered.append(source)
-        if not all(_quorum_met(answered, members) for members in needs.values()):
-            raise ApplicationError(
-                f"range {planned.index}: no quorum of old replicas {planned.sources} answered "
-                f"(answered: {answered}; failed: {failures})"
+        streams = [
+            self._ctx.node(topology, source).scan_range(
+                planned.start, planned.end, batch_size=SCAN_BATCH, epoch=topology.epoch, timeout=SCAN_TIMEOUT
             )
-        return merged
+            for source in sources
+        ]
+        return merge.merged(streams, planned.start, planned.end, wanted)
+
+    async def _from_quorum(
+        self,
+        topology: Topology,
+        joining: NodeClient,
+        planned: PlannedRange,
+        run: Callable[[list[str]], Awaitable[T]],
+    ) -> T:
+        """run(sources) with the first quorum of old replicas that answers throughout.
+
+        Sources are taken in replica order until, for every tenant RF, a quorum
+        of that RF's replica set is in; one that fails midway is left out and
+        the whole range is run again (applying twice is harmless).
+        """
+        rfs = _rfs(topology)
+        needs = [planned.sources[:rf] for rf in set(rfs.values())]
+        failures: dict[str, str] = {}
+        while True:
+            sources: list[str] = []
+            for source in planned.sources:
+                if sources and all(_quorum_met(sources, members) for members in needs):
+                    break
+                if source not in failures:
+                    sources.append(source)
+            if not sources or not all(_quorum_met(sources, members) for members in needs):
+                raise ApplicationError(
+                    f"range {planned.index}: no quorum of old replicas {planned.sources} answered "
+                    f"(failed: {'; '.join(f'{n}: {why}' for n, why in failures.items()) or 'none'})"
+                )
+            try:
+                return await run(sources)
+            except StorageError as exc:
+                if exc.node_id == joining.node_id or exc.node_id not in sources:
+                    raise
+                failures[exc.node_id] = describe_failure(exc)
+                log.warning(
+                    "Copy source failed; streaming the range from another quorum",
+                    node_id=exc.node_id,
+                    range=planned.index,
+                    error=failures[exc.node_id],
+                )
 
     async def _apply(
-        self, joining: NodeClient, records: Iterable[StoredRecord], throttle: Throttle, epoch: int
+        self,
+        joining: NodeClient,
+        batches: AsyncIterator[list[StoredRecord]],
+        throttle: Throttle,
+        epoch: int,
     ) -> tuple[int, int]:
-        """Apply records to the joining node in batches, routed by epoch.
+        """Apply the records to the joining node in batches, a few in flight, routed by epoch.
 
         After a cancel, the node's fence refuses what this step still sends: a
         copy learns of its cancel only at its next heartbeat.
         """
-        batch: list[StoredRecord] = []
+        in_flight: deque[asyncio.Task[list[bool]]] = deque()
         keys = size = 0
-        for record in records:
-            batch.append(record)
-            if len(batch) >= APPLY_BATCH:
-                await throttle.take(len(batch))
-                await joining.apply_batch(batch, epoch=epoch, timeout=30)
-                keys, size = keys + len(batch), size + sum(len(r.value) for r in batch)
-                batch = []
-                activity.heartbeat()
-        if batch:
-            await throttle.take(len(batch))
-            await joining.apply_batch(batch, epoch=epoch, timeout=30)
-            keys, size = keys + len(batch), size + sum(len(r.value) for r in batch)
+        try:
+            async for merged_batch in batches:
+                for at in range(0, len(merged_batch), APPLY_BATCH):
+                    part = merged_batch[at : at + APPLY_BATCH]
+                    await throttle.take(len(part))
+                    if len(in_flight) >= APPLY_IN_FLIGHT:
+                        await in_flight.popleft()
+                    in_flight.append(asyncio.create_task(joining.apply_batch(part, epoch=epoch, timeout=30)))
+                    keys, size = keys + len(part), size + sum(len(r.value) for r in part)
+                    activity.heartbeat()
+            while in_flight:
+                await in_flight.popleft()
+        finally:
+            for task in in_flight:
+                task.cancel()
         metrics.COPY_KEYS.inc(keys)
         metrics.COPY_BYTES.inc(size)
         return keys, size
-
-    async def _behind(
-        self, joining: NodeClient, planned: PlannedRange, merged: _Merged, epoch: int
-    ) -> list[StoredRecord]:
-        """Old records the joining node lacks or holds in an older form."""
-        have: dict[tuple[str, str], StoredRecord] = {}
-        async for batch in joining.scan_range(
-            planned.start, planned.end, batch_size=SCAN_BATCH, epoch=epoch, timeout=SCAN_TIMEOUT
-        ):
-            for record in batch:
-                have[(record.tenant_id, record.key)] = record
-        return [r for k, r in merged.items() if r.newer_than(have.get(k))]
 
     async def _report(self, migration_id: str) -> Progress:
         totals = await self._ctx.store.totals(migration_id)

@@ -66,10 +66,19 @@ def _encode_value(record: StoredRecord) -> bytes:
 def _digest(entries: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, int]:
     h = hashlib.blake2b(digest_size=16)
     count = 0
-    for db_key, version in entries:
-        h.update(len(db_key).to_bytes(2, "big") + db_key + version)
+    for db_key, db_value in entries:
+        h.update(_entry(db_key, db_value))
         count += 1
     return h.digest(), count
+
+
+def _entry(db_key: bytes, db_value: bytes) -> bytes:
+    return len(db_key).to_bytes(2, "big") + db_key + db_value
+
+
+def digest_entry(record: StoredRecord) -> bytes:
+    """What one record adds to a range digest; fed in scan order, they give Engine.digest."""
+    return _entry(encode_key(record.tenant_id, record.key), _encode_value(record))
 
 
 def digest_of(records: Iterable[StoredRecord], start: int, end: int) -> tuple[bytes, int]:
