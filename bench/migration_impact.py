@@ -1,0 +1,180 @@
+"""What a node addition costs the clients of a live cluster, and what an addition costs at the least.
+
+Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] [--concurrency 32]
+
+1. A LocalCluster (PostgreSQL, Temporal, 3 storage nodes, a coordinator, a
+   worker) with one RF 3 tenant holding ``--keys`` keys of 100 bytes (loaded
+   through BatchWrite).
+2. Steady: ``--concurrency`` clients, half writing and half reading (QUORUM),
+   for ``--seconds``: ops/s, p50 and p99 latency.
+3. During: the same load while node-4 is added, from AddStorageNode until the
+   migration completed: the same figures, and their ratios to the steady ones.
+4. Nearly empty: a second cluster whose tenant holds 100 keys; the seconds from
+   AddStorageNode until ``completed`` (the fixed cost of an addition).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.rebalance import TENANT, load_pairdb, say
+from bench.rpc import percentile
+from pairdb.client import Client
+from pairdb.local.cluster import LocalCluster
+from pairdb.serving import logs
+
+VALUE_BYTES = 100
+EMPTY_KEYS = 100
+
+
+@dataclass(frozen=True)
+class Window:
+    label: str
+    ops_per_second: float
+    p50_ms: float
+    p99_ms: float
+
+
+class Load:
+    """Clients keeping requests in flight, half writes and half reads; latencies of completed ones."""
+
+    def __init__(self, client: Client, keys: int, concurrency: int) -> None:
+        self._client, self._keys = client, keys
+        self._stop = asyncio.Event()
+        self._latencies: list[tuple[float, float]] = []  # (end, seconds)
+        self._tasks = [asyncio.create_task(self._run(w)) for w in range(concurrency)]
+
+    async def _run(self, w: int) -> None:
+        value = os.urandom(VALUE_BYTES)
+        i = 0
+        while not self._stop.is_set():
+            key = f"k{(w * 7919 + i * 104729) % self._keys:08d}"
+            started = time.perf_counter()
+            if i % 2:
+                await self._client.put(TENANT, key, value)
+            else:
+                await self._client.get(TENANT, key)
+            end = time.perf_counter()
+            self._latencies.append((end, end - started))
+            i += 1
+
+    def window(self, label: str, start: float, end: float) -> Window:
+        inside = sorted(seconds for at, seconds in self._latencies if start <= at <= end)
+        if not inside:
+            raise RuntimeError(f"{label}: no request completed")
+        return Window(
+            label, len(inside) / (end - start), percentile(inside, 0.5) * 1e3, percentile(inside, 0.99) * 1e3
+        )
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+async def add_node_and_wait(cluster: LocalCluster, client: Client) -> float:
+    node4 = await cluster.add_storage_node("node-4")
+    started = time.perf_counter()
+    added = await client.add_node("node-4", "127.0.0.1", node4.port)
+    while True:
+        status = await client.migration(added.migration_id)
+        if status.ended:
+            break
+        await asyncio.sleep(0.05)
+    if status.status != "completed":
+        raise RuntimeError(f"the node addition ended {status.status}: {status.error}")
+    return time.perf_counter() - started
+
+
+async def start_cluster(workdir: Path, keys: int) -> LocalCluster:
+    cluster = LocalCluster(workdir, storage_nodes=3, coordinators=1, default_tenant=None, log_level="WARNING")
+    await cluster.start()
+    async with cluster.client() as client:
+        await client.create_tenant(TENANT, 3)
+        await load_pairdb(client, keys, VALUE_BYTES)
+    return cluster
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> None:
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    print("pairdb migration impact: client traffic before and during a node addition")
+    print(f"load    : {args.concurrency} requests in flight, half QUORUM writes, half QUORUM reads, RF 3")
+    print(flush=True)
+    say(f"starting a cluster with {args.keys:,} keys ...")
+    cluster = await start_cluster(workdir / "loaded", args.keys)
+    try:
+        async with cluster.client() as client:
+            load = Load(client, args.keys, args.concurrency)
+            await asyncio.sleep(2)  # warm-up
+            start = time.perf_counter()
+            await asyncio.sleep(args.seconds)
+            steady = load.window("steady", start, time.perf_counter())
+            say("adding node-4 under load ...")
+            start = time.perf_counter()
+            duration = await add_node_and_wait(cluster, client)
+            during = load.window("during the addition", start, time.perf_counter())
+            await load.stop()
+    finally:
+        await cluster.stop()
+    say(f"starting a cluster with {EMPTY_KEYS} keys ...")
+    empty = await start_cluster(workdir / "empty", EMPTY_KEYS)
+    try:
+        async with empty.client() as client:
+            empty_seconds = await add_node_and_wait(empty, client)
+    finally:
+        await empty.stop()
+
+    print(f"{'window':<22} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7}")
+    print("-" * 53)
+    for w in (steady, during):
+        print(f"{w.label:<22} | {w.ops_per_second:>8,.0f} | {w.p50_ms:>7.2f} | {w.p99_ms:>7.2f}")
+    print()
+    print(
+        f"during / steady: throughput {during.ops_per_second / steady.ops_per_second:.2f}x, "
+        f"p99 {during.p99_ms / steady.p99_ms:.2f}x (the addition took {duration:.1f} s)"
+    )
+    print(f"addition to a nearly empty cluster ({EMPTY_KEYS} keys): {empty_seconds:.2f} s")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keys", type=int, default=100_000, help="keys in the tenant (default %(default)s)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="steady window (default %(default)s)")
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="requests in flight (default %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    if args.keys < EMPTY_KEYS or args.seconds <= 0 or args.concurrency < 1:
+        parser.error(f"--keys at least {EMPTY_KEYS}, --seconds positive, --concurrency at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logs.configure(json=False, level="WARNING")
+    workdir = Path(tempfile.mkdtemp(prefix="pairdb-impact-"))
+    workdir.chmod(0o755)  # the embedded PostgreSQL runs as its own user
+    try:
+        asyncio.run(run(args, workdir))
+    except asyncio.CancelledError:
+        raise SystemExit("migration_impact.py: stopped by SIGTERM") from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
