@@ -27,7 +27,7 @@ from pairdb.activities import merge
 from pairdb.activities.context import StepContext
 from pairdb.coordinator.metadata import MigrationRow, PlannedRange
 from pairdb.coordinator.quorum import Consistency, required
-from pairdb.coordinator.ring import ranges_gained
+from pairdb.coordinator.ring import RangeMove, ranges_gained
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, StoredRecord
 from pairdb.kernel.migration import CopyChunk, CopyPlan, MigrationRef, Progress
@@ -103,18 +103,21 @@ class CopySteps:
         assert topology.future is not None
         rf = max(_rfs(topology).values(), default=DEFAULT_REPLICATION_FACTOR)
         moves = ranges_gained(topology.ring, topology.future, row.node_id, rf)
-        planned = []
-        for move in moves:
-            estimate = 0
-            for source in move.old:
-                try:
-                    _, estimate = await self._ctx.node(topology, source).range_digest(
-                        move.start, move.end, epoch=topology.epoch
-                    )
-                    break
-                except StorageError:
-                    continue
-            planned.append((move.start, move.end, list(move.old), estimate))
+        slots = asyncio.Semaphore(PARALLEL_RANGES)
+
+        async def estimate(move: RangeMove) -> tuple[int, int, list[str], int]:
+            async with slots:
+                for source in move.old:
+                    try:
+                        _, keys = await self._ctx.node(topology, source).range_digest(
+                            move.start, move.end, epoch=topology.epoch
+                        )
+                        return move.start, move.end, list(move.old), keys
+                    except StorageError:
+                        continue
+                return move.start, move.end, list(move.old), 0
+
+        planned = list(await asyncio.gather(*(estimate(move) for move in moves)))
         if await self._ctx.store.save_plan(migration_id, planned):
             await self._ctx.store.save_progress(migration_id, {"copy_started_at": time.time()}, None)
         totals = await self._ctx.store.totals(migration_id)
@@ -161,37 +164,47 @@ class CopySteps:
         """
         row, topology = await self._moving(chunk.migration_id)
         joining = self._ctx.joining(row)
-        recopied = 0
-        for planned in await self._ctx.store.plan(chunk.migration_id, chunk.range_indexes):
-            if planned.verified:
-                continue
-            if await self._digests_agree(topology, joining, planned):
-                await self._ctx.store.mark_verified(chunk.migration_id, planned.index)
-                continue
-            for attempt in range(VERIFY_ATTEMPTS):
-                if await self._matches(topology, row.node_id, joining, planned):
-                    break
-                last = attempt == VERIFY_ATTEMPTS - 1
-                # Copy what the joining node lacks again; on the last attempt only count it.
-                behind = await self._catch_up(topology, row.node_id, joining, planned, apply=not last)
-                if not behind:
-                    break
-                if last:
-                    raise ApplicationError(
-                        f"range {planned.index} ({planned.start}, {planned.end}] still differs on "
-                        f"{row.node_id} after {VERIFY_ATTEMPTS} copies: {behind} records behind"
-                    )
-                log.warning(
-                    "Range differs; copied the records behind again",
-                    migration_id=chunk.migration_id,
-                    node_id=row.node_id,
-                    range=planned.index,
-                    behind=behind,
+        slots = asyncio.Semaphore(PARALLEL_RANGES)
+
+        async def verify_one(planned: PlannedRange) -> int:
+            async with slots:
+                recopied = await self._verify_range(
+                    topology, row.node_id, joining, planned, chunk.migration_id
                 )
-                recopied += 1
-            await self._ctx.store.mark_verified(chunk.migration_id, planned.index)
-            activity.heartbeat()
-        return recopied
+                await self._ctx.store.mark_verified(chunk.migration_id, planned.index)
+                activity.heartbeat()
+                return recopied
+
+        plan = await self._ctx.store.plan(chunk.migration_id, chunk.range_indexes)
+        return sum(await asyncio.gather(*(verify_one(p) for p in plan if not p.verified)))
+
+    async def _verify_range(
+        self, topology: Topology, node_id: str, joining: NodeClient, planned: PlannedRange, migration_id: str
+    ) -> int:
+        """Check one range, copying what the joining node lacks again; how many times it had to."""
+        if await self._digests_agree(topology, joining, planned):
+            return 0
+        for attempt in range(VERIFY_ATTEMPTS):
+            if await self._matches(topology, node_id, joining, planned):
+                return attempt
+            last = attempt == VERIFY_ATTEMPTS - 1
+            # Copy what the joining node lacks again; on the last attempt only count it.
+            behind = await self._catch_up(topology, node_id, joining, planned, apply=not last)
+            if not behind:
+                return attempt
+            if last:
+                raise ApplicationError(
+                    f"range {planned.index} ({planned.start}, {planned.end}] still differs on "
+                    f"{node_id} after {VERIFY_ATTEMPTS} copies: {behind} records behind"
+                )
+            log.warning(
+                "Range differs; copied the records behind again",
+                migration_id=migration_id,
+                node_id=node_id,
+                range=planned.index,
+                behind=behind,
+            )
+        return VERIFY_ATTEMPTS
 
     async def _matches(
         self, topology: Topology, node_id: str, joining: NodeClient, planned: PlannedRange

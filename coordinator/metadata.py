@@ -23,6 +23,8 @@ from pairdb.kernel.migration import NodeState, Phase, Status
 log = structlog.get_logger()
 
 NOTIFY_CHANNEL = "pairdb_registry"
+# A coordinator renewed its lease (and reported the epoch it applied): barriers look again.
+APPLIED_CHANNEL = "pairdb_applied"
 _TOKEN_OFFSET = 1 << 63
 
 
@@ -291,19 +293,25 @@ class Metadata:
         lease_seconds: float,
         hlc_ceiling_ms: int,
     ) -> bool:
-        """Extend this incarnation's lease; False when another process has taken the id over."""
-        status: str = await self.pool.execute(
-            "UPDATE coordinators SET applied_epoch = $3,"
+        """Extend this incarnation's lease; False when another process has taken the id over.
+
+        NOTIFYs APPLIED_CHANNEL, so a barrier waiting for this coordinator looks again at once.
+        """
+        renewed = await self.pool.fetch(
+            "WITH renewed AS ("
+            " UPDATE coordinators SET applied_epoch = $3,"
             " lease_expires_at = clock_timestamp() + make_interval(secs => $4),"
             " hlc_ceiling_ms = greatest(hlc_ceiling_ms, $5)"
-            " WHERE coordinator_id = $1 AND incarnation = $2",
+            " WHERE coordinator_id = $1 AND incarnation = $2 RETURNING coordinator_id)"
+            " SELECT pg_notify($6, coordinator_id) FROM renewed",
             coordinator_id,
             incarnation,
             applied_epoch,
             lease_seconds,
             hlc_ceiling_ms,
+            APPLIED_CHANNEL,
         )
-        return status == "UPDATE 1"
+        return len(renewed) == 1
 
     async def release_lease(self, coordinator_id: str, incarnation: str, hlc_ceiling_ms: int) -> None:
         """Give the lease up at a clean stop, with the clock's real high-water mark (no wait to restart)."""

@@ -18,14 +18,15 @@ reconciler moves on; its late step is refused instead of undoing theirs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import structlog
 
-from pairdb.coordinator.metadata import Metadata, bump_epoch, to_db_token
+from pairdb.coordinator.metadata import APPLIED_CHANNEL, Metadata, bump_epoch, to_db_token
 from pairdb.kernel.errors import FailedPrecondition, NotFound
 from pairdb.kernel.migration import TERMINAL, NodeState, Phase, Status
 
@@ -226,14 +227,29 @@ class Registry:
         self,
         epoch: int,
         heartbeat: Callable[[list[Lagging]], None] | None = None,
-        poll: float = 0.1,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        poll: float = 0.5,
     ) -> None:
-        """Wait until every coordinator with a live lease has applied epoch (or its lease lapsed)."""
-        while True:
-            behind = await self.lagging(epoch)
-            if not behind:
-                return
-            if heartbeat is not None:
-                heartbeat(behind)
-            await sleep(poll)
+        """Wait until every coordinator with a live lease has applied epoch (or its lease lapsed).
+
+        Looks again whenever a coordinator reports (LISTEN on APPLIED_CHANNEL),
+        and every `poll` seconds in case a notification was missed or a lease lapsed.
+        """
+        reported = asyncio.Event()
+
+        def on_report(*_: object) -> None:
+            reported.set()
+
+        async with self._pool.acquire() as listener:
+            await listener.add_listener(APPLIED_CHANNEL, on_report)
+            try:
+                while True:
+                    reported.clear()
+                    behind = await self.lagging(epoch)
+                    if not behind:
+                        return
+                    if heartbeat is not None:
+                        heartbeat(behind)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(reported.wait(), poll)
+            finally:
+                await listener.remove_listener(APPLIED_CHANNEL, on_report)

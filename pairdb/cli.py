@@ -10,11 +10,13 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import structlog
+
 from pairdb import config, loading, progress
 from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS
 from pairdb.local.processes import GRPC_QUIET, die_with_parent
-from pairdb.serving import logs
+from pairdb.serving import logs, loops
 
 DEV_COORDINATOR_PORT = 50051
 DEV_STORAGE_BASE_PORT = 7001
@@ -54,6 +56,15 @@ def _add_max_clock_offset(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_OFFSET_MS,
         help="largest clock offset between any two processes of the cluster; versions further ahead "
         "are refused, and ordering is guaranteed within it (default %(default)s)",
+    )
+
+
+def _add_event_loop(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--event-loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the event loop the server runs on; uvloop measured faster (bench/rpc.py) (default %(default)s)",
     )
 
 
@@ -130,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     _add_max_clock_offset(p)
     _add_metrics_port(p)
+    _add_event_loop(p)
     _add_log_level(p)
 
     p = sub.add_parser("coordinator", help="run one coordinator")
@@ -164,8 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="lease on the cluster view: without PostgreSQL for this long the coordinator stops "
         "serving, and a barrier stops waiting for it (default %(default)s)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="coordinator processes sharing the port (SO_REUSEPORT), one per core to use; process i "
+        "takes id COORDINATOR_ID-i and metrics port METRICS_PORT+i (default %(default)s)",
+    )
     _add_max_clock_offset(p)
     _add_metrics_port(p)
+    _add_event_loop(p)
     _add_log_level(p)
 
     p = sub.add_parser("worker", help="run a migration worker (NodeAdditionWorkflow and its activities)")
@@ -423,6 +443,56 @@ async def _run_until_signal(
         await stop()
 
 
+async def _coordinator_processes(args: argparse.Namespace) -> int:
+    """--processes N: N coordinators on one port, each its own process and id; restarted if one dies.
+
+    gRPC servers bind with SO_REUSEPORT, so the kernel spreads connections over them.
+    """
+    from pairdb.coordinator.server import CoordinatorConfig
+
+    base = CoordinatorConfig(args.postgres_dsn, args.host, args.port, args.coordinator_id).effective_id
+    log = structlog.get_logger()
+
+    def argv(i: int) -> list[str]:
+        return [
+            sys.executable, "-m", "pairdb.cli", "coordinator",
+            "--processes", "1", "--coordinator-id", f"{base}-{i}",
+            "--host", args.host, "--port", str(args.port), "--postgres-dsn", args.postgres_dsn,
+            "--temporal", args.temporal, "--temporal-ui", args.temporal_ui,
+            "--storage-timeout", str(args.storage_timeout), "--lease-seconds", str(args.lease_seconds),
+            "--max-clock-offset-ms", str(args.max_clock_offset_ms),
+            "--metrics-port", str(args.metrics_port + i if args.metrics_port else 0),
+            "--event-loop", args.event_loop, "--log-level", args.log_level,
+        ]  # fmt: skip
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    async def keep(i: int) -> None:
+        while not stopping.is_set():
+            child = await asyncio.create_subprocess_exec(*argv(i))
+            waiting = asyncio.ensure_future(child.wait())
+            stop = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping.is_set():
+                stop.cancel()
+                child.terminate()
+                await waiting
+                return
+            stop.cancel()
+            log.error(
+                "Coordinator process exited; restarting it",
+                coordinator_id=f"{base}-{i}",
+                code=child.returncode,
+            )
+            await asyncio.sleep(1)
+
+    await asyncio.gather(*(keep(i) for i in range(1, args.processes + 1)))
+    return 0
+
+
 async def _dev(args: argparse.Namespace) -> None:
     from pairdb.local.cluster import LocalCluster
 
@@ -472,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             from pairdb.storage_node.server import StorageNodeConfig, serve
 
             logs.configure(json=True, level=args.log_level)
-            asyncio.run(
+            loops.run(
                 serve(
                     StorageNodeConfig(
                         args.node_id,
@@ -482,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.metrics_port,
                         max_clock_offset_ms=args.max_clock_offset_ms,
                     )
-                )
+                ),
+                uvloop=args.event_loop == "uvloop",
             )
         elif args.command == "coordinator":
             from pairdb.coordinator.server import CoordinatorConfig
@@ -491,8 +562,13 @@ def main(argv: list[str] | None = None) -> int:
             if not args.postgres_dsn:
                 print("error: --postgres-dsn or PAIRDB_POSTGRES_DSN is required", file=sys.stderr)
                 return 2
+            if args.processes < 1:
+                print("error: --processes must be at least 1", file=sys.stderr)
+                return 2
             logs.configure(json=True, level=args.log_level)
-            asyncio.run(
+            if args.processes > 1:
+                return asyncio.run(_coordinator_processes(args))
+            loops.run(
                 serve_coordinator(
                     CoordinatorConfig(
                         args.postgres_dsn,
@@ -506,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
                         temporal_ui_url=args.temporal_ui,
                         metrics_port=args.metrics_port,
                     )
-                )
+                ),
+                uvloop=args.event_loop == "uvloop",
             )
         elif args.command == "demo":
             from pairdb.local.demo import run_demo
