@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import sys
@@ -38,14 +39,40 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+# Where free_port looks when the kernel's ephemeral range cannot be read.
+_EPHEMERAL_DEFAULT = (32768, 60999)
+_LOWEST_PORT = 10_000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return _EPHEMERAL_DEFAULT
+
+
 def free_port(exclude: int | None = None) -> int:
-    """A TCP port on 127.0.0.1 nothing listens on right now (other than `exclude`)."""
-    while True:
+    """A TCP port on 127.0.0.1 nothing listens on right now (other than `exclude`).
+
+    Picked outside the kernel's ephemeral range: any process that connects
+    or binds port 0 may be handed an ephemeral port at any moment, so a server
+    killed and restarted on its port (as fault injection does) could find it
+    taken. Outside that range, only another caller of free_port could pick it.
+    """
+    low, high = _ephemeral_range()
+    candidates: list[int] = [*range(_LOWEST_PORT, low), *range(high + 1, 65536)]
+    for _ in range(1000):
+        port: int = random.choice(candidates)
+        if port == exclude:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port != exclude:
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 outside the ephemeral range {low}-{high}")
 
 
 def pairdb_command(*args: str) -> list[str]:
