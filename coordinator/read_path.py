@@ -36,6 +36,7 @@ from pairdb.coordinator.write_path import ROUTE_ATTEMPTS
 from pairdb.kernel.errors import PairdbError, Unavailable
 from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.kernel.sabotage import REPAIR_READ_SET_ONLY
+from pairdb.serving.alarms import Alarms
 from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
 
 log = structlog.get_logger()
@@ -74,6 +75,7 @@ class ReadPath:
         self._clock = clock
         self._sabotage = sabotage
         self._speculation = SpeculationDelay()
+        self._alarms = Alarms()
         # Rotates which replicas a read asks first, so each takes its share (and gets checked).
         self._turn = 0
 
@@ -148,6 +150,7 @@ class ReadPath:
             required(r.plan.level, len(replicas)),
             self._turn % len(replicas) if replicas else 0,
             self._speculation,
+            self._alarms,
         )
 
     async def _get(self, r: Route, tenant_id: str, key: str) -> ReadResult:

@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Sequence
 
 from pairdb.kernel.keyspace import StoredRecord
+from pairdb.serving.alarms import Alarms
 from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
 
 Answer = StoredRecord | None
@@ -65,6 +66,7 @@ class KeyRead:
         need: int,
         first: int,
         delay: SpeculationDelay,
+        alarms: Alarms,
     ) -> None:
         self.tenant_id, self.key, self.need = tenant_id, key, need
         self.replicas = tuple(replicas[first:]) + tuple(replicas[:first])  # asked in this order
@@ -77,11 +79,10 @@ class KeyRead:
         self._outstanding = 0
         self._loop = asyncio.get_running_loop()
         self.decision: asyncio.Future[None] = self._loop.create_future()
-        self._timer: asyncio.TimerHandle | None = None
         for _ in range(min(need, len(self.replicas))):
             self._ask_next()
         if self._asked < len(self.replicas):
-            self._timer = self._loop.call_later(delay.seconds, self._speculate)
+            alarms.at(self._loop.time() + delay.seconds, self._speculate)
         self._decide()
 
     def _ask_next(self) -> None:
@@ -95,7 +96,6 @@ class KeyRead:
         ask.add_done_callback(lambda done: self._answered(done, started))
 
     def _speculate(self) -> None:
-        self._timer = None
         while not self.decision.done() and self._asked < len(self.replicas):
             self._ask_next()
 
@@ -121,6 +121,4 @@ class KeyRead:
             return
         possible = len(self.answers) + self._outstanding + len(self.replicas) - self._asked
         if self.stale is not None or len(self.answers) >= self.need or possible < self.need:
-            if self._timer is not None:
-                self._timer.cancel()
             self.decision.set_result(None)

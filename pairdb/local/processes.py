@@ -42,6 +42,8 @@ def die_with_parent() -> None:
 # Where free_port looks when the kernel's ephemeral range cannot be read.
 _EPHEMERAL_DEFAULT = (32768, 60999)
 _LOWEST_PORT = 10_000
+# Ports free_port returned in this process: a server may not have bound its port yet.
+_handed_out: set[int] = set()
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -58,19 +60,21 @@ def free_port(exclude: int | None = None) -> int:
     Picked outside the kernel's ephemeral range: any process that connects
     or binds port 0 may be handed an ephemeral port at any moment, so a server
     killed and restarted on its port (as fault injection does) could find it
-    taken. Outside that range, only another caller of free_port could pick it.
+    taken. Outside that range, only another caller of free_port could pick
+    it; this process never hands the same port out twice.
     """
     low, high = _ephemeral_range()
     candidates: list[int] = [*range(_LOWEST_PORT, low), *range(high + 1, 65536)]
     for _ in range(1000):
         port: int = random.choice(candidates)
-        if port == exclude:
+        if port == exclude or port in _handed_out:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        _handed_out.add(port)
         return port
     raise RuntimeError(f"no free TCP port on 127.0.0.1 outside the ephemeral range {low}-{high}")
 

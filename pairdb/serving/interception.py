@@ -1,56 +1,72 @@
-"""Server interceptors that run something around every RPC, unary and server-streaming alike.
+"""The one server interceptor: wraps every method's handler, once, in what must run around each call.
 
-An interceptor here is one async context manager per call: entered before the
-handler runs, exited after its last response (or its error).
+A Wrapper turns a method's behaviour (a coroutine function for unary calls,
+an async generator function for server streams) into one that does something
+around it: guard the request, bind its id, count and time it. The interceptor
+builds each method's wrapped handler the first time the method is called and
+keeps it, so a call pays only for the wrappers' own work: no interceptor
+chain to await, no handler rebuilt per call. Only methods that exist are
+kept, so unknown names cannot grow the cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import grpc
 
 Handler = Any  # grpc.RpcMethodHandler: grpc-stubs types its behaviours as sync callables
 # What every gRPC handler is given (the stubs leave its type open).
 ServicerContext = grpc.aio.ServicerContext[Any, Any]
-# (full method name, call context) -> what to run around the call
-Around = Callable[[str, ServicerContext], AbstractAsyncContextManager[None]]
+Unary = Callable[[Any, ServicerContext], Awaitable[Any]]
+Stream = Callable[[Any, ServicerContext], AsyncIterator[Any]]
+Deserializer = Callable[[bytes], Any]
 
 
-class AroundInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, around: Around) -> None:
-        self._around = around
+class Wrapper(Protocol):
+    def unary(self, method: str, inner: Unary) -> Unary: ...
+
+    def stream(self, method: str, inner: Stream) -> Stream: ...
+
+
+class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(
+        self,
+        wrappers: Sequence[Wrapper],
+        deserializer: Callable[[Deserializer], Deserializer] | None = None,
+    ) -> None:
+        """wrappers: outermost first. deserializer: wraps each method's request parser."""
+        self._wrappers = list(reversed(wrappers))
+        self._deserializer = deserializer
+        self._handlers: dict[str, Handler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         details: grpc.HandlerCallDetails,
     ) -> Handler:
-        handler: Handler = await continuation(details)
-        if handler is None:  # no such method: grpc answers UNIMPLEMENTED
-            return handler
-        around, method = self._around, details.method
+        method = details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = await continuation(details)
+            if handler is None or handler.request_streaming:  # unknown method: UNIMPLEMENTED
+                return handler
+            handler = self._handlers[method] = self._wrap(method, handler)
+        return handler
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        parse = handler.request_deserializer
+        if parse is not None and self._deserializer is not None:
+            parse = self._deserializer(parse)
         if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary(request: Any, context: ServicerContext) -> Any:
-                async with around(method, context):
-                    return await inner(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
+            unary: Unary = handler.unary_unary
+            for wrapper in self._wrappers:
+                unary = wrapper.unary(method, unary)
+            return grpc.unary_unary_rpc_method_handler(unary, parse, handler.response_serializer)
         if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def stream(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
-                async with around(method, context):
-                    async for item in inner_stream(request, context):
-                        yield item
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
-            )
+            stream: Stream = handler.unary_stream
+            for wrapper in self._wrappers:
+                stream = wrapper.stream(method, stream)
+            return grpc.unary_stream_rpc_method_handler(stream, parse, handler.response_serializer)
         return handler

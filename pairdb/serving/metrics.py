@@ -6,14 +6,14 @@ never touches simply stays at zero (or absent, for labelled ones).
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from pairdb.serving.interception import ServicerContext
+from pairdb.serving.interception import ServicerContext, Stream, Unary
 
 # -- every gRPC server -------------------------------------------------------------
 RPC_REQUESTS = Counter(
@@ -67,17 +67,52 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host)
 
 
-@contextlib.asynccontextmanager
-async def timed(full_method: str, context: ServicerContext) -> AsyncIterator[None]:
-    """Count and time one RPC with its final status code (around every call, see serving.py)."""
+class Timed:
+    """Wrapper counting and timing every RPC with its final status code."""
+
+    def unary(self, method: str, inner: Unary) -> Unary:
+        latency, count = _instruments(method)
+
+        async def timed(request: Any, context: ServicerContext) -> Any:
+            started, failed = time.perf_counter(), True
+            try:
+                reply = await inner(request, context)
+                failed = False
+                return reply
+            finally:
+                count(context, failed)
+                latency.observe(time.perf_counter() - started)
+
+        return timed
+
+    def stream(self, method: str, inner: Stream) -> Stream:
+        latency, count = _instruments(method)
+
+        async def timed(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
+            started, failed = time.perf_counter(), True
+            try:
+                async for reply in inner(request, context):
+                    yield reply
+                failed = False
+            finally:
+                count(context, failed)
+                latency.observe(time.perf_counter() - started)
+
+        return timed
+
+
+def _instruments(full_method: str) -> tuple[Any, Callable[[ServicerContext, bool], None]]:
+    """The method's latency histogram and a counter by final code, looked up once per method."""
     service, _, method = full_method.rpartition("/")
     service = service.lstrip("/").rsplit(".", 1)[-1]
-    started, failed = time.perf_counter(), True
-    try:
-        yield
-        failed = False
-    finally:
+    counters: dict[str, Any] = {}
+
+    def count(context: ServicerContext, failed: bool) -> None:
         code = context.code()
         name = code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if failed else "OK")
-        RPC_REQUESTS.labels(service, method, name).inc()
-        RPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+        counter = counters.get(name)
+        if counter is None:
+            counter = counters[name] = RPC_REQUESTS.labels(service, method, name)
+        counter.inc()
+
+    return RPC_LATENCY.labels(service, method), count

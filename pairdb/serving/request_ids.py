@@ -7,14 +7,14 @@ log line of either process names it (structlog contextvars).
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import uuid
+import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 
-from pairdb.serving.interception import ServicerContext
+from pairdb.serving.interception import ServicerContext, Stream, Unary
 
 HEADER = "x-request-id"
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -39,11 +39,23 @@ def _from(context: ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == HEADER and isinstance(value, str) and 0 < len(value) <= 64:
             return value
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()
 
 
-@contextlib.asynccontextmanager
-async def bound(full_method: str, context: ServicerContext) -> AsyncIterator[None]:
-    """Bind the call's request id for its duration (each RPC runs in its own task: its own context)."""
-    bind(_from(context))
-    yield
+class RequestIds:
+    """Wrapper binding each call's request id for its duration (each RPC runs in its own task)."""
+
+    def unary(self, method: str, inner: Unary) -> Unary:
+        async def bound(request: Any, context: ServicerContext) -> Any:
+            bind(_from(context))
+            return await inner(request, context)
+
+        return bound
+
+    def stream(self, method: str, inner: Stream) -> Stream:
+        async def bound(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
+            bind(_from(context))
+            async for reply in inner(request, context):
+                yield reply
+
+        return bound

@@ -11,9 +11,11 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pairdb.serving import metrics, request_ids
-from pairdb.serving.interception import AroundInterceptor
+from pairdb.serving import request_guard
+from pairdb.serving.interception import WrappingInterceptor
+from pairdb.serving.metrics import Timed
 from pairdb.serving.request_guard import RequestGuard
+from pairdb.serving.request_ids import RequestIds
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -23,10 +25,8 @@ def new_server(options: list[tuple[str, int]] | None = None) -> grpc.aio.Server:
     """A grpc.aio server that counts and times every RPC and refuses malformed requests cleanly."""
     # The guard goes outermost: it drops an aborted call's traceback (and with it the
     # request every inner frame holds) after the metrics wrapper has seen the status.
-    return grpc.aio.server(
-        interceptors=[RequestGuard(), AroundInterceptor(request_ids.bound), AroundInterceptor(metrics.timed)],
-        options=options,
-    )
+    wrapping = WrappingInterceptor([RequestGuard(), RequestIds(), Timed()], request_guard.deserializer)
+    return grpc.aio.server(interceptors=[wrapping], options=options)
 
 
 class Health:

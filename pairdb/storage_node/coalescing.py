@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from pairdb.serving.alarms import Alarms
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -36,7 +38,7 @@ class Caps:
     items: int = 512
     bytes: int = 4 * 1024 * 1024
     # Calls in flight at once: more than one lets a call fill while the previous one is answered.
-    in_flight: int = 2
+    in_flight: int = 1
 
 
 @dataclass(slots=True)
@@ -46,7 +48,6 @@ class _Pending(Generic[Item, Result]):
     size: int
     deadline: float
     future: asyncio.Future[Result]
-    timer: asyncio.TimerHandle | None = None
 
 
 class Coalescer(Generic[Item, Result]):
@@ -63,15 +64,16 @@ class Coalescer(Generic[Item, Result]):
         self._queue: deque[_Pending[Item, Result]] = deque()
         self._in_flight = 0
         self._calls: set[asyncio.Task[None]] = set()
+        # Every item's deadline, behind one loop timer (a timer per item costs more than the call).
+        self._deadlines = Alarms()
 
     def submit(self, value: Item, *, epoch: int, size: int, timeout: float) -> asyncio.Future[Result]:
         """Queue one item; its future resolves with the node's answer for it, or fails."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         deadline = loop.time() + timeout
-        pending = _Pending(value, epoch, size, deadline, future)
-        pending.timer = loop.call_at(deadline, self._expire, pending)
-        self._queue.append(pending)
+        self._queue.append(_Pending(value, epoch, size, deadline, future))
+        self._deadlines.at(deadline, self._expire, future)
         self._dispatch()
         return future
 
@@ -84,9 +86,9 @@ class Coalescer(Generic[Item, Result]):
             task.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
 
-    def _expire(self, pending: _Pending[Item, Result]) -> None:
-        if not pending.future.done():
-            pending.future.set_exception(self._expired())
+    def _expire(self, future: asyncio.Future[Result]) -> None:
+        if not future.done():
+            future.set_exception(self._expired())
 
     def _dispatch(self) -> None:
         while self._queue and self._in_flight < self._caps.in_flight:
@@ -137,8 +139,6 @@ class Coalescer(Generic[Item, Result]):
 
 
 def _settle(pending: _Pending[Item, Result], outcome: Result | BaseException) -> None:
-    if pending.timer is not None:
-        pending.timer.cancel()
     if pending.future.done():
         return
     if isinstance(outcome, asyncio.CancelledError):

@@ -28,3 +28,9 @@ def test_a_free_port_is_free_and_never_the_one_excluded() -> None:
             sock.bind(("127.0.0.1", free_port()))
     finally:
         taken.close()
+
+
+def test_a_process_never_gets_the_same_port_twice() -> None:
+    # Servers bind their ports some time after they were picked: two picks must differ.
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
