@@ -154,7 +154,8 @@ def _resp(*args: bytes) -> bytes:
 def _cli(*args: str, stdin: bytes | None = None, check: bool = True) -> str:
     done = subprocess.run(["redis-cli", *args], input=stdin, capture_output=True, check=False, timeout=3600)
     if check and done.returncode != 0:
-        raise RuntimeError(f"redis-cli {' '.join(args)} failed: {done.stderr.decode()[-500:]}")
+        output = (done.stdout + done.stderr).decode()[-800:]
+        raise RuntimeError(f"redis-cli {' '.join(args)} failed: {output}")
     return done.stdout.decode()
 
 
@@ -217,12 +218,29 @@ class RedisCluster:
         await self.wait_ok()
 
     async def wait_ok(self) -> None:
+        """Until every node says cluster_state:ok and redis-cli finds them agreeing on the configuration."""
         for _ in range(300):
             infos = [await asyncio.to_thread(_cli, "-p", str(p), "cluster", "info") for p in self.ports]
             if all("cluster_state:ok" in info for info in infos):
+                check = await asyncio.to_thread(
+                    subprocess.run,
+                    ["redis-cli", "--cluster", "check", f"127.0.0.1:{self.ports[0]}"],
+                    capture_output=True,
+                    check=False,
+                )
+                if check.returncode == 0 and b"[ERR]" not in check.stdout:
+                    return
+            await asyncio.sleep(0.2)
+        raise RuntimeError("Redis Cluster did not reach cluster_state:ok with every node agreeing")
+
+    async def wait_known(self, port: int) -> None:
+        """Until every node's view of the cluster lists the node on port (gossip takes a moment)."""
+        for _ in range(300):
+            views = [await asyncio.to_thread(_cli, "-p", str(p), "cluster", "nodes") for p in self.ports]
+            if all(f":{port}@" in view for view in views):
                 return
-            await asyncio.sleep(0.1)
-        raise RuntimeError("Redis Cluster did not reach cluster_state:ok")
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"the Redis node on port {port} did not become known to every node")
 
     def slot_owners(self) -> dict[int, int]:
         """slot -> port, from CLUSTER NODES."""
@@ -271,6 +289,7 @@ async def bench_redis(workdir: Path, keys: int) -> Row:
         new = await redis.start_master()
         first = f"127.0.0.1:{redis.ports[0]}"
         await asyncio.to_thread(_cli, "--cluster", "add-node", f"127.0.0.1:{new}", first)
+        await redis.wait_known(new)
         await redis.wait_ok()
         say("Redis Cluster: rebalancing onto a 4th master ...")
         started = time.perf_counter()

@@ -1,24 +1,27 @@
-"""How close the coordinator comes to the raw gRPC round-trip rate of Python on this machine.
+"""How close the coordinator comes to the gRPC round-trip rates of Python on this machine.
 
-Run:  .venv/bin/python bench/rpc.py [--seconds S] [--concurrency C]   (about 40 s with the defaults)
+Run:  .venv/bin/python bench/rpc.py [--seconds S] [--concurrency C]   (about 90 s with the defaults)
 
-Three measurements, one after the other, each a ~1 s warm-up followed by
-``--seconds`` of closed-loop load from ``--concurrency`` asyncio tasks in this
-process (each task keeps one request in flight), 100-byte payloads, loopback only:
+Measurements, one after the other, each a ~1 s warm-up followed by
+``--seconds`` of closed-loop load from asyncio tasks in this process (each
+keeps one request in flight), 100-byte payloads, loopback only:
 
-1. ``raw grpc.aio echo``: unary calls to a bytes-in/bytes-out echo server run by
-   this same script in a child process (``--echo-server PORT``, a generic handler,
-   no protobuf): what a Python gRPC service that does no work at all achieves
-   here, so the ceiling for any Python RPC on this machine, and the figure the
-   other two are compared with.
-2. ``coordinator WriteKeyValue``: ``Client.put`` at QUORUM to tenant ``bench``
-   (RF 3) of a LocalCluster (PostgreSQL, 3 storage nodes, 1 coordinator) that the
-   script starts in a fresh temporary directory and stops and deletes at the end.
-3. ``coordinator ReadKeyValue``: ``Client.get`` at QUORUM of the keys written in 2.
+(a) ``raw grpc.aio echo``: unary calls to a bytes-in/bytes-out echo server in a
+    child process (generic handler, no protobuf): the ceiling for any Python
+    RPC on this machine;
+(b) ``the plumbing ceiling``: a coordinator that does no work at all, a child
+    process answering each call once two of three no-op storage servers
+    acknowledged it, its calls to them coalesced by pairdb's own coalescer:
+    what any replicated design in Python could reach here;
+(c) pairdb: ``Client.put`` and ``Client.get`` at QUORUM, RF 3, through a
+    LocalCluster (PostgreSQL, 3 storage nodes, 1 coordinator) started in a fresh
+    temporary directory and deleted at the end;
+(d) pairdb: ``Client.put_many`` and ``get_many`` of 1,000 keys per call, 4 calls
+    in flight, in keys per second.
 
-Each row gives completed requests per second over the measured window and the
-p50/p99 latency (``time.perf_counter`` around each request) of those requests.
-Any failed request aborts the run: a rate with errors in it is not one to quote.
+Each pairdb figure is printed as a share of (a) and of (b). Latencies are
+``time.perf_counter`` around each call. Any failed request aborts the run: a
+rate with errors in it is not one to quote.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from pathlib import Path
 
 import grpc
 
-from pairdb.client import Client
+from pairdb.client import Client, ClientError
 from pairdb.local.cluster import LocalCluster
 from pairdb.local.processes import ManagedProcess, die_with_parent, free_port
 from pairdb.serving import logs
@@ -54,6 +57,9 @@ WARMUP_SECONDS = 1.0
 REQUEST_TIMEOUT = 10.0
 TENANT = "bench"
 REPLICATION_FACTOR = 3
+BATCH_KEYS = 1000
+# Batch calls in flight: each already carries BATCH_KEYS writes.
+BATCH_CONCURRENCY = 4
 # Resolved at import: the echo child is this file, whatever the working directory.
 SCRIPT = Path(__file__).resolve()
 
@@ -67,6 +73,11 @@ class Result:
     ops_per_second: float
     p50_ms: float
     p99_ms: float
+    keys_per_op: int = 1
+
+    @property
+    def keys_per_second(self) -> float:
+        return self.ops_per_second * self.keys_per_op
 
 
 # --------------------------------------------------------------------------- no-work servers (children)
@@ -151,7 +162,7 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-async def measure(label: str, op: Op, seconds: float, concurrency: int) -> Result:
+async def measure(label: str, op: Op, seconds: float, concurrency: int, keys_per_op: int = 1) -> Result:
     """Run op from `concurrency` tasks for a warm-up plus `seconds`; count only the measured window."""
     print(f"measuring {label} ...", file=sys.stderr, flush=True)
     window_start = time.perf_counter() + WARMUP_SECONDS
@@ -180,6 +191,7 @@ async def measure(label: str, op: Op, seconds: float, concurrency: int) -> Resul
         len(latencies) / seconds,
         percentile(latencies, 0.50) * 1e3,
         percentile(latencies, 0.99) * 1e3,
+        keys_per_op,
     )
 
 
@@ -266,7 +278,27 @@ async def bench_coordinator(args: argparse.Namespace, workdir: Path) -> list[Res
             reads = await measure(
                 "coordinator ReadKeyValue (RF 3, QUORUM)", read, args.seconds, args.concurrency
             )
-            return [writes, reads]
+
+            async def batch_write(w: int, i: int) -> None:
+                items: list[tuple[str, str, bytes | None]] = [
+                    (TENANT, f"b{w}-{i}-{j}", value) for j in range(BATCH_KEYS)
+                ]
+                for result in await client.put_many(items, "QUORUM"):
+                    if isinstance(result, ClientError):
+                        raise result
+
+            async def batch_read(w: int, i: int) -> None:
+                start = (i * BATCH_CONCURRENCY + w) * BATCH_KEYS
+                keys = [(TENANT, written[(start + j) % len(written)]) for j in range(BATCH_KEYS)]
+                for got in await client.get_many(keys, "QUORUM"):
+                    if isinstance(got, ClientError) or got.value != value:
+                        raise RuntimeError(f"a batch read did not return the value written: {got}")
+
+            label = f"BatchWrite, {BATCH_KEYS:,} keys per call"
+            batch_writes = await measure(label, batch_write, args.seconds, BATCH_CONCURRENCY, BATCH_KEYS)
+            label = f"BatchRead, {BATCH_KEYS:,} keys per call"
+            batch_reads = await measure(label, batch_read, args.seconds, BATCH_CONCURRENCY, BATCH_KEYS)
+            return [writes, reads, batch_writes, batch_reads]
     finally:
         await cluster.stop()
 
@@ -276,10 +308,13 @@ async def bench_coordinator(args: argparse.Namespace, workdir: Path) -> list[Res
 
 def render(results: Sequence[Result]) -> str:
     width = max(len("measurement"), *(len(r.label) for r in results))
-    head = f"{'measurement':<{width}} | {'ops/s':>9} | {'p50 ms':>7} | {'p99 ms':>7}"
+    head = f"{'measurement':<{width}} | {'calls/s':>9} | {'keys/s':>9} | {'p50 ms':>7} | {'p99 ms':>7}"
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r.label:<{width}} | {r.ops_per_second:>9,.0f} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f}")
+        lines.append(
+            f"{r.label:<{width}} | {r.ops_per_second:>9,.0f} | {r.keys_per_second:>9,.0f} | "
+            f"{r.p50_ms:>7.2f} | {r.p99_ms:>7.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -309,8 +344,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     print()
     for r in pairdb:
         print(
-            f"{r.label}: {r.ops_per_second / echo.ops_per_second:.1%} of (a) echo, "
-            f"{r.ops_per_second / plumbing.ops_per_second:.1%} of (b) plumbing ceiling"
+            f"{r.label}: {r.keys_per_second / echo.ops_per_second:.1%} of (a) echo, "
+            f"{r.keys_per_second / plumbing.ops_per_second:.1%} of (b) plumbing ceiling (keys/s vs calls/s)"
         )
 
 

@@ -9,6 +9,7 @@ old replicas alone and leave the future owners without the write.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -68,6 +69,45 @@ class ReplicaPlan:
                 f"{len(got)} answered ({', '.join(got) or 'none'})"
             )
         return "; ".join(parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape(plan: ReplicaPlan) -> tuple[tuple[int, ...], tuple[int, ...], dict[str, tuple[int, ...]]]:
+    """Per set: answers needed and size; per node: the sets it is in. Plans repeat: cached."""
+    need = tuple(required(plan.level, len(s)) for s in plan.sets)
+    sizes = tuple(len(s) for s in plan.sets)
+    member_of = {n: tuple(i for i, s in enumerate(plan.sets) if n in s) for n in plan.targets}
+    return need, sizes, member_of
+
+
+class Tally:
+    """Answers counted against a plan as they arrive: satisfied() and still_possible(), incrementally."""
+
+    __slots__ = ("_acks", "_member_of", "_misses", "_need", "_sizes")
+
+    def __init__(self, plan: ReplicaPlan, holding: Iterable[str] = ()) -> None:
+        self._need, self._sizes, self._member_of = _shape(plan)
+        self._acks = [0] * len(self._need)
+        self._misses = [0] * len(self._need)
+        for node in holding:
+            self.ack(node)
+
+    def ack(self, node: str) -> None:
+        for i in self._member_of.get(node, ()):
+            self._acks[i] += 1
+
+    def miss(self, node: str) -> None:
+        """node failed, or holds something newer: it will not acknowledge."""
+        for i in self._member_of.get(node, ()):
+            self._misses[i] += 1
+
+    @property
+    def met(self) -> bool:
+        return all(a >= n for a, n in zip(self._acks, self._need, strict=True))
+
+    @property
+    def possible(self) -> bool:
+        return all(size - m >= n for size, m, n in zip(self._sizes, self._misses, self._need, strict=True))
 
 
 def unfenced_quorum(sets: Iterable[tuple[str, ...]], fenced: Collection[str]) -> tuple[str, ...] | None:

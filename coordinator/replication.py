@@ -17,14 +17,17 @@ import asyncio
 import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
-from pairdb.coordinator.quorum import ReplicaPlan
+from pairdb.coordinator.quorum import ReplicaPlan, Tally
 from pairdb.coordinator.topology import Topology, TopologyCache
 from pairdb.kernel.keyspace import Applied, StoredRecord, Version
+from pairdb.proto import storage_pb2
 from pairdb.serving import metrics
 from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
+from pairdb.storage_node.wire import to_proto
 
 log = structlog.get_logger()
 
@@ -60,51 +63,55 @@ class Delivery:
 class _Round:
     """The sends of one delivery, and whether their answers decided it yet."""
 
-    __slots__ = ("answers", "decided", "delivery", "joining", "newer_counts", "outcome", "sends")
+    __slots__ = ("answers", "decided", "delivery", "expected", "joining", "newer_counts", "outcome", "tally")
 
     def __init__(self, delivery: Delivery, newer_counts: bool) -> None:
         self.delivery = delivery
         self.newer_counts = newer_counts
         self.outcome = Outcome(set(delivery.holding))
-        self.sends: dict[asyncio.Future[Applied], str] = {}
-        self.joining = set(delivery.plan.new or ()) - set(delivery.plan.old)
+        self.tally = Tally(delivery.plan, self.outcome.acked)
+        self.expected = 0  # answers to wait for: one per node it was sent to
+        self.joining = _joining(delivery.plan)
         self.decided = False
         # Answers taken in so far; a send may be done before its answer is taken (callbacks run later).
         self.answers = 0
 
-    def answer(self, node: str, send: asyncio.Future[Applied]) -> None:
+    def take(self, node: str, result: Applied | BaseException) -> None:
         self.answers += 1
         outcome = self.outcome
-        exc = None if send.cancelled() else send.exception()
-        if send.cancelled() or exc is not None:
-            outcome.failed[node] = "cancelled" if exc is None else describe_failure(exc)
-            if isinstance(exc, StaleEpoch):
-                outcome.stale = exc
-            else:
-                record = self.delivery.record
-                log.warning(
-                    "Dual-write failed to migration node" if node in self.joining else "Replica write failed",
-                    node_id=node,
-                    tenant_id=record.tenant_id,
-                    key=record.key,
-                    error=outcome.failed[node],
-                )
+        if isinstance(result, BaseException):
+            self.tally.miss(node)
+            outcome.failed[node] = describe_failure(result)
+            if isinstance(result, StaleEpoch):
+                outcome.stale = result
             return
-        result = send.result()
         if result.applied or result.same or self.newer_counts:
             outcome.acked.add(node)
+            self.tally.ack(node)
         else:
             outcome.newer[node] = result.current
+            self.tally.miss(node)
 
     def decide(self) -> bool:
         """Whether this round's outcome is settled: the plan met, or no longer possible, or stale."""
-        plan, outcome = self.delivery.plan, self.outcome
         return (
-            outcome.stale is not None
-            or plan.satisfied(outcome.acked)
-            or not plan.still_possible(outcome.acked, [*outcome.failed, *outcome.newer])
-            or self.answers == len(self.sends)
+            self.outcome.stale is not None
+            or self.tally.met
+            or not self.tally.possible
+            or self.answers == self.expected
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _joining(plan: ReplicaPlan) -> frozenset[str]:
+    """Nodes only the future ring has: sends to them are dual writes."""
+    return frozenset(plan.new or ()) - frozenset(plan.old)
+
+
+# From this many records a send_many calls the nodes directly (a batch); below, through their coalescers.
+DIRECT_CALLS_FROM = 32
+# Records per direct call.
+CALL_ITEMS = 512
 
 
 class Replicator:
@@ -142,58 +149,106 @@ class Replicator:
     ) -> list[Outcome]:
         """send() for many records at once: one outcome each, back when every one is decided.
 
-        The sends of all records to one node leave in as few calls as the node's
-        caps allow (coalescing.py); each record is decided on its own answers.
+        A few records go through each node's coalescer, sharing calls with
+        other requests' records; a batch is a coalesced unit already and goes
+        straight to each node in calls of up to CALL_ITEMS records. Either way
+        each record is decided on its own answers.
         """
         rounds = [_Round(d, newer_counts) for d in deliveries]
-        undecided = len(rounds)
-        all_decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        sends: dict[asyncio.Future[Any], tuple[str, list[_Round]]] = {}
+        if len(rounds) >= DIRECT_CALLS_FROM:
+            per_node: dict[str, list[tuple[_Round, storage_pb2.Record]]] = {}
+            for round_ in rounds:
+                message = to_proto(round_.delivery.record)  # encoded once for all its replicas
+                for node in round_.delivery.plan.targets:
+                    if node not in round_.outcome.acked:
+                        per_node.setdefault(node, []).append((round_, message))
+            for node, group in per_node.items():
+                client = self._pool.node(node, topology.address(node))
+                for at in range(0, len(group), CALL_ITEMS):
+                    chunk = group[at : at + CALL_ITEMS]
+                    call = client.apply_encoded([m for _, m in chunk], epoch=topology.epoch)
+                    sends[asyncio.ensure_future(call)] = (node, [r for r, _ in chunk])
+        else:
+            for round_ in rounds:
+                for node in round_.delivery.plan.targets:
+                    if node not in round_.outcome.acked:
+                        client = self._pool.node(node, topology.address(node))
+                        sends[client.submit_apply(round_.delivery.record, epoch=topology.epoch)] = (
+                            node,
+                            [round_],
+                        )
+        for _, part in sends.values():
+            for round_ in part:
+                round_.expected += 1
 
-        def answered(round_: _Round, node: str, send: asyncio.Future[Applied]) -> None:
-            nonlocal undecided
-            if round_.decided:  # a late answer: the outcome was given already
-                _log_late_failure(send)
-                return
-            round_.answer(node, send)
-            if not round_.decided and round_.decide():
-                round_.decided = True
-                undecided -= 1
-                if not undecided and not all_decided.done():
-                    all_decided.set_result(None)
-
+        undecided = 0
         for round_ in rounds:
-            record, plan = round_.delivery.record, round_.delivery.plan
-            for node in plan.targets:
-                if node in round_.outcome.acked:
-                    continue
-                send = self._pool.node(node, topology.address(node)).submit_apply(
-                    record, epoch=topology.epoch
-                )
-                round_.sends[send] = node
-                if dual_write and node in round_.joining:
-                    send.add_done_callback(_count_dual_write)
             if round_.decide():  # nothing to send, or the holders alone meet the plan
                 round_.decided = True
-                undecided -= 1
-            for send, node in round_.sends.items():
-                send.add_done_callback(functools.partial(answered, round_, node))
+            else:
+                undecided += 1
+        all_decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def answered(send: asyncio.Future[Any]) -> None:
+            nonlocal undecided
+            node, part = sends[send]
+            results = _results(send, len(part))
+            _log_failures(node, part, results)
+            for round_, result in zip(part, results, strict=True):
+                if dual_write and node in round_.joining:
+                    metrics.DUAL_WRITES.labels(
+                        "failure" if isinstance(result, BaseException) else "success"
+                    ).inc()
+                if round_.decided:  # a late answer: the outcome was given already
+                    continue
+                round_.take(node, result)
+                if round_.decide():
+                    round_.decided = True
+                    undecided -= 1
+            if not undecided and not all_decided.done():
+                all_decided.set_result(None)
+
+        for send in sends:
+            send.add_done_callback(answered)
         try:
             if undecided:
                 await all_decided
         finally:
-            for round_ in rounds:
-                for send in round_.sends:
-                    if not send.done():
-                        # Still writing by this epoch's view: a barrier waits for it too.
-                        self._cache.track(topology.epoch, send)
+            for send in sends:
+                if not send.done():
+                    # Still writing by this epoch's view: a barrier waits for it too.
+                    self._cache.track(topology.epoch, send)
         return [round_.outcome for round_ in rounds]
 
 
-def _log_late_failure(task: asyncio.Future[Applied]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("Late replica write failed", error=describe_failure(task.exception()))
+def _log_failures(node: str, part: list[_Round], results: list[Applied | BaseException]) -> None:
+    """One line per failed call; one per record the node refused on its own. Fences are not failures."""
+    failures = [(r, e) for r, e in zip(part, results, strict=True) if isinstance(e, BaseException)]
+    if not failures or isinstance(failures[0][1], StaleEpoch):
+        return
+    error = failures[0][1]
+    if len(part) > 1 and all(e is error for _, e in failures):
+        log.warning("Replica call failed", node_id=node, records=len(part), error=describe_failure(error))
+        return
+    for round_, exc in failures:
+        record = round_.delivery.record
+        log.warning(
+            "Dual-write failed to migration node" if node in round_.joining else "Replica write failed",
+            node_id=node,
+            tenant_id=record.tenant_id,
+            key=record.key,
+            late=round_.decided,
+            error=describe_failure(exc),
+        )
 
 
-def _count_dual_write(task: asyncio.Future[Applied]) -> None:
-    failed = task.cancelled() or task.exception() is not None
-    metrics.DUAL_WRITES.labels("failure" if failed else "success").inc()
+def _results(send: asyncio.Future[Any], count: int) -> list[Applied | BaseException]:
+    """A send's answers, one per record: a call that failed fails each of its records."""
+    if send.cancelled():
+        return [asyncio.CancelledError("the replica call was cancelled")] * count
+    exc = send.exception()
+    if exc is not None:
+        return [exc] * count
+    result = send.result()
+    return result if isinstance(result, list) else [result]

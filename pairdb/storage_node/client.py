@@ -102,7 +102,7 @@ class NodeClient:
         self._channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = storage_pb2_grpc.StorageServiceStub(self._channel)
         self._writes: Coalescer[StoredRecord, Applied] = Coalescer(
-            self._apply_many, self._expired, caps or Caps()
+            self._coalesced_apply, self._expired, caps or Caps()
         )
         self._reads: Coalescer[tuple[str, str], StoredRecord | None] = Coalescer(
             self._get_many, self._expired, caps or Caps()
@@ -137,11 +137,23 @@ class NodeClient:
     async def apply(self, record: StoredRecord, *, epoch: int = 0, timeout: float | None = None) -> Applied:
         return await self.submit_apply(record, epoch=epoch, timeout=timeout)
 
-    async def _apply_many(
+    async def _coalesced_apply(
         self, epoch: int, records: list[StoredRecord], timeout: float
     ) -> list[Applied | StorageError]:
-        request = storage_pb2.ApplyManyRequest(records=[to_proto(r) for r in records], epoch=epoch)
-        reply = await self._call(self._stub.ApplyMany, request, timeout)
+        return await self.apply_many(records, epoch=epoch, timeout=timeout)
+
+    async def apply_many(
+        self, records: Sequence[StoredRecord], *, epoch: int = 0, timeout: float | None = None
+    ) -> list[Applied | StorageError]:
+        """Independent writes in one call (ApplyMany): each record's outcome, or the error it failed with."""
+        return await self.apply_encoded([to_proto(r) for r in records], epoch=epoch, timeout=timeout)
+
+    async def apply_encoded(
+        self, messages: Sequence[storage_pb2.Record], *, epoch: int = 0, timeout: float | None = None
+    ) -> list[Applied | StorageError]:
+        """apply_many of records already in wire form (a batch sent to several replicas encodes once)."""
+        request = storage_pb2.ApplyManyRequest(records=messages, epoch=epoch)
+        reply = await self._call(self._stub.ApplyMany, request, timeout or self.timeout)
         return [
             _item_error(self.node_id, o.error) if o.HasField("error") else _applied(o.result)
             for o in reply.outcomes
