@@ -26,12 +26,13 @@ from typing import Any
 
 import structlog
 
+from pairdb.coordinator.batch import one_by_one
 from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan, required
 from pairdb.coordinator.replica_reads import KeyRead, SpeculationDelay
 from pairdb.coordinator.replication import Replicator
 from pairdb.coordinator.routing import Route, StaleView, route
-from pairdb.coordinator.topology import LeaseLapsed, Topology, TopologyCache
+from pairdb.coordinator.topology import Topology, TopologyCache
 from pairdb.coordinator.write_path import ROUTE_ATTEMPTS
 from pairdb.kernel.errors import PairdbError, Unavailable
 from pairdb.kernel.keyspace import StoredRecord, Version
@@ -127,14 +128,7 @@ class ReadPath:
                     results[i] = exc
             self._cache.check_lease()
         if single:
-            again = await asyncio.gather(*(self.get(*keys[i], level) for i in single), return_exceptions=True)
-            for i, result in zip(single, again, strict=True):
-                if isinstance(result, PairdbError | ReadResult):
-                    results[i] = result
-                elif isinstance(result, LeaseLapsed):
-                    results[i] = Unavailable(str(result))
-                else:
-                    raise result
+            await one_by_one(single, lambda i: self.get(*keys[i], level), results)
         return [r for r in results if r is not None]
 
     def _ask(self, r: Route, tenant_id: str, key: str) -> KeyRead:

@@ -23,7 +23,6 @@ key that needs one of the three decisions above goes the single-key way.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -31,11 +30,12 @@ from dataclasses import dataclass
 
 import structlog
 
+from pairdb.coordinator.batch import one_by_one
 from pairdb.coordinator.hlc import ClockCeiling, HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan
 from pairdb.coordinator.replication import Delivery, Replicator
 from pairdb.coordinator.routing import StaleView, route
-from pairdb.coordinator.topology import LeaseLapsed, Topology, TopologyCache
+from pairdb.coordinator.topology import Topology, TopologyCache
 from pairdb.kernel.errors import PairdbError, Unavailable
 from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.kernel.sabotage import SKIP_REVERSION
@@ -139,26 +139,7 @@ class WritePath:
             else:
                 results[i] = Unavailable(outcome.shortfall(delivery.plan))
         if single:
-            again = await asyncio.gather(
-                *(
-                    self._write(
-                        writes[i].tenant_id,
-                        writes[i].key,
-                        writes[i].value,
-                        tombstone=writes[i].tombstone,
-                        level=level,
-                    )
-                    for i in single
-                ),
-                return_exceptions=True,
-            )
-            for i, result in zip(single, again, strict=True):
-                if isinstance(result, PairdbError | WriteResult):
-                    results[i] = result
-                elif isinstance(result, LeaseLapsed):
-                    results[i] = Unavailable(str(result))
-                else:
-                    raise result
+            await one_by_one(single, lambda i: self._write(*_fields(writes[i]), level=level), results)
         return [r for r in results if r is not None]
 
     async def replicate(self, topology: Topology, plan: ReplicaPlan, record: StoredRecord) -> WriteResult:
