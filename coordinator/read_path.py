@@ -1,10 +1,10 @@
 """The read path: ask the replicas, return the newest record, but only once it is durable.
 
-A read asks as many replicas of the read set as its level needs, more only
-when one fails or is slow (replica_reads.py), and takes the newest record
-among the answers. Before returning it, it makes that record held
-at the read's level in every set the current phase writes to (blocking read
-repair, as the write-back phase of ABD): otherwise a value a client has seen
+A read asks every replica of the read set (replica_reads.py), waits for
+enough answers to meet its level and takes the newest record among them.
+Before returning it, it makes that record held at the read's level in every
+set the current phase writes to (blocking read repair, as the write-back
+phase of ABD): otherwise a value a client has seen
 could vanish from the next read, after a replica failure, a cutover or a
 rollback moved reads to other replicas. With it, QUORUM reads and writes
 behave as one linearizable register per key.
@@ -29,7 +29,7 @@ import structlog
 from pairdb.coordinator.batch import one_by_one
 from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan, required
-from pairdb.coordinator.replica_reads import KeyRead, SpeculationDelay
+from pairdb.coordinator.replica_reads import KeyRead
 from pairdb.coordinator.replication import Replicator
 from pairdb.coordinator.routing import Route, StaleView, route
 from pairdb.coordinator.topology import Topology, TopologyCache
@@ -37,7 +37,6 @@ from pairdb.coordinator.write_path import ROUTE_ATTEMPTS
 from pairdb.kernel.errors import PairdbError, Unavailable
 from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.kernel.sabotage import REPAIR_READ_SET_ONLY
-from pairdb.serving.alarms import Alarms
 from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
 
 log = structlog.get_logger()
@@ -75,10 +74,6 @@ class ReadPath:
         self._replicator = replicator
         self._clock = clock
         self._sabotage = sabotage
-        self._speculation = SpeculationDelay()
-        self._alarms = Alarms()
-        # Rotates which replicas a read asks first, so each takes its share (and gets checked).
-        self._turn = 0
 
     async def get(self, tenant_id: str, key: str, level: Consistency) -> ReadResult:
         fence = 0
@@ -133,7 +128,6 @@ class ReadPath:
 
     def _ask(self, r: Route, tenant_id: str, key: str) -> KeyRead:
         replicas, topology = r.plan.old, r.topology
-        self._turn += 1
         return KeyRead(
             self._pool,
             {n: topology.address(n) for n in replicas},
@@ -142,9 +136,6 @@ class ReadPath:
             key,
             replicas,
             required(r.plan.level, len(replicas)),
-            self._turn % len(replicas) if replicas else 0,
-            self._speculation,
-            self._alarms,
         )
 
     async def _get(self, r: Route, tenant_id: str, key: str) -> ReadResult:

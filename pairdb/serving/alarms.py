@@ -1,7 +1,7 @@
 """Many timed callbacks behind one event-loop timer.
 
-Every replica call carries a deadline, and every read a speculative-retry
-delay: a loop timer for each costs about as much as the call itself. Alarms
+Every replica call carries a deadline: a loop timer for each costs about as
+much as the call itself. Alarms
 keeps them in a heap and arms one timer for the earliest. An alarm cannot be
 cancelled; its callback checks whether it still has something to do (a future
 already answered, a read already decided), which is what it would check anyway.

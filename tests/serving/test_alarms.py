@@ -8,7 +8,7 @@ from pairdb.serving.alarms import Alarms
 
 
 async def test_alarms_ring_in_time_order_whatever_the_order_they_were_set_in() -> None:
-    alarms, rung = Alarms(), []
+    alarms, rung = Alarms(), list[float]()
     now = asyncio.get_running_loop().time()
     for delay in (0.03, 0.01, 0.02):
         alarms.at(now + delay, rung.append, delay)
@@ -20,7 +20,7 @@ async def test_alarms_ring_in_time_order_whatever_the_order_they_were_set_in() -
 
 
 async def test_an_alarm_earlier_than_all_others_rearms_the_one_timer() -> None:
-    alarms, rung = Alarms(), []
+    alarms, rung = Alarms(), list[str]()
     now = asyncio.get_running_loop().time()
     alarms.at(now + 5, rung.append, "late")
     alarms.at(now + 0.01, rung.append, "early")
