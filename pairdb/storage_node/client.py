@@ -101,22 +101,16 @@ class NodeClient:
         self.timeout = timeout
         self._channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = storage_pb2_grpc.StorageServiceStub(self._channel)
-        self._writes: Coalescer[StoredRecord, Applied] = Coalescer(
-            self._coalesced_apply, self._expired, caps or Caps()
-        )
+        caps = caps or Caps()
+        self._writes: Coalescer[StoredRecord, Applied] = Coalescer(self._coalesced_apply, self._expired, caps)
         self._reads: Coalescer[tuple[str, str], StoredRecord | None] = Coalescer(
-            self._get_many, self._expired, caps or Caps()
+            self._get_many, self._expired, caps
         )
 
     async def close(self) -> None:
         await self._writes.close()
         await self._reads.close()
         await self._channel.close(None)
-
-    @property
-    def queued(self) -> int:
-        """Writes and reads waiting for a call slot: how far behind this node is."""
-        return self._writes.queued + self._reads.queued
 
     def _expired(self) -> StorageError:
         return StorageError(self.node_id, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")

@@ -78,10 +78,6 @@ class Coalescer(Generic[Item, Result]):
         self._dispatch()
         return future
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
     async def close(self) -> None:
         for task in list(self._calls):
             task.cancel()
