@@ -25,6 +25,7 @@ from temporalio.exceptions import ApplicationError
 
 from pairdb.activities import merge
 from pairdb.activities.context import StepContext
+from pairdb.activities.pace import Pace
 from pairdb.coordinator.metadata import MigrationRow, PlannedRange
 from pairdb.coordinator.quorum import Consistency, required
 from pairdb.coordinator.ring import RangeMove, ranges_gained
@@ -48,35 +49,6 @@ PARALLEL_RANGES = 4
 T = TypeVar("T")
 
 
-class Throttle:
-    """A token bucket in keys per second; 0 means no limit.
-
-    It starts empty and holds at most one second of tokens: a new copy step
-    (each chunk of ranges is one) gets no burst, so the operator's rate holds
-    over the whole migration, not per chunk.
-    """
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self._allowance = 0.0
-        self._last = time.monotonic()
-
-    async def take(self, n: int) -> None:
-        if self.rate <= 0:
-            return
-        now = time.monotonic()
-        self._allowance = min(float(self.rate), self._allowance + (now - self._last) * self.rate)
-        self._last = now
-        self._allowance -= n
-        wait = -self._allowance / self.rate if self._allowance < 0 else 0.0
-        while wait > 0:
-            # Sleep in slices so a slow throttle never misses a heartbeat.
-            step = min(wait, 1.0)
-            await asyncio.sleep(step)
-            activity.heartbeat()
-            wait -= step
-
-
 def _rfs(topology: Topology) -> dict[str, int]:
     return {t: info.replication_factor for t, info in topology.tenants.items()}
 
@@ -84,6 +56,9 @@ def _rfs(topology: Topology) -> dict[str, int]:
 class CopySteps:
     def __init__(self, ctx: StepContext) -> None:
         self._ctx = ctx
+        # The rate each migration's last copy step ended at, so the next starts there rather than
+        # at full speed. Only a hint: a step on another worker starts afresh.
+        self._rates: dict[str, float] = {}
 
     async def _moving(self, migration_id: str) -> tuple[MigrationRow, Topology]:
         row = await self._ctx.migration(migration_id)
@@ -135,9 +110,14 @@ class CopySteps:
         """Copy a chunk of planned ranges to the joining node, skipping those already copied."""
         row, topology = await self._moving(chunk.migration_id)
         joining = self._ctx.joining(row)
-        throttle = Throttle(chunk.throttle_keys_per_second)
         plan = await self._ctx.store.plan(chunk.migration_id, chunk.range_indexes)
         todo = [p for p in plan if not p.copied]  # checkpointed ranges are never copied twice
+        sources = sorted({s for p in todo for s in p.sources})
+        pace = Pace(
+            chunk.throttle_keys_per_second,
+            [joining, *(self._ctx.node(topology, s) for s in sources)],
+            start=self._rates.get(chunk.migration_id),
+        )
         slots = asyncio.Semaphore(PARALLEL_RANGES)
 
         async def copy_one(planned: PlannedRange) -> None:
@@ -145,13 +125,16 @@ class CopySteps:
 
                 async def stream(sources: list[str]) -> tuple[int, int]:
                     old = self._old_view(topology, row.node_id, planned, sources)
-                    return await self._apply(joining, old, throttle, topology.epoch)
+                    return await self._apply(joining, old, pace, topology.epoch)
 
                 keys, size = await self._from_quorum(topology, joining, planned, stream)
                 await self._ctx.store.mark_copied(chunk.migration_id, planned.index, keys, size)
                 activity.heartbeat()
 
-        await asyncio.gather(*(copy_one(p) for p in todo))
+        try:
+            await asyncio.gather(*(copy_one(p) for p in todo))
+        finally:
+            self._rates[chunk.migration_id] = pace.rate
         return await self._report(chunk.migration_id)
 
     @activity.defn(name="verify_ranges")
@@ -236,7 +219,7 @@ class CopySteps:
             )
             lagging = merge.behind(old, have, planned.start, planned.end)
             if apply:
-                return (await self._apply(joining, lagging, Throttle(0), topology.epoch))[0]
+                return (await self._apply(joining, lagging, Pace(0, [], adaptive=False), topology.epoch))[0]
             return sum([len(batch) async for batch in lagging])
 
         return await self._from_quorum(topology, joining, planned, run)
@@ -320,7 +303,7 @@ class CopySteps:
         self,
         joining: NodeClient,
         batches: AsyncIterator[list[StoredRecord]],
-        throttle: Throttle,
+        pace: Pace,
         epoch: int,
     ) -> tuple[int, int]:
         """Apply the records to the joining node in batches, a few in flight, routed by epoch.
@@ -334,7 +317,7 @@ class CopySteps:
             async for merged_batch in batches:
                 for at in range(0, len(merged_batch), APPLY_BATCH):
                     part = merged_batch[at : at + APPLY_BATCH]
-                    await throttle.take(len(part))
+                    await pace.take(len(part))
                     if len(in_flight) >= APPLY_IN_FLIGHT:
                         await in_flight.popleft()
                     in_flight.append(asyncio.create_task(joining.apply_batch(part, epoch=epoch, timeout=30)))

@@ -65,10 +65,20 @@ class ApplyBatchRequest(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ApplyBatchResponse(_message.Message):
-    __slots__ = ("applied",)
+    __slots__ = ("applied", "load")
     APPLIED_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     applied: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, applied: _Optional[_Iterable[bool]] = ...) -> None: ...
+    load: NodeLoad
+    def __init__(self, applied: _Optional[_Iterable[bool]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ...) -> None: ...
+
+class NodeLoad(_message.Message):
+    __slots__ = ("client_ops_per_second", "scheduling_delay_ms")
+    CLIENT_OPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULING_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    client_ops_per_second: float
+    scheduling_delay_ms: float
+    def __init__(self, client_ops_per_second: _Optional[float] = ..., scheduling_delay_ms: _Optional[float] = ...) -> None: ...
 
 class ApplyManyRequest(_message.Message):
     __slots__ = ("records", "epoch")
@@ -161,10 +171,12 @@ class ScanRangeRequest(_message.Message):
     def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_tombstones: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class ScanRangeBatch(_message.Message):
-    __slots__ = ("records",)
+    __slots__ = ("records", "load")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[Record]
-    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
+    load: NodeLoad
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ...) -> None: ...
 
 class RangeDigestRequest(_message.Message):
     __slots__ = ("range", "epoch")

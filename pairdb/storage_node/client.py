@@ -11,6 +11,7 @@ calls take the registry epoch the caller routed them by (0: not routed).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,16 @@ class NodeStats:
     tombstones: int
 
 
+@dataclass(frozen=True, slots=True)
+class NodeLoad:
+    """A node's client traffic, as its last reply to a copy told (proto/storage.proto, NodeLoad)."""
+
+    client_ops_per_second: float
+    scheduling_delay_ms: float
+    # time.monotonic() when it arrived: an old report says little.
+    at: float
+
+
 class NodeClient:
     def __init__(
         self, node_id: str, address: str, timeout: float = DEFAULT_TIMEOUT, caps: Caps | None = None
@@ -106,6 +117,8 @@ class NodeClient:
         self._reads: Coalescer[tuple[str, str], StoredRecord | None] = Coalescer(
             self._get_many, self._expired, caps
         )
+        # What the node last said of its client traffic, on a reply to ScanRange or ApplyBatch.
+        self.load: NodeLoad | None = None
 
     async def close(self) -> None:
         await self._writes.close()
@@ -158,7 +171,11 @@ class NodeClient:
     ) -> list[bool]:
         request = storage_pb2.ApplyBatchRequest(records=[to_proto(r) for r in records], epoch=epoch)
         reply = await self._call(self._stub.ApplyBatch, request, timeout or self.timeout)
+        self._heard(reply.load)
         return list(reply.applied)
+
+    def _heard(self, load: storage_pb2.NodeLoad) -> None:
+        self.load = NodeLoad(load.client_ops_per_second, load.scheduling_delay_ms, time.monotonic())
 
     def submit_get(
         self, tenant_id: str, key: str, *, epoch: int = 0, timeout: float | None = None
@@ -209,6 +226,7 @@ class NodeClient:
             async for batch in self._stub.ScanRange(
                 request, timeout=timeout, metadata=request_ids.outgoing()
             ):
+                self._heard(batch.load)
                 yield [from_proto(r) for r in batch.records]
         except grpc.aio.AioRpcError as exc:
             raise _error(self.node_id, exc) from None

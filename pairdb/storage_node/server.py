@@ -16,6 +16,7 @@ from pairdb.serving import metrics
 from pairdb.serving.server import Health, new_server
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine
+from pairdb.storage_node.load import LoadMeter
 from pairdb.storage_node.service import StorageService
 
 log = structlog.get_logger()
@@ -43,6 +44,8 @@ async def serve(config: StorageNodeConfig) -> None:
     engine = Engine(config.data_dir)
     committer = GroupCommitter(engine)
     committer.start()
+    load = LoadMeter()
+    load.start()
     server = new_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -57,6 +60,7 @@ async def serve(config: StorageNodeConfig) -> None:
             max_clock_offset_ms=config.max_clock_offset_ms,
             clock=WallClock.from_env(),
             sabotage=sabotage,
+            load=load,
         ),
         server,
     )
@@ -90,5 +94,6 @@ async def serve(config: StorageNodeConfig) -> None:
     await health.stop()
     await server.stop(grace=5)
     await committer.stop()
+    await load.stop()
     engine.close()
     log.info("Storage node stopped", node_id=config.node_id)

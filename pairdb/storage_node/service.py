@@ -23,6 +23,7 @@ from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.serving.interception import ServicerContext
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine
+from pairdb.storage_node.load import LoadMeter
 from pairdb.storage_node.wire import from_proto, to_proto
 
 log = structlog.get_logger()
@@ -73,8 +74,11 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS,
         clock: WallClock | None = None,
         sabotage: frozenset[str] = frozenset(),
+        load: LoadMeter | None = None,
     ) -> None:
         self._node_id = node_id
+        # Client traffic is counted here; the copy's calls carry the count back to it.
+        self._load = load or LoadMeter()
         self._skip_fence = SKIP_FENCE in sabotage
         self._engine = engine
         self._committer = committer
@@ -134,6 +138,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         await self._check_epoch(request.epoch, context)
         await self._check_records([request.record], context, batch=False)
         [result] = await self._committer.apply([from_proto(request.record)])
+        self._load.served(1)
         reply = storage_pb2.ApplyResponse()
         _fill_applied(reply, result)
         return reply
@@ -145,7 +150,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         await self._check_count(len(request.records), context)
         await self._check_records(request.records, context, batch=True)
         results = await self._committer.apply([from_proto(r) for r in request.records])
-        return storage_pb2.ApplyBatchResponse(applied=[r.applied for r in results])
+        return storage_pb2.ApplyBatchResponse(applied=[r.applied for r in results], load=self._load.report())
 
     async def ApplyMany(
         self, request: storage_pb2.ApplyManyRequest, context: ServicerContext
@@ -164,6 +169,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         results = await self._committer.apply([from_proto(request.records[i]) for i in accepted])
         for i, result in zip(accepted, results, strict=True):
             _fill_applied(outcomes[i].result, result)
+        self._load.served(len(outcomes))
         return storage_pb2.ApplyManyResponse(outcomes=outcomes)
 
     async def Get(self, request: storage_pb2.GetRequest, context: ServicerContext) -> storage_pb2.GetResponse:
@@ -173,6 +179,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         reply = storage_pb2.GetResponse()
         self._read_into(reply, request.tenant_id, request.key)
+        self._load.served(1)
         return reply
 
     async def GetMany(
@@ -187,6 +194,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
                 outcome.error.code, outcome.error.message = grpc.StatusCode.INVALID_ARGUMENT.value[0], problem
             else:
                 self._read_into(outcome.result, k.tenant_id, k.key)
+        self._load.served(len(outcomes))
         return storage_pb2.GetManyResponse(outcomes=outcomes)
 
     def _read_into(self, reply: storage_pb2.GetResponse, tenant_id: str, key: str) -> None:
@@ -223,10 +231,10 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
                 batch.append(to_proto(r, with_token=True))
                 size += len(r.value)
                 if size >= MAX_SCAN_BATCH_BYTES:
-                    yield storage_pb2.ScanRangeBatch(records=batch)
+                    yield storage_pb2.ScanRangeBatch(records=batch, load=self._load.report())
                     batch, size = [], 0
             if batch:
-                yield storage_pb2.ScanRangeBatch(records=batch)
+                yield storage_pb2.ScanRangeBatch(records=batch, load=self._load.report())
             if after is None:
                 return
 

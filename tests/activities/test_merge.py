@@ -13,7 +13,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pairdb.activities.copy import Throttle
 from pairdb.activities.merge import READ_AHEAD, RunningDigest, behind, merged
 from pairdb.kernel.keyspace import TOKEN_MAX, Version, in_range
 from pairdb.storage_node.client import StorageError
@@ -134,17 +133,3 @@ async def test_behind_lists_what_the_target_lacks_or_holds_older(
         assert lagging == expected
     finally:
         target.close()
-
-
-async def test_a_new_throttle_starts_empty_so_a_copy_step_gets_no_burst(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-
-    monkeypatch.setattr("pairdb.activities.copy.asyncio.sleep", sleep)
-    monkeypatch.setattr("pairdb.activities.copy.activity.heartbeat", lambda *a: None)
-    await Throttle(500).take(500)
-    assert sum(slept) == pytest.approx(1.0, abs=0.05)

@@ -1,0 +1,130 @@
+"""The copy's pace: the operator's throttle as a ceiling, and less while the nodes' clients are busy.
+
+Unit tests of activities/pace.py; the nodes are real NodeClients (never
+connected) whose last reported load the tests set, as replies would.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pairdb.activities.pace import (
+    ADJUST_SECONDS,
+    BUSY_DELAY_MS,
+    BUSY_START_KEYS_PER_SECOND,
+    FLOOR_KEYS_PER_SECOND,
+    FRESH_SECONDS,
+    INCREASE_KEYS_PER_SECOND,
+    QUIET_CLIENT_OPS,
+    Pace,
+    Throttle,
+)
+from pairdb.storage_node.client import NodeClient, NodeLoad
+
+BUSY = QUIET_CLIENT_OPS * 10
+LATE = BUSY_DELAY_MS * 4
+ON_TIME = BUSY_DELAY_MS / 4
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[list[NodeClient]]:
+    clients = [NodeClient(f"node-{i}", "127.0.0.1:9") for i in range(3)]
+    yield clients
+    for client in clients:
+        await client.close()
+
+
+def report(node: NodeClient, ops: float, delay_ms: float, at: float) -> None:
+    node.load = NodeLoad(ops, delay_ms, at)
+
+
+def steps(pace: Pace, start: float, n: int) -> list[float]:
+    """The rate after each of n adjustments, one ADJUST_SECONDS apart (reports refreshed each time)."""
+    rates = []
+    for i in range(n):
+        now = start + (i + 1) * ADJUST_SECONDS
+        for node in pace_nodes(pace):
+            if node.load is not None:
+                node.load = NodeLoad(node.load.client_ops_per_second, node.load.scheduling_delay_ms, now)
+        pace.follow(now)
+        rates.append(pace.rate)
+    return rates
+
+
+def pace_nodes(pace: Pace) -> list[NodeClient]:
+    return list(pace._nodes)  # the test refreshes what the nodes reported
+
+
+async def test_a_new_throttle_starts_empty_so_a_copy_step_gets_no_burst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr("pairdb.activities.pace.asyncio.sleep", sleep)
+    monkeypatch.setattr("pairdb.activities.pace.activity.heartbeat", lambda *a: None)
+    await Throttle(500).take(500)
+    assert sum(slept) == pytest.approx(1.0, abs=0.05)
+
+
+async def test_without_client_traffic_the_copy_runs_at_the_ceiling(nodes: list[NodeClient]) -> None:
+    for node in nodes:
+        report(node, QUIET_CLIENT_OPS / 2, LATE, 0.0)  # a busy loop alone is the copy's own doing
+    unlimited, throttled = Pace(0, nodes), Pace(7000, nodes)
+    assert steps(unlimited, 0.0, 3) == [0, 0, 0]
+    assert steps(throttled, 0.0, 3) == [7000, 7000, 7000]
+
+
+async def test_busy_clients_on_a_late_node_halve_the_rate_down_to_the_floor(nodes: list[NodeClient]) -> None:
+    report(nodes[0], BUSY, ON_TIME, 0.0)
+    report(nodes[1], BUSY, LATE, 0.0)
+    rates = steps(Pace(0, nodes), 0.0, 8)
+    assert rates[0] == BUSY_START_KEYS_PER_SECOND / 2
+    assert all(later <= earlier for earlier, later in itertools.pairwise(rates))
+    assert rates[-1] == FLOOR_KEYS_PER_SECOND
+
+
+async def test_busy_clients_on_nodes_that_keep_up_let_the_rate_grow_to_the_ceiling(
+    nodes: list[NodeClient],
+) -> None:
+    ceiling = int(FLOOR_KEYS_PER_SECOND + 3 * INCREASE_KEYS_PER_SECOND)
+    for node in nodes:
+        report(node, BUSY, ON_TIME, 0.0)
+    pace = Pace(ceiling, nodes, start=FLOOR_KEYS_PER_SECOND)
+    rates = steps(pace, 0.0, 5)
+    assert rates[:3] == [FLOOR_KEYS_PER_SECOND + (i + 1) * INCREASE_KEYS_PER_SECOND for i in range(3)]
+    assert rates[3:] == [ceiling, ceiling]
+
+
+async def test_when_the_clients_leave_the_copy_goes_back_to_full_speed(nodes: list[NodeClient]) -> None:
+    for node in nodes:
+        report(node, BUSY, LATE, 0.0)
+    pace = Pace(0, nodes)
+    assert steps(pace, 0.0, 2)[-1] > 0
+    for node in nodes:
+        report(node, 0.0, ON_TIME, 0.0)
+    assert steps(pace, 10.0, 1) == [0]
+
+
+async def test_old_or_missing_reports_change_nothing(nodes: list[NodeClient]) -> None:
+    pace = Pace(0, nodes, start=FLOOR_KEYS_PER_SECOND)
+    pace.follow(ADJUST_SECONDS)  # nothing heard yet
+    assert pace.rate == FLOOR_KEYS_PER_SECOND
+    report(nodes[0], 0.0, ON_TIME, 0.0)  # quiet, but long ago
+    pace.follow(FRESH_SECONDS + 1)
+    assert pace.rate == FLOOR_KEYS_PER_SECOND
+
+
+async def test_the_rate_changes_at_most_once_per_adjustment_period(nodes: list[NodeClient]) -> None:
+    for node in nodes:
+        report(node, BUSY, LATE, 1.0)
+    pace = Pace(0, nodes)
+    pace.follow(1.0)
+    first = pace.rate
+    pace.follow(1.0 + ADJUST_SECONDS / 2)
+    assert pace.rate == first
