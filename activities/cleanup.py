@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from temporalio import activity
 
@@ -34,13 +36,22 @@ class CleanupSteps:
         rf = max(
             (t.replication_factor for t in topology.tenants.values()), default=DEFAULT_REPLICATION_FACTOR
         )
-        deleted = 0
+        lost: dict[str, list[tuple[int, int]]] = {}
         for move in ranges_gained(topology.ring, topology.future, row.node_id, rf):
             for loser in set(move.old) - set(move.new):
-                deleted += await self._ctx.node(topology, loser).delete_range(
-                    move.start, move.end, epoch=topology.epoch, timeout=60
-                )
-            heartbeat()
+                lost.setdefault(loser, []).append((move.start, move.end))
+
+        async def drop(node_id: str, ranges: list[tuple[int, int]]) -> int:
+            # One node's deletes run one after another (its writer takes one at a time anyway).
+            node, count = self._ctx.node(topology, node_id), 0
+            for start, end in ranges:
+                count += await node.delete_range(start, end, epoch=topology.epoch, timeout=60)
+                heartbeat()
+            return count
+
+        deleted = sum(
+            await asyncio.gather(*(drop(n, adjoined(ranges)) for n, ranges in sorted(lost.items())))
+        )
         log.info("Moved ranges dropped from old replicas", migration_id=migration_id, deleted=deleted)
         return deleted
 
@@ -70,3 +81,18 @@ class CleanupSteps:
         deleted = await joining.delete_range(0, 0, epoch=topology.epoch, timeout=120)
         log.info("Joining node wiped", migration_id=migration_id, node_id=row.node_id, deleted=deleted)
         return deleted
+
+
+def adjoined(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Token ranges (start, end], those that touch joined into one: fewer deletes, each its own commit.
+
+    Never joined into a full circle: (t, t] would mean the whole ring, which
+    only wipe_joining_node may delete.
+    """
+    joined: list[tuple[int, int]] = []
+    for start, end in sorted(ranges, key=lambda r: r[0]):
+        if joined and joined[-1][1] == start and joined[-1][0] != end:
+            joined[-1] = (joined[-1][0], end)
+        else:
+            joined.append((start, end))
+    return joined

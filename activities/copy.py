@@ -31,7 +31,7 @@ from pairdb.coordinator.quorum import Consistency, required
 from pairdb.coordinator.ring import RangeMove, ranges_gained
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, StoredRecord
-from pairdb.kernel.migration import CopyChunk, CopyPlan, MigrationRef, Progress
+from pairdb.kernel.migration import CopyChunk, CopyPlan, MigrationRef, Progress, chunked
 from pairdb.serving import metrics
 from pairdb.storage_node.client import NodeClient, StorageError, describe_failure
 
@@ -96,14 +96,17 @@ class CopySteps:
         if await self._ctx.store.save_plan(migration_id, planned):
             await self._ctx.store.save_progress(migration_id, {"copy_started_at": time.time()}, None)
         totals = await self._ctx.store.totals(migration_id)
+        # Steps from the stored plan, so a retried planning step cuts the same ones.
+        chunks = chunked([p.keys_estimate for p in await self._ctx.store.plan(migration_id)])
         log.info(
             "Copy planned",
             migration_id=migration_id,
             node_id=row.node_id,
             ranges=totals["ranges_total"],
             keys=totals["keys_total"],
+            steps=len(chunks),
         )
-        return CopyPlan(totals["ranges_total"], totals["keys_total"])
+        return CopyPlan(totals["ranges_total"], totals["keys_total"], chunks)
 
     @activity.defn(name="copy_ranges")
     async def copy_ranges(self, chunk: CopyChunk) -> Progress:

@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         Undo,
     )
 
+# Ranges per copy step of plans that do not cut their own steps (made by an earlier version).
 CHUNK_RANGES = 16
 # Workflows started before compensation and cleanup became uninterruptible replay as they ran.
 UNINTERRUPTIBLE_PATCH = "uninterruptible-compensation"
@@ -159,7 +160,7 @@ class NodeAdditionWorkflow:
         plan = await self._activity(CopySteps.plan_copy, MigrationRef(s.migration_id), stoppable=True)
         s.progress.ranges_total, s.progress.keys_total = plan.ranges_total, plan.keys_total
         self._publish()
-        chunks = [
+        chunks = plan.chunks or [
             list(range(i, min(i + CHUNK_RANGES, plan.ranges_total)))
             for i in range(0, plan.ranges_total, CHUNK_RANGES)
         ]

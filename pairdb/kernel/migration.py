@@ -9,6 +9,7 @@ Plain data only: the workflow imports this module, so it stays free of I/O
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 TASK_QUEUE = "pairdb-migrations"
@@ -205,3 +206,25 @@ class CopyChunk:
 class CopyPlan:
     ranges_total: int
     keys_total: int
+    # The steps the copy (and its verification) runs in: range indexes, a step each. Empty in plans
+    # made before steps were sized by keys; their workflows cut CHUNK_RANGES ranges per step.
+    chunks: list[list[int]] = field(default_factory=list)
+
+
+# A copy step holds about this many keys (by the plan's estimates) and at most this many ranges:
+# few steps for a small copy (each costs a workflow round trip), steps short enough to resume from.
+CHUNK_KEYS = 20_000
+CHUNK_MAX_RANGES = 512
+
+
+def chunked(estimates: Sequence[int]) -> list[list[int]]:
+    """Consecutive range indexes grouped into copy steps of about CHUNK_KEYS keys."""
+    chunks: list[list[int]] = []
+    keys = 0
+    for index, estimate in enumerate(estimates):
+        if not chunks or keys >= CHUNK_KEYS or len(chunks[-1]) >= CHUNK_MAX_RANGES:
+            chunks.append([])
+            keys = 0
+        chunks[-1].append(index)
+        keys += estimate
+    return chunks

@@ -65,6 +65,10 @@ class Steps:
     reached: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     fail: set[tuple[str, str]] = field(default_factory=set)
     claims_refused: int = 0
+    # What plan_copy returns as the copy's steps, and the range indexes each copy and verify step got.
+    chunks: list[list[int]] = field(default_factory=list)
+    copied: list[list[int]] = field(default_factory=list)
+    verified: list[list[int]] = field(default_factory=list)
 
     def hold(self, name: str, detail: str = "") -> None:
         self.gates[(name, detail)] = asyncio.Event()
@@ -113,16 +117,18 @@ class Steps:
         @activity.defn(name="plan_copy")
         async def plan_copy(ref: MigrationRef) -> CopyPlan:
             await self.step("plan_copy")
-            return CopyPlan(ranges_total=20, keys_total=100)
+            return CopyPlan(ranges_total=20, keys_total=100, chunks=self.chunks)
 
         @activity.defn(name="copy_ranges")
         async def copy_ranges(chunk: CopyChunk) -> Progress:
             await self.step("copy_ranges")
+            self.copied.append(chunk.range_indexes)
             return Progress(keys_copied=100, keys_total=100, ranges_done=20, ranges_total=20)
 
         @activity.defn(name="verify_ranges")
         async def verify_ranges(chunk: CopyChunk) -> int:
             await self.step("verify_ranges")
+            self.verified.append(chunk.range_indexes)
             return 0
 
         @activity.defn(name="drop_moved_ranges")
@@ -221,6 +227,22 @@ async def test_the_happy_path_runs_every_phase_in_order(start: Callable[..., Any
     assert run.steps.names() == FORWARD
     assert state.phase_history == [Phase.DUAL_WRITE, Phase.DATA_COPY, Phase.CUTOVER, Phase.CLEANUP]
     assert (state.phase, state.status) == (Phase.DONE, Status.COMPLETED)
+
+
+async def test_the_copy_runs_in_the_steps_its_plan_cuts(start: Callable[..., Any]) -> None:
+    steps = Steps(chunks=[[0, 1, 2], [3], [4, 5, 6, 7]])
+    run: Run = await start(steps)
+    assert (await run.result()).status == Status.COMPLETED
+    assert steps.copied == steps.verified == [[0, 1, 2], [3], [4, 5, 6, 7]]
+
+
+async def test_a_plan_without_steps_is_copied_in_fixed_steps_as_before(
+    start: Callable[..., Any],
+) -> None:
+    steps = Steps()  # a plan recorded by an earlier version: no steps of its own
+    run: Run = await start(steps)
+    assert (await run.result()).status == Status.COMPLETED
+    assert steps.copied == [list(range(16)), list(range(16, 20))]
 
 
 async def test_a_queued_migration_waits_for_the_ring_change_slot(start: Callable[..., Any]) -> None:
