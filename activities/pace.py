@@ -8,14 +8,15 @@ without a throttle); while clients are busy, its rate follows the nodes'
 scheduling delay, additive increase and multiplicative decrease as TCP does,
 never under a floor so that it always finishes. The same idea as CockroachDB's
 elastic admission control, which slows rebalancing when the Go scheduler's
-latency rises.
+latency rises. (The increase is multiplicative too, so a copy that yielded is
+back at speed within seconds of the clients going quiet.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 from temporalio import activity
@@ -33,10 +34,8 @@ FLOOR_KEYS_PER_SECOND = 500.0
 # How often the rate follows the nodes' reports, and how old a report may be to count.
 ADJUST_SECONDS = 0.5
 FRESH_SECONDS = 2.0
-# Additive increase per adjustment while clients are busy but the nodes keep up.
+# While clients are busy but the nodes keep up, each adjustment raises the rate by a quarter and this.
 INCREASE_KEYS_PER_SECOND = 500.0
-# Where the rate starts when clients turn out busy while the copy had no limit.
-BUSY_START_KEYS_PER_SECOND = 4000.0
 
 
 class Throttle:
@@ -81,15 +80,23 @@ class Pace:
     """The copy's rate: at most ceiling keys/s (0: no ceiling), lowered while the nodes' clients are busy."""
 
     def __init__(
-        self, ceiling: int, nodes: Sequence[NodeClient], *, adaptive: bool = True, start: float | None = None
+        self,
+        ceiling: int,
+        nodes: Sequence[NodeClient],
+        *,
+        adaptive: bool = True,
+        start: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """start: the rate a previous step of the same copy ended at (a copy is many steps)."""
         self.ceiling = float(ceiling)
         self._nodes = nodes
         self._adaptive = adaptive
+        self._clock = clock
         self._bucket = Throttle(self.ceiling if start is None else start)
-        self._adjusted = 0.0
+        self._adjusted = clock()
         self._yielding = False
+        self._taken = 0  # keys since the last adjustment: the rate the copy really went at
 
     @property
     def rate(self) -> float:
@@ -99,8 +106,9 @@ class Pace:
     async def take(self, n: int) -> None:
         """Wait until n more keys may be copied."""
         if self._adaptive:
-            self.follow(time.monotonic())
+            self.follow(self._clock())
         await self._bucket.take(n)
+        self._taken += n
 
     def follow(self, now: float) -> None:
         """Set the rate by the nodes' reports (at most every ADJUST_SECONDS)."""
@@ -110,7 +118,8 @@ class Pace:
         if not loads:
             return  # nothing heard yet: keep the rate
         busy = [load for load in loads if load.client_ops_per_second >= QUIET_CLIENT_OPS]
-        self._adjusted = now
+        went = self._taken / (now - self._adjusted)
+        self._adjusted, self._taken = now, 0
         if not busy:
             self._bucket.set_rate(self.ceiling)  # nobody to yield to
             if self._yielding:
@@ -124,11 +133,12 @@ class Pace:
                 client_ops_per_second=round(max(load.client_ops_per_second for load in busy)),
                 scheduling_delay_ms=round(max(load.scheduling_delay_ms for load in busy), 1),
             )
-        current = self._bucket.rate or BUSY_START_KEYS_PER_SECOND
+        # Without a rate in force, start from the one the copy really went at.
+        current = self._bucket.rate or max(went, FLOOR_KEYS_PER_SECOND)
         if max(load.scheduling_delay_ms for load in busy) > BUSY_DELAY_MS:
             rate = max(FLOOR_KEYS_PER_SECOND, current / 2)
         else:
-            rate = current + INCREASE_KEYS_PER_SECOND
+            rate = current * 1.25 + INCREASE_KEYS_PER_SECOND
         if self.ceiling:
             rate = min(rate, self.ceiling)
         self._bucket.set_rate(rate)

@@ -1,6 +1,7 @@
 """How fast a node addition moves data, next to Redis Cluster's rebalance of the same data, on this machine.
 
 Run:  .venv/bin/python bench/rebalance.py [--keys 300000] [--large-keys 20000] [--skip-redis] [--with-load]
+                                         [--throttle KEYS_PER_S] [--range-keys 1000000]
 
 One run measures, one after the other, on the same machine:
 
@@ -21,7 +22,12 @@ One run measures, one after the other, on the same machine:
 5. with ``--with-load``, 4 again while clients write and read (32 in flight);
 6. ``--large-keys`` keys of 16 KiB (Valkey's slot-migration benchmark size),
    pairdb only: the copy in MB/s next to the disk and to the streaming caps
-   other databases ship by default (Cassandra 24 MiB/s, CockroachDB 32 MiB/s).
+   other databases ship by default (Cassandra 24 MiB/s, CockroachDB 32 MiB/s);
+7. with ``--throttle R``, 4 again with the addition throttled to R keys/s: the
+   copy rate the migration reports over its whole copy, as a share of R;
+8. with ``--range-keys N``, a cluster whose nodes have one virtual node each,
+   loaded with 3N keys, so node-4 gains ranges of about N keys (a third of the
+   ring): the largest range copied and the worker's peak RSS.
 
 Everything runs in a fresh temporary directory, deleted at the end.
 """
@@ -43,6 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import psutil
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
@@ -368,12 +375,39 @@ class ClientLoad:
         await asyncio.gather(*self._tasks)
 
 
+@dataclass
+class PairdbRun:
+    whole: Row
+    copy: Row
+    # The worker's peak RSS (bytes), the copy rate the migration itself reports (keys copied over
+    # the copy's whole time, pauses between steps included), and the most keys one range held.
+    peak: int
+    reported_rate: float
+    largest_range: int
+
+
 async def bench_pairdb(
-    workdir: Path, keys: int, value_bytes: int, rf: int, with_load: bool
-) -> tuple[Row, Row, int]:
+    workdir: Path,
+    keys: int,
+    value_bytes: int,
+    rf: int,
+    with_load: bool,
+    *,
+    throttle: int = 0,
+    virtual_nodes: int = 0,
+) -> PairdbRun:
     label = f"pairdb node addition{' under client load' if with_load else ''}"
+    if throttle:
+        label += f" throttled to {throttle:,} keys/s"
     say(f"{label}: starting a cluster, loading {keys:,} keys of {value_bytes:,} B ...")
-    cluster = LocalCluster(workdir, storage_nodes=3, coordinators=1, default_tenant=None, log_level="WARNING")
+    cluster = LocalCluster(
+        workdir,
+        storage_nodes=3,
+        coordinators=1,
+        default_tenant=None,
+        log_level="WARNING",
+        virtual_nodes=virtual_nodes,
+    )
     try:
         await cluster.start()
         async with cluster.client() as client:
@@ -387,7 +421,9 @@ async def bench_pairdb(
             sampler = Sampler(cluster.worker.pid)
             load = ClientLoad(client, keys) if with_load else None
             started = time.perf_counter()
-            added = await client.add_node("node-4", "127.0.0.1", node4.port)
+            added = await client.add_node(
+                "node-4", "127.0.0.1", node4.port, virtual_nodes, throttle_keys_per_second=throttle
+            )
             copy_started = copy_ended = 0.0
             while True:
                 status = await client.migration(added.migration_id)
@@ -410,7 +446,20 @@ async def bench_pairdb(
             copy = Row(
                 "  its data copy", moved, (copy_ended or now) - copy_started, "data_copy phase", value_bytes
             )
-            return whole, copy, peak
+            # What the migration recorded: its copy rate (the status shows none once it ended), its ranges.
+            connection = await asyncpg.connect(cluster.dsn)
+            try:
+                reported = await connection.fetchval(
+                    "SELECT (progress->>'keys_per_second')::float FROM migrations WHERE migration_id = $1",
+                    added.migration_id,
+                )
+                largest = await connection.fetchval(
+                    "SELECT coalesce(max(keys), 0) FROM copy_ranges WHERE migration_id = $1",
+                    added.migration_id,
+                )
+            finally:
+                await connection.close()
+            return PairdbRun(whole, copy, peak, float(reported or 0.0), int(largest))
     finally:
         await cluster.stop()
 
@@ -448,24 +497,36 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     redis = None if args.skip_redis else await bench_redis(workdir, args.keys)
     if redis:
         rows.append(redis)
-    whole, copy, peak = await bench_pairdb(workdir / "pairdb", args.keys, SMALL_VALUE, args.rf, False)
-    rows += [whole, copy]
-    peaks = [f"worker peak RSS {peak / MB:,.0f} MB"]
+    plain = await bench_pairdb(workdir / "pairdb", args.keys, SMALL_VALUE, args.rf, False)
+    copy = plain.copy
+    rows += [plain.whole, plain.copy]
+    peaks = [f"worker peak RSS {plain.peak / MB:,.0f} MB"]
     if args.with_load:
         shutil.rmtree(workdir / "pairdb", ignore_errors=True)
-        whole_l, copy_l, peak_l = await bench_pairdb(
-            workdir / "pairdb", args.keys, SMALL_VALUE, args.rf, True
+        loaded = await bench_pairdb(workdir / "pairdb", args.keys, SMALL_VALUE, args.rf, True)
+        rows += [loaded.whole, loaded.copy]
+        peaks.append(f"under load {loaded.peak / MB:,.0f} MB")
+    throttled = None
+    if args.throttle:
+        shutil.rmtree(workdir / "pairdb", ignore_errors=True)
+        throttled = await bench_pairdb(
+            workdir / "pairdb", args.keys, SMALL_VALUE, args.rf, False, throttle=args.throttle
         )
-        rows += [whole_l, copy_l]
-        peaks.append(f"under load {peak_l / MB:,.0f} MB")
+        rows += [throttled.whole, throttled.copy]
     large_rows: list[Row] = []
     if args.large_keys:
         shutil.rmtree(workdir / "pairdb", ignore_errors=True)
-        whole_b, copy_b, peak_b = await bench_pairdb(
-            workdir / "pairdb", args.large_keys, LARGE_VALUE, args.rf, False
+        large = await bench_pairdb(workdir / "pairdb", args.large_keys, LARGE_VALUE, args.rf, False)
+        large_rows = [large.whole, large.copy]
+        peaks.append(f"16 KiB values {large.peak / MB:,.0f} MB")
+    big = None
+    if args.range_keys:
+        shutil.rmtree(workdir / "pairdb", ignore_errors=True)
+        # One virtual node per node: node-4 gains whole thirds of the ring, ~range_keys keys each.
+        big = await bench_pairdb(
+            workdir / "pairdb", 3 * args.range_keys, SMALL_VALUE, args.rf, False, virtual_nodes=1
         )
-        large_rows = [whole_b, copy_b]
-        peaks.append(f"16 KiB values {peak_b / MB:,.0f} MB")
+        rows += [big.whole, big.copy]
     print(render(rows, redis))
     if large_rows:
         print()
@@ -479,11 +540,21 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     if redis:
         print(
             f"pairdb copy vs Redis Cluster rebalance: {copy.rate / redis.rate:.2f}x "
-            f"(whole addition {whole.rate / redis.rate:.2f}x)"
+            f"(whole addition {plain.whole.rate / redis.rate:.2f}x)"
         )
     if large_rows:
         caps = ", ".join(f"{name} {cap / MB:.0f} MiB/s" for name, cap in PEER_CAPS.items())
         print(f"16 KiB copy: {large_rows[1].mb_per_second:,.0f} MB/s (defaults elsewhere: {caps})")
+    if throttled:
+        print(
+            f"throttle {args.throttle:,} keys/s: the migration reports {throttled.reported_rate:,.0f} keys/s "
+            f"over its whole copy ({throttled.reported_rate / args.throttle:.1%} of the throttle)"
+        )
+    if big:
+        print(
+            f"largest range copied: {big.largest_range:,} keys (of {big.copy.keys:,}); "
+            f"worker peak RSS during that addition {big.peak / MB:,.0f} MB"
+        )
     print("; ".join(peaks))
 
 
@@ -503,9 +574,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-redis", action="store_true", help="measure pairdb only")
     parser.add_argument("--with-load", action="store_true", help="also move the data under client load")
+    parser.add_argument(
+        "--throttle",
+        type=int,
+        default=0,
+        help="also run an addition throttled to this many keys/s and compare its copy rate; 0 skips",
+    )
+    parser.add_argument(
+        "--range-keys",
+        type=int,
+        default=0,
+        help="also copy ranges of about this many keys (3x as many keys, one virtual node per node) "
+        "and report the worker's peak memory; 0 skips",
+    )
     args = parser.parse_args(argv)
-    if args.keys < 1 or args.large_keys < 0 or not 1 <= args.rf <= 3:
-        parser.error("--keys must be positive, --large-keys not negative, --rf 1..3")
+    if (
+        args.keys < 1
+        or args.large_keys < 0
+        or args.throttle < 0
+        or args.range_keys < 0
+        or not 1 <= args.rf <= 3
+    ):
+        parser.error(
+            "--keys must be positive, --large-keys, --throttle, --range-keys not negative, --rf 1..3"
+        )
     return args
 
 

@@ -84,6 +84,9 @@ class LocalCluster:
     postgres_proxies: bool = False
     # Coordinator lease; chaos runs shorten it so pauses outlive it sooner.
     coordinator_lease_seconds: float = 10.0
+    # Virtual nodes of each storage node joined at start; 0 means the coordinator's default.
+    # Few make big ranges (a benchmark of one range's copy).
+    virtual_nodes: int = 0
     postgres: EmbeddedPostgres = field(init=False)
     temporal_server: TemporalDevServer = field(init=False)
     worker: ManagedProcess | None = field(init=False, default=None)
@@ -301,7 +304,7 @@ class LocalCluster:
             known = {n.node_id for n in await client.nodes()}
             for node in self.nodes.values():
                 if node.node_id not in known:
-                    await client.add_node(node.node_id, "127.0.0.1", node.advertised_port)
+                    await client.add_node(node.node_id, "127.0.0.1", node.advertised_port, self.virtual_nodes)
             if self.default_tenant:
                 try:
                     await client.create_tenant(self.default_tenant)

@@ -16,8 +16,9 @@ import time
 from pairdb.proto import storage_pb2
 
 # The meter's window: client ops are counted, and the worst delay kept, per window,
-# and a report is of the last full window (or the current one, when it is worse).
-WINDOW_SECONDS = 1.0
+# and a report is of the last full window (or the current one, when it is worse). Short, so
+# a copy learns within a second that the clients left.
+WINDOW_SECONDS = 0.5
 # How often the delay sampler wakes: often enough to see a busy loop, rare enough to cost nothing.
 TICK_SECONDS = 0.02
 

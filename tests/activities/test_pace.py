@@ -6,7 +6,6 @@ connected) whose last reported load the tests set, as replies would.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +13,6 @@ import pytest
 from pairdb.activities.pace import (
     ADJUST_SECONDS,
     BUSY_DELAY_MS,
-    BUSY_START_KEYS_PER_SECOND,
     FLOOR_KEYS_PER_SECOND,
     FRESH_SECONDS,
     INCREASE_KEYS_PER_SECOND,
@@ -75,7 +73,7 @@ async def test_a_new_throttle_starts_empty_so_a_copy_step_gets_no_burst(
 async def test_without_client_traffic_the_copy_runs_at_the_ceiling(nodes: list[NodeClient]) -> None:
     for node in nodes:
         report(node, QUIET_CLIENT_OPS / 2, LATE, 0.0)  # a busy loop alone is the copy's own doing
-    unlimited, throttled = Pace(0, nodes), Pace(7000, nodes)
+    unlimited, throttled = Pace(0, nodes, clock=lambda: 0.0), Pace(7000, nodes, clock=lambda: 0.0)
     assert steps(unlimited, 0.0, 3) == [0, 0, 0]
     assert steps(throttled, 0.0, 3) == [7000, 7000, 7000]
 
@@ -83,28 +81,40 @@ async def test_without_client_traffic_the_copy_runs_at_the_ceiling(nodes: list[N
 async def test_busy_clients_on_a_late_node_halve_the_rate_down_to_the_floor(nodes: list[NodeClient]) -> None:
     report(nodes[0], BUSY, ON_TIME, 0.0)
     report(nodes[1], BUSY, LATE, 0.0)
-    rates = steps(Pace(0, nodes), 0.0, 8)
-    assert rates[0] == BUSY_START_KEYS_PER_SECOND / 2
-    assert all(later <= earlier for earlier, later in itertools.pairwise(rates))
-    assert rates[-1] == FLOOR_KEYS_PER_SECOND
+    rates = steps(Pace(0, nodes, start=8 * FLOOR_KEYS_PER_SECOND, clock=lambda: 0.0), 0.0, 6)
+    assert rates[:3] == [4 * FLOOR_KEYS_PER_SECOND, 2 * FLOOR_KEYS_PER_SECOND, FLOOR_KEYS_PER_SECOND]
+    assert rates[3:] == [FLOOR_KEYS_PER_SECOND] * 3
+
+
+async def test_a_copy_without_a_limit_starts_yielding_from_the_rate_it_really_went_at(
+    nodes: list[NodeClient],
+) -> None:
+    pace = Pace(0, nodes, clock=lambda: 0.0)
+    await pace.take(6000)  # unlimited: no wait
+    report(nodes[0], BUSY, LATE, 1.0)
+    pace.follow(1.0)  # 6,000 keys in its first second
+    assert pace.rate == 3000
 
 
 async def test_busy_clients_on_nodes_that_keep_up_let_the_rate_grow_to_the_ceiling(
     nodes: list[NodeClient],
 ) -> None:
-    ceiling = int(FLOOR_KEYS_PER_SECOND + 3 * INCREASE_KEYS_PER_SECOND)
+    ceiling = 5000
     for node in nodes:
         report(node, BUSY, ON_TIME, 0.0)
-    pace = Pace(ceiling, nodes, start=FLOOR_KEYS_PER_SECOND)
-    rates = steps(pace, 0.0, 5)
-    assert rates[:3] == [FLOOR_KEYS_PER_SECOND + (i + 1) * INCREASE_KEYS_PER_SECOND for i in range(3)]
-    assert rates[3:] == [ceiling, ceiling]
+    pace = Pace(ceiling, nodes, start=FLOOR_KEYS_PER_SECOND, clock=lambda: 0.0)
+    rates = steps(pace, 0.0, 6)
+    expected = [FLOOR_KEYS_PER_SECOND]
+    while len(expected) <= 6:
+        expected.append(min(ceiling, expected[-1] * 1.25 + INCREASE_KEYS_PER_SECOND))
+    assert rates == expected[1:]
+    assert rates[-1] == ceiling
 
 
 async def test_when_the_clients_leave_the_copy_goes_back_to_full_speed(nodes: list[NodeClient]) -> None:
     for node in nodes:
         report(node, BUSY, LATE, 0.0)
-    pace = Pace(0, nodes)
+    pace = Pace(0, nodes, clock=lambda: 0.0)
     assert steps(pace, 0.0, 2)[-1] > 0
     for node in nodes:
         report(node, 0.0, ON_TIME, 0.0)
@@ -112,7 +122,7 @@ async def test_when_the_clients_leave_the_copy_goes_back_to_full_speed(nodes: li
 
 
 async def test_old_or_missing_reports_change_nothing(nodes: list[NodeClient]) -> None:
-    pace = Pace(0, nodes, start=FLOOR_KEYS_PER_SECOND)
+    pace = Pace(0, nodes, start=FLOOR_KEYS_PER_SECOND, clock=lambda: 0.0)
     pace.follow(ADJUST_SECONDS)  # nothing heard yet
     assert pace.rate == FLOOR_KEYS_PER_SECOND
     report(nodes[0], 0.0, ON_TIME, 0.0)  # quiet, but long ago
@@ -123,7 +133,7 @@ async def test_old_or_missing_reports_change_nothing(nodes: list[NodeClient]) ->
 async def test_the_rate_changes_at_most_once_per_adjustment_period(nodes: list[NodeClient]) -> None:
     for node in nodes:
         report(node, BUSY, LATE, 1.0)
-    pace = Pace(0, nodes)
+    pace = Pace(0, nodes, clock=lambda: 0.0)
     pace.follow(1.0)
     first = pace.rate
     pace.follow(1.0 + ADJUST_SECONDS / 2)
