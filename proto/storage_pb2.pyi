@@ -159,24 +159,46 @@ class GetManyResponse(_message.Message):
     def __init__(self, outcomes: _Optional[_Iterable[_Union[GetOutcome, _Mapping]]] = ...) -> None: ...
 
 class ScanRangeRequest(_message.Message):
-    __slots__ = ("range", "batch_size", "include_tombstones", "epoch")
+    __slots__ = ("range", "batch_size", "include_tombstones", "epoch", "entries")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
     range: TokenRange
     batch_size: int
     include_tombstones: bool
     epoch: int
-    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_tombstones: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
+    entries: bool
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_tombstones: _Optional[bool] = ..., epoch: _Optional[int] = ..., entries: _Optional[bool] = ...) -> None: ...
 
 class ScanRangeBatch(_message.Message):
-    __slots__ = ("records", "load")
+    __slots__ = ("records", "load", "entries", "entry_count")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_COUNT_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[Record]
     load: NodeLoad
-    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ...) -> None: ...
+    entries: bytes
+    entry_count: int
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., entries: _Optional[bytes] = ..., entry_count: _Optional[int] = ...) -> None: ...
+
+class ApplyEntriesRequest(_message.Message):
+    __slots__ = ("entries", "epoch")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    entries: bytes
+    epoch: int
+    def __init__(self, entries: _Optional[bytes] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class ApplyEntriesResponse(_message.Message):
+    __slots__ = ("applied", "load")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    applied: int
+    load: NodeLoad
+    def __init__(self, applied: _Optional[int] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ...) -> None: ...
 
 class RangeDigestRequest(_message.Message):
     __slots__ = ("range", "epoch")

@@ -44,6 +44,11 @@ class StorageServiceStub:
                 request_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchRequest.SerializeToString,
                 response_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchResponse.FromString,
                 _registered_method=True)
+        self.ApplyEntries = channel.unary_unary(
+                '/pairdb.v1.StorageService/ApplyEntries',
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyEntriesRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyEntriesResponse.FromString,
+                _registered_method=True)
         self.ApplyMany = channel.unary_unary(
                 '/pairdb.v1.StorageService/ApplyMany',
                 request_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyManyRequest.SerializeToString,
@@ -96,6 +101,12 @@ class StorageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ApplyBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyEntries(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,6 +172,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.ApplyBatch,
                     request_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchRequest.FromString,
                     response_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchResponse.SerializeToString,
+            ),
+            'ApplyEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyEntries,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyEntriesRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyEntriesResponse.SerializeToString,
             ),
             'ApplyMany': grpc.unary_unary_rpc_method_handler(
                     servicer.ApplyMany,
@@ -257,6 +273,33 @@ class StorageService:
             '/pairdb.v1.StorageService/ApplyBatch',
             pairdb_dot_proto_dot_storage__pb2.ApplyBatchRequest.SerializeToString,
             pairdb_dot_proto_dot_storage__pb2.ApplyBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.StorageService/ApplyEntries',
+            pairdb_dot_proto_dot_storage__pb2.ApplyEntriesRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.ApplyEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -231,6 +231,33 @@ class NodeClient:
         except grpc.aio.AioRpcError as exc:
             raise _error(self.node_id, exc) from None
 
+    async def scan_entries(
+        self, start: int, end: int, *, batch_size: int = 0, epoch: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[tuple[bytes, int]]:
+        """The records of (start, end], tombstones included, packed: batches of (entries, count)."""
+        request = storage_pb2.ScanRangeRequest(
+            range=storage_pb2.TokenRange(start=start, end=end),
+            batch_size=batch_size,
+            include_tombstones=True,
+            epoch=epoch,
+            entries=True,
+        )
+        try:
+            async for batch in self._stub.ScanRange(
+                request, timeout=timeout, metadata=request_ids.outgoing()
+            ):
+                self._heard(batch.load)
+                yield batch.entries, batch.entry_count
+        except grpc.aio.AioRpcError as exc:
+            raise _error(self.node_id, exc) from None
+
+    async def apply_entries(self, entries: bytes, *, epoch: int = 0, timeout: float | None = None) -> int:
+        """Store packed entries (from scan_entries), each where newer; how many were."""
+        request = storage_pb2.ApplyEntriesRequest(entries=entries, epoch=epoch)
+        reply = await self._call(self._stub.ApplyEntries, request, timeout or self.timeout)
+        self._heard(reply.load)
+        return int(reply.applied)
+
     async def range_digest(
         self, start: int, end: int, *, epoch: int = 0, timeout: float | None = None
     ) -> tuple[bytes, int]:

@@ -10,6 +10,10 @@ Layout of the `records` database:
 Keys sort by token, so a token range is one sequential cursor walk. The `meta`
 database holds counters kept in the same transaction as the writes they count,
 and the node's fence epoch (see proto/storage.proto).
+
+A copy moves records as *entries*: (key, value) pairs in this very layout,
+packed back to back, each behind its lengths (`>HI`). A node scans them
+without decoding a record and the migration worker forwards them untouched.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import lmdb
 
 from pairdb.kernel.keyspace import TOKEN_MAX, Applied, StoredRecord, Version, token
 
-__all__ = ["Applied", "Engine", "Stats", "StoredRecord", "digest_of"]
+__all__ = ["Applied", "Engine", "MalformedEntries", "Stats", "StoredRecord", "digest_of", "unpack_entries"]
 
 _VERSION = struct.Struct(">QIB")
 _TOMBSTONE = 0x01
@@ -33,6 +37,9 @@ _COUNTERS = struct.Struct(">QQQ")
 _COUNTERS_KEY = b"counters"
 _FENCE = struct.Struct(">Q")
 _FENCE_KEY = b"fence"
+_ENTRY = struct.Struct(">HI")
+# The shortest key an entry may have: a token, a tenant length and a one-byte tenant and key.
+_MIN_KEY = _TOKEN.size + 3
 DEFAULT_MAP_SIZE = 1 << 40  # address space, not disk: LMDB files grow as written
 
 
@@ -56,6 +63,34 @@ def _decode(db_key: bytes, db_value: bytes) -> StoredRecord:
     return StoredRecord(
         tenant_id, key, bytes(db_value[_VERSION.size :]), Version(hlc, origin), bool(flags & _TOMBSTONE)
     )
+
+
+class MalformedEntries(ValueError):
+    """Packed entries that do not parse: cut short, or a key or value too short to be one."""
+
+
+def unpack_entries(blob: bytes) -> list[StoredRecord]:
+    """The records of packed entries (see the module docstring), in their order."""
+    records: list[StoredRecord] = []
+    at, size = 0, len(blob)
+    while at < size:
+        if at + _ENTRY.size > size:
+            raise MalformedEntries(f"entry {len(records)} is cut short")
+        key_len, value_len = _ENTRY.unpack_from(blob, at)
+        at += _ENTRY.size
+        end = at + key_len + value_len
+        if end > size or key_len < _MIN_KEY or value_len < _VERSION.size:
+            raise MalformedEntries(f"entry {len(records)} is malformed")
+        db_key = blob[at : at + key_len]
+        tenant_len = db_key[_TOKEN.size]
+        if _TOKEN.size + 1 + tenant_len >= key_len or tenant_len == 0:
+            raise MalformedEntries(f"entry {len(records)} has a malformed key")
+        try:
+            records.append(_decode(db_key, blob[at + key_len : end]))
+        except UnicodeDecodeError:
+            raise MalformedEntries(f"entry {len(records)} has a key that is not UTF-8") from None
+        at = end
+    return records
 
 
 def _encode_value(record: StoredRecord) -> bytes:
@@ -223,6 +258,24 @@ class Engine:
                 if len(out) >= limit:
                     return out, last
         return out, None
+
+    def scan_entries(
+        self, start: int, end: int, *, limit: int, max_bytes: int, after: bytes | None = None
+    ) -> tuple[bytes, int, bytes | None]:
+        """Like scan, tombstones included, but packed entries: (entries, how many, resume key or None).
+
+        Stops after limit entries or once max_bytes are packed.
+        """
+        parts: list[bytes] = []
+        count = size = 0
+        with self._env.begin() as txn:
+            for db_key, db_value in self._walk(txn, start, end, after):
+                parts += (_ENTRY.pack(len(db_key), len(db_value)), db_key, db_value)
+                count += 1
+                size += len(db_key) + len(db_value)
+                if count >= limit or size >= max_bytes:
+                    return b"".join(parts), count, db_key
+        return b"".join(parts), count, None
 
     def digest(self, start: int, end: int) -> tuple[bytes, int]:
         """blake2b over every record in (start, end] (key, version and content), and their count.

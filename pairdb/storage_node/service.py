@@ -17,12 +17,12 @@ import grpc
 import structlog
 
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
-from pairdb.kernel.keyspace import MAX_KEY_BYTES, MAX_TENANT_ID_BYTES, MAX_VALUE_BYTES, Applied
+from pairdb.kernel.keyspace import MAX_KEY_BYTES, MAX_TENANT_ID_BYTES, MAX_VALUE_BYTES, Applied, StoredRecord
 from pairdb.kernel.sabotage import SKIP_FENCE
 from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.serving.interception import ServicerContext
 from pairdb.storage_node.committer import GroupCommitter
-from pairdb.storage_node.engine import Engine
+from pairdb.storage_node.engine import Engine, MalformedEntries, unpack_entries
 from pairdb.storage_node.load import LoadMeter
 from pairdb.storage_node.wire import from_proto, to_proto
 
@@ -47,14 +47,18 @@ def _check_key(tenant_id: str, key: str) -> str | None:
     return None
 
 
-def _check_record(record: storage_pb2.Record) -> str | None:
+# A record as a request carries it, or as packed entries (ApplyEntries) decode to.
+AnyRecord = storage_pb2.Record | StoredRecord
+
+
+def _check_record(record: AnyRecord) -> str | None:
     """Why a record cannot be stored, or None. Coordinators check too; a node trusts no caller."""
     problem = _check_key(record.tenant_id, record.key)
     if problem:
         return problem
     if len(record.value) > MAX_VALUE_BYTES:
         return f"value must be at most {MAX_VALUE_BYTES} bytes"
-    if not record.HasField("version") or record.version.hlc == 0:
+    if record.version.hlc == 0:  # an unset version reads as 0 too
         return "record needs a version with a non-zero hlc"
     return None
 
@@ -96,7 +100,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
                 trailing_metadata=((FENCE_METADATA, str(self._fence)),),
             )
 
-    def _check_clock(self, record: storage_pb2.Record) -> str | None:
+    def _check_clock(self, record: AnyRecord) -> str | None:
         ahead = (record.version.hlc >> 16) - self._clock.now_ms()
         if ahead > self._max_offset_ms:
             return (
@@ -106,7 +110,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             )
         return None
 
-    def _refusal(self, record: storage_pb2.Record) -> tuple[grpc.StatusCode, str] | None:
+    def _refusal(self, record: AnyRecord) -> tuple[grpc.StatusCode, str] | None:
         """Why one record is refused (and with which status), or None."""
         problem = _check_record(record)
         if problem:
@@ -117,7 +121,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         return None
 
     async def _check_records(
-        self, records: Sequence[storage_pb2.Record], context: ServicerContext, *, batch: bool
+        self, records: Sequence[AnyRecord], context: ServicerContext, *, batch: bool
     ) -> None:
         """Refuse the whole request if any record is malformed or from the future: nothing half-written."""
         for i, message in enumerate(records):
@@ -151,6 +155,21 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         await self._check_records(request.records, context, batch=True)
         results = await self._committer.apply([from_proto(r) for r in request.records])
         return storage_pb2.ApplyBatchResponse(applied=[r.applied for r in results], load=self._load.report())
+
+    async def ApplyEntries(
+        self, request: storage_pb2.ApplyEntriesRequest, context: ServicerContext
+    ) -> storage_pb2.ApplyEntriesResponse:
+        await self._check_epoch(request.epoch, context)
+        try:
+            records = unpack_entries(request.entries)
+        except MalformedEntries as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"entries: {exc}")
+        await self._check_count(len(records), context)
+        await self._check_records(records, context, batch=True)
+        results = await self._committer.apply(records)
+        return storage_pb2.ApplyEntriesResponse(
+            applied=sum(r.applied for r in results), load=self._load.report()
+        )
 
     async def ApplyMany(
         self, request: storage_pb2.ApplyManyRequest, context: ServicerContext
@@ -216,6 +235,22 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         batch_size = min(request.batch_size or DEFAULT_SCAN_BATCH, MAX_SCAN_BATCH)
         start, end = request.range.start, request.range.end
         after: bytes | None = None
+        if request.entries:
+            while True:
+                entries, count, after = await asyncio.to_thread(
+                    self._engine.scan_entries,
+                    start,
+                    end,
+                    limit=batch_size,
+                    max_bytes=MAX_SCAN_BATCH_BYTES,
+                    after=after,
+                )
+                if count:
+                    yield storage_pb2.ScanRangeBatch(
+                        entries=entries, entry_count=count, load=self._load.report()
+                    )
+                if after is None:
+                    return
         while True:
             records, after = await asyncio.to_thread(
                 self._engine.scan,
