@@ -132,9 +132,13 @@ class CopySteps:
                 async def stream(sources: list[str]) -> tuple[int, int]:
                     if await self._agree(topology, row.node_id, planned, sources):
                         source = self._ctx.node(topology, sources[0])
-                        return await self._forward(joining, source, planned, pace, topology.epoch)
+                        moved = await self._forward(joining, source, planned, pace, topology.epoch)
+                        metrics.COPY_RANGES.labels("forwarded").inc()
+                        return moved
                     old = self._old_view(topology, row.node_id, planned, sources)
-                    return await self._apply(joining, old, pace, topology.epoch)
+                    moved = await self._apply(joining, old, pace, topology.epoch)
+                    metrics.COPY_RANGES.labels("merged").inc()
+                    return moved
 
                 keys, size = await self._from_quorum(topology, joining, planned, stream)
                 await self._ctx.store.mark_copied(chunk.migration_id, planned.index, keys, size)

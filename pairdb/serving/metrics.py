@@ -49,7 +49,14 @@ STORAGE_TOMBSTONES = Gauge("pairdb_storage_tombstones", "Tombstones on this stor
 
 # -- migration worker ------------------------------------------------------------------
 COPY_KEYS = Counter("pairdb_copy_keys", "Keys copied to joining nodes")
-COPY_BYTES = Counter("pairdb_copy_bytes", "Value bytes copied to joining nodes")
+COPY_BYTES = Counter(
+    "pairdb_copy_bytes", "Bytes copied to joining nodes (values; whole entries when forwarded)"
+)
+COPY_RANGES = Counter(
+    "pairdb_copy_ranges",
+    "Ranges copied, by how: forwarded (one source, its quorum agreeing) or merged (the quorum's newest)",
+    ["how"],
+)
 MIGRATION_DURATION = Histogram(
     "pairdb_migration_duration_seconds",
     "Time from start to end of a migration",

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -22,8 +23,9 @@ from pairdb.coordinator.metadata import Metadata
 from pairdb.kernel import migration as m
 from pairdb.kernel.migration import CopyChunk, EnterPhase, FinishMigration, MigrationRef, Phase, Status
 from pairdb.local.cluster import LocalCluster
+from pairdb.storage_node.engine import StoredRecord
 from tests.conftest import local_cluster
-from tests.support import load, registry_state
+from tests.support import load, now_version, registry_state
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +108,47 @@ async def test_the_steps_of_an_addition_are_idempotent_and_refuse_to_run_out_of_
     with pytest.raises(ApplicationError, match="has ended"):
         await env.run(registry.enable_dual_write, ref)
     await env.run(registry.remove_joining_node, ref)
+
+
+def copied_ranges(how: str) -> float:
+    return REGISTRY.get_sample_value("pairdb_copy_ranges_total", {"how": how}) or 0.0
+
+
+async def test_a_copy_forwards_ranges_its_sources_agree_on_and_merges_the_others_newest_first(
+    cluster: LocalCluster, ctx: StepContext
+) -> None:
+    env = ActivityEnvironment()
+    registry, copy, cleanup = RegistrySteps(ctx), CopySteps(ctx), CleanupSteps(ctx)
+    migration_id = await new_migration(cluster, ctx, "node-5")
+    ref = MigrationRef(migration_id)
+    assert await env.run(registry.claim_ring_change, ref)
+    await env.run(registry.enable_dual_write, ref)
+    await env.run(registry.enter_phase, EnterPhase(migration_id, Phase.DATA_COPY))
+
+    # Newer versions of a few keys on a quorum of the old replicas only (as a write whose
+    # third copy is still on its way): every quorum of sources holds them, no two agree.
+    newer = {f"key-{i}": StoredRecord("t", f"key-{i}", b"newer", now_version()) for i in range(0, 300, 15)}
+    for node_id in ("node-1", "node-2"):
+        storage = cluster.nodes[node_id].client()
+        try:
+            await storage.apply_many(list(newer.values()))
+        finally:
+            await storage.close()
+
+    forwarded, merged = copied_ranges("forwarded"), copied_ranges("merged")
+    plan = await env.run(copy.plan_copy, ref)
+    everything = CopyChunk(migration_id, list(range(plan.ranges_total)))
+    await env.run(copy.copy_ranges, everything)
+    assert copied_ranges("forwarded") > forwarded and copied_ranges("merged") > merged
+    assert await env.run(copy.verify_ranges, everything) == 0
+    joining = cluster.nodes["node-5"].client()
+    try:
+        held = {key: await joining.get("t", key) for key in newer}
+    finally:
+        await joining.close()
+    gained = {key: record for key, record in held.items() if record is not None}
+    assert gained and all(record == newer[key] for key, record in gained.items())
+
+    await env.run(registry.remove_joining_node, ref)
+    await env.run(cleanup.wipe_joining_node, ref)
+    await env.run(registry.finish_migration, FinishMigration(migration_id, Status.CANCELLED))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pairdb.kernel.keyspace import TOKEN_MAX, Version, in_range, token
-from pairdb.storage_node.engine import Engine, StoredRecord, digest_of
+from pairdb.storage_node.engine import Engine, MalformedEntries, StoredRecord, digest_of, unpack_entries
 
 
 def rec(key: str, hlc: int, value: bytes = b"v", tombstone: bool = False, tenant: str = "t") -> StoredRecord:
@@ -175,3 +175,32 @@ def test_the_fence_is_kept_across_a_reopen_and_only_rises(tmp_path: Path) -> Non
     assert engine.raise_fence(3) == 7
     engine.close()
     assert Engine(tmp_path / "db").fence() == 7
+
+
+@pytest.mark.parametrize(("limit", "max_bytes"), [(1, 1 << 20), (7, 1 << 20), (1000, 1 << 20), (1000, 100)])
+def test_scan_entries_packs_exactly_what_scan_returns(engine: Engine, limit: int, max_bytes: int) -> None:
+    records = _fill(engine)
+    engine.apply_records([rec("gone", 10**6, tombstone=True)])
+    tokens = sorted(r.token for r in records)
+    for start, end in [(tokens[100], tokens[300]), (tokens[400], tokens[50]), (0, 0)]:
+        unpacked: list[StoredRecord] = []
+        after: bytes | None = None
+        while True:
+            entries, count, after = engine.scan_entries(
+                start, end, limit=limit, max_bytes=max_bytes, after=after
+            )
+            batch = unpack_entries(entries)
+            assert len(batch) == count <= limit
+            unpacked += batch
+            if after is None:
+                break
+        assert unpacked == _scan_all(engine, start, end, 1000)
+
+
+def test_unpacking_refuses_entries_cut_short_or_malformed(engine: Engine) -> None:
+    engine.apply_records([rec("k", 10)])
+    entries, _, _ = engine.scan_entries(0, 0, limit=10, max_bytes=1 << 20)
+    assert unpack_entries(entries) == [rec("k", 10)]
+    for bad in (entries[:-1], entries + b"\x00\x00", b"\x00\x02\x00\x00\x00\x0dxx" + bytes(13)):
+        with pytest.raises(MalformedEntries):
+            unpack_entries(bad)
