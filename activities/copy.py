@@ -87,7 +87,7 @@ class CopySteps:
             async with slots:
                 for source in move.old:
                     try:
-                        _, keys = await self._ctx.node(topology, source).range_digest(
+                        keys = await self._ctx.node(topology, source).count_range(
                             move.start, move.end, epoch=topology.epoch
                         )
                         return move.start, move.end, list(move.old), keys
@@ -246,12 +246,11 @@ class CopySteps:
         """
         quorum = planned.sources[: required(Consistency.QUORUM, len(planned.sources))]
         epoch = topology.epoch
+        nodes = [*(self._ctx.node(topology, s) for s in quorum), joining]
         try:
-            digests = [
-                await self._ctx.node(topology, s).range_digest(planned.start, planned.end, epoch=epoch)
-                for s in quorum
-            ]
-            digests.append(await joining.range_digest(planned.start, planned.end, epoch=epoch))
+            digests = await asyncio.gather(
+                *(node.range_digest(planned.start, planned.end, epoch=epoch) for node in nodes)
+            )
         except StorageError:
             return False
         return len(set(digests)) == 1

@@ -201,12 +201,14 @@ class ApplyEntriesResponse(_message.Message):
     def __init__(self, applied: _Optional[int] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ...) -> None: ...
 
 class RangeDigestRequest(_message.Message):
-    __slots__ = ("range", "epoch")
+    __slots__ = ("range", "epoch", "count_only")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    COUNT_ONLY_FIELD_NUMBER: _ClassVar[int]
     range: TokenRange
     epoch: int
-    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
+    count_only: bool
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., epoch: _Optional[int] = ..., count_only: _Optional[bool] = ...) -> None: ...
 
 class RangeDigestResponse(_message.Message):
     __slots__ = ("digest", "count")

@@ -258,6 +258,14 @@ class NodeClient:
         self._heard(reply.load)
         return int(reply.applied)
 
+    async def count_range(self, start: int, end: int, *, epoch: int = 0, timeout: float | None = None) -> int:
+        """How many records (tombstones included) the node holds in (start, end]."""
+        request = storage_pb2.RangeDigestRequest(
+            range=storage_pb2.TokenRange(start=start, end=end), epoch=epoch, count_only=True
+        )
+        reply = await self._call(self._stub.RangeDigest, request, timeout or 10 * self.timeout)
+        return int(reply.count)
+
     async def range_digest(
         self, start: int, end: int, *, epoch: int = 0, timeout: float | None = None
     ) -> tuple[bytes, int]:

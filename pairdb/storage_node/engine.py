@@ -277,6 +277,20 @@ class Engine:
                     return b"".join(parts), count, db_key
         return b"".join(parts), count, None
 
+    def count(self, start: int, end: int) -> int:
+        """How many records (tombstones included) are in (start, end]; no value is read."""
+        count = 0
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._records)
+            for lo, hi in _segments(start, end):
+                if not cursor.set_range(_TOKEN.pack(lo)):
+                    continue
+                for db_key in cursor.iternext(keys=True, values=False):
+                    if _TOKEN.unpack_from(db_key)[0] > hi:
+                        break
+                    count += 1
+        return count
+
     def digest(self, start: int, end: int) -> tuple[bytes, int]:
         """blake2b over every record in (start, end] (key, version and content), and their count.
 

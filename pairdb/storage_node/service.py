@@ -277,6 +277,9 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         self, request: storage_pb2.RangeDigestRequest, context: ServicerContext
     ) -> storage_pb2.RangeDigestResponse:
         await self._check_epoch(request.epoch, context)
+        if request.count_only:
+            count = await asyncio.to_thread(self._engine.count, request.range.start, request.range.end)
+            return storage_pb2.RangeDigestResponse(count=count)
         digest, count = await asyncio.to_thread(self._engine.digest, request.range.start, request.range.end)
         return storage_pb2.RangeDigestResponse(digest=digest, count=count)
 

@@ -204,3 +204,11 @@ def test_unpacking_refuses_entries_cut_short_or_malformed(engine: Engine) -> Non
     for bad in (entries[:-1], entries + b"\x00\x00", b"\x00\x02\x00\x00\x00\x0dxx" + bytes(13)):
         with pytest.raises(MalformedEntries):
             unpack_entries(bad)
+
+
+def test_count_counts_the_records_of_a_range_tombstones_included(engine: Engine) -> None:
+    records = _fill(engine)
+    engine.apply_records([rec("gone", 10**6, tombstone=True)])
+    tokens = sorted(r.token for r in records)
+    for start, end in [(tokens[100], tokens[300]), (tokens[400], tokens[50]), (0, 0)]:
+        assert engine.count(start, end) == len(_scan_all(engine, start, end, 1000))
