@@ -1,13 +1,22 @@
 """The data copy: plan the ranges the joining node gains, copy them, verify them.
 
-A range is streamed from a quorum of its old replicas (in each tenant's
-replica set, whatever its RF), merged on the fly by version (merge.py), and
-applied to the joining node in batches, a few in flight while the merge goes
-on: memory holds batches, never a range. The storage node's last-write-wins
-makes a copy that races a dual write harmless, and a range whose source failed
-midway is simply streamed again from another quorum. Each finished range is
-checkpointed in PostgreSQL (the plan's `copied` flag), so a retried or resumed
-activity skips it; heartbeats only say the activity is alive.
+The copy moves the bulk; verification makes it exact. A range the joining node
+takes for every tenant is scanned on one old replica as the engine's packed
+entries and forwarded untouched (no record is decoded on the way), as
+Cassandra's bootstrap streams each range from one replica. A range it takes
+only for some tenants (their replication factors differ) is streamed from a
+quorum of old replicas, merged on the fly by version (merge.py), filtered and
+applied in batches. Either way a few batches are in flight, and memory holds
+batches, never a range.
+
+Verification then compares each range's digest on the joining node with the
+merged view of a quorum of old replicas, and copies again whatever the joining
+node lacks or holds older: a source that had missed writes costs a second
+look, never a lost record. The storage node's last-write-wins makes a copy
+that races a dual write harmless, and a range whose source failed midway is
+simply streamed again from another. Each finished range is checkpointed in
+PostgreSQL (the plan's `copied` flag), so a retried or resumed activity skips
+it; heartbeats only say the activity is alive.
 """
 
 from __future__ import annotations
@@ -130,7 +139,7 @@ class CopySteps:
             async with slots:
 
                 async def stream(sources: list[str]) -> tuple[int, int]:
-                    if await self._agree(topology, row.node_id, planned, sources):
+                    if self._takes_every_tenant(topology, row.node_id, planned):
                         source = self._ctx.node(topology, sources[0])
                         moved = await self._forward(joining, source, planned, pace, topology.epoch)
                         metrics.COPY_RANGES.labels("forwarded").inc()
@@ -311,32 +320,18 @@ class CopySteps:
                     error=failures[exc.node_id],
                 )
 
-    async def _agree(
-        self, topology: Topology, node_id: str, planned: PlannedRange, sources: list[str]
-    ) -> bool:
-        """Whether any one source's range, as it is, is the merged view the copy needs.
-
-        So it is when the joining node takes the range of every tenant (nothing to
-        leave out) and the sources hold the very same records (one digest). Writes
-        landing after the digests reach the joining node too (dual writes).
-        """
+    def _takes_every_tenant(self, topology: Topology, node_id: str, planned: PlannedRange) -> bool:
+        """Whether the joining node replicates this range for every tenant: nothing to leave out."""
         assert topology.future is not None
-        if any(node_id not in topology.future.replicas(planned.end, rf) for rf in _rfs(topology).values()):
-            return False
-        if len(sources) == 1:
-            return True
-        digests = await asyncio.gather(
-            *(
-                self._ctx.node(topology, s).range_digest(planned.start, planned.end, epoch=topology.epoch)
-                for s in sources
-            )
-        )
-        return len(set(digests)) == 1
+        return all(node_id in topology.future.replicas(planned.end, rf) for rf in _rfs(topology).values())
 
     async def _forward(
         self, joining: NodeClient, source: NodeClient, planned: PlannedRange, pace: Pace, epoch: int
     ) -> tuple[int, int]:
-        """The range's packed entries, scanned on source, passed on to the joining node untouched."""
+        """The range's packed entries, scanned on source, passed on to the joining node untouched.
+
+        One source may have missed writes the others hold: verification finds and copies them.
+        """
         scan = source.scan_entries(
             planned.start, planned.end, batch_size=ENTRY_BATCH, epoch=epoch, timeout=SCAN_TIMEOUT
         )

@@ -54,7 +54,7 @@ COPY_BYTES = Counter(
 )
 COPY_RANGES = Counter(
     "pairdb_copy_ranges",
-    "Ranges copied, by how: forwarded (one source, its quorum agreeing) or merged (the quorum's newest)",
+    "Ranges copied, by how: forwarded (from one source) or merged (a quorum's newest, some tenants only)",
     ["how"],
 )
 MIGRATION_DURATION = Histogram(

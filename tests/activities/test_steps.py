@@ -21,6 +21,7 @@ from pairdb.activities.copy import CopySteps
 from pairdb.activities.registry_steps import RegistrySteps
 from pairdb.coordinator.metadata import Metadata
 from pairdb.kernel import migration as m
+from pairdb.kernel.keyspace import token
 from pairdb.kernel.migration import CopyChunk, EnterPhase, FinishMigration, MigrationRef, Phase, Status
 from pairdb.local.cluster import LocalCluster
 from pairdb.storage_node.engine import StoredRecord
@@ -114,11 +115,14 @@ def copied_ranges(how: str) -> float:
     return REGISTRY.get_sample_value("pairdb_copy_ranges_total", {"how": how}) or 0.0
 
 
-async def test_a_copy_forwards_ranges_its_sources_agree_on_and_merges_the_others_newest_first(
+async def test_a_copy_forwards_whole_ranges_from_one_source_and_verification_brings_the_quorums_newest(
     cluster: LocalCluster, ctx: StepContext
 ) -> None:
     env = ActivityEnvironment()
     registry, copy, cleanup = RegistrySteps(ctx), CopySteps(ctx), CleanupSteps(ctx)
+    async with cluster.client() as client:
+        await client.create_tenant("one", 1)  # the joining node takes only some of its ranges
+        await load(client, ["one"], 100)
     migration_id = await new_migration(cluster, ctx, "node-5")
     ref = MigrationRef(migration_id)
     assert await env.run(registry.claim_ring_change, ref)
@@ -126,8 +130,8 @@ async def test_a_copy_forwards_ranges_its_sources_agree_on_and_merges_the_others
     await env.run(registry.enter_phase, EnterPhase(migration_id, Phase.DATA_COPY))
 
     # Newer versions of a few keys on a quorum of the old replicas only (as a write whose
-    # third copy is still on its way): every quorum of sources holds them, no two agree.
-    newer = {f"key-{i}": StoredRecord("t", f"key-{i}", b"newer", now_version()) for i in range(0, 300, 15)}
+    # third copy is still on its way): a range forwarded from node-3 misses them.
+    newer = {f"key-{i}": StoredRecord("t", f"key-{i}", b"newer", now_version()) for i in range(0, 300, 5)}
     for node_id in ("node-1", "node-2"):
         storage = cluster.nodes[node_id].client()
         try:
@@ -139,15 +143,20 @@ async def test_a_copy_forwards_ranges_its_sources_agree_on_and_merges_the_others
     plan = await env.run(copy.plan_copy, ref)
     everything = CopyChunk(migration_id, list(range(plan.ranges_total)))
     await env.run(copy.copy_ranges, everything)
-    assert copied_ranges("forwarded") > forwarded and copied_ranges("merged") > merged
-    assert await env.run(copy.verify_ranges, everything) == 0
+    assert await env.run(copy.verify_ranges, everything) > 0  # it copied what node-3 lacked
+    topology = await ctx.topology()
+    assert topology.future is not None
     joining = cluster.nodes["node-5"].client()
     try:
         held = {key: await joining.get("t", key) for key in newer}
+        ones = [f"key-{i}" for i in range(100) if await joining.get("one", f"key-{i}") is not None]
     finally:
         await joining.close()
     gained = {key: record for key, record in held.items() if record is not None}
     assert gained and all(record == newer[key] for key, record in gained.items())
+    # Of the replication-factor-1 tenant, only the keys the joining node now replicates.
+    assert ones and all(topology.future.replicas(token("one", key), 1) == ("node-5",) for key in ones)
+    assert copied_ranges("forwarded") > forwarded and copied_ranges("merged") > merged
 
     await env.run(registry.remove_joining_node, ref)
     await env.run(cleanup.wipe_joining_node, ref)
