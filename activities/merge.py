@@ -11,13 +11,12 @@ few batches per stream, whatever the size of the range.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import heapq
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from typing import TypeAlias
 
 from pairdb.kernel.keyspace import StoredRecord
-from pairdb.storage_node.engine import digest_entry, encode_key
+from pairdb.storage_node.engine import DIGEST_BYTES, digest_entry, encode_key, range_hash
 
 # Batches read ahead per stream.
 READ_AHEAD = 4
@@ -158,7 +157,7 @@ class RunningDigest:
     """Engine.digest computed over records fed in scan order, batch by batch."""
 
     def __init__(self) -> None:
-        self._hash = hashlib.blake2b(digest_size=16)
+        self._hash = range_hash()
         self.count = 0
 
     def add(self, records: list[StoredRecord]) -> None:
@@ -167,4 +166,4 @@ class RunningDigest:
         self.count += len(records)
 
     def result(self) -> tuple[bytes, int]:
-        return self._hash.digest(), self.count
+        return self._hash.digest()[:DIGEST_BYTES], self.count
