@@ -333,7 +333,7 @@ class CopySteps:
         One source may have missed writes the others hold: verification finds and copies them.
         """
         scan = source.scan_entries(
-            planned.start, planned.end, batch_size=ENTRY_BATCH, epoch=epoch, timeout=SCAN_TIMEOUT
+            planned.start, planned.end, batch_size=pace.batch(ENTRY_BATCH), epoch=epoch, timeout=SCAN_TIMEOUT
         )
         return await self._pipelined(
             (
@@ -358,8 +358,9 @@ class CopySteps:
 
         async def sends() -> AsyncIterator[tuple[int, int, Callable[[], Awaitable[object]]]]:
             async for merged_batch in batches:
-                for at in range(0, len(merged_batch), APPLY_BATCH):
-                    part = merged_batch[at : at + APPLY_BATCH]
+                step = pace.batch(APPLY_BATCH)
+                for at in range(0, len(merged_batch), step):
+                    part = merged_batch[at : at + step]
                     send = functools.partial(joining.apply_batch, part, epoch=epoch, timeout=30)
                     yield len(part), sum(len(r.value) for r in part), send
 

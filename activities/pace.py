@@ -31,9 +31,13 @@ QUIET_CLIENT_OPS = 50.0
 BUSY_DELAY_MS = 5.0
 # The copy never goes slower than this (keys/s), however busy the clients: it must end.
 FLOOR_KEYS_PER_SECOND = 500.0
-# How often the rate follows the nodes' reports, and how old a report may be to count.
-ADJUST_SECONDS = 0.5
+# How often the rate follows the nodes' reports, and how old a report may be to count. The
+# first adjustment comes sooner: a copy step may be over in well under a second.
+ADJUST_SECONDS = 0.25
+FIRST_ADJUST_SECONDS = 0.1
 FRESH_SECONDS = 2.0
+# Records per batch while the copy yields: a client write never waits long behind a copy's commit.
+YIELDING_BATCH = 200
 # While clients are busy but the nodes keep up, each adjustment raises the rate by a quarter and this.
 INCREASE_KEYS_PER_SECOND = 500.0
 
@@ -95,6 +99,7 @@ class Pace:
         self._clock = clock
         self._bucket = Throttle(self.ceiling if start is None else start)
         self._adjusted = clock()
+        self._wait = FIRST_ADJUST_SECONDS
         self._yielding = False
         self._taken = 0  # keys since the last adjustment: the rate the copy really went at
 
@@ -102,6 +107,10 @@ class Pace:
     def rate(self) -> float:
         """The rate in force, keys/s; 0 means none."""
         return self._bucket.rate
+
+    def batch(self, n: int) -> int:
+        """How many records the next batch may hold, n at most: fewer while the copy yields."""
+        return min(n, YIELDING_BATCH) if self._yielding else n
 
     async def take(self, n: int) -> None:
         """Wait until n more keys may be copied."""
@@ -111,15 +120,15 @@ class Pace:
         self._taken += n
 
     def follow(self, now: float) -> None:
-        """Set the rate by the nodes' reports (at most every ADJUST_SECONDS)."""
-        if now - self._adjusted < ADJUST_SECONDS:
+        """Set the rate by the nodes' reports (at most every ADJUST_SECONDS, the first time sooner)."""
+        if now - self._adjusted < self._wait:
             return
         loads = [n.load for n in self._nodes if n.load is not None and now - n.load.at < FRESH_SECONDS]
         if not loads:
             return  # nothing heard yet: keep the rate
         busy = [load for load in loads if load.client_ops_per_second >= QUIET_CLIENT_OPS]
         went = self._taken / (now - self._adjusted)
-        self._adjusted, self._taken = now, 0
+        self._adjusted, self._taken, self._wait = now, 0, ADJUST_SECONDS
         if not busy:
             self._bucket.set_rate(self.ceiling)  # nobody to yield to
             if self._yielding:

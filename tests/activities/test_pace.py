@@ -13,6 +13,7 @@ import pytest
 from pairdb.activities.pace import (
     ADJUST_SECONDS,
     BUSY_DELAY_MS,
+    FIRST_ADJUST_SECONDS,
     FLOOR_KEYS_PER_SECOND,
     FRESH_SECONDS,
     INCREASE_KEYS_PER_SECOND,
@@ -138,3 +139,15 @@ async def test_the_rate_changes_at_most_once_per_adjustment_period(nodes: list[N
     first = pace.rate
     pace.follow(1.0 + ADJUST_SECONDS / 2)
     assert pace.rate == first
+
+
+async def test_a_copy_step_yields_soon_after_it_starts_not_a_whole_period_later(
+    nodes: list[NodeClient],
+) -> None:
+    pace = Pace(0, nodes, clock=lambda: 0.0)
+    await pace.take(1000)
+    report(nodes[0], BUSY, LATE, FIRST_ADJUST_SECONDS)
+    pace.follow(FIRST_ADJUST_SECONDS / 2)
+    assert pace.rate == 0
+    pace.follow(FIRST_ADJUST_SECONDS)
+    assert pace.rate == 1000 / FIRST_ADJUST_SECONDS / 2
