@@ -416,6 +416,9 @@ async def bench_pairdb(
             await load_pairdb(client, keys, value_bytes)
             load_seconds = time.perf_counter() - started
             say(f"  loaded in {load_seconds:.1f} s ({keys / load_seconds:,.0f} keys/s)")
+            # An idle cluster is one whose nodes no longer report the loading as client traffic
+            # (storage_node/load.py keeps half-second windows): else the copy starts out yielding to it.
+            await asyncio.sleep(1.5)
             node4 = await cluster.add_storage_node("node-4")
             assert cluster.worker is not None and cluster.worker.pid is not None
             sampler = Sampler(cluster.worker.pid)

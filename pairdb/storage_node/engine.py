@@ -56,7 +56,7 @@ def encode_key(tenant_id: str, key: str) -> bytes:
     return _TOKEN.pack(token(tenant_id, key)) + bytes([len(tenant)]) + tenant + key.encode()
 
 
-def _decode(db_key: bytes, db_value: bytes) -> StoredRecord:
+def _decode(db_key: bytes, db_value: bytes | memoryview) -> StoredRecord:
     tenant_len = db_key[8]
     tenant_id = db_key[9 : 9 + tenant_len].decode()
     key = db_key[9 + tenant_len :].decode()
@@ -74,6 +74,7 @@ def unpack_entries(blob: bytes) -> list[StoredRecord]:
     """The records of packed entries (see the module docstring), in their order."""
     records: list[StoredRecord] = []
     at, size = 0, len(blob)
+    view = memoryview(blob)  # slices of it copy nothing; _decode copies each value once
     while at < size:
         if at + _ENTRY.size > size:
             raise MalformedEntries(f"entry {len(records)} is cut short")
@@ -82,12 +83,12 @@ def unpack_entries(blob: bytes) -> list[StoredRecord]:
         end = at + key_len + value_len
         if end > size or key_len < _MIN_KEY or value_len < _VERSION.size:
             raise MalformedEntries(f"entry {len(records)} is malformed")
-        db_key = blob[at : at + key_len]
+        db_key = bytes(view[at : at + key_len])
         tenant_len = db_key[_TOKEN.size]
         if _TOKEN.size + 1 + tenant_len >= key_len or tenant_len == 0:
             raise MalformedEntries(f"entry {len(records)} has a malformed key")
         try:
-            records.append(_decode(db_key, blob[at + key_len : end]))
+            records.append(_decode(db_key, view[at + key_len : end]))
         except UnicodeDecodeError:
             raise MalformedEntries(f"entry {len(records)} has a key that is not UTF-8") from None
         at = end
@@ -276,16 +277,17 @@ class Engine:
 
         Stops after limit entries or once max_bytes are packed.
         """
-        parts: list[bytes] = []
-        count = size = 0
+        out = bytearray()
+        count = 0
         with self._env.begin() as txn:
             for db_key, db_value in self._walk(txn, start, end, after):
-                parts += (_ENTRY.pack(len(db_key), len(db_value)), db_key, db_value)
+                out += _ENTRY.pack(len(db_key), len(db_value))
+                out += db_key
+                out += db_value
                 count += 1
-                size += len(db_key) + len(db_value)
-                if count >= limit or size >= max_bytes:
-                    return b"".join(parts), count, db_key
-        return b"".join(parts), count, None
+                if count >= limit or len(out) >= max_bytes:
+                    return bytes(out), count, db_key
+        return bytes(out), count, None
 
     def count(self, start: int, end: int) -> int:
         """How many records (tombstones included) are in (start, end]; no value is read."""
