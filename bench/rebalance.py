@@ -5,7 +5,7 @@ Run:  .venv/bin/python bench/rebalance.py [--keys 300000] [--large-keys 20000] [
 
 One run measures, one after the other, on the same machine:
 
-1. the disk: 256 MiB written in 1 MiB writes, then fdatasync (MB/s);
+1. the disk: 256 MiB written in 1 MiB writes, then fdatasync (MiB/s);
 2. the engine: LMDB durable puts in batches of 500, the copy's apply unit (keys/s):
    the ceiling for what a copy can write into one node;
 3. Redis Cluster (``redis-server`` from Debian's package, installed with apt-get
@@ -21,7 +21,7 @@ One run measures, one after the other, on the same machine:
    copy; the worker's peak RSS, sampled every 0.2 s;
 5. with ``--with-load``, 4 again while clients write and read (32 in flight);
 6. ``--large-keys`` keys of 16 KiB (Valkey's slot-migration benchmark size),
-   pairdb only: the copy in MB/s next to the disk and to the streaming caps
+   pairdb only: the copy in MiB/s next to the disk and to the streaming caps
    other databases ship by default (Cassandra 24 MiB/s, CockroachDB 32 MiB/s);
 7. with ``--throttle R``, 4 again with the addition throttled to R keys/s: the
    copy rate the migration reports over its whole copy, as a share of R;
@@ -69,7 +69,7 @@ TENANT = "bench"
 LOAD_BATCH = 1000
 LOAD_CONCURRENCY = 4
 ENGINE_BATCH = 500
-# Streaming caps other databases ship by default, for the MB/s comparison.
+# Streaming caps other databases ship by default, for the MiB/s comparison.
 PEER_CAPS = {"Cassandra stream_throughput_outbound": 24 * MB, "CockroachDB rebalance rate": 32 * MB}
 REDIS_SLOTS = 16384
 BEFORE_COPY_ENDS = ("queued", "dual_write", "data_copy")
@@ -471,7 +471,7 @@ async def bench_pairdb(
 
 
 def render(rows: Sequence[Row], reference: Row | None) -> str:
-    columns = ("keys", "seconds", "keys/s", "MB/s", "vs Redis")
+    columns = ("keys", "seconds", "keys/s", "MiB/s", "vs Redis")
     head = f"{'system':<44} | " + " | ".join(f"{c:>9}" for c in columns) + " | note"
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -535,7 +535,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         print()
         print(render(large_rows, None))
     print()
-    print(f"disk write rate (1 MiB writes + fdatasync): {disk / MB:,.0f} MB/s")
+    print(f"disk write rate (1 MiB writes + fdatasync): {disk / MB:,.0f} MiB/s")
     print(
         f"engine durable puts, batches of {ENGINE_BATCH}: {engine_small:,.0f} keys/s ({SMALL_VALUE} B values)"
     )
@@ -547,7 +547,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         )
     if large_rows:
         caps = ", ".join(f"{name} {cap / MB:.0f} MiB/s" for name, cap in PEER_CAPS.items())
-        print(f"16 KiB copy: {large_rows[1].mb_per_second:,.0f} MB/s (defaults elsewhere: {caps})")
+        print(f"16 KiB copy: {large_rows[1].mb_per_second:,.0f} MiB/s (defaults elsewhere: {caps})")
     if throttled:
         print(
             f"throttle {args.throttle:,} keys/s: the migration reports {throttled.reported_rate:,.0f} keys/s "
@@ -570,7 +570,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--large-keys",
         type=int,
         default=20_000,
-        help="16 KiB keys for the MB/s figure; 0 skips (default %(default)s)",
+        help="16 KiB keys for the MiB/s figure; 0 skips (default %(default)s)",
     )
     parser.add_argument(
         "--rf", type=int, default=3, help="pairdb tenant replication factor (default %(default)s)"
