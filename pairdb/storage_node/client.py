@@ -222,14 +222,8 @@ class NodeClient:
             include_tombstones=include_tombstones,
             epoch=epoch,
         )
-        try:
-            async for batch in self._stub.ScanRange(
-                request, timeout=timeout, metadata=request_ids.outgoing()
-            ):
-                self._heard(batch.load)
-                yield [from_proto(r) for r in batch.records]
-        except grpc.aio.AioRpcError as exc:
-            raise _error(self.node_id, exc) from None
+        async for batch in self._scan(request, timeout):
+            yield [from_proto(r) for r in batch.records]
 
     async def scan_entries(
         self, start: int, end: int, *, batch_size: int = 0, epoch: int = 0, timeout: float | None = None
@@ -242,12 +236,18 @@ class NodeClient:
             epoch=epoch,
             entries=True,
         )
+        async for batch in self._scan(request, timeout):
+            yield batch.entries, batch.entry_count
+
+    async def _scan(
+        self, request: storage_pb2.ScanRangeRequest, timeout: float | None
+    ) -> AsyncIterator[storage_pb2.ScanRangeBatch]:
         try:
             async for batch in self._stub.ScanRange(
                 request, timeout=timeout, metadata=request_ids.outgoing()
             ):
                 self._heard(batch.load)
-                yield batch.entries, batch.entry_count
+                yield batch
         except grpc.aio.AioRpcError as exc:
             raise _error(self.node_id, exc) from None
 
