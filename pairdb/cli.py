@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# `pairdb demo`, `dev` and `coordinator --processes` start processes (fork, then exec) while gRPC
+# runs here; gRPC's fork handlers can crash such a child before its exec. Off before grpc loads.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import argparse
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable

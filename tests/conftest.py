@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+# This process starts servers (fork, then exec) while its own gRPC channels run. gRPC's fork
+# handlers then run in the child between fork and exec and can crash it (seen: initdb killed by
+# SIGSEGV after an `epoll_wait error: Bad file descriptor`). Off before grpc is imported, as in
+# every process pairdb starts (processes.GRPC_QUIET).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import contextlib
 import itertools
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
