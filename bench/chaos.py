@@ -20,10 +20,15 @@ histories.
 
 from __future__ import annotations
 
+import os
+
+# This script starts servers (fork, then exec) while its gRPC channels run: gRPC's fork handlers
+# could crash a child before its exec. Off before grpc loads, as in every process pairdb starts.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import shutil
 import sys

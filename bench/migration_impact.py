@@ -17,9 +17,14 @@ Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] 
 
 from __future__ import annotations
 
+import os
+
+# This script starts servers (fork, then exec) while its gRPC channels run: gRPC's fork handlers
+# could crash a child before its exec. Off before grpc loads, as in every process pairdb starts.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import argparse
 import asyncio
-import os
 import shutil
 import signal
 import sys
