@@ -1,19 +1,24 @@
-"""Activities that remove data: ranges old replicas gave up, and a cancelled node's copy."""
+"""Activities that remove data: ranges nodes gave up, and what a cancelled ring change sent."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 from temporalio import activity
 
 from pairdb.activities.context import StepContext, heartbeat
-from pairdb.coordinator.ring import ranges_gained
+from pairdb.coordinator.metadata import MigrationRow
+from pairdb.coordinator.movement import Movement, RangeMove
+from pairdb.coordinator.ring import Ring
 from pairdb.coordinator.topology import Topology
-from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR
-from pairdb.kernel.migration import MigrationRef, NodeState
+from pairdb.kernel.migration import ChangeType, MigrationRef, NodeState, Phase, Status
 
 log = structlog.get_logger()
+
+# What one node deletes: (start, end] ranges by the tenants they are deleted for (empty: every tenant).
+Drops = dict[str, dict[frozenset[str], list[tuple[int, int]]]]
 
 
 class CleanupSteps:
@@ -22,38 +27,57 @@ class CleanupSteps:
 
     @activity.defn(name="drop_moved_ranges")
     async def drop_moved_ranges(self, ref: MigrationRef) -> int:
-        """After cleanup's barrier: delete, on each old replica, the ranges it no longer replicates.
+        """After cleanup's barrier: delete, on each node, the ranges it no longer replicates.
 
-        Ranges are judged at the largest RF of any tenant, so nothing a tenant
-        still needs is deleted; a node may keep a few keys of smaller-RF tenants
-        it no longer serves (never read, harmless). Deleting an absent range is
-        a no-op, so a retry is safe.
+        Per tenant: a node that keeps a range for one tenant and gives it up for
+        another deletes only the other's records. A removed node is wiped whole;
+        a dead one is never asked. Deleting an absent range is a no-op, so a retry is safe.
         """
         migration_id = ref.migration_id
         row = await self._ctx.migration(migration_id)
         topology = await self._ctx.topology()
-        assert topology.future is not None, "drop_moved_ranges runs during cleanup"
-        rf = max(
-            (t.replication_factor for t in topology.tenants.values()), default=DEFAULT_REPLICATION_FACTOR
-        )
-        lost: dict[str, list[tuple[int, int]]] = {}
-        for move in ranges_gained(topology.ring, topology.future, row.node_id, rf):
-            for loser in set(move.old) - set(move.new):
-                lost.setdefault(loser, []).append((move.start, move.end))
-
-        async def drop(node_id: str, ranges: list[tuple[int, int]]) -> int:
-            # One node's deletes run one after another (its writer takes one at a time anyway).
-            node, count = self._ctx.node(topology, node_id), 0
-            for start, end in ranges:
-                count += await node.delete_range(start, end, epoch=topology.epoch, timeout=60)
-                heartbeat()
-            return count
-
-        deleted = sum(
-            await asyncio.gather(*(drop(n, adjoined(ranges)) for n, ranges in sorted(lost.items())))
-        )
+        movement = topology.movement()
+        assert movement is not None, "drop_moved_ranges runs during cleanup"
+        drops = _drops(movement.moves(), RangeMove.lost, set(topology.tenants))
+        for dead in row.dead:
+            drops.pop(dead, None)
+        if row.change is ChangeType.NODE_REMOVAL and not row.node_dead:
+            drops[row.node_id] = {frozenset(): [(0, 0)]}  # (t, t]: the whole ring
+        deleted = await self._drop(topology, drops)
         log.info("Moved ranges dropped from old replicas", migration_id=migration_id, deleted=deleted)
         return deleted
+
+    @activity.defn(name="drop_gained_ranges")
+    async def drop_gained_ranges(self, ref: MigrationRef) -> int:
+        """Cancel and rollback of a removal or RF change, once the old ring is back: every node
+        that gained ranges deletes them (for the tenants it gained them for).
+
+        Only then: a step that outlived its turn must never delete what a replica serves.
+        """
+        migration_id = ref.migration_id
+        row = await self._ctx.migration(migration_id)
+        if row.phase != Phase.CANCELLING or row.status == Status.COMPLETED or row.change.adds_node:
+            log.warning("Not dropping gained ranges: the old ring is not back", phase=row.phase)
+            return 0
+        topology = await self._ctx.topology()
+        drops = _drops(_undone(topology, row).moves(), RangeMove.gained, set(topology.tenants))
+        deleted = await self._drop(topology, drops)
+        log.info("Gained ranges dropped", migration_id=migration_id, deleted=deleted)
+        return deleted
+
+    async def _drop(self, topology: Topology, drops: Drops) -> int:
+        async def drop(node_id: str, by_tenants: dict[frozenset[str], list[tuple[int, int]]]) -> int:
+            # One node's deletes run one after another (its writer takes one at a time anyway).
+            node, count = self._ctx.node(topology, node_id), 0
+            for tenants, ranges in by_tenants.items():
+                for start, end in ranges if ranges == [(0, 0)] else adjoined(ranges):
+                    count += await node.delete_range(
+                        start, end, tenants=tenants, epoch=topology.epoch, timeout=120
+                    )
+                    heartbeat()
+            return count
+
+        return sum(await asyncio.gather(*(drop(n, by) for n, by in sorted(drops.items()))))
 
     @activity.defn(name="wipe_joining_node")
     async def wipe_joining_node(self, ref: MigrationRef) -> int:
@@ -81,6 +105,30 @@ class CleanupSteps:
         deleted = await joining.delete_range(0, 0, epoch=topology.epoch, timeout=120)
         log.info("Joining node wiped", migration_id=migration_id, node_id=row.node_id, deleted=deleted)
         return deleted
+
+
+def _drops(
+    moves: list[RangeMove], which: Callable[[RangeMove], dict[str, frozenset[str]]], every: set[str]
+) -> Drops:
+    """Each node's ranges from which(move) (RangeMove.lost or .gained), grouped by tenants."""
+    drops: Drops = {}
+    for move in moves:
+        for node, tenants in which(move).items():
+            key = frozenset() if tenants >= every else tenants
+            drops.setdefault(node, {}).setdefault(key, []).append((move.start, move.end))
+    return drops
+
+
+def _undone(topology: Topology, row: MigrationRow) -> Movement:
+    """The movement a cancelled removal or RF change had begun, from the old ring it left behind."""
+    rf_old = {t: info.replication_factor for t, info in topology.tenants.items()}
+    rf_new = dict(rf_old)
+    new = topology.ring
+    if row.change is ChangeType.NODE_REMOVAL:
+        new = Ring.from_tokens((v.token, v.node_id) for v in topology.ring.vnodes if v.node_id != row.node_id)
+    elif row.change is ChangeType.RF_CHANGE:
+        rf_new[row.tenant_id] = row.replication_factor
+    return Movement(topology.ring, new, rf_old, rf_new)
 
 
 def adjoined(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

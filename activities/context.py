@@ -67,12 +67,21 @@ class StepContext:
         return self.pool.node(node_id, topology.address(node_id))
 
     def joining(self, row: MigrationRow) -> NodeClient:
+        """The node an addition or replacement brings in (known by its row before it is in the ring)."""
         return self.pool.node(row.node_id, f"{row.host}:{row.port}")
+
+    def target(self, topology: Topology, row: MigrationRow, node_id: str) -> NodeClient:
+        """A node a range is copied to: the joining node, or one already in the ring."""
+        return (
+            self.joining(row)
+            if node_id == row.node_id and row.change.adds_node
+            else self.node(topology, node_id)
+        )
 
     async def settle(self, epoch: int, row: MigrationRow) -> None:
         """The end of every registry step: barrier, then fence (the migration's node included)."""
         await self.barrier(epoch)
-        await self.fence(epoch, {row.node_id: f"{row.host}:{row.port}"})
+        await self.fence(epoch, {row.node_id: f"{row.host}:{row.port}"} if row.node_id else None)
 
     async def barrier(self, epoch: int) -> None:
         """Wait for every live coordinator to apply epoch, heartbeating who holds it up."""
@@ -92,7 +101,7 @@ class StepContext:
         topology = await self.topology()
         targets = {n: info.address for n, info in topology.nodes.items() if info.status != NodeState.REMOVED}
         targets.update(extra or {})
-        rfs = {t.replication_factor for t in topology.tenants.values()}
+        rfs = {t.replication_factor for t in topology.tenants.values()} | set(topology.future_rf.values())
         sets = [
             ring.replicas(v.token, rf)
             for ring in (topology.ring, topology.future)

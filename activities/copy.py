@@ -1,17 +1,23 @@
-"""The data copy: plan the ranges the joining node gains, copy them, verify them.
+"""The data copy: plan the ranges each node gains, copy them, verify them.
 
-The copy moves the bulk; verification makes it exact. A range the joining node
+Every ring change plans the same way (coordinator/movement.py): each range
+whose replicas change is copied to each node that gains it (its target): the
+joining node of an addition, the replacement of a dead node, the nodes that
+take over a removed node's ranges, the new replicas of a tenant whose RF rises.
+
+The copy moves the bulk; verification makes it exact. A range the target
 takes for every tenant is scanned on one old replica as the engine's packed
 entries and forwarded untouched (no record is decoded on the way), as
 Cassandra's bootstrap streams each range from one replica. A range it takes
 only for some tenants (their replication factors differ) is streamed from a
 quorum of old replicas, merged on the fly by version (merge.py), filtered and
 applied in batches. Either way a few batches are in flight, and memory holds
-batches, never a range.
+batches, never a range. A dead node (removed or replaced) is never asked:
+the quorum is of the survivors.
 
-Verification then compares each range's digest on the joining node with the
-merged view of a quorum of old replicas, and copies again whatever the joining
-node lacks or holds older: a source that had missed writes costs a second
+Verification then compares each range's digest on the target with the
+merged view of a quorum of old replicas, and copies again whatever the target
+lacks or holds older: a source that had missed writes costs a second
 look, never a lost record. The storage node's last-write-wins makes a copy
 that races a dual write harmless, and a range whose source failed midway is
 simply streamed again from another. Each finished range is checkpointed in
@@ -37,10 +43,10 @@ from pairdb.activities import merge
 from pairdb.activities.context import StepContext
 from pairdb.activities.pace import Pace
 from pairdb.coordinator.metadata import MigrationRow, PlannedRange
+from pairdb.coordinator.movement import RangeMove
 from pairdb.coordinator.quorum import Consistency, required
-from pairdb.coordinator.ring import RangeMove, ranges_gained
 from pairdb.coordinator.topology import Topology
-from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, StoredRecord
+from pairdb.kernel.keyspace import StoredRecord
 from pairdb.kernel.migration import CopyChunk, CopyPlan, MigrationRef, Progress, chunked
 from pairdb.serving import metrics
 from pairdb.storage_node.client import NodeClient, StorageError, describe_failure
@@ -48,7 +54,7 @@ from pairdb.storage_node.client import NodeClient, StorageError, describe_failur
 log = structlog.get_logger()
 
 APPLY_BATCH = 500
-# Apply batches in flight to the joining node while the merge prepares the next.
+# Apply batches in flight to a target while the merge prepares the next.
 APPLY_IN_FLIGHT = 3
 SCAN_BATCH = 1000
 # Packed entries per forwarded batch (a scan message and an ApplyEntries call each).
@@ -62,7 +68,18 @@ T = TypeVar("T")
 
 
 def _rfs(topology: Topology) -> dict[str, int]:
+    """Each tenant's replication factor before the change: where its data is now."""
     return {t: info.replication_factor for t, info in topology.tenants.items()}
+
+
+def _holders(topology: Topology, node_id: str, planned: PlannedRange) -> set[str]:
+    """The tenants node_id replicates the range for once the change completes."""
+    assert topology.future is not None
+    return {
+        t
+        for t, rf in _rfs(topology).items()
+        if node_id in topology.future.replicas(planned.end, topology.rf_after(t, rf))
+    }
 
 
 class CopySteps:
@@ -75,7 +92,7 @@ class CopySteps:
     async def _moving(self, migration_id: str) -> tuple[MigrationRow, Topology]:
         row = await self._ctx.migration(migration_id)
         topology = await self._ctx.topology()
-        if topology.future is None or topology.moving_node != row.node_id:
+        if topology.future is None or topology.migration_id != migration_id:
             raise ApplicationError(
                 f"migration {migration_id} is not in flight (phase {row.phase}, status {row.status})",
                 non_retryable=True,
@@ -84,27 +101,33 @@ class CopySteps:
 
     @activity.defn(name="plan_copy")
     async def plan_copy(self, ref: MigrationRef) -> CopyPlan:
-        """The ranges the joining node gains (for the largest RF of any tenant), with key estimates."""
+        """The ranges each node gains, a planned range per (range, target), with key estimates."""
         migration_id = ref.migration_id
         row, topology = await self._moving(migration_id)
-        assert topology.future is not None
-        rf = max(_rfs(topology).values(), default=DEFAULT_REPLICATION_FACTOR)
-        moves = ranges_gained(topology.ring, topology.future, row.node_id, rf)
+        movement = topology.movement()
+        assert movement is not None
         slots = asyncio.Semaphore(PARALLEL_RANGES)
 
-        async def estimate(move: RangeMove) -> tuple[int, int, list[str], int]:
+        async def estimate(move: RangeMove) -> int:
             async with slots:
-                for source in move.old:
+                for source in move.sources:
+                    if source in row.dead:
+                        continue
                     try:
-                        keys = await self._ctx.node(topology, source).count_range(
+                        return await self._ctx.node(topology, source).count_range(
                             move.start, move.end, epoch=topology.epoch
                         )
-                        return move.start, move.end, list(move.old), keys
                     except StorageError:
                         continue
-                return move.start, move.end, list(move.old), 0
+                return 0
 
-        planned = list(await asyncio.gather(*(estimate(move) for move in moves)))
+        moves = movement.moves()
+        keys = await asyncio.gather(*(estimate(move) for move in moves))
+        planned = [
+            (move.start, move.end, list(move.sources), target, estimate)
+            for move, estimate in zip(moves, keys, strict=True)
+            for target in sorted(move.gained())
+        ]
         if await self._ctx.store.save_plan(migration_id, planned):
             await self._ctx.store.save_progress(migration_id, {"copy_started_at": time.time()}, None)
         totals = await self._ctx.store.totals(migration_id)
@@ -116,40 +139,43 @@ class CopySteps:
             node_id=row.node_id,
             ranges=totals["ranges_total"],
             keys=totals["keys_total"],
+            targets=sorted({target for *_, target, _ in planned}),
             steps=len(chunks),
         )
         return CopyPlan(totals["ranges_total"], totals["keys_total"], chunks)
 
     @activity.defn(name="copy_ranges")
     async def copy_ranges(self, chunk: CopyChunk) -> Progress:
-        """Copy a chunk of planned ranges to the joining node, skipping those already copied."""
+        """Copy a chunk of planned ranges to their targets, skipping those already copied."""
         row, topology = await self._moving(chunk.migration_id)
-        joining = self._ctx.joining(row)
         plan = await self._ctx.store.plan(chunk.migration_id, chunk.range_indexes)
         todo = [p for p in plan if not p.copied]  # checkpointed ranges are never copied twice
-        sources = sorted({s for p in todo for s in p.sources})
+        targets = {t: self._target(topology, row, p) for p in todo for t in [p.target or row.node_id]}
+        sources = sorted({s for p in todo for s in p.sources} - row.dead - set(targets))
         pace = Pace(
             chunk.throttle_keys_per_second,
-            [joining, *(self._ctx.node(topology, s) for s in sources)],
+            [*targets.values(), *(self._ctx.node(topology, s) for s in sources)],
             start=self._rates.get(chunk.migration_id),
         )
         slots = asyncio.Semaphore(PARALLEL_RANGES)
 
         async def copy_one(planned: PlannedRange) -> None:
+            target_id = planned.target or row.node_id
+            target = targets[target_id]
             async with slots:
 
                 async def stream(sources: list[str]) -> tuple[int, int]:
-                    if self._takes_every_tenant(topology, row.node_id, planned):
+                    if _holders(topology, target_id, planned) == set(topology.tenants):
                         source = self._ctx.node(topology, sources[0])
-                        moved = await self._forward(joining, source, planned, pace, topology.epoch)
+                        moved = await self._forward(target, source, planned, pace, topology.epoch)
                         metrics.COPY_RANGES.labels("forwarded").inc()
                         return moved
-                    old = self._old_view(topology, row.node_id, planned, sources)
-                    moved = await self._apply(joining, old, pace, topology.epoch)
+                    old = self._old_view(topology, target_id, planned, sources)
+                    moved = await self._apply(target, old, pace, topology.epoch)
                     metrics.COPY_RANGES.labels("merged").inc()
                     return moved
 
-                keys, size = await self._from_quorum(topology, joining, planned, stream)
+                keys, size = await self._from_quorum(topology, row, target, planned, stream)
                 await self._ctx.store.mark_copied(chunk.migration_id, planned.index, keys, size)
                 activity.heartbeat()
 
@@ -161,21 +187,18 @@ class CopySteps:
 
     @activity.defn(name="verify_ranges")
     async def verify_ranges(self, chunk: CopyChunk) -> int:
-        """Compare each range's digest on the joining node with the merged old view; copy again on mismatch.
+        """Compare each range's digest on its target with the merged old view; copy again on mismatch.
 
         Returns how many ranges had to be copied again. Dual writes may make the
-        joining node newer than the old view while writes run, so a range also
-        passes when every old record is on the joining node at the same or a newer version.
+        target newer than the old view while writes run, so a range also
+        passes when every old record is on the target at the same or a newer version.
         """
         row, topology = await self._moving(chunk.migration_id)
-        joining = self._ctx.joining(row)
         slots = asyncio.Semaphore(PARALLEL_RANGES)
 
         async def verify_one(planned: PlannedRange) -> int:
             async with slots:
-                recopied = await self._verify_range(
-                    topology, row.node_id, joining, planned, chunk.migration_id
-                )
+                recopied = await self._verify_range(topology, row, planned)
                 await self._ctx.store.mark_verified(chunk.migration_id, planned.index)
                 activity.heartbeat()
                 return recopied
@@ -183,79 +206,84 @@ class CopySteps:
         plan = await self._ctx.store.plan(chunk.migration_id, chunk.range_indexes)
         return sum(await asyncio.gather(*(verify_one(p) for p in plan if not p.verified)))
 
-    async def _verify_range(
-        self, topology: Topology, node_id: str, joining: NodeClient, planned: PlannedRange, migration_id: str
-    ) -> int:
-        """Check one range, copying what the joining node lacks again; how many times it had to."""
-        if await self._digests_agree(topology, joining, planned):
+    def _target(self, topology: Topology, row: MigrationRow, planned: PlannedRange) -> NodeClient:
+        return self._ctx.target(topology, row, planned.target or row.node_id)
+
+    async def _verify_range(self, topology: Topology, row: MigrationRow, planned: PlannedRange) -> int:
+        """Check one range, copying what its target lacks again; how many times it had to."""
+        target = self._target(topology, row, planned)
+        if await self._digests_agree(topology, row, target, planned):
             return 0
         for attempt in range(VERIFY_ATTEMPTS):
-            if await self._matches(topology, node_id, joining, planned):
+            if await self._matches(topology, row, target, planned):
                 return attempt
             last = attempt == VERIFY_ATTEMPTS - 1
-            # Copy what the joining node lacks again; on the last attempt only count it.
-            behind = await self._catch_up(topology, node_id, joining, planned, apply=not last)
+            # Copy what the target lacks again; on the last attempt only count it.
+            behind = await self._catch_up(topology, row, target, planned, apply=not last)
             if not behind:
                 return attempt
             if last:
                 raise ApplicationError(
                     f"range {planned.index} ({planned.start}, {planned.end}] still differs on "
-                    f"{node_id} after {VERIFY_ATTEMPTS} copies: {behind} records behind"
+                    f"{target.node_id} after {VERIFY_ATTEMPTS} copies: {behind} records behind"
                 )
             log.warning(
                 "Range differs; copied the records behind again",
-                migration_id=migration_id,
-                node_id=node_id,
+                migration_id=row.migration_id,
+                node_id=target.node_id,
                 range=planned.index,
                 behind=behind,
             )
         return VERIFY_ATTEMPTS
 
     async def _matches(
-        self, topology: Topology, node_id: str, joining: NodeClient, planned: PlannedRange
+        self, topology: Topology, row: MigrationRow, target: NodeClient, planned: PlannedRange
     ) -> bool:
-        """Whether the joining node's digest of the range equals that of the merged old view."""
+        """Whether the target's digest of the range equals that of the merged old view."""
 
         async def digest(sources: list[str]) -> tuple[bytes, int]:
             running = merge.RunningDigest()
-            async for batch in self._old_view(topology, node_id, planned, sources):
+            async for batch in self._old_view(topology, target.node_id, planned, sources):
                 running.add(batch)
                 activity.heartbeat()
             return running.result()
 
-        expected = await self._from_quorum(topology, joining, planned, digest)
-        actual = await joining.range_digest(
+        expected = await self._from_quorum(topology, row, target, planned, digest)
+        actual = await target.range_digest(
             planned.start, planned.end, epoch=topology.epoch, timeout=SCAN_TIMEOUT
         )
         return actual == expected
 
     async def _catch_up(
-        self, topology: Topology, node_id: str, joining: NodeClient, planned: PlannedRange, *, apply: bool
+        self, topology: Topology, row: MigrationRow, target: NodeClient, planned: PlannedRange, *, apply: bool
     ) -> int:
-        """Old records the joining node lacks or holds older: applied to it (or only counted); how many."""
+        """Old records the target lacks or holds older: applied to it (or only counted); how many."""
 
         async def run(sources: list[str]) -> int:
-            old = self._old_view(topology, node_id, planned, sources)
-            have = joining.scan_range(
+            old = self._old_view(topology, target.node_id, planned, sources)
+            have = target.scan_range(
                 planned.start, planned.end, batch_size=SCAN_BATCH, epoch=topology.epoch, timeout=SCAN_TIMEOUT
             )
             lagging = merge.behind(old, have, planned.start, planned.end)
             if apply:
-                return (await self._apply(joining, lagging, Pace(0, [], adaptive=False), topology.epoch))[0]
+                return (await self._apply(target, lagging, Pace(0, [], adaptive=False), topology.epoch))[0]
             return sum([len(batch) async for batch in lagging])
 
-        return await self._from_quorum(topology, joining, planned, run)
+        return await self._from_quorum(topology, row, target, planned, run)
 
-    async def _digests_agree(self, topology: Topology, joining: NodeClient, planned: PlannedRange) -> bool:
-        """Fast path: a quorum of old replicas and the joining node report one and the same digest.
+    async def _digests_agree(
+        self, topology: Topology, row: MigrationRow, target: NodeClient, planned: PlannedRange
+    ) -> bool:
+        """Fast path: a quorum of old replicas and the target report one and the same digest.
 
         Then the merged old view is that very set of (key, version), without
         streaming a record. Anything else (a lagging replica, writes in flight,
-        tenants the node does not replicate) takes the full comparison.
+        tenants the target does not replicate) takes the full comparison.
         """
-        quorum = planned.sources[: required(Consistency.QUORUM, len(planned.sources))]
+        survivors = [s for s in planned.sources if s not in row.dead and s != target.node_id]
+        quorum = survivors[: required(Consistency.QUORUM, len(survivors))]
         epoch = topology.epoch
-        nodes = [*(self._ctx.node(topology, s) for s in quorum), joining]
+        nodes = [*(self._ctx.node(topology, s) for s in quorum), target]
         try:
             digests = await asyncio.gather(
                 *(node.range_digest(planned.start, planned.end, epoch=epoch) for node in nodes)
@@ -265,12 +293,10 @@ class CopySteps:
         return len(set(digests)) == 1
 
     def _old_view(
-        self, topology: Topology, node_id: str, planned: PlannedRange, sources: list[str]
+        self, topology: Topology, target_id: str, planned: PlannedRange, sources: list[str]
     ) -> AsyncIterator[list[StoredRecord]]:
-        """The range as these old replicas hold it, merged; only tenants the joining node will replicate."""
-        assert topology.future is not None
-        rfs = _rfs(topology)
-        wanted = {t for t, rf in rfs.items() if node_id in topology.future.replicas(planned.end, rf)}
+        """The range as these old replicas hold it, merged; only tenants the target will replicate."""
+        wanted = _holders(topology, target_id, planned)
         streams = [
             self._ctx.node(topology, source).scan_range(
                 planned.start, planned.end, batch_size=SCAN_BATCH, epoch=topology.epoch, timeout=SCAN_TIMEOUT
@@ -282,19 +308,26 @@ class CopySteps:
     async def _from_quorum(
         self,
         topology: Topology,
-        joining: NodeClient,
+        row: MigrationRow,
+        target: NodeClient,
         planned: PlannedRange,
         run: Callable[[list[str]], Awaitable[T]],
     ) -> T:
         """run(sources) with the first quorum of old replicas that answers throughout.
 
-        Sources are taken in replica order until, for every tenant RF, a quorum
-        of that RF's replica set is in; one that fails midway is left out and
-        the whole range is run again (applying twice is harmless).
+        Sources are taken in replica order until, for every RF of a tenant the
+        target will hold, a quorum of the live members of that RF's old replica
+        set is in (a dead node is never waited for); one that fails midway is left
+        out and the whole range is run again (applying twice is harmless).
         """
         rfs = _rfs(topology)
-        needs = [planned.sources[:rf] for rf in set(rfs.values())]
-        failures: dict[str, str] = {}
+        wanted = _holders(topology, target.node_id, planned)
+        needs = [
+            live
+            for rf in {rfs[t] for t in wanted}
+            if (live := [n for n in planned.sources[:rf] if n not in row.dead])
+        ]
+        failures: dict[str, str] = {n: "dead" for n in row.dead if n in planned.sources}
         while True:
             sources: list[str] = []
             for source in planned.sources:
@@ -310,7 +343,7 @@ class CopySteps:
             try:
                 return await run(sources)
             except StorageError as exc:
-                if exc.node_id == joining.node_id or exc.node_id not in sources:
+                if exc.node_id == target.node_id or exc.node_id not in sources:
                     raise
                 failures[exc.node_id] = describe_failure(exc)
                 log.warning(
@@ -320,15 +353,10 @@ class CopySteps:
                     error=failures[exc.node_id],
                 )
 
-    def _takes_every_tenant(self, topology: Topology, node_id: str, planned: PlannedRange) -> bool:
-        """Whether the joining node replicates this range for every tenant: nothing to leave out."""
-        assert topology.future is not None
-        return all(node_id in topology.future.replicas(planned.end, rf) for rf in _rfs(topology).values())
-
     async def _forward(
-        self, joining: NodeClient, source: NodeClient, planned: PlannedRange, pace: Pace, epoch: int
+        self, target: NodeClient, source: NodeClient, planned: PlannedRange, pace: Pace, epoch: int
     ) -> tuple[int, int]:
-        """The range's packed entries, scanned on source, passed on to the joining node untouched.
+        """The range's packed entries, scanned on source, passed on to the target untouched.
 
         One source may have missed writes the others hold: verification finds and copies them.
         """
@@ -340,7 +368,7 @@ class CopySteps:
                 (
                     count,
                     len(entries),
-                    functools.partial(joining.apply_entries, entries, epoch=epoch, timeout=30),
+                    functools.partial(target.apply_entries, entries, epoch=epoch, timeout=30),
                 )
                 async for entries, count in scan
             ),
@@ -349,19 +377,19 @@ class CopySteps:
 
     async def _apply(
         self,
-        joining: NodeClient,
+        target: NodeClient,
         batches: AsyncIterator[list[StoredRecord]],
         pace: Pace,
         epoch: int,
     ) -> tuple[int, int]:
-        """Apply the records to the joining node in batches of APPLY_BATCH, routed by epoch."""
+        """Apply the records to the target in batches of APPLY_BATCH, routed by epoch."""
 
         async def sends() -> AsyncIterator[tuple[int, int, Callable[[], Awaitable[object]]]]:
             async for merged_batch in batches:
                 step = pace.batch(APPLY_BATCH)
                 for at in range(0, len(merged_batch), step):
                     part = merged_batch[at : at + step]
-                    send = functools.partial(joining.apply_batch, part, epoch=epoch, timeout=30)
+                    send = functools.partial(target.apply_batch, part, epoch=epoch, timeout=30)
                     yield len(part), sum(len(r.value) for r in part), send
 
         return await self._pipelined(sends(), pace)

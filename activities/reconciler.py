@@ -119,16 +119,24 @@ class Reconciler:
             await self._registry.finish_migration(FinishMigration(migration_id, Status.COMPLETED))
             return
         error = f"workflow {row.workflow_id} {ended}"
-        for step in m.undo_steps(row.phase):
+        steps = m.undo_steps(row.phase, row.change)
+        for step in steps:
             if step is Undo.RESTORE_READS:
                 await self._registry.restore_reads_on_old(ref)
             elif step is Undo.REMOVE_NODE:
                 await self._registry.remove_joining_node(ref)
+            elif step is Undo.RESTORE_RING:
+                await self._registry.restore_old_ring(ref)
             else:
+                wipe = (
+                    self._cleanup.wipe_joining_node
+                    if step is Undo.WIPE_NODE
+                    else self._cleanup.drop_gained_ranges
+                )
                 try:
-                    await self._cleanup.wipe_joining_node(ref)
-                except Exception as exc:  # out of the ring already: what it holds is never read
-                    error += f"; could not wipe {row.node_id}: {exc}"
+                    await wipe(ref)
+                except Exception as exc:  # out of every replica set already: what it holds is never read
+                    error += f"; could not delete what was copied: {exc}"
         status = Status.CANCELLED if ended == "canceled" else Status.FAILED
-        undone = "; the reconciler undid it" if m.undo_steps(row.phase) else ""
+        undone = "; the reconciler undid it" if steps else ""
         await self._registry.finish_migration(FinishMigration(migration_id, status, error + undone))

@@ -22,6 +22,7 @@ from pairdb.coordinator.registry import StepRefused
 from pairdb.coordinator.ring import allocate_tokens
 from pairdb.kernel.migration import (
     TERMINAL,
+    ChangeType,
     EnterPhase,
     FinishMigration,
     MigrationRef,
@@ -59,24 +60,27 @@ class RegistrySteps:
 
     @activity.defn(name="enable_dual_write")
     async def enable_dual_write(self, ref: MigrationRef) -> int:
-        """Phase dual_write: the node joins with its tokens; writes reach old ∪ new from the barrier on."""
+        """Phase dual_write: the new ring beside the old (an added node joins with its tokens);
+        writes reach old ∪ new from the barrier on."""
         migration_id = ref.migration_id
         row = await self._ctx.migration(migration_id)
-        topology = await self._ctx.topology()
-        existing = [(v.token, v.node_id) for v in topology.ring.vnodes]
-        tokens = allocate_tokens(existing, row.node_id, row.virtual_nodes)
+        tokens: list[int] = []
+        if row.change is ChangeType.NODE_ADDITION:
+            topology = await self._ctx.topology()
+            existing = [(v.token, v.node_id) for v in topology.ring.vnodes]
+            tokens = allocate_tokens(existing, row.node_id, row.virtual_nodes)
         async with _refused_for_good():
-            epoch = await self._ctx.registry.begin_join(migration_id, tokens)
+            epoch = await self._ctx.registry.begin(migration_id, tokens)
         await self._ctx.settle(epoch, row)
         log.info("Dual write active", migration_id=migration_id, node_id=row.node_id, epoch=epoch)
         return epoch
 
     @activity.defn(name="enter_phase")
     async def enter_phase(self, step: EnterPhase) -> int:
-        """Move to data_copy, cutover (node becomes active) or cleanup, then barrier."""
+        """Move to data_copy, cutover (an added node becomes active) or cleanup, then barrier."""
         migration_id, phase = step.migration_id, step.phase
         row = await self._ctx.migration(migration_id)
-        node_status = NodeState.ACTIVE if phase == Phase.CUTOVER else None
+        node_status = NodeState.ACTIVE if phase == Phase.CUTOVER and row.change.adds_node else None
         async with _refused_for_good():
             epoch = await self._ctx.registry.set_phase(migration_id, phase, node_status)
         await self._ctx.settle(epoch, row)
@@ -84,21 +88,30 @@ class RegistrySteps:
 
     @activity.defn(name="restore_reads_on_old")
     async def restore_reads_on_old(self, ref: MigrationRef) -> int:
-        """Rollback, first step: reads go back to the old replicas (node joining again), then barrier."""
+        """Rollback, first step: reads go back to the old replicas (an added node joins again); barrier."""
         migration_id = ref.migration_id
         row = await self._ctx.migration(migration_id)
+        node_status = NodeState.JOINING if row.change.adds_node else None
         async with _refused_for_good():
-            epoch = await self._ctx.registry.set_phase(migration_id, Phase.ROLLING_BACK, NodeState.JOINING)
+            epoch = await self._ctx.registry.set_phase(migration_id, Phase.ROLLING_BACK, node_status)
         await self._ctx.settle(epoch, row)
         return epoch
 
     @activity.defn(name="remove_joining_node")
     async def remove_joining_node(self, ref: MigrationRef) -> int:
-        """Cancel: the node leaves the ring and dual writes stop, then barrier."""
+        """Cancel an addition or replacement: the new node leaves the ring, dual writes stop; barrier."""
+        return await self._abandon(ref)
+
+    @activity.defn(name="restore_old_ring")
+    async def restore_old_ring(self, ref: MigrationRef) -> int:
+        """Cancel a removal or RF change: the old ring and RFs again, dual writes stop; barrier."""
+        return await self._abandon(ref)
+
+    async def _abandon(self, ref: MigrationRef) -> int:
         migration_id = ref.migration_id
         row = await self._ctx.migration(migration_id)
         async with _refused_for_good():
-            epoch = await self._ctx.registry.remove_joining_node(migration_id)
+            epoch = await self._ctx.registry.abandon(migration_id)
         await self._ctx.settle(epoch, row)
         return epoch
 
@@ -119,7 +132,7 @@ class RegistrySteps:
                 metrics.PHASE_FAILURES.labels(row.phase).inc()
             if status == Status.COMPLETED:
                 log.info(
-                    "Node addition migration completed successfully",
+                    f"{row.change.label} migration completed successfully",
                     migration_id=migration_id,
                     node_id=row.node_id,
                     total_duration=f"{(datetime.now(UTC) - row.started_at).total_seconds():.2f}s",

@@ -71,6 +71,15 @@ def replication_factor(raw: int) -> int:
     return raw
 
 
+MAX_THROTTLE = 10_000_000
+
+
+def throttle(keys_per_second: int) -> int:
+    if keys_per_second > MAX_THROTTLE:
+        raise InvalidArgument(f"keys_per_second must be at most {MAX_THROTTLE:,} (0 removes the limit)")
+    return keys_per_second
+
+
 def node_id(value: str) -> str:
     if not NODE_ID_PATTERN.fullmatch(value):
         raise InvalidArgument(

@@ -1,4 +1,7 @@
-"""Joining storage nodes to the ring.
+"""Ring changes as operators ask for them: add, remove or replace a node, change a tenant's RF.
+
+Each is checked here (refused with a status that says why, nothing changed)
+and then runs as a workflow (migrations.py).
 
 A node joins a cluster that has no tenant yet directly: with no tenant there
 is no data and no request to route, so it becomes active at once (how a new
@@ -11,6 +14,7 @@ may be on its way to them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,12 +22,13 @@ from datetime import datetime
 import structlog
 
 from pairdb.coordinator.metadata import Metadata, NodeInfo
-from pairdb.coordinator.migrations import Migrations
+from pairdb.coordinator.migration_store import NewChange
+from pairdb.coordinator.migrations import Migrations, Started
 from pairdb.coordinator.ring import DEFAULT_VIRTUAL_NODES, allocate_tokens
 from pairdb.coordinator.topology import Topology, TopologyCache
 from pairdb.kernel import migration as m
-from pairdb.kernel.errors import AlreadyExists, InvalidArgument, Unavailable
-from pairdb.kernel.migration import NodeState
+from pairdb.kernel.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from pairdb.kernel.migration import ChangeType, NodeState
 from pairdb.storage_node.client import NodeClient, NodeStats, StorageError, StoragePool
 
 log = structlog.get_logger()
@@ -36,6 +41,7 @@ class AddOutcome:
     migration_id: str
     message: str
     estimated_completion: datetime | None
+    workflow_id: str = ""
 
 
 class Membership:
@@ -94,12 +100,158 @@ class Membership:
             ),
             keys_to_move=held // max(len(topology.ring.node_ids), 1),
         )
-        return AddOutcome(
-            started.migration_id,
-            f"node addition started: dual writes, data copy, cutover and cleanup run in workflow "
-            f"{started.workflow_id}; track it with GetMigrationStatus or the Temporal UI",
-            started.estimated_completion,
+        return _started("node addition", started)
+
+    async def remove(
+        self, node_id: str, *, dead: bool, started_by: str, hold_at_cutover: bool = False, throttle: int = 0
+    ) -> AddOutcome:
+        """Decommission an active node (or take a dead one out: `dead`, never asked)."""
+        async with self._lock:
+            topology = await self._cache.refresh()
+            node = self._member(topology, node_id, "removed")
+            remaining = len(topology.ring.node_ids - {node_id})
+            for tenant in sorted(topology.tenants.values(), key=lambda t: t.tenant_id):
+                if tenant.replication_factor > remaining:
+                    raise FailedPrecondition(
+                        f"removing {node_id} would leave {remaining} active node(s), fewer than tenant "
+                        f"{tenant.tenant_id!r}'s replication factor {tenant.replication_factor}; "
+                        "add a node first, or lower that tenant's replication factor"
+                    )
+            held = 0
+            if not dead:
+                try:
+                    stats = await self._pool.node(node_id, node.address).stats()
+                except StorageError as exc:
+                    raise FailedPrecondition(
+                        f"node {node_id} at {node.address} does not answer ({exc.code.name}): if it is "
+                        "dead, remove it with --dead (its ranges are re-replicated from the survivors) "
+                        "or replace it"
+                    ) from None
+                held = stats.keys + stats.tombstones
+        migration_id = str(uuid.uuid4())
+        change = NewChange(
+            migration_id,
+            ChangeType.NODE_REMOVAL,
+            node_id,
+            node.host,
+            node.port,
+            node.virtual_nodes,
+            started_by,
+            node_dead=dead,
         )
+        request = m.RingChangeInput(
+            migration_id, ChangeType.NODE_REMOVAL, node_id, throttle, started_by, hold_at_cutover
+        )
+        how = (
+            "dead: its ranges re-replicated from the survivors"
+            if dead
+            else "its ranges copied to the nodes that gain them"
+        )
+        started = await self._migrations.start(
+            change, request, node_id, f"Remove storage node {node_id} at {node.address} ({how})", held
+        )
+        return _started("node removal", started)
+
+    async def replace(
+        self,
+        dead_id: str,
+        node_id: str,
+        host: str,
+        port: int,
+        *,
+        started_by: str,
+        hold_at_cutover: bool = False,
+        throttle: int = 0,
+    ) -> AddOutcome:
+        """A new node takes a dead node's tokens, filled from the surviving replicas."""
+        async with self._lock:
+            topology = await self._cache.refresh()
+            dead = self._member(topology, dead_id, "replaced")
+            try:
+                await self._pool.node(dead_id, dead.address).stats()
+            except StorageError:
+                pass  # dead, as it should be
+            else:
+                raise FailedPrecondition(
+                    f"node {dead_id} at {dead.address} answers: only a dead node is replaced; to move a "
+                    "live node's data elsewhere, add the new node and remove the old one"
+                )
+            fresh = NodeClient(node_id, f"{host}:{port}")
+            try:
+                await self._stats(fresh)
+            finally:
+                await fresh.close()
+            held = 0
+            for member in sorted(topology.ring.node_ids - {dead_id}):
+                with contextlib.suppress(Unavailable):
+                    stats = await self._stats(self._pool.node(member, topology.address(member)))
+                    held += stats.keys + stats.tombstones
+        migration_id = str(uuid.uuid4())
+        change = NewChange(
+            migration_id,
+            ChangeType.NODE_REPLACEMENT,
+            node_id,
+            host,
+            port,
+            dead.virtual_nodes,
+            started_by,
+            replaces=dead_id,
+        )
+        request = m.RingChangeInput(
+            migration_id, ChangeType.NODE_REPLACEMENT, dead_id, throttle, started_by, hold_at_cutover
+        )
+        started = await self._migrations.start(
+            change,
+            request,
+            dead_id,
+            f"Replace dead storage node {dead_id} by {node_id} at {host}:{port}",
+            held // max(len(topology.ring.node_ids) - 1, 1),
+        )
+        return _started("node replacement", started)
+
+    async def set_replication_factor(
+        self, tenant_id: str, rf: int, *, started_by: str, hold_at_cutover: bool = False, throttle: int = 0
+    ) -> AddOutcome:
+        """Move a tenant to replication factor rf (checked in range by the caller) online."""
+        async with self._lock:
+            topology = await self._cache.refresh()
+            tenant = topology.tenants.get(tenant_id)
+            if tenant is None:
+                raise NotFound(f"tenant {tenant_id!r} does not exist")
+            if tenant.replication_factor == rf:
+                raise FailedPrecondition(f"tenant {tenant_id!r} already has replication factor {rf}")
+            active = len(topology.ring.node_ids)
+            if rf > active:
+                raise FailedPrecondition(
+                    f"replication factor {rf} needs {rf} active nodes; the ring has {active}: add nodes first"
+                )
+        migration_id = str(uuid.uuid4())
+        change = NewChange(
+            migration_id,
+            ChangeType.RF_CHANGE,
+            started_by=started_by,
+            tenant_id=tenant_id,
+            replication_factor=rf,
+        )
+        request = m.RingChangeInput(
+            migration_id, ChangeType.RF_CHANGE, tenant_id, throttle, started_by, hold_at_cutover
+        )
+        started = await self._migrations.start(
+            change,
+            request,
+            tenant_id,
+            f"Change tenant {tenant_id}'s replication factor from {tenant.replication_factor} to {rf}",
+            0,
+        )
+        return _started("replication factor change", started)
+
+    def _member(self, topology: Topology, node_id: str, what: str) -> NodeInfo:
+        node = topology.nodes.get(node_id)
+        if node is None or node.status == NodeState.REMOVED:
+            raise NotFound(f"node {node_id!r} is not in the cluster")
+        if node.status != NodeState.ACTIVE or node_id not in topology.ring.node_ids:
+            raise FailedPrecondition(f"node {node_id!r} is {node.status}: only an active node can be {what}")
+        return node
 
     async def _join_empty_ring(
         self, topology: Topology, node_id: str, host: str, port: int, vnodes: int
@@ -121,3 +273,13 @@ class Membership:
                 f"storage node {client.node_id} at {client.address} is unreachable: "
                 f"{exc.code.name} {exc.details}"
             ) from None
+
+
+def _started(what: str, started: Started) -> AddOutcome:
+    return AddOutcome(
+        started.migration_id,
+        f"{what} started: dual writes, data copy, cutover and cleanup run in workflow "
+        f"{started.workflow_id}; track it with GetMigrationStatus or the Temporal UI",
+        started.estimated_completion,
+        started.workflow_id,
+    )

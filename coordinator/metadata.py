@@ -18,7 +18,7 @@ import structlog
 
 from pairdb.coordinator import schema
 from pairdb.kernel.errors import AlreadyExists
-from pairdb.kernel.migration import NodeState, Phase, Status
+from pairdb.kernel.migration import ChangeType, NodeState, Phase, Status
 
 log = structlog.get_logger()
 
@@ -65,6 +65,12 @@ class InFlight:
     migration_id: str
     node_id: str
     phase: Phase
+    change: ChangeType = ChangeType.NODE_ADDITION
+    # A replacement's dead node, whose tokens node_id takes.
+    replaces: str = ""
+    # An RF change's tenant and the replication factor it moves to.
+    tenant_id: str = ""
+    replication_factor: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,40 @@ class MigrationRow:
     completed_at: datetime | None
     estimated_completion: datetime | None
     request_id: str = ""
+    node_dead: bool = False
+    replaces: str = ""
+    tenant_id: str = ""
+    replication_factor: int = 0
+
+    @property
+    def change(self) -> ChangeType:
+        return ChangeType(self.type)
+
+    @property
+    def subject(self) -> str:
+        """What the change is about: the node added or removed, the dead node replaced, the tenant."""
+        return self.tenant_id or self.replaces or self.node_id
+
+    @property
+    def detail(self) -> str:
+        """What the subject does not say: the replacement node, the RF, a dead node, an error."""
+        parts = []
+        if self.replaces:
+            parts.append(f"by {self.node_id}")
+        if self.tenant_id:
+            parts.append(f"to replication factor {self.replication_factor}")
+        if self.node_dead:
+            parts.append("dead")
+        if self.error:
+            parts.append(self.error)
+        return "; ".join(parts)
+
+    @property
+    def dead(self) -> frozenset[str]:
+        """Nodes this change must never wait for: a dead node removed or replaced."""
+        if self.replaces:
+            return frozenset({self.replaces})
+        return frozenset({self.node_id}) if self.node_dead else frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +136,8 @@ class PlannedRange:
     copied: bool
     verified: bool
     copies: int
+    # The node the range is copied to.
+    target: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,9 +219,22 @@ class Metadata:
             ]
             tenants = {r["tenant_id"]: _tenant(r) for r in await conn.fetch("SELECT * FROM tenants")}
             row = await conn.fetchrow(
-                "SELECT migration_id, node_id, phase FROM migrations WHERE status = 'in_progress'"
+                "SELECT migration_id, node_id, phase, type, replaces, tenant_id, replication_factor"
+                " FROM migrations WHERE status = 'in_progress'"
             )
-        in_flight = InFlight(row["migration_id"], row["node_id"], Phase(row["phase"])) if row else None
+        in_flight = (
+            InFlight(
+                row["migration_id"],
+                row["node_id"],
+                Phase(row["phase"]),
+                ChangeType(row["type"]),
+                row["replaces"],
+                row["tenant_id"],
+                row["replication_factor"],
+            )
+            if row
+            else None
+        )
         return Snapshot(epoch, nodes, tokens, tenants, in_flight)
 
     # -- tenants ---------------------------------------------------------------

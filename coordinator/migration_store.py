@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from pairdb.coordinator.metadata import Metadata, MigrationRow, PlannedRange, from_db_token, to_db_token
-from pairdb.kernel import migration as m
 from pairdb.kernel.errors import AlreadyExists
-from pairdb.kernel.migration import NodeState, Phase, Status
+from pairdb.kernel.migration import ChangeType, NodeAdditionInput, NodeState, Phase, Status
 from pairdb.serving import request_ids
 
 
@@ -35,6 +35,10 @@ def _migration(row: asyncpg.Record) -> MigrationRow:
         completed_at=row["completed_at"],
         estimated_completion=row["estimated_completion"],
         request_id=row["request_id"],
+        node_dead=row["node_dead"],
+        replaces=row["replaces"],
+        tenant_id=row["tenant_id"],
+        replication_factor=row["replication_factor"],
     )
 
 
@@ -48,43 +52,106 @@ def _range(row: asyncpg.Record) -> PlannedRange:
         copied=row["copied"],
         verified=row["verified"],
         copies=row["copies"],
+        target=row["target"] or "",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class NewChange:
+    """A ring change to record: what the migrations row says of it."""
+
+    migration_id: str
+    change: ChangeType
+    # The node added, removed, or replacing `replaces`; '' for an RF change.
+    node_id: str = ""
+    host: str = ""
+    port: int = 0
+    virtual_nodes: int = 0
+    started_by: str = ""
+    node_dead: bool = False
+    replaces: str = ""
+    tenant_id: str = ""
+    replication_factor: int = 0
+
+    @classmethod
+    def addition(cls, request: NodeAdditionInput) -> NewChange:
+        return cls(
+            request.migration_id,
+            ChangeType.NODE_ADDITION,
+            request.node_id,
+            request.host,
+            request.port,
+            request.virtual_nodes,
+            request.started_by,
+        )
+
+
+async def _check_new_node(conn: asyncpg.Connection | Any, node_id: str, host: str, port: int) -> None:
+    node = await conn.fetchrow("SELECT status FROM nodes WHERE node_id = $1", node_id)
+    if node is not None and node["status"] != NodeState.REMOVED:
+        raise AlreadyExists(f"node {node_id!r} is already in the cluster ({node['status']})")
+    taken = await conn.fetchval(
+        "SELECT node_id FROM nodes WHERE host = $1 AND port = $2 AND status <> 'removed'", host, port
+    )
+    if taken:
+        raise AlreadyExists(f"{host}:{port} is already the address of node {taken!r}")
 
 
 class MigrationStore:
     def __init__(self, metadata: Metadata) -> None:
         self._pool = metadata.pool
 
-    async def create(self, request: m.NodeAdditionInput, workflow_id: str) -> MigrationRow:
-        """Record a queued node addition; ALREADY_EXISTS if the node is in the ring or already joining."""
+    async def create(self, change: NewChange, workflow_id: str) -> MigrationRow:
+        """Record a queued ring change.
+
+        ALREADY_EXISTS if a node it brings in is in the cluster already (or its address is
+        taken), or a node or tenant it touches has another unfinished ring change.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
-            node = await conn.fetchrow("SELECT status FROM nodes WHERE node_id = $1", request.node_id)
-            if node is not None and node["status"] != NodeState.REMOVED:
-                raise AlreadyExists(f"node {request.node_id!r} is already in the cluster ({node['status']})")
-            taken = await conn.fetchval(
-                "SELECT node_id FROM nodes WHERE host = $1 AND port = $2 AND status <> 'removed'",
-                request.host,
-                request.port,
+            # Serialised with every other ring change recorded or moved.
+            await conn.execute("SELECT 1 FROM registry FOR UPDATE")
+            if change.change.adds_node:
+                await _check_new_node(conn, change.node_id, change.host, change.port)
+            touched = [n for n in (change.node_id, change.replaces) if n]
+            busy = await conn.fetchrow(
+                "SELECT migration_id, type, node_id, replaces, tenant_id FROM migrations"
+                " WHERE status IN ('queued', 'in_progress')"
+                " AND ((type <> 'rf_change' AND (node_id = ANY($1::text[]) OR replaces = ANY($1::text[])))"
+                "      OR (type = 'rf_change' AND tenant_id = $2))",
+                touched,
+                change.tenant_id or None,
             )
-            if taken:
-                raise AlreadyExists(f"{request.host}:{request.port} is already the address of node {taken!r}")
+            if busy is not None:
+                what = f"tenant {change.tenant_id!r}" if change.tenant_id else f"node {touched[-1]!r}"
+                raise AlreadyExists(
+                    f"{what} already has a ring change in progress: {busy['type']} "
+                    f"{busy['migration_id']}; wait for it or cancel it first"
+                )
             try:
                 row = await conn.fetchrow(
                     "INSERT INTO migrations (migration_id, type, node_id, host, port, virtual_nodes,"
-                    " workflow_id, phase, status, started_by, request_id)"
-                    " VALUES ($1, 'node_addition', $2, $3, $4, $5, $6, 'queued', 'queued', $7, $8)"
+                    " workflow_id, phase, status, started_by, request_id, node_dead, replaces, tenant_id,"
+                    " replication_factor)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 'queued', $8, $9, $10, $11, $12, $13)"
                     " RETURNING *",
-                    request.migration_id,
-                    request.node_id,
-                    request.host,
-                    request.port,
-                    request.virtual_nodes,
+                    change.migration_id,
+                    change.change,
+                    change.node_id,
+                    change.host,
+                    change.port,
+                    change.virtual_nodes,
                     workflow_id,
-                    request.started_by,
+                    change.started_by,
                     request_ids.current(),
+                    change.node_dead,
+                    change.replaces,
+                    change.tenant_id,
+                    change.replication_factor,
                 )
             except asyncpg.UniqueViolationError:
-                raise AlreadyExists(f"node {request.node_id!r} already has a migration in progress") from None
+                raise AlreadyExists(
+                    f"{change.tenant_id or change.node_id!r} already has a ring change in progress"
+                ) from None
         assert row is not None
         return _migration(row)
 
@@ -112,6 +179,17 @@ class MigrationStore:
                 if got:
                     await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", migration_id)
 
+    async def listing(self, recent: int) -> list[MigrationRow]:
+        """The unfinished ring changes and the `recent` last ended ones, oldest first."""
+        rows = await self._pool.fetch(
+            "(SELECT * FROM migrations WHERE status IN ('queued', 'in_progress'))"
+            " UNION ALL (SELECT * FROM migrations WHERE status NOT IN ('queued', 'in_progress')"
+            "   ORDER BY completed_at DESC NULLS LAST LIMIT $1)"
+            " ORDER BY started_at",
+            recent,
+        )
+        return [_migration(r) for r in rows]
+
     async def all(self) -> list[MigrationRow]:
         return [_migration(r) for r in await self._pool.fetch("SELECT * FROM migrations ORDER BY started_at")]
 
@@ -128,18 +206,23 @@ class MigrationStore:
 
     # -- the copy plan ---------------------------------------------------------------
 
-    async def save_plan(self, migration_id: str, ranges: Sequence[tuple[int, int, list[str], int]]) -> bool:
-        """Store the plan once; a retried planning step keeps the first plan and its checkpoints."""
+    async def save_plan(
+        self, migration_id: str, ranges: Sequence[tuple[int, int, list[str], str, int]]
+    ) -> bool:
+        """Store the plan once; a retried planning step keeps the first plan and its checkpoints.
+
+        ranges: (start, end, sources, target, keys estimate) each.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT 1 FROM migrations WHERE migration_id = $1 FOR UPDATE", migration_id)
             if await conn.fetchval("SELECT 1 FROM copy_ranges WHERE migration_id = $1 LIMIT 1", migration_id):
                 return False
             await conn.executemany(
                 "INSERT INTO copy_ranges (migration_id, range_index, start_token, end_token, sources,"
-                " keys_estimate) VALUES ($1, $2, $3, $4, $5, $6)",
+                " target, keys_estimate) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 [
-                    (migration_id, i, to_db_token(s), to_db_token(e), src, est)
-                    for i, (s, e, src, est) in enumerate(ranges)
+                    (migration_id, i, to_db_token(s), to_db_token(e), src, target, est)
+                    for i, (s, e, src, target, est) in enumerate(ranges)
                 ],
             )
             return True

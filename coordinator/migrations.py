@@ -29,7 +29,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from pairdb.coordinator.metadata import MigrationRow
-from pairdb.coordinator.migration_store import MigrationStore
+from pairdb.coordinator.migration_store import MigrationStore, NewChange
 from pairdb.kernel import migration as m
 from pairdb.kernel.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from pairdb.kernel.migration import TERMINAL, Phase, Status
@@ -74,21 +74,26 @@ class Migrations:
             return ""
         return f"{self._ui_url}/namespaces/{self._temporal.namespace}/workflows/{workflow_id}"
 
-    async def start_node_addition(self, request: m.NodeAdditionInput, keys_to_move: int) -> Started:
+    async def start(
+        self,
+        change: NewChange,
+        request: m.NodeAdditionInput | m.RingChangeInput,
+        subject: str,
+        summary: str,
+        keys_to_move: int,
+    ) -> Started:
+        """Record the ring change (queued) and start its workflow; the workflow id says what it changes."""
         client = self._client()
-        node_id, host, port = request.node_id, request.host, request.port
-        workflow_id = m.workflow_id(node_id)
-        recorded = await self._store.create(request, workflow_id)
+        workflow_id = m.workflow_id(subject, change.change)
+        recorded = await self._store.create(change, workflow_id)
         log.info(
-            "Starting node addition migration",
-            node_id=node_id,
-            host=host,
-            port=port,
-            migration_id=request.migration_id,
+            f"Starting {change.change.label.lower()} migration",
+            migration_id=change.migration_id,
+            **_fields(change),
         )
         try:
             await client.start_workflow(
-                m.WORKFLOW_NAME,
+                change.change.workflow_name,
                 request,
                 id=workflow_id,
                 task_queue=m.TASK_QUEUE,
@@ -97,22 +102,22 @@ class Migrations:
                 search_attributes=TypedSearchAttributes(
                     [
                         SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_PHASE), Phase.QUEUED),
-                        SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_NODE), node_id),
+                        SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_NODE), subject),
                         SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_STATUS), Status.QUEUED),
+                        SearchAttributePair(SearchAttributeKey.for_keyword(m.SA_TYPE), change.change),
                     ]
                 ),
-                static_summary=f"Add storage node {node_id} at {host}:{port}",
+                static_summary=summary,
                 static_details=(
-                    f"**Node addition** `{node_id}` at `{host}:{port}`, "
-                    f"{request.virtual_nodes} virtual nodes\n\n"
-                    f"migration `{request.migration_id}`, started by {request.started_by or 'unknown'}"
+                    f"**{change.change.label}**: {summary}\n\n"
+                    f"migration `{change.migration_id}`, started by {change.started_by or 'unknown'}"
                 ),
             )
         except WorkflowAlreadyStartedError:
             # Another migration's workflow runs under this id: ours never started, nobody knows its id.
-            await self._store.delete(request.migration_id)
+            await self._store.delete(change.migration_id)
             raise AlreadyExists(
-                f"node {node_id} is already being added (workflow {workflow_id} is running)"
+                f"{subject} already has a {change.change.label.lower()} running (workflow {workflow_id})"
             ) from None
         except RPCError as exc:
             # The start may have reached Temporal before the error: never delete a row a workflow may
@@ -120,11 +125,23 @@ class Migrations:
             if not await self._started(workflow_id, recorded.started_at):
                 raise Unavailable(
                     f"could not confirm that Temporal started the migration workflow ({exc}); "
-                    f"see `pairdb migration status {request.migration_id}` before retrying"
+                    f"see `pairdb migration status {change.migration_id}` before retrying"
                 ) from None
-        log.info("Node addition migration started", migration_id=request.migration_id, node_id=node_id)
+        log.info(
+            f"{change.change.label} migration started", migration_id=change.migration_id, subject=subject
+        )
         eta = datetime.now(UTC) + timedelta(seconds=10 + keys_to_move / ASSUMED_KEYS_PER_SECOND)
-        return Started(request.migration_id, workflow_id, eta)
+        return Started(change.migration_id, workflow_id, eta)
+
+    async def start_node_addition(self, request: m.NodeAdditionInput, keys_to_move: int) -> Started:
+        node_id, host, port = request.node_id, request.host, request.port
+        return await self.start(
+            NewChange.addition(request),
+            request,
+            node_id,
+            f"Add storage node {node_id} at {host}:{port}, {request.virtual_nodes} virtual nodes",
+            keys_to_move,
+        )
 
     async def _started(self, workflow_id: str, since: datetime) -> bool:
         """Whether this migration's workflow runs after all: a run of its id started since it was recorded."""
@@ -135,6 +152,9 @@ class Migrations:
         except Exception:
             return False
         return described.status == WorkflowExecutionStatus.RUNNING and described.start_time >= since
+
+    async def listing(self, recent: int) -> list[MigrationRow]:
+        return await self._store.listing(recent)
 
     async def get(self, migration_id: str) -> MigrationRow:
         row = await self._store.get(migration_id)
@@ -184,3 +204,13 @@ class Migrations:
     async def throttle(self, migration_id: str, keys_per_second: int) -> str:
         value = await self._update(migration_id, m.UPDATE_THROTTLE, keys_per_second)
         return f"throttle set to {value} keys/s" if value != "0" else "throttle removed"
+
+
+def _fields(change: NewChange) -> dict[str, object]:
+    """What a log line says of a ring change: its node (host, port) or its tenant."""
+    if change.tenant_id:
+        return {"tenant_id": change.tenant_id, "replication_factor": change.replication_factor}
+    fields: dict[str, object] = {"node_id": change.node_id, "host": change.host, "port": change.port}
+    if change.replaces:
+        fields["replaces"] = change.replaces
+    return fields

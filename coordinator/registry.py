@@ -28,7 +28,7 @@ import structlog
 
 from pairdb.coordinator.metadata import APPLIED_CHANNEL, Metadata, bump_epoch, to_db_token
 from pairdb.kernel.errors import FailedPrecondition, NotFound
-from pairdb.kernel.migration import TERMINAL, NodeState, Phase, Status
+from pairdb.kernel.migration import TERMINAL, ChangeType, NodeState, Phase, Status
 
 log = structlog.get_logger()
 
@@ -78,6 +78,28 @@ def check_step(row: asyncpg.Record | Mapping[str, Any], phase: Phase) -> None:
         )
 
 
+async def _set_node(conn: Connection, node_id: str, status: NodeState) -> None:
+    await conn.execute("UPDATE nodes SET status = $2, updated_at = now() WHERE node_id = $1", node_id, status)
+
+
+async def _complete(conn: Connection, row: asyncpg.Record) -> None:
+    """Make the change's new ring the ring."""
+    change, node_id = ChangeType(row["type"]), row["node_id"]
+    if change is ChangeType.NODE_REMOVAL:
+        await conn.execute("DELETE FROM ring_tokens WHERE node_id = $1", node_id)
+        await _set_node(conn, node_id, NodeState.REMOVED)
+    elif change is ChangeType.NODE_REPLACEMENT:
+        await conn.execute("UPDATE ring_tokens SET node_id = $1 WHERE node_id = $2", node_id, row["replaces"])
+        await _set_node(conn, row["replaces"], NodeState.REMOVED)
+        await _set_node(conn, node_id, NodeState.ACTIVE)
+    elif change is ChangeType.RF_CHANGE:
+        await conn.execute(
+            "UPDATE tenants SET replication_factor = $2 WHERE tenant_id = $1",
+            row["tenant_id"],
+            row["replication_factor"],
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Lagging:
     coordinator_id: str
@@ -118,27 +140,36 @@ class Registry:
             await bump_epoch(conn)
             return True
 
-    async def begin_join(self, migration_id: str, tokens: Sequence[int]) -> int:
-        """Phase dual_write: the node joins as `joining` with its future tokens. Idempotent."""
+    async def begin(self, migration_id: str, tokens: Sequence[int] = ()) -> int:
+        """Phase dual_write: the ring change takes effect beside the old ring. Idempotent.
+
+        An added node joins as `joining` with its future tokens; a replacement joins with none
+        (it takes the dead node's at the end); a node removed, or replaced, is `leaving`.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
             check_step(row, Phase.DUAL_WRITE)
-            node = await conn.fetchrow("SELECT status FROM nodes WHERE node_id = $1", row["node_id"])
-            if node is None or node["status"] == NodeState.REMOVED:
-                if node is not None:
-                    await conn.execute("DELETE FROM nodes WHERE node_id = $1", row["node_id"])
-                await conn.execute(
-                    "INSERT INTO nodes (node_id, host, port, status, virtual_nodes)"
-                    " VALUES ($1, $2, $3, 'joining', $4)",
-                    row["node_id"],
-                    row["host"],
-                    row["port"],
-                    row["virtual_nodes"],
-                )
-                await conn.executemany(
-                    "INSERT INTO ring_tokens (token, node_id) VALUES ($1, $2)",
-                    [(to_db_token(t), row["node_id"]) for t in tokens],
-                )
+            change = ChangeType(row["type"])
+            if change.adds_node:
+                node = await conn.fetchrow("SELECT status FROM nodes WHERE node_id = $1", row["node_id"])
+                if node is None or node["status"] == NodeState.REMOVED:
+                    if node is not None:
+                        await conn.execute("DELETE FROM nodes WHERE node_id = $1", row["node_id"])
+                    await conn.execute(
+                        "INSERT INTO nodes (node_id, host, port, status, virtual_nodes)"
+                        " VALUES ($1, $2, $3, 'joining', $4)",
+                        row["node_id"],
+                        row["host"],
+                        row["port"],
+                        row["virtual_nodes"],
+                    )
+                    await conn.executemany(
+                        "INSERT INTO ring_tokens (token, node_id) VALUES ($1, $2)",
+                        [(to_db_token(t), row["node_id"]) for t in tokens],
+                    )
+            leaving = row["replaces"] if change is ChangeType.NODE_REPLACEMENT else row["node_id"]
+            if change in (ChangeType.NODE_REMOVAL, ChangeType.NODE_REPLACEMENT):
+                await _set_node(conn, leaving, NodeState.LEAVING)
             return await self._set_phase(conn, migration_id, Phase.DUAL_WRITE)
 
     async def set_phase(self, migration_id: str, phase: Phase, node_status: NodeState | None = None) -> int:
@@ -175,26 +206,34 @@ class Registry:
         )
         return await bump_epoch(conn)
 
-    async def remove_joining_node(self, migration_id: str) -> int:
-        """Compensation: the node leaves the ring and every dual write stops (phase cancelling).
+    async def abandon(self, migration_id: str) -> int:
+        """Compensation: the old ring again, every dual write stops (phase cancelling).
 
-        A no-op once the migration has ended: whoever ended it took the node out.
+        A node being added (or replacing a dead one) leaves the ring; a node being
+        removed, or the dead node being replaced, is active again. A no-op once the
+        migration has ended: whoever ended it did this.
         """
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
             if row["status"] in TERMINAL:
                 return int(await conn.fetchval("SELECT epoch FROM registry"))
             check_step(row, Phase.CANCELLING)
-            await conn.execute("DELETE FROM ring_tokens WHERE node_id = $1", row["node_id"])
-            await conn.execute(
-                "UPDATE nodes SET status = 'removed', updated_at = now() WHERE node_id = $1", row["node_id"]
-            )
+            change = ChangeType(row["type"])
+            if change.adds_node:
+                await conn.execute("DELETE FROM ring_tokens WHERE node_id = $1", row["node_id"])
+                await _set_node(conn, row["node_id"], NodeState.REMOVED)
+            if change is ChangeType.NODE_REPLACEMENT:
+                await _set_node(conn, row["replaces"], NodeState.ACTIVE)
+            if change is ChangeType.NODE_REMOVAL:
+                await _set_node(conn, row["node_id"], NodeState.ACTIVE)
             return await self._set_phase(conn, migration_id, Phase.CANCELLING)
 
     async def finish(self, migration_id: str, status: Status, error: str = "") -> int:
         """End the migration: it leaves the registry and frees the ring-change slot.
 
-        Completed only from cleanup on; anything else only before it (the ring must match).
+        Completed only from cleanup on, and then the ring becomes the new one in the same
+        epoch: a removed node's tokens go, a dead node's pass to its replacement, the
+        tenant's RF changes. Anything else only before cleanup (the ring must match).
         """
         async with self._pool.acquire() as conn, conn.transaction():
             row = await self._locked_migration(conn, migration_id)
@@ -202,6 +241,8 @@ class Registry:
                 return int(await conn.fetchval("SELECT epoch FROM registry"))
             if (status == Status.COMPLETED) != (row["phase"] in _PAST_RETURN):
                 raise StepRefused(f"migration {migration_id} in {row['phase']} cannot end {status}")
+            if status == Status.COMPLETED:
+                await _complete(conn, row)
             phase = Phase.DONE if status == Status.COMPLETED else row["phase"]
             await conn.execute(
                 "UPDATE migrations SET status = $2, phase = $3, error = NULLIF($4, ''),"

@@ -151,34 +151,3 @@ def allocate_tokens(
             load[node_id] += piece
         taken.append(chosen)
     return sorted(taken)
-
-
-@dataclass(frozen=True, slots=True)
-class RangeMove:
-    """A range (start, end] of the future ring and its replicas before and after."""
-
-    start: int
-    end: int
-    old: tuple[str, ...]
-    new: tuple[str, ...]
-
-
-def ranges_gained(old: Ring, new: Ring, node_id: str, rf: int) -> list[RangeMove]:
-    """The ranges of `new` that node_id replicates under rf, with their old replica sets.
-
-    The future ring's boundaries include every current boundary, so each of its
-    ranges has one replica set in either ring: the one of its end token.
-    """
-    moves: list[RangeMove] = []
-    for start, end, _ in new.ranges():
-        future = new.replicas(end, rf)
-        if node_id not in future:
-            continue
-        past = old.replicas(end, rf)
-        last = moves[-1] if moves else None
-        if last is not None and last.end == start and last.old == past and last.new == future:
-            # Adjacent ranges with the same replicas move as one: fewer streams to open.
-            moves[-1] = RangeMove(last.start, end, past, future)
-        else:
-            moves.append(RangeMove(start, end, past, future))
-    return moves

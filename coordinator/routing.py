@@ -28,16 +28,20 @@ class Route:
     rf: int
     plan: ReplicaPlan
 
+    tenant_id: str = ""
+
     def write_plan(self) -> ReplicaPlan:
         """Where a write of this key goes now: also where a read makes the value it returns durable."""
-        return plan(self.topology, self.token, self.rf, self.plan.level, write=True)
+        return plan(self.topology, self.token, self.rf, self.plan.level, write=True, tenant_id=self.tenant_id)
 
 
-def plan(topology: Topology, t: int, rf: int, level: Consistency, *, write: bool) -> ReplicaPlan:
+def plan(
+    topology: Topology, t: int, rf: int, level: Consistency, *, write: bool, tenant_id: str = ""
+) -> ReplicaPlan:
     old = topology.ring.replicas(t, rf)
     if topology.future is None or topology.phase is None:
         return ReplicaPlan(level, old)
-    new = topology.future.replicas(t, rf)
+    new = topology.future.replicas(t, topology.rf_after(tenant_id, rf))
     routing = ROUTING[topology.phase]
     if not write:
         return ReplicaPlan(level, new if routing.reads_new else old)
@@ -59,10 +63,11 @@ async def route(
         # joined before the tenant existed (a direct join), so never route it by that.
         raise StaleView(f"tenant {tenant_id!r} is newer than epoch {topology.epoch}")
     t = token(tenant_id, key)
-    p = plan(topology, t, tenant.replication_factor, level, write=write)
-    if len(p.old) < tenant.replication_factor:
+    p = plan(topology, t, tenant.replication_factor, level, write=write, tenant_id=tenant_id)
+    # Once reads (or writes) moved to a lowered RF's smaller sets, those are what must be whole.
+    if len(p.old) < min(tenant.replication_factor, topology.rf_after(tenant_id, tenant.replication_factor)):
         raise Unavailable(
             f"tenant {tenant_id!r} has replication factor {tenant.replication_factor} but the ring "
             f"has {len(p.old)} active node(s); add storage nodes"
         )
-    return Route(topology, t, tenant.replication_factor, p)
+    return Route(topology, t, tenant.replication_factor, p, tenant_id)

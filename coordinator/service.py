@@ -214,7 +214,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             request.virtual_nodes or None,
             _peer(context),
             hold_at_cutover=request.hold_at_cutover,
-            throttle=request.throttle_keys_per_second,
+            throttle=limits.throttle(request.throttle_keys_per_second),
         )
         eta = int(outcome.estimated_completion.timestamp()) if outcome.estimated_completion else 0
         return pb.AddStorageNodeResponse(
@@ -243,11 +243,93 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             ]
         )
 
+    @rpc
     async def RemoveStorageNode(
         self, request: pb.RemoveStorageNodeRequest, context: ServicerContext
     ) -> pb.RemoveStorageNodeResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "node removal is not implemented yet")
-        raise AssertionError("unreachable")
+        node_id = limits.node_id(request.node_id)
+        self._cache.check_lease()
+        outcome = await self._membership.remove(
+            node_id,
+            dead=request.dead,
+            started_by=_peer(context),
+            hold_at_cutover=request.hold_at_cutover,
+            throttle=limits.throttle(request.throttle_keys_per_second),
+        )
+        return pb.RemoveStorageNodeResponse(
+            success=True,
+            migration_id=outcome.migration_id,
+            message=outcome.message,
+            workflow_id=outcome.workflow_id,
+        )
+
+    @rpc
+    async def ReplaceStorageNode(
+        self, request: pb.ReplaceStorageNodeRequest, context: ServicerContext
+    ) -> pb.ReplaceStorageNodeResponse:
+        dead_id = limits.node_id(request.dead_node_id)
+        node_id = limits.node_id(request.node_id)
+        if dead_id == node_id:
+            raise InvalidArgument("the replacement needs a new node id, not the dead node's")
+        host, port = limits.host_port(request.host, request.port)
+        self._cache.check_lease()
+        outcome = await self._membership.replace(
+            dead_id,
+            node_id,
+            host,
+            port,
+            started_by=_peer(context),
+            hold_at_cutover=request.hold_at_cutover,
+            throttle=limits.throttle(request.throttle_keys_per_second),
+        )
+        return pb.ReplaceStorageNodeResponse(
+            success=True,
+            migration_id=outcome.migration_id,
+            message=outcome.message,
+            workflow_id=outcome.workflow_id,
+        )
+
+    @rpc
+    async def UpdateTenant(
+        self, request: pb.UpdateTenantRequest, context: ServicerContext
+    ) -> pb.UpdateTenantResponse:
+        tenant_id = limits.tenant_id(request.tenant_id)
+        rf = limits.replication_factor(request.replication_factor)
+        self._cache.check_lease()
+        outcome = await self._membership.set_replication_factor(
+            tenant_id,
+            rf,
+            started_by=_peer(context),
+            hold_at_cutover=request.hold_at_cutover,
+            throttle=limits.throttle(request.throttle_keys_per_second),
+        )
+        return pb.UpdateTenantResponse(
+            success=True,
+            migration_id=outcome.migration_id,
+            message=outcome.message,
+            workflow_id=outcome.workflow_id,
+        )
+
+    @rpc
+    async def ListMigrations(
+        self, request: pb.ListMigrationsRequest, context: ServicerContext
+    ) -> pb.ListMigrationsResponse:
+        rows = await self._migrations.listing(request.recent or 20)
+        return pb.ListMigrationsResponse(
+            migrations=[
+                pb.MigrationSummary(
+                    migration_id=r.migration_id,
+                    type=r.type,
+                    subject=r.subject,
+                    status=r.status,
+                    phase=r.phase,
+                    started_at=int(r.started_at.timestamp()),
+                    workflow_id=r.workflow_id,
+                    detail=r.detail,
+                )
+                for r in rows
+            ]
+        )
 
     @rpc
     async def GetMigrationStatus(
@@ -310,10 +392,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def ThrottleMigration(
         self, request: pb.ThrottleMigrationRequest, context: ServicerContext
     ) -> pb.ThrottleMigrationResponse:
-        if request.keys_per_second > 10_000_000:
-            raise InvalidArgument("keys_per_second must be at most 10,000,000 (0 removes the limit)")
         message = await self._migrations.throttle(
-            limits.migration_id(request.migration_id), request.keys_per_second
+            limits.migration_id(request.migration_id), limits.throttle(request.keys_per_second)
         )
         return pb.ThrottleMigrationResponse(success=True, message=message)
 

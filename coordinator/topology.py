@@ -18,8 +18,8 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -27,10 +27,11 @@ import structlog
 
 from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.metadata import NOTIFY_CHANNEL, Metadata, NodeInfo, Registration, Snapshot, TenantInfo
+from pairdb.coordinator.movement import Movement
 from pairdb.coordinator.ring import Ring
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock, boottime
 from pairdb.kernel.errors import Unavailable
-from pairdb.kernel.migration import ROUTING, NodeState, Phase
+from pairdb.kernel.migration import ROUTING, ChangeType, NodeState, Phase
 from pairdb.serving import metrics
 
 log = structlog.get_logger()
@@ -49,28 +50,71 @@ class LeaseLapsed(Exception):
 @dataclass(frozen=True)
 class Topology:
     epoch: int
-    # The ring without the node being added: what reads and writes use when no
-    # ring change is in flight, and the `old` side of one that is.
+    # The ring as it is before the in-flight ring change (without a node being added, with one
+    # being removed or replaced): what requests use when no change is in flight, and the `old`
+    # side of one that is.
     ring: Ring
     nodes: dict[str, NodeInfo]
     tenants: dict[str, TenantInfo]
-    # While a node addition is in flight: the ring with the joining node, its phase and its node.
+    # While a ring change is in flight: the ring after it, its phase, the node it adds or removes
+    # (or that replaces a dead one), and the RF a tenant moves to.
     future: Ring | None = None
     phase: Phase | None = None
     moving_node: str | None = None
+    future_rf: Mapping[str, int] = field(default_factory=dict)
+    change: ChangeType | None = None
+    migration_id: str | None = None
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> Topology:
-        moving = snap.in_flight.node_id if snap.in_flight else None
-        members = {n for n, info in snap.nodes.items() if info.status == NodeState.ACTIVE and n != moving}
-        ring = Ring.from_tokens((t, n) for t, n in snap.tokens if n in members)
-        if snap.in_flight is None or snap.in_flight.phase not in ROUTING:
+        f = snap.in_flight
+        joining = f.node_id if f is not None and f.change.adds_node else None
+        # A leaving node (removed, or dead and being replaced) serves until the change completes.
+        members = {
+            n
+            for n, info in snap.nodes.items()
+            if info.status in (NodeState.ACTIVE, NodeState.LEAVING) and n != joining
+        }
+        tokens = [(t, n) for t, n in snap.tokens if n in members]
+        ring = Ring.from_tokens(tokens)
+        if f is None or f.phase not in ROUTING:
             return cls(snap.epoch, ring, snap.nodes, snap.tenants)
-        future = Ring.from_tokens((t, n) for t, n in snap.tokens if n in members or n == moving)
-        return cls(snap.epoch, ring, snap.nodes, snap.tenants, future, snap.in_flight.phase, moving)
+        future_rf: dict[str, int] = {}
+        if f.change is ChangeType.NODE_ADDITION:
+            future = Ring.from_tokens([*tokens, *((t, n) for t, n in snap.tokens if n == f.node_id)])
+        elif f.change is ChangeType.NODE_REMOVAL:
+            future = Ring.from_tokens((t, n) for t, n in tokens if n != f.node_id)
+        elif f.change is ChangeType.NODE_REPLACEMENT:
+            future = Ring.from_tokens((t, f.node_id if n == f.replaces else n) for t, n in tokens)
+        else:
+            future, future_rf = ring, {f.tenant_id: f.replication_factor}
+        moving = f.node_id or None
+        return cls(
+            snap.epoch,
+            ring,
+            snap.nodes,
+            snap.tenants,
+            future,
+            f.phase,
+            moving,
+            future_rf,
+            f.change,
+            f.migration_id,
+        )
 
     def address(self, node_id: str) -> str:
         return self.nodes[node_id].address
+
+    def rf_after(self, tenant_id: str, rf: int) -> int:
+        """The tenant's replication factor once the in-flight change completes."""
+        return self.future_rf.get(tenant_id, rf)
+
+    def movement(self) -> Movement | None:
+        """The in-flight change as range movement: old ring and RFs to new ring and RFs."""
+        if self.future is None:
+            return None
+        rf_old = {t: info.replication_factor for t, info in self.tenants.items()}
+        return Movement(self.ring, self.future, rf_old, {t: self.rf_after(t, rf) for t, rf in rf_old.items()})
 
 
 class TopologyCache:

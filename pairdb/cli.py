@@ -14,11 +14,12 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from pairdb import config, loading, progress
-from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError
+from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError, StartedChange
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS
 from pairdb.local.processes import GRPC_QUIET, die_with_parent
 from pairdb.serving import logs, loops
@@ -193,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_event_loop(p)
     _add_log_level(p)
 
-    p = sub.add_parser("worker", help="run a migration worker (NodeAdditionWorkflow and its activities)")
+    p = sub.add_parser(
+        "worker", help="run a migration worker (the ring-change workflows and their activities)"
+    )
     p.add_argument(
         "--postgres-dsn",
         default=None,
@@ -219,14 +222,27 @@ def build_parser() -> argparse.ArgumentParser:
     np_.add_argument("node_id")
     np_.add_argument("address", metavar="HOST:PORT")
     np_.add_argument("--vnodes", type=int, default=0, help="virtual nodes (default 128)")
-    np_.add_argument("--wait", action="store_true", help="show live progress until the migration ends")
-    np_.add_argument("--throttle", type=int, default=0, help="copy rate limit in keys/s (default: none)")
-    np_.add_argument(
-        "--hold-at-cutover",
-        action="store_true",
-        help="stop in cutover (reads on the new replicas) until `pairdb migration resume` or rollback",
+    _add_change_flags(np_)
+    np_ = nsub.add_parser(
+        "remove",
+        help="decommission a node online (runs NodeRemovalWorkflow)",
+        description="Its ranges are copied to the nodes that gain them, reads move, its data is wiped "
+        "and it ends `removed`. With --dead the node is never asked: its ranges are re-replicated "
+        "from the surviving replicas.",
     )
-    _add_client_flags(np_)
+    np_.add_argument("node_id")
+    np_.add_argument("--dead", action="store_true", help="the node is dead: copy from the survivors")
+    _add_change_flags(np_)
+    np_ = nsub.add_parser(
+        "replace",
+        help="a new node takes a dead node's place (runs NodeReplacementWorkflow)",
+        description="NEW_ID, already running at HOST:PORT and empty, takes DEAD_ID's tokens and is "
+        "filled from the surviving replicas; DEAD_ID never has to answer and ends `removed`.",
+    )
+    np_.add_argument("dead_node_id", metavar="DEAD_ID")
+    np_.add_argument("node_id", metavar="NEW_ID")
+    np_.add_argument("address", metavar="HOST:PORT")
+    _add_change_flags(np_)
 
     p = sub.add_parser("migration", help="follow and steer migrations")
     msub = p.add_subparsers(dest="migration_command", required=True, metavar="ACTION")
@@ -241,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         mp = msub.add_parser(action, help=text)
         mp.add_argument("migration_id")
         _add_client_flags(mp)
+    mp = msub.add_parser("list", help="every ring change: queued, running and the recent ended ones")
+    mp.add_argument("--recent", type=int, default=20, help="ended ones shown (default %(default)s)")
+    _add_client_flags(mp)
     mp = msub.add_parser("throttle", help="limit the copy rate (0 removes the limit)")
     mp.add_argument("migration_id")
     mp.add_argument("keys_per_second", type=int)
@@ -288,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("tenant")
     tp.add_argument("--rf", type=int, default=0, help="replication factor (default 3)")
     _add_client_flags(tp)
+    tp = tsub.add_parser(
+        "set-rf",
+        help="change a tenant's replication factor online (runs ReplicationChangeWorkflow)",
+        description="Raising it copies the tenant's data to the replicas it gains before reads count on "
+        "them; lowering it moves reads to the smaller set first, then deletes the extra copies.",
+    )
+    tp.add_argument("tenant")
+    tp.add_argument("replication_factor", type=int, metavar="N")
+    _add_change_flags(tp)
 
     p = sub.add_parser(
         "init", help="start a new cluster: join its first storage nodes to the empty ring, create tenants"
@@ -321,6 +349,12 @@ async def _client_command(args: argparse.Namespace) -> int:
         elif args.command == "delete":
             hlc, origin = await client.delete(args.tenant, args.key, args.consistency)
             print(f"deleted version={hlc}@{origin}")
+        elif args.command == "tenant" and args.tenant_command == "set-rf":
+            return await _started(
+                client,
+                args,
+                client.set_replication_factor(args.tenant, args.replication_factor, **_change(args)),
+            )
         elif args.command == "tenant":
             rf = await client.create_tenant(args.tenant, args.rf)
             print(f"tenant {args.tenant} created with replication factor {rf}")
@@ -329,6 +363,14 @@ async def _client_command(args: argparse.Namespace) -> int:
         elif args.command == "nodes":
             for node in await client.nodes():
                 print(f"{node.node_id}\t{node.address}\t{node.status}\tvnodes={node.virtual_nodes}")
+        elif args.command == "node" and args.node_command == "remove":
+            return await _started(
+                client, args, client.remove_node(args.node_id, dead=args.dead, **_change(args))
+            )
+        elif args.command == "node" and args.node_command == "replace":
+            host, port = _address(args.address)
+            replace = client.replace_node(args.dead_node_id, args.node_id, host, port, **_change(args))
+            return await _started(client, args, replace)
         elif args.command == "node":
             return await _node_add(client, args)
         elif args.command == "migration":
@@ -392,15 +434,46 @@ async def _init(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _node_add(client: Client, args: argparse.Namespace) -> int:
-    host, sep, port = args.address.rpartition(":")
+def _add_change_flags(p: argparse.ArgumentParser) -> None:
+    """What every ring change takes: follow it, throttle its copy, hold it at cutover."""
+    p.add_argument("--wait", action="store_true", help="show live progress until the migration ends")
+    p.add_argument("--throttle", type=int, default=0, help="copy rate limit in keys/s (default: none)")
+    p.add_argument(
+        "--hold-at-cutover",
+        action="store_true",
+        help="stop in cutover (reads on the new replicas) until `pairdb migration resume` or rollback",
+    )
+    _add_client_flags(p)
+
+
+def _change(args: argparse.Namespace) -> dict[str, Any]:
+    return {"hold_at_cutover": args.hold_at_cutover, "throttle_keys_per_second": args.throttle}
+
+
+class UsageError(Exception):
+    """A command line that cannot be acted on: exit 2 with the message."""
+
+
+def _address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        print(f"error: address must be HOST:PORT, got {args.address!r}", file=sys.stderr)
-        return 2
+        raise UsageError(f"address must be HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+async def _started(client: Client, args: argparse.Namespace, start: Awaitable[StartedChange]) -> int:
+    started = await start
+    print(started.message)
+    print(f"migration {started.migration_id}")
+    return await progress.follow(client, started.migration_id) if args.wait else 0
+
+
+async def _node_add(client: Client, args: argparse.Namespace) -> int:
+    host, port = _address(args.address)
     added = await client.add_node(
         args.node_id,
         host,
-        int(port),
+        port,
         args.vnodes,
         hold_at_cutover=args.hold_at_cutover,
         throttle_keys_per_second=args.throttle,
@@ -415,7 +488,11 @@ async def _node_add(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _migration(client: Client, args: argparse.Namespace) -> int:
-    action, mid = args.migration_command, args.migration_id
+    action = args.migration_command
+    if action == "list":
+        print(progress.listing(await client.migrations(args.recent)))
+        return 0
+    mid = args.migration_id
     if action == "status":
         print(progress.describe(await client.migration(mid)))
     elif action == "wait":
@@ -621,6 +698,9 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as exc:
         print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
         return 1
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

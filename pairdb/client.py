@@ -163,6 +163,28 @@ class AddedNode:
 
 
 @dataclass(frozen=True, slots=True)
+class StartedChange:
+    """A ring change started: removal, replacement or RF change (queued until its turn)."""
+
+    migration_id: str
+    workflow_id: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationSummary:
+    migration_id: str
+    type: str
+    # The node added, removed or replaced; the tenant of an RF change.
+    subject: str
+    status: str
+    phase: str
+    started_at: int
+    workflow_id: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class MigrationStatus:
     migration_id: str
     node_id: str
@@ -353,6 +375,79 @@ class Client:
             ),
         )
         return AddedNode(reply.migration_id, reply.message, reply.estimated_completion)
+
+    async def remove_node(
+        self,
+        node_id: str,
+        *,
+        dead: bool = False,
+        hold_at_cutover: bool = False,
+        throttle_keys_per_second: int = 0,
+    ) -> StartedChange:
+        """Decommission a node; `dead`: it cannot answer, its ranges come from the survivors."""
+        r = await self._call(
+            self._stub.RemoveStorageNode,
+            pb.RemoveStorageNodeRequest(
+                node_id=node_id,
+                dead=dead,
+                hold_at_cutover=hold_at_cutover,
+                throttle_keys_per_second=throttle_keys_per_second,
+            ),
+        )
+        return StartedChange(r.migration_id, r.workflow_id, r.message)
+
+    async def replace_node(
+        self,
+        dead_node_id: str,
+        node_id: str,
+        host: str,
+        port: int,
+        *,
+        hold_at_cutover: bool = False,
+        throttle_keys_per_second: int = 0,
+    ) -> StartedChange:
+        """A new node (already running at host:port, empty) takes a dead node's place."""
+        r = await self._call(
+            self._stub.ReplaceStorageNode,
+            pb.ReplaceStorageNodeRequest(
+                dead_node_id=dead_node_id,
+                node_id=node_id,
+                host=host,
+                port=port,
+                hold_at_cutover=hold_at_cutover,
+                throttle_keys_per_second=throttle_keys_per_second,
+            ),
+        )
+        return StartedChange(r.migration_id, r.workflow_id, r.message)
+
+    async def set_replication_factor(
+        self,
+        tenant_id: str,
+        replication_factor: int,
+        *,
+        hold_at_cutover: bool = False,
+        throttle_keys_per_second: int = 0,
+    ) -> StartedChange:
+        r = await self._call(
+            self._stub.UpdateTenant,
+            pb.UpdateTenantRequest(
+                tenant_id=tenant_id,
+                replication_factor=replication_factor,
+                hold_at_cutover=hold_at_cutover,
+                throttle_keys_per_second=throttle_keys_per_second,
+            ),
+        )
+        return StartedChange(r.migration_id, r.workflow_id, r.message)
+
+    async def migrations(self, recent: int = 20) -> list[MigrationSummary]:
+        """Every queued and running ring change, and the `recent` last ended ones, oldest first."""
+        r = await self._call(self._stub.ListMigrations, pb.ListMigrationsRequest(recent=recent), retry=True)
+        return [
+            MigrationSummary(
+                m.migration_id, m.type, m.subject, m.status, m.phase, m.started_at, m.workflow_id, m.detail
+            )
+            for m in r.migrations
+        ]
 
     async def migration(self, migration_id: str) -> MigrationStatus:
         r = await self._call(

@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 
-from pairdb.client import Client, MigrationStatus
+from pairdb.client import Client, MigrationStatus, MigrationSummary
 
 BAR_WIDTH = 30
 
@@ -30,6 +30,20 @@ def describe(s: MigrationStatus) -> str:
     if s.error:
         lines.append(f"  error      {s.error}")
     lines.append(f"  workflow   {s.workflow_id}" + (f"  {s.workflow_url}" if s.workflow_url else ""))
+    return "\n".join(lines)
+
+
+def listing(rows: list[MigrationSummary]) -> str:
+    """One line per ring change, oldest first."""
+    if not rows:
+        return "no ring changes"
+    lines = [f"{'STARTED':<19}  {'TYPE':<16}  {'SUBJECT':<16}  {'STATUS':<11}  {'PHASE':<12}  MIGRATION"]
+    for r in rows:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at))
+        line = (
+            f"{started:<19}  {r.type:<16}  {r.subject:<16}  {r.status:<11}  {r.phase:<12}  {r.migration_id}"
+        )
+        lines.append(line + (f"  ({r.detail})" if r.detail else ""))
     return "\n".join(lines)
 
 

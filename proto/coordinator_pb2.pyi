@@ -227,20 +227,112 @@ class AddStorageNodeResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., node_id: _Optional[str] = ..., migration_id: _Optional[str] = ..., message: _Optional[str] = ..., estimated_completion: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class RemoveStorageNodeRequest(_message.Message):
-    __slots__ = ("node_id",)
+    __slots__ = ("node_id", "dead", "hold_at_cutover", "throttle_keys_per_second")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEAD_FIELD_NUMBER: _ClassVar[int]
+    HOLD_AT_CUTOVER_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_KEYS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     node_id: str
-    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+    dead: bool
+    hold_at_cutover: bool
+    throttle_keys_per_second: int
+    def __init__(self, node_id: _Optional[str] = ..., dead: _Optional[bool] = ..., hold_at_cutover: _Optional[bool] = ..., throttle_keys_per_second: _Optional[int] = ...) -> None: ...
 
 class RemoveStorageNodeResponse(_message.Message):
-    __slots__ = ("success", "migration_id", "message")
+    __slots__ = ("success", "migration_id", "message", "workflow_id")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     success: bool
     migration_id: str
     message: str
-    def __init__(self, success: _Optional[bool] = ..., migration_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    workflow_id: str
+    def __init__(self, success: _Optional[bool] = ..., migration_id: _Optional[str] = ..., message: _Optional[str] = ..., workflow_id: _Optional[str] = ...) -> None: ...
+
+class ReplaceStorageNodeRequest(_message.Message):
+    __slots__ = ("dead_node_id", "node_id", "host", "port", "hold_at_cutover", "throttle_keys_per_second")
+    DEAD_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    HOLD_AT_CUTOVER_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_KEYS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    dead_node_id: str
+    node_id: str
+    host: str
+    port: int
+    hold_at_cutover: bool
+    throttle_keys_per_second: int
+    def __init__(self, dead_node_id: _Optional[str] = ..., node_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., hold_at_cutover: _Optional[bool] = ..., throttle_keys_per_second: _Optional[int] = ...) -> None: ...
+
+class ReplaceStorageNodeResponse(_message.Message):
+    __slots__ = ("success", "migration_id", "message", "workflow_id")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    migration_id: str
+    message: str
+    workflow_id: str
+    def __init__(self, success: _Optional[bool] = ..., migration_id: _Optional[str] = ..., message: _Optional[str] = ..., workflow_id: _Optional[str] = ...) -> None: ...
+
+class UpdateTenantRequest(_message.Message):
+    __slots__ = ("tenant_id", "replication_factor", "hold_at_cutover", "throttle_keys_per_second")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    HOLD_AT_CUTOVER_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_KEYS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    replication_factor: int
+    hold_at_cutover: bool
+    throttle_keys_per_second: int
+    def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ..., hold_at_cutover: _Optional[bool] = ..., throttle_keys_per_second: _Optional[int] = ...) -> None: ...
+
+class UpdateTenantResponse(_message.Message):
+    __slots__ = ("success", "migration_id", "message", "workflow_id")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    migration_id: str
+    message: str
+    workflow_id: str
+    def __init__(self, success: _Optional[bool] = ..., migration_id: _Optional[str] = ..., message: _Optional[str] = ..., workflow_id: _Optional[str] = ...) -> None: ...
+
+class ListMigrationsRequest(_message.Message):
+    __slots__ = ("recent",)
+    RECENT_FIELD_NUMBER: _ClassVar[int]
+    recent: int
+    def __init__(self, recent: _Optional[int] = ...) -> None: ...
+
+class MigrationSummary(_message.Message):
+    __slots__ = ("migration_id", "type", "subject", "status", "phase", "started_at", "workflow_id", "detail")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    type: str
+    subject: str
+    status: str
+    phase: str
+    started_at: int
+    workflow_id: str
+    detail: str
+    def __init__(self, migration_id: _Optional[str] = ..., type: _Optional[str] = ..., subject: _Optional[str] = ..., status: _Optional[str] = ..., phase: _Optional[str] = ..., started_at: _Optional[int] = ..., workflow_id: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListMigrationsResponse(_message.Message):
+    __slots__ = ("migrations",)
+    MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    migrations: _containers.RepeatedCompositeFieldContainer[MigrationSummary]
+    def __init__(self, migrations: _Optional[_Iterable[_Union[MigrationSummary, _Mapping]]] = ...) -> None: ...
 
 class StorageNode(_message.Message):
     __slots__ = ("node_id", "host", "port", "status", "virtual_nodes")

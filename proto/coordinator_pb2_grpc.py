@@ -79,6 +79,21 @@ class CoordinatorServiceStub:
                 request_serializer=pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeRequest.SerializeToString,
                 response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeResponse.FromString,
                 _registered_method=True)
+        self.ReplaceStorageNode = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/ReplaceStorageNode',
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ReplaceStorageNodeRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ReplaceStorageNodeResponse.FromString,
+                _registered_method=True)
+        self.UpdateTenant = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/UpdateTenant',
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.UpdateTenantRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.UpdateTenantResponse.FromString,
+                _registered_method=True)
+        self.ListMigrations = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/ListMigrations',
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ListMigrationsRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ListMigrationsResponse.FromString,
+                _registered_method=True)
         self.ListStorageNodes = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/ListStorageNodes',
                 request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ListStorageNodesRequest.SerializeToString,
@@ -168,6 +183,24 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplaceStorageNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTenant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMigrations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListStorageNodes(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -251,6 +284,21 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.RemoveStorageNode,
                     request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeRequest.FromString,
                     response_serializer=pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeResponse.SerializeToString,
+            ),
+            'ReplaceStorageNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplaceStorageNode,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ReplaceStorageNodeRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.ReplaceStorageNodeResponse.SerializeToString,
+            ),
+            'UpdateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTenant,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.UpdateTenantRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.UpdateTenantResponse.SerializeToString,
+            ),
+            'ListMigrations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMigrations,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ListMigrationsRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.ListMigrationsResponse.SerializeToString,
             ),
             'ListStorageNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListStorageNodes,
@@ -526,6 +574,87 @@ class CoordinatorService:
             '/pairdb.v1.CoordinatorService/RemoveStorageNode',
             pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeRequest.SerializeToString,
             pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaceStorageNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/ReplaceStorageNode',
+            pairdb_dot_proto_dot_coordinator__pb2.ReplaceStorageNodeRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.ReplaceStorageNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/UpdateTenant',
+            pairdb_dot_proto_dot_coordinator__pb2.UpdateTenantRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.UpdateTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMigrations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/ListMigrations',
+            pairdb_dot_proto_dot_coordinator__pb2.ListMigrationsRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.ListMigrationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

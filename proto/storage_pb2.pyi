@@ -219,12 +219,14 @@ class RangeDigestResponse(_message.Message):
     def __init__(self, digest: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
 
 class DeleteRangeRequest(_message.Message):
-    __slots__ = ("range", "epoch")
+    __slots__ = ("range", "epoch", "tenants")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     range: TokenRange
     epoch: int
-    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
+    tenants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., epoch: _Optional[int] = ..., tenants: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteRangeResponse(_message.Message):
     __slots__ = ("deleted",)

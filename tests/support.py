@@ -15,7 +15,7 @@ import grpc
 from pairdb.client import Client, ClientError, MigrationStatus
 from pairdb.coordinator.metadata import Metadata
 from pairdb.coordinator.ring import Ring
-from pairdb.kernel.keyspace import Version
+from pairdb.kernel.keyspace import Version, token
 from pairdb.local.cluster import LocalCluster
 from pairdb.proto import storage_pb2_grpc
 from pairdb.serving.server import new_server
@@ -161,6 +161,38 @@ async def current_ring(cluster: LocalCluster) -> Ring:
     finally:
         await metadata.close()
     return Ring.from_tokens((t, n) for t, n in snap.tokens if snap.nodes[n].status == "active")
+
+
+async def misplaced(
+    cluster: LocalCluster, keys: dict[str, list[str]], alive: set[str] | None = None
+) -> list[str]:
+    """Keys not held by exactly their replica set (by the current ring and each tenant's RF).
+
+    keys: tenant -> keys to look up; asked of every live storage node directly.
+    """
+    metadata = await Metadata.connect(cluster.dsn)
+    try:
+        snap = await metadata.snapshot()
+    finally:
+        await metadata.close()
+    ring = Ring.from_tokens((t, n) for t, n in snap.tokens if snap.nodes[n].status == "active")
+    nodes = sorted(
+        alive if alive is not None else {n for n, i in snap.nodes.items() if i.status != "removed"}
+    )
+    clients = {n: cluster.nodes[n].client() for n in nodes}
+    bad: list[str] = []
+    try:
+        for tenant, names in keys.items():
+            rf = snap.tenants[tenant].replication_factor
+            for key in names:
+                held = {n for n, c in clients.items() if await c.get(tenant, key) is not None}
+                expected = set(ring.replicas(token(tenant, key), rf))
+                if held != expected:
+                    bad.append(f"{tenant}/{key}: on {sorted(held)}, replicas {sorted(expected)}")
+    finally:
+        for c in clients.values():
+            await c.close()
+    return bad
 
 
 @dataclass(frozen=True)

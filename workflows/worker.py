@@ -1,4 +1,4 @@
-"""The migration worker process: `pairdb worker` runs NodeAdditionWorkflow, its activities, the reconciler."""
+"""The migration worker process: `pairdb worker` runs the ring-change workflows, activities, reconciler."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ from pairdb.coordinator.metadata import Metadata
 from pairdb.kernel import migration as m
 from pairdb.serving import metrics
 from pairdb.workflows.node_addition import NodeAdditionWorkflow
+from pairdb.workflows.node_removal import NodeRemovalWorkflow
+from pairdb.workflows.node_replacement import NodeReplacementWorkflow
+from pairdb.workflows.replication_change import ReplicationChangeWorkflow
+
+WORKFLOWS = [NodeAdditionWorkflow, NodeRemovalWorkflow, NodeReplacementWorkflow, ReplicationChangeWorkflow]
 
 log = structlog.get_logger()
 
@@ -41,19 +46,21 @@ def build_worker(client: Client, ctx: StepContext) -> Worker:
     return Worker(
         client,
         task_queue=m.TASK_QUEUE,
-        workflows=[NodeAdditionWorkflow],
+        workflows=WORKFLOWS,
         activities=[
             registry.claim_ring_change,
             registry.enable_dual_write,
             registry.enter_phase,
             registry.restore_reads_on_old,
             registry.remove_joining_node,
+            registry.restore_old_ring,
             registry.finish_migration,
             copy.plan_copy,
             copy.copy_ranges,
             copy.verify_ranges,
             cleanup.drop_moved_ranges,
             cleanup.wipe_joining_node,
+            cleanup.drop_gained_ranges,
         ],
     )
 

@@ -13,7 +13,45 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 TASK_QUEUE = "pairdb-migrations"
-WORKFLOW_NAME = "NodeAdditionWorkflow"
+
+
+class ChangeType(enum.StrEnum):
+    """What a ring change does (the migrations table's type column). Each is the same range
+    movement: an old ring and RFs, a new ring and RFs, the ranges whose replica sets differ."""
+
+    NODE_ADDITION = "node_addition"
+    NODE_REMOVAL = "node_removal"
+    NODE_REPLACEMENT = "node_replacement"
+    RF_CHANGE = "rf_change"
+
+    @property
+    def workflow_name(self) -> str:
+        return _WORKFLOW_NAMES[self]
+
+    @property
+    def label(self) -> str:
+        """How logs and the UI name it: "Node addition", ..."""
+        return self.value.replace("rf_", "replication factor ").replace("_", " ").capitalize()
+
+    @property
+    def adds_node(self) -> bool:
+        """Whether a new node joins: undone by taking it out and wiping it."""
+        return self in (ChangeType.NODE_ADDITION, ChangeType.NODE_REPLACEMENT)
+
+
+_WORKFLOW_NAMES = {
+    ChangeType.NODE_ADDITION: "NodeAdditionWorkflow",
+    ChangeType.NODE_REMOVAL: "NodeRemovalWorkflow",
+    ChangeType.NODE_REPLACEMENT: "NodeReplacementWorkflow",
+    ChangeType.RF_CHANGE: "ReplicationChangeWorkflow",
+}
+_WORKFLOW_ID_PREFIX = {
+    ChangeType.NODE_ADDITION: "add-node-",
+    ChangeType.NODE_REMOVAL: "remove-node-",
+    ChangeType.NODE_REPLACEMENT: "replace-node-",
+    ChangeType.RF_CHANGE: "set-rf-",
+}
+WORKFLOW_NAME = ChangeType.NODE_ADDITION.workflow_name
 
 
 class Phase(enum.StrEnum):
@@ -82,6 +120,7 @@ ROUTING: dict[Phase, Routing] = {
 SA_PHASE = "MigrationPhase"
 SA_NODE = "MigrationNode"
 SA_STATUS = "MigrationStatus"
+SA_TYPE = "MigrationType"
 
 # The workflow's updates, called by name by the coordinator (which sits below the workflow
 # layer and so cannot import it).
@@ -96,25 +135,33 @@ class Undo(enum.Enum):
     """Compensation steps, in the order they run."""
 
     RESTORE_READS = "restore_reads_on_old"
+    # A change that brought a new node in: the node leaves the ring, then loses what it was sent.
     REMOVE_NODE = "remove_joining_node"
     WIPE_NODE = "wipe_joining_node"
+    # Any other: the old ring and RFs again, then the nodes that gained ranges lose them.
+    RESTORE_RING = "restore_old_ring"
+    DROP_GAINED = "drop_gained_ranges"
 
 
-def undo_steps(phase: Phase) -> list[Undo]:
+def undo_steps(phase: Phase, change: ChangeType = ChangeType.NODE_ADDITION) -> list[Undo]:
     """What takes a migration stopped in `phase` back to the old ring, before its status is recorded.
 
     Used by the workflow and by the reconciler alike. Each step is idempotent.
     """
+    back = [Undo.REMOVE_NODE, Undo.WIPE_NODE] if change.adds_node else [Undo.RESTORE_RING, Undo.DROP_GAINED]
     if phase in (Phase.CUTOVER, Phase.ROLLING_BACK):
-        return [Undo.RESTORE_READS, Undo.REMOVE_NODE, Undo.WIPE_NODE]
+        return [Undo.RESTORE_READS, *back]
     if phase in (Phase.DUAL_WRITE, Phase.DATA_COPY, Phase.CANCELLING):
-        return [Undo.REMOVE_NODE, Undo.WIPE_NODE]
-    return []  # queued: nothing joined yet
+        return back
+    return []  # queued: nothing changed yet
 
 
-def workflow_id(node_id: str) -> str:
-    """One workflow id per node: Temporal refuses a second addition of the same node while one runs."""
-    return f"add-node-{node_id}"
+def workflow_id(subject: str, change: ChangeType = ChangeType.NODE_ADDITION) -> str:
+    """One workflow id per node (per tenant for an RF change): Temporal refuses a second one while one runs.
+
+    subject: the node added or removed, the dead node replaced, the tenant whose RF changes.
+    """
+    return _WORKFLOW_ID_PREFIX[change] + subject
 
 
 # -- the workflow's input and query result -----------------------------------------------------------
@@ -132,6 +179,19 @@ class NodeAdditionInput:
     started_by: str = ""
     # Stay in cutover (reads on the new replicas, old ones still complete) until
     # resumed, so an operator can check before cleanup drops the old copies.
+    hold_at_cutover: bool = False
+
+
+@dataclass(frozen=True)
+class RingChangeInput:
+    """The input of every ring change but an addition; what it changes is in its migration row."""
+
+    migration_id: str
+    change: ChangeType
+    # The node removed, the dead node replaced, or the tenant whose RF changes.
+    subject: str
+    throttle_keys_per_second: int = 0
+    started_by: str = ""
     hold_at_cutover: bool = False
 
 
@@ -159,6 +219,7 @@ class MigrationState:
     """What the workflow's `progress` query returns."""
 
     migration_id: str
+    # The node added, removed or replacing a dead one; the tenant of an RF change.
     node_id: str
     phase: Phase
     status: Status

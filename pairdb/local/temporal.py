@@ -43,6 +43,7 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
     "MigrationPhase": "Keyword",
     "MigrationNode": "Keyword",
     "MigrationStatus": "Keyword",
+    "MigrationType": "Keyword",
 }
 
 _INDEXED_VALUE_TYPES: dict[str, IndexedValueType.ValueType] = {

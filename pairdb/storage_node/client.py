@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,10 +276,17 @@ class NodeClient:
         return bytes(reply.digest), int(reply.count)
 
     async def delete_range(
-        self, start: int, end: int, *, epoch: int = 0, timeout: float | None = None
+        self,
+        start: int,
+        end: int,
+        *,
+        tenants: Iterable[str] = (),
+        epoch: int = 0,
+        timeout: float | None = None,
     ) -> int:
+        """Delete (start, end]'s records: only those of tenants, when given."""
         request = storage_pb2.DeleteRangeRequest(
-            range=storage_pb2.TokenRange(start=start, end=end), epoch=epoch
+            range=storage_pb2.TokenRange(start=start, end=end), epoch=epoch, tenants=sorted(tenants)
         )
         reply = await self._call(self._stub.DeleteRange, request, timeout or 30 * self.timeout)
         return int(reply.deleted)

@@ -57,11 +57,11 @@ class GroupCommitter:
         await self.apply([])
         return await asyncio.get_running_loop().run_in_executor(self._writer, self._engine.raise_fence, epoch)
 
-    async def delete_range(self, start: int, end: int) -> int:
+    async def delete_range(self, start: int, end: int, tenants: frozenset[str] = frozenset()) -> int:
         """Engine.delete_range on the writer thread, after every apply queued before it."""
         await self.apply([])
         return await asyncio.get_running_loop().run_in_executor(
-            self._writer, self._engine.delete_range, start, end
+            self._writer, self._engine.delete_range, start, end, tenants
         )
 
     async def _run(self) -> None:

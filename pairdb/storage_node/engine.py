@@ -56,6 +56,10 @@ def encode_key(tenant_id: str, key: str) -> bytes:
     return _TOKEN.pack(token(tenant_id, key)) + bytes([len(tenant)]) + tenant + key.encode()
 
 
+def _tenant_of(db_key: bytes) -> bytes:
+    return db_key[9 : 9 + db_key[8]]
+
+
 def _decode(db_key: bytes, db_value: bytes | memoryview) -> StoredRecord:
     tenant_len = db_key[8]
     tenant_id = db_key[9 : 9 + tenant_len].decode()
@@ -215,8 +219,12 @@ class Engine:
         raw = txn.get(_FENCE_KEY, db=self._meta)
         return 0 if raw is None else int(_FENCE.unpack(raw)[0])
 
-    def delete_range(self, start: int, end: int) -> int:
-        """Remove every record, tombstones included, in (start, end]; one durable commit."""
+    def delete_range(self, start: int, end: int, tenants: frozenset[str] = frozenset()) -> int:
+        """Remove every record, tombstones included, in (start, end]; one durable commit.
+
+        With tenants, only their records: the others in the range stay.
+        """
+        wanted = {t.encode() for t in tenants}
         deleted = 0
         with self._env.begin(write=True) as txn:
             keys, size, tombstones = self._counters(txn)
@@ -228,6 +236,10 @@ class Engine:
                     db_key = cursor.key()
                     if _TOKEN.unpack_from(db_key)[0] > hi:
                         break
+                    if wanted and _tenant_of(db_key) not in wanted:
+                        if not cursor.next():
+                            break
+                        continue
                     old = _decode(db_key, cursor.value())
                     if old.tombstone:
                         tombstones -= 1

@@ -290,12 +290,14 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         # An unset range reads as (0, 0], the whole ring: only an explicit range may delete.
         if not request.HasField("range"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "range is required")
-        deleted = await self._committer.delete_range(request.range.start, request.range.end)
+        tenants = frozenset(request.tenants)
+        deleted = await self._committer.delete_range(request.range.start, request.range.end, tenants)
         log.info(
             "Range deleted",
             node_id=self._node_id,
             start=request.range.start,
             end=request.range.end,
+            tenants=sorted(tenants) or None,
             deleted=deleted,
         )
         return storage_pb2.DeleteRangeResponse(deleted=deleted)

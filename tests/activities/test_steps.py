@@ -20,6 +20,7 @@ from pairdb.activities.context import StepContext
 from pairdb.activities.copy import CopySteps
 from pairdb.activities.registry_steps import RegistrySteps
 from pairdb.coordinator.metadata import Metadata
+from pairdb.coordinator.migration_store import NewChange
 from pairdb.kernel import migration as m
 from pairdb.kernel.keyspace import token
 from pairdb.kernel.migration import CopyChunk, EnterPhase, FinishMigration, MigrationRef, Phase, Status
@@ -51,7 +52,7 @@ async def new_migration(cluster: LocalCluster, ctx: StepContext, node_id: str) -
     node = await cluster.add_storage_node(node_id)
     migration_id = str(uuid.uuid4())
     request = m.NodeAdditionInput(migration_id, node_id, "127.0.0.1", node.port, 32)
-    await ctx.store.create(request, m.workflow_id(node_id))
+    await ctx.store.create(NewChange.addition(request), m.workflow_id(node_id))
     return migration_id
 
 

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.metadata import InFlight, NodeInfo, Snapshot, TenantInfo
+from pairdb.coordinator.movement import Movement, RangeMove
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan
-from pairdb.coordinator.ring import RING_SIZE, RangeMove, Ring, allocate_tokens, ranges_gained
+from pairdb.coordinator.ring import RING_SIZE, Ring, allocate_tokens
 from pairdb.coordinator.routing import plan
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.keyspace import TOKEN_MAX, Version, in_range
@@ -93,75 +94,98 @@ def assert_disjoint(moves: list[RangeMove]) -> None:
         assert len(containing(moves, first)) == 1, (mv, moves)
 
 
-@FAST
-@given(clusters(), random_tokens)
-def test_replica_sets_are_the_next_distinct_nodes_clockwise(
-    cluster: tuple[list[tuple[str, int]], int], extra: list[int]
+def check_movement(
+    old: list[tuple[int, str]],
+    new: list[tuple[int, str]],
+    rf_old: dict[str, int],
+    rf_new: dict[str, int],
+    points: list[int],
 ) -> None:
-    nodes, rf = cluster
-    tokens = allocate(nodes)
-    ring = Ring.from_tokens(tokens)
-    size = min(rf, len(nodes))
-    brute = BruteRing(tokens)
-    for t in probes(tokens, extra):
-        replicas = ring.replicas(t, rf)
-        assert len(replicas) == size and len(set(replicas)) == size
-        assert replicas[0] == ring.primary(t)
-        assert replicas == brute.replicas(t, rf)
-        # Capped by the node count; a smaller RF is a prefix of a larger one, so whatever
-        # a lower-RF tenant needs, the plan for the largest RF covers.
-        wider = ring.replicas(t, rf + 1)
-        assert len(wider) == min(rf + 1, len(nodes)) and wider[:rf] == replicas
-
-
-def check_gained(old: Ring, new: Ring, node: str, rf: int, points: list[int], *, adding: bool) -> None:
-    moves = ranges_gained(old, new, node, rf)
+    """Every token's move says each tenant's old and new replica sets, as brute force finds them."""
+    moves = Movement(Ring.from_tokens(old), Ring.from_tokens(new), rf_old, rf_new).moves()
     assert_disjoint(moves)
+    before, after = BruteRing(old), BruteRing(new)
     for t in points:
+        sets = {
+            tenant: (before.replicas(t, rf), after.replicas(t, rf_new.get(tenant, rf)))
+            for tenant, rf in rf_old.items()
+        }
         inside = containing(moves, t)
-        future = new.replicas(t, rf)
-        # The contract: the ranges of `new` that node replicates under rf.
-        assert (node in future) == bool(inside), t
-        if inside:
-            (mv,) = inside
-            assert mv.new == future, (t, mv)
-            if adding:
-                # "with their old replica sets": exact when new's boundaries include all of old's.
-                assert mv.old == old.replicas(t, rf), (t, mv)
-        # Every token whose replica set gains the node is planned (all of them, when adding).
-        if node in future and node not in old.replicas(t, rf):
-            assert inside
+        # A token moves exactly when some tenant's replica set changes there.
+        assert bool(inside) == any(set(o) != set(n) for o, n in sets.values()), t
+        if not inside:
+            continue
+        (mv,) = inside
+        for tenant, (o, n) in sets.items():
+            (placement,) = [p for p in mv.placements if tenant in p.tenants]
+            assert (placement.old, placement.new) == (o, n), (t, tenant, mv)
+        for node, tenants in mv.gained().items():
+            assert tenants == {x for x, (o, n) in sets.items() if node in n and node not in o}
+        for node, tenants in mv.lost().items():
+            assert tenants == {x for x, (o, n) in sets.items() if node in o and node not in n}
+
+
+def tenant_rfs(rf: int, nodes: int) -> dict[str, int]:
+    """Tenants of several RFs, the largest rf (as the cluster can serve)."""
+    return {f"t{r}": r for r in range(1, min(rf, nodes) + 1)}
 
 
 @FAST
 @given(clusters(), random_tokens)
-def test_ranges_gained_by_a_joining_node(
-    cluster: tuple[list[tuple[str, int]], int], extra: list[int]
-) -> None:
+def test_movement_of_a_joining_node(cluster: tuple[list[tuple[str, int]], int], extra: list[int]) -> None:
     nodes, rf = cluster
     tokens = allocate(nodes)
     joining = nodes[-1][0]
-    old = Ring.from_tokens((t, n) for t, n in tokens if n != joining)
-    new = Ring.from_tokens(tokens)
-    check_gained(old, new, joining, rf, probes(tokens, extra), adding=True)
+    old = [(t, n) for t, n in tokens if n != joining]
+    rfs = tenant_rfs(rf, len(nodes) - 1)
+    check_movement(old, tokens, rfs, rfs, probes(tokens, extra))
 
 
 @FAST
 @given(clusters(), st.data(), random_tokens)
-def test_ranges_gained_when_a_node_leaves(
+def test_movement_of_a_leaving_node(
     cluster: tuple[list[tuple[str, int]], int], data: st.DataObject, extra: list[int]
 ) -> None:
     nodes, rf = cluster
     tokens = allocate(nodes)
     leaving = data.draw(st.sampled_from([n for n, _ in nodes]))
-    old = Ring.from_tokens(tokens)
-    new = Ring.from_tokens((t, n) for t, n in tokens if n != leaving)
-    rf = min(rf, len(nodes) - 1)
-    # RangeMove.old is not checked here: ranges_gained takes it from each range's end token,
-    # exact only when the new ring's boundaries include the old ring's (an addition, as its
-    # docstring says). A leaving node's vnodes split ranges of `new` whose old sets differ.
-    for node in sorted(new.node_ids):
-        check_gained(old, new, node, rf, probes(tokens, extra), adding=False)
+    rfs = tenant_rfs(rf, len(nodes) - 1)
+    check_movement(tokens, [(t, n) for t, n in tokens if n != leaving], rfs, rfs, probes(tokens, extra))
+
+
+@FAST
+@given(clusters(), st.data(), random_tokens)
+def test_movement_of_a_replaced_node(
+    cluster: tuple[list[tuple[str, int]], int], data: st.DataObject, extra: list[int]
+) -> None:
+    nodes, rf = cluster
+    tokens = allocate(nodes)
+    dead = data.draw(st.sampled_from([n for n, _ in nodes]))
+    new = [(t, "new" if n == dead else n) for t, n in tokens]
+    rfs = tenant_rfs(rf, len(nodes))
+    check_movement(tokens, new, rfs, rfs, probes(tokens, extra))
+    # Only the new node gains, only the dead one loses, and only where the dead one was.
+    for mv in Movement(Ring.from_tokens(tokens), Ring.from_tokens(new), rfs, rfs).moves():
+        assert set(mv.gained()) == {"new"} and set(mv.lost()) == {dead}
+
+
+@FAST
+@given(clusters(), st.data(), random_tokens)
+def test_movement_of_a_replication_factor_change(
+    cluster: tuple[list[tuple[str, int]], int], data: st.DataObject, extra: list[int]
+) -> None:
+    nodes, rf = cluster
+    tokens = allocate(nodes)
+    rfs = tenant_rfs(rf, len(nodes))
+    changed = data.draw(st.sampled_from(sorted(rfs)))
+    target = data.draw(st.integers(1, len(nodes)))
+    check_movement(tokens, tokens, rfs, {**rfs, changed: target}, probes(tokens, extra))
+    # Other tenants never move.
+    for mv in Movement(
+        Ring.from_tokens(tokens), Ring.from_tokens(tokens), rfs, {**rfs, changed: target}
+    ).moves():
+        for tenants in (*mv.gained().values(), *mv.lost().values()):
+            assert tenants == {changed}
 
 
 # -- hybrid logical clock ---------------------------------------------------------------------

@@ -9,11 +9,11 @@ import pytest
 
 from pairdb.coordinator.metadata import InFlight, NodeInfo, Snapshot, TenantInfo
 from pairdb.coordinator.quorum import Consistency
-from pairdb.coordinator.ring import Ring, allocate_tokens, ranges_gained
+from pairdb.coordinator.ring import Ring, allocate_tokens
 from pairdb.coordinator.routing import plan
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.keyspace import in_range, token
-from pairdb.kernel.migration import NodeState, Phase
+from pairdb.kernel.migration import ChangeType, NodeState, Phase
 
 
 def snapshot(phase: str | None, node4_status: str = "joining") -> Snapshot:
@@ -84,7 +84,10 @@ def test_keys_not_moving_keep_a_single_replica_set() -> None:
 def test_copy_plan_covers_every_token_whose_future_set_gains_the_node() -> None:
     topology = Topology.from_snapshot(snapshot(Phase.DATA_COPY))
     assert topology.future is not None
-    moves = ranges_gained(topology.ring, topology.future, "node-4", 3)
+    movement = topology.movement()
+    assert movement is not None
+    moves = movement.moves()
+    assert all(set(mv.gained()) == {"node-4"} for mv in moves)
     rng = random.Random(3)
     for _ in range(5000):
         t = rng.getrandbits(64)
@@ -99,3 +102,69 @@ def test_ring_of_old_and_new_differ_only_by_the_joining_node() -> None:
     assert topology.ring.node_ids == {"node-1", "node-2", "node-3"}
     assert topology.future.node_ids == {"node-1", "node-2", "node-3", "node-4"}
     assert isinstance(topology.ring, Ring)
+
+
+# -- the other ring changes: the same phases over a different old and new ring -------------------
+
+
+def three_nodes_and(in_flight: InFlight, statuses: dict[str, NodeState]) -> Snapshot:
+    """node-1..3 with their tokens (node-4 known but without tokens), tenants t (RF 3) and u (RF 2)."""
+    tokens: list[tuple[int, str]] = []
+    for n in ("node-1", "node-2", "node-3"):
+        tokens += [(t, n) for t in allocate_tokens(tokens, n, 64)]
+    nodes = {
+        n: NodeInfo(n, "127.0.0.1", 7000 + i, statuses.get(n, NodeState.ACTIVE), 64)
+        for i, n in enumerate(["node-1", "node-2", "node-3", "node-4"])
+    }
+    tenants = {"t": TenantInfo("t", 3, datetime.now(UTC)), "u": TenantInfo("u", 2, datetime.now(UTC))}
+    return Snapshot(1, nodes, tokens, tenants, in_flight)
+
+
+def test_a_removal_writes_to_both_rings_and_its_new_ring_lacks_the_node() -> None:
+    snap = three_nodes_and(
+        InFlight("m", "node-3", Phase.DATA_COPY, ChangeType.NODE_REMOVAL),
+        {"node-3": NodeState.LEAVING, "node-4": NodeState.REMOVED},
+    )
+    topology = Topology.from_snapshot(snap)
+    assert topology.future is not None
+    assert topology.ring.node_ids == {"node-1", "node-2", "node-3"}
+    assert topology.future.node_ids == {"node-1", "node-2"}
+    for i in range(100):
+        t = token("u", f"k{i}")
+        write = plan(topology, t, 2, Consistency.QUORUM, write=True, tenant_id="u")
+        # Keys node-3 replicates are written to both sets; the others to their one set.
+        if "node-3" in write.old:
+            assert write.new is not None and set(write.new) == {"node-1", "node-2"}
+        else:
+            assert write.new is None
+        assert plan(topology, t, 2, Consistency.QUORUM, write=False, tenant_id="u").new is None
+
+
+def test_a_replacement_gives_the_dead_nodes_place_to_the_new_one() -> None:
+    snap = three_nodes_and(
+        InFlight("m", "node-4", Phase.CUTOVER, ChangeType.NODE_REPLACEMENT, replaces="node-3"),
+        {"node-3": NodeState.LEAVING, "node-4": NodeState.ACTIVE},
+    )
+    topology = Topology.from_snapshot(snap)
+    assert topology.future is not None
+    for i in range(200):
+        t = token("t", f"k{i}")
+        old, new = topology.ring.replicas(t, 3), topology.future.replicas(t, 3)
+        assert new == tuple("node-4" if n == "node-3" else n for n in old)
+        # Reads are on the new ring from cutover: the dead node is never asked again.
+        assert plan(topology, t, 3, Consistency.QUORUM, write=False, tenant_id="t").old == new
+
+
+@pytest.mark.parametrize("target", [1, 2, 3])
+def test_an_rf_change_moves_only_its_tenant(target: int) -> None:
+    snap = three_nodes_and(
+        InFlight("m", "", Phase.DUAL_WRITE, ChangeType.RF_CHANGE, tenant_id="u", replication_factor=target),
+        {},
+    )
+    topology = Topology.from_snapshot(snap)
+    for i in range(100):
+        tu, tt = token("u", f"k{i}"), token("t", f"k{i}")
+        write = plan(topology, tu, 2, Consistency.QUORUM, write=True, tenant_id="u")
+        assert write.old == topology.ring.replicas(tu, 2)
+        assert (write.new or write.old) == topology.ring.replicas(tu, target)
+        assert plan(topology, tt, 3, Consistency.QUORUM, write=True, tenant_id="t").new is None

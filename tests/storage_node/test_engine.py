@@ -129,6 +129,19 @@ def test_delete_range_removes_only_that_range(engine: Engine) -> None:
     assert stats.keys + stats.tombstones == len(remaining)
 
 
+def test_delete_range_of_some_tenants_keeps_the_others(engine: Engine) -> None:
+    records = [rec(f"k{i}", 10, tenant=t) for i in range(200) for t in ("a", "b", "c")]
+    engine.apply_many(records)
+    start, end = TOKEN_MAX // 2, TOKEN_MAX // 4  # wraps
+    deleted = engine.delete_range(start, end, frozenset({"a", "c"}))
+    gone = [r for r in records if in_range(r.token, start, end) and r.tenant_id in ("a", "c")]
+    assert deleted == len(gone) > 0
+    for r in records:
+        assert (engine.get(r.tenant_id, r.key) is None) == (r in gone)
+    stats = engine.stats()
+    assert stats.keys + stats.tombstones == len(records) - len(gone)
+
+
 def test_data_survives_reopen(tmp_path: Path) -> None:
     engine = Engine(tmp_path / "db")
     engine.apply_many([rec("k", 10, b"kept")])

@@ -32,6 +32,7 @@ from pairdb.activities.registry_steps import RegistrySteps
 from pairdb.coordinator.metadata import MigrationRow
 from pairdb.kernel import migration as m
 from pairdb.kernel.migration import (
+    ChangeType,
     CopyChunk,
     CopyPlan,
     EnterPhase,
@@ -44,6 +45,7 @@ from pairdb.kernel.migration import (
 )
 from pairdb.local.temporal import SEARCH_ATTRIBUTES, temporal_binary
 from pairdb.workflows.node_addition import NodeAdditionWorkflow
+from pairdb.workflows.worker import WORKFLOWS
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +153,16 @@ class Steps:
             await self.step("wipe_joining_node")
             return 0
 
+        @activity.defn(name="restore_old_ring")
+        async def restore_old_ring(ref: MigrationRef) -> int:
+            await self.step("restore_old_ring")
+            return 1
+
+        @activity.defn(name="drop_gained_ranges")
+        async def drop_gained_ranges(ref: MigrationRef) -> int:
+            await self.step("drop_gained_ranges")
+            return 0
+
         @activity.defn(name="finish_migration")
         async def finish_migration(finish: FinishMigration) -> int:
             await self.step("finish_migration", finish.status)
@@ -167,6 +179,8 @@ class Steps:
             restore_reads_on_old,
             remove_joining_node,
             wipe_joining_node,
+            restore_old_ring,
+            drop_gained_ranges,
             finish_migration,
         ]
 
@@ -190,7 +204,7 @@ FORWARD = [
 @dataclass
 class Run:
     steps: Steps
-    handle: WorkflowHandle[NodeAdditionWorkflow, MigrationState]
+    handle: WorkflowHandle[Any, MigrationState]
 
     async def result(self) -> MigrationState:
         return await asyncio.wait_for(self.handle.result(), 60)
@@ -200,19 +214,30 @@ class Run:
 async def start(env: WorkflowEnvironment) -> AsyncIterator[Callable[..., Any]]:
     workers: list[tuple[Worker, asyncio.Task[None]]] = []
 
-    async def run(steps: Steps, *, hold_at_cutover: bool = False) -> Run:
+    async def run(
+        steps: Steps, *, hold_at_cutover: bool = False, change: ChangeType = ChangeType.NODE_ADDITION
+    ) -> Run:
         client: Client = env.client
         queue = f"decisions-{uuid.uuid4()}"
-        worker = Worker(
-            client, task_queue=queue, workflows=[NodeAdditionWorkflow], activities=steps.activities()
-        )
+        worker = Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=steps.activities())
         workers.append((worker, asyncio.ensure_future(worker.run())))
-        request = m.NodeAdditionInput(
-            str(uuid.uuid4()), "node-9", "127.0.0.1", 7009, 8, hold_at_cutover=hold_at_cutover
-        )
-        handle = await client.start_workflow(
-            NodeAdditionWorkflow.run, request, id=f"decisions-{uuid.uuid4()}", task_queue=queue
-        )
+        handle: WorkflowHandle[Any, MigrationState]
+        if change is ChangeType.NODE_ADDITION:
+            request = m.NodeAdditionInput(
+                str(uuid.uuid4()), "node-9", "127.0.0.1", 7009, 8, hold_at_cutover=hold_at_cutover
+            )
+            handle = await client.start_workflow(
+                NodeAdditionWorkflow.run, request, id=f"decisions-{uuid.uuid4()}", task_queue=queue
+            )
+        else:
+            other = m.RingChangeInput(str(uuid.uuid4()), change, "node-9", hold_at_cutover=hold_at_cutover)
+            handle = await client.start_workflow(
+                change.workflow_name,
+                other,
+                id=f"decisions-{uuid.uuid4()}",
+                task_queue=queue,
+                result_type=MigrationState,
+            )
         return Run(steps, handle)
 
     yield run
@@ -294,6 +319,47 @@ async def test_a_rollback_in_cutover_restores_reads_then_takes_the_node_out(
         "wipe_joining_node",
         "finish_migration:rolled_back",
     ]
+
+
+@pytest.mark.parametrize("change", [ChangeType.NODE_REMOVAL, ChangeType.RF_CHANGE])
+async def test_other_ring_changes_run_the_same_phases_and_undo_by_restoring_the_old_ring(
+    start: Callable[..., Any], change: ChangeType
+) -> None:
+    done: Run = await start(Steps(), change=change)
+    assert (await done.result()).status == Status.COMPLETED
+    assert done.steps.names() == FORWARD
+
+    steps = Steps()
+    steps.hold("copy_ranges")
+    run: Run = await start(steps, change=change)
+    await steps.at("copy_ranges")
+    await run.handle.signal("cancel")
+    steps.release("copy_ranges")
+    assert (await run.result()).status == Status.CANCELLED
+    assert steps.names()[-3:] == ["restore_old_ring", "drop_gained_ranges", "finish_migration:cancelled"]
+
+    steps = Steps()
+    rolled: Run = await start(steps, hold_at_cutover=True, change=change)
+    await _wait_phase(rolled, Phase.CUTOVER, holding=True)
+    await rolled.handle.execute_update(m.UPDATE_ROLLBACK)
+    assert (await rolled.result()).status == Status.ROLLED_BACK
+    assert steps.names()[-4:] == [
+        "restore_reads_on_old",
+        "restore_old_ring",
+        "drop_gained_ranges",
+        "finish_migration:rolled_back",
+    ]
+
+
+async def test_a_replacement_is_undone_as_an_addition_is(start: Callable[..., Any]) -> None:
+    steps = Steps()
+    steps.hold("copy_ranges")
+    run: Run = await start(steps, change=ChangeType.NODE_REPLACEMENT)
+    await steps.at("copy_ranges")
+    await run.handle.signal("cancel")
+    steps.release("copy_ranges")
+    assert (await run.result()).status == Status.CANCELLED
+    assert steps.names()[-3:] == ["remove_joining_node", "wipe_joining_node", "finish_migration:cancelled"]
 
 
 async def test_a_rollback_before_cutover_is_refused(start: Callable[..., Any]) -> None:
@@ -388,6 +454,10 @@ class RecordingRegistry(RegistrySteps):
         self.calls.append("remove_joining_node")
         return 1
 
+    async def restore_old_ring(self, ref: MigrationRef) -> int:
+        self.calls.append("restore_old_ring")
+        return 1
+
     async def enter_phase(self, step: EnterPhase) -> int:
         self.calls.append(f"enter_phase:{step.phase}")
         return 1
@@ -410,6 +480,10 @@ class RecordingCleanup(CleanupSteps):
         self.calls.append("drop_moved_ranges")
         return 0
 
+    async def drop_gained_ranges(self, ref: MigrationRef) -> int:
+        self.calls.append("drop_gained_ranges")
+        return 0
+
 
 @dataclass
 class OneMigrationStore:
@@ -428,10 +502,12 @@ class OneMigrationStore:
         yield True
 
 
-def migration_row(migration_id: str, workflow_id: str, phase: Phase) -> MigrationRow:
+def migration_row(
+    migration_id: str, workflow_id: str, phase: Phase, change: ChangeType = ChangeType.NODE_ADDITION
+) -> MigrationRow:
     return MigrationRow(
         migration_id=migration_id,
-        type="node_addition",
+        type=change,
         node_id="node-9",
         host="127.0.0.1",
         port=7009,
@@ -447,19 +523,29 @@ def migration_row(migration_id: str, workflow_id: str, phase: Phase) -> Migratio
     )
 
 
+ADDITION, REMOVAL = ChangeType.NODE_ADDITION, ChangeType.NODE_REMOVAL
+
+
 @pytest.mark.parametrize(
-    ("phase", "expected"),
+    ("phase", "change", "expected"),
     [
-        (Phase.DATA_COPY, ["remove_joining_node", "wipe_joining_node", "finish_migration:failed"]),
+        (Phase.DATA_COPY, ADDITION, ["remove_joining_node", "wipe_joining_node", "finish_migration:failed"]),
         (
             Phase.CUTOVER,
+            ADDITION,
             ["restore_reads_on_old", "remove_joining_node", "wipe_joining_node", "finish_migration:failed"],
         ),
-        (Phase.CLEANUP, ["enter_phase:cleanup", "drop_moved_ranges", "finish_migration:completed"]),
+        (Phase.CLEANUP, ADDITION, ["enter_phase:cleanup", "drop_moved_ranges", "finish_migration:completed"]),
+        (Phase.DATA_COPY, REMOVAL, ["restore_old_ring", "drop_gained_ranges", "finish_migration:failed"]),
+        (
+            Phase.CUTOVER,
+            REMOVAL,
+            ["restore_reads_on_old", "restore_old_ring", "drop_gained_ranges", "finish_migration:failed"],
+        ),
     ],
 )
 async def test_a_terminated_workflow_is_finished_by_the_reconciler_from_the_phase_it_reached(
-    start: Callable[..., Any], env: WorkflowEnvironment, phase: Phase, expected: list[str]
+    start: Callable[..., Any], env: WorkflowEnvironment, phase: Phase, change: ChangeType, expected: list[str]
 ) -> None:
     steps = Steps()
     steps.hold("copy_ranges")
@@ -468,7 +554,7 @@ async def test_a_terminated_workflow_is_finished_by_the_reconciler_from_the_phas
     await run.handle.terminate(reason="an operator's temporal workflow terminate")
     calls: list[str] = []
     registry = RecordingRegistry(calls)
-    ctx: Any = SimpleNamespace(store=OneMigrationStore(migration_row("mig-t", run.handle.id, phase)))
+    ctx: Any = SimpleNamespace(store=OneMigrationStore(migration_row("mig-t", run.handle.id, phase, change)))
     reconciler = Reconciler(ctx, env.client, registry, RecordingCleanup(calls))
     assert await reconciler.reconcile() == ["mig-t"]
     assert calls == expected

@@ -20,7 +20,7 @@ from temporalio.client import Client as TemporalClient
 
 from pairdb.client import Client, ClientError
 from pairdb.coordinator.metadata import Metadata
-from pairdb.coordinator.ring import ranges_gained
+from pairdb.coordinator.movement import Movement
 from pairdb.kernel import migration as m
 from pairdb.kernel.migration import Phase, Status
 from pairdb.local.cluster import LocalCluster
@@ -107,18 +107,24 @@ async def test_happy_path_four_phases_then_node_active_and_ranges_moved(
     await record_history(cluster, "happy_path")
     described = await handle.describe()
     attributes = {k.name: v for k, v in described.typed_search_attributes if k.name.startswith("Migration")}
-    assert attributes == {m.SA_PHASE: Phase.DONE, m.SA_NODE: "node-4", m.SA_STATUS: Status.COMPLETED}
+    assert attributes == {
+        m.SA_PHASE: Phase.DONE,
+        m.SA_NODE: "node-4",
+        m.SA_STATUS: Status.COMPLETED,
+        m.SA_TYPE: "node_addition",
+    }
 
     # Every range node-4 gained: same count and digest as the merged view of its other replicas;
     # the replicas that gave the range up no longer hold it.
     old, new = await rings(cluster, "node-4")
     clients = {n: cluster.nodes[n].client() for n in cluster.nodes}
     try:
-        moves = ranges_gained(old, new, "node-4", 3)
-        assert moves
+        moves = Movement(old, new, {"t": 3}, {"t": 3}).moves()
+        assert moves and all(set(move.gained()) == {"node-4"} for move in moves)
         for move in moves:
+            (placement,) = move.placements
             merged: dict[tuple[str, str], StoredRecord] = {}
-            for peer in (n for n in move.new if n != "node-4"):
+            for peer in (n for n in placement.new if n != "node-4"):
                 async for batch in clients[peer].scan_range(move.start, move.end):
                     for r in batch:
                         if r.tenant_id in TENANTS and (
@@ -129,7 +135,7 @@ async def test_happy_path_four_phases_then_node_active_and_ranges_moved(
             assert await clients["node-4"].range_digest(move.start, move.end) == digest_of(
                 merged.values(), move.start, move.end
             )
-            for loser in set(move.old) - set(move.new):
+            for loser in move.lost():
                 assert (await clients[loser].range_digest(move.start, move.end))[1] == 0
     finally:
         for c in clients.values():
