@@ -72,6 +72,11 @@ def _rfs(topology: Topology) -> dict[str, int]:
     return {t: info.replication_factor for t, info in topology.tenants.items()}
 
 
+def _target_id(row: MigrationRow, planned: PlannedRange) -> str:
+    """The node a planned range is copied to (plans made before targets were recorded: the joining node)."""
+    return planned.target or row.node_id
+
+
 def _holders(topology: Topology, node_id: str, planned: PlannedRange) -> set[str]:
     """The tenants node_id replicates the range for once the change completes."""
     assert topology.future is not None
@@ -150,7 +155,7 @@ class CopySteps:
         row, topology = await self._moving(chunk.migration_id)
         plan = await self._ctx.store.plan(chunk.migration_id, chunk.range_indexes)
         todo = [p for p in plan if not p.copied]  # checkpointed ranges are never copied twice
-        targets = {t: self._target(topology, row, p) for p in todo for t in [p.target or row.node_id]}
+        targets = {_target_id(row, p): self._target(topology, row, p) for p in todo}
         sources = sorted({s for p in todo for s in p.sources} - row.dead - set(targets))
         pace = Pace(
             chunk.throttle_keys_per_second,
@@ -160,7 +165,7 @@ class CopySteps:
         slots = asyncio.Semaphore(PARALLEL_RANGES)
 
         async def copy_one(planned: PlannedRange) -> None:
-            target_id = planned.target or row.node_id
+            target_id = _target_id(row, planned)
             target = targets[target_id]
             async with slots:
 
@@ -207,7 +212,7 @@ class CopySteps:
         return sum(await asyncio.gather(*(verify_one(p) for p in plan if not p.verified)))
 
     def _target(self, topology: Topology, row: MigrationRow, planned: PlannedRange) -> NodeClient:
-        return self._ctx.target(topology, row, planned.target or row.node_id)
+        return self._ctx.target(topology, row, _target_id(row, planned))
 
     async def _verify_range(self, topology: Topology, row: MigrationRow, planned: PlannedRange) -> int:
         """Check one range, copying what its target lacks again; how many times it had to."""

@@ -1,14 +1,20 @@
-"""Chaos: add a node under client load while faults are injected, then check the history.
+"""Chaos: change the ring under client load while faults are injected, then check the history.
 
-    python bench/chaos.py --schedules N --seed S [--keys K] [--minutes M] [--kinds a,b] [--only I]
+    python bench/chaos.py --schedules N --seed S [--keys K] [--minutes M] [--kinds a,b]
+                          [--operations add,remove,replace,set_rf] [--only I]
 
 Each schedule starts a fresh local cluster (PostgreSQL, Temporal dev server,
-three storage nodes behind TCP proxies, two coordinators that each reach
-PostgreSQL through a proxy of their own, a worker), loads data, starts clients
-that write, overwrite, delete and read through both coordinators, adds node-4,
-and injects faults drawn from the seed, each in a phase of the addition drawn
-too (dual_write, data_copy, cutover or cleanup; schedules with a fault in
-cutover or cleanup hold the addition at cutover until it has landed). Every
+three storage nodes behind TCP proxies — four for a removal or replacement —,
+two coordinators that each reach PostgreSQL through a proxy of their own, a
+worker), loads data, starts clients that write, overwrite, delete and read
+through both coordinators, and runs one ring change, the schedules taking the
+operations in turn: add node-4; remove node-4 (live); replace node-4, first
+killed with kill -9 and its data deleted, by node-5; or change a tenant's
+replication factor (2 -> 3, or 3 -> 2). Faults drawn from the seed are injected,
+each in a phase of the change drawn too (dual_write, data_copy, cutover or
+cleanup; schedules with a fault in cutover or cleanup hold the change at
+cutover until it has landed); "the joining node" is the node added, removed
+or replacing. Every
 third schedule writes only, so its replicas are checked before any read has
 repaired them. Every operation is recorded with its real-time interval; after
 the cluster converges the harness reads every key once more and the checker
@@ -90,6 +96,7 @@ CONTROL_PHASES = {
     "double_stop": (Phase.DUAL_WRITE, Phase.DATA_COPY, Phase.CUTOVER),
 }
 TENANTS = {"chaos-a": 3, "chaos-b": 2}
+OPERATIONS = ("add", "remove", "replace", "set_rf")
 T = TypeVar("T")
 THROTTLE = 400  # keys/s: keeps the copy running long enough for faults to land in it
 LEASE = 5.0  # coordinator lease: a pause or a partition from PostgreSQL outlives it
@@ -115,6 +122,7 @@ class Result:
     seed: int
     faults: list[Fault]
     write_only: bool
+    operation: str = "add"
     operations: int = 0
     acknowledged: int = 0
     verdict: Verdict = field(default_factory=Verdict)
@@ -125,7 +133,8 @@ class Result:
     def line(self) -> str:
         v = self.verdict
         return (
-            f"schedule {self.index:>2} seed={self.seed} faults={','.join(map(str, self.faults))}"
+            f"schedule {self.index:>2} seed={self.seed} {self.operation} "
+            f"faults={','.join(map(str, self.faults))}"
             f"{' write-only' if self.write_only else ''} ops={self.operations} acked={self.acknowledged} "
             f"lost={len(v.lost)} resurrected={len(v.resurrected)} stale={len(v.stale_reads)} "
             f"nonlinearizable={len(v.nonlinearizable)} phantom={len(v.phantom)} stuck={len(v.stuck)} "
@@ -195,6 +204,7 @@ class Schedule:
         write_only: bool | None = None,
         sabotage: Callable[[LocalCluster], Awaitable[None]] | None = None,
         sabotage_env: str = "",
+        operation: str = "add",
     ) -> None:
         # sabotage: breaks the system on purpose before the check; sabotage_env: PAIRDB_SABOTAGE for
         # every process (tests prove the checker catches what each safeguard prevents).
@@ -202,6 +212,11 @@ class Schedule:
         self.sabotage_env = sabotage_env
         self.index = index
         self.seed = seed
+        self.operation = operation
+        # The node the change adds, removes, or that replaces node-4 (kill_joining_node's target).
+        self.moving = "node-5" if operation == "replace" else "node-4" if operation != "set_rf" else "node-3"
+        self.dead: set[str] = set()  # killed for good: never restarted by the heal
+        self._workflow_id = ""
         self.rng = random.Random(seed * 1_000_003 + index)
         self.keys = keys
         self.minutes = minutes
@@ -218,7 +233,7 @@ class Schedule:
         self.write_only = (index % 3 == 2) if write_only is None else write_only
         self.skew_ms = self.rng.randint(*SKEW_MS)
         self.workload_seed = self.rng.random()
-        self.result = Result(index, seed, self.faults, self.write_only)
+        self.result = Result(index, seed, self.faults, self.write_only, operation)
         self._metadata: Metadata | None = None
         self._phases: dict[str, str] = {}  # migration id -> the phase last seen
 
@@ -234,7 +249,7 @@ class Schedule:
         with _environment(SABOTAGE_ENV, self.sabotage_env):
             cluster = LocalCluster(
                 path,
-                storage_nodes=3,
+                storage_nodes=4 if self.operation in ("remove", "replace") else 3,
                 coordinators=1,
                 proxies=True,
                 postgres_proxies=True,
@@ -307,16 +322,15 @@ class Schedule:
     # -- the migration and its faults ------------------------------------------------------------
 
     async def _migrate(self, cluster: LocalCluster, clients: list[Client]) -> None:
-        node4 = await cluster.add_storage_node("node-4")
         hold = any(f.phase in (Phase.CUTOVER, Phase.CLEANUP) for f in self.faults)
-        added = await clients[0].add_node(
-            "node-4",
-            "127.0.0.1",
-            node4.advertised_port,
-            throttle_keys_per_second=THROTTLE,
-            hold_at_cutover=hold,
-        )
-        migration_id = added.migration_id
+        if self.operation == "add":
+            await cluster.add_storage_node("node-4")
+        elif self.operation == "replace":
+            await cluster.kill_storage_node("node-4")  # the disk died with it
+            self.dead.add("node-4")
+            await asyncio.to_thread(shutil.rmtree, cluster.data_dir / "nodes" / "node-4")
+            await cluster.add_storage_node("node-5")
+        migration_id = await _any(clients, lambda c: self._start(c, cluster, hold))
         injections: list[tuple[asyncio.Future[None], Fault]] = []
         for phase in PHASES:
             if not await self._reached(migration_id, phase):
@@ -342,8 +356,45 @@ class Schedule:
         status = await self._finish(clients, migration_id)
         self.result.migrations.append(status.status)
         if status.status in (Status.CANCELLED, Status.ROLLED_BACK, Status.FAILED):
-            again = await _retry_add(clients, node4.advertised_port)
+            again = await self._retry(clients, cluster)
             self.result.migrations.append((await self._finish(clients, again)).status)
+
+    async def _start(
+        self, client: Client, cluster: LocalCluster, hold: bool, throttle: int = THROTTLE
+    ) -> str:
+        """Ask for this schedule's ring change; its migration id."""
+        if self.operation == "add":
+            port = cluster.nodes["node-4"].advertised_port
+            self._workflow_id = m.workflow_id("node-4")
+            added = await client.add_node(
+                "node-4", "127.0.0.1", port, hold_at_cutover=hold, throttle_keys_per_second=throttle
+            )
+            return added.migration_id
+        if self.operation == "remove":
+            started = await client.remove_node(
+                "node-4", hold_at_cutover=hold, throttle_keys_per_second=throttle
+            )
+        elif self.operation == "replace":
+            port = cluster.nodes["node-5"].advertised_port
+            started = await client.replace_node(
+                "node-4", "node-5", "127.0.0.1", port, hold_at_cutover=hold, throttle_keys_per_second=throttle
+            )
+        else:
+            tenant, rf = ("chaos-b", 3) if self.index % 2 == 0 else ("chaos-a", 2)
+            started = await client.set_replication_factor(
+                tenant, rf, hold_at_cutover=hold, throttle_keys_per_second=throttle
+            )
+        self._workflow_id = started.workflow_id
+        return started.migration_id
+
+    async def _retry(self, clients: list[Client], cluster: LocalCluster) -> str:
+        """The same ring change again, once the stopped one let go of its node (or tenant)."""
+        for _ in range(120):
+            try:
+                return await _any(clients, lambda c: self._start(c, cluster, hold=False, throttle=0))
+            except ClientError:
+                await asyncio.sleep(0.5)
+        raise RuntimeError(f"could not start the {self.operation} again")
 
     def _fire(
         self, phase: str, cluster: LocalCluster, clients: list[Client], migration_id: str
@@ -370,9 +421,9 @@ class Schedule:
         if kind in CONTROL:
             await self._control(kind, rng, clients, migration_id, cluster)
         elif kind == "kill_joining_node":
-            await cluster.kill_storage_node("node-4")
+            await cluster.kill_storage_node(self.moving)
             await asyncio.sleep(outage)
-            await cluster.restart_storage_node("node-4")
+            await cluster.restart_storage_node(self.moving)
         elif kind == "kill_old_replica":
             await cluster.kill_storage_node(victim)
             await asyncio.sleep(outage)
@@ -400,7 +451,7 @@ class Schedule:
             await asyncio.sleep(beyond_lease)
             cluster.coordinator_procs[i].process.resume()
         elif kind == "pause_storage_node":
-            node = cluster.nodes[rng.choice([victim, "node-4"])].process
+            node = cluster.nodes[rng.choice([victim, self.moving])].process
             node.pause()
             await asyncio.sleep(outage)
             node.resume()
@@ -418,7 +469,7 @@ class Schedule:
             await cluster.coordinator_procs[1].process.kill()
             await cluster.restart_coordinator(1, env=self._coordinator_2_env(self.skew_ms - STEP_BACK_MS))
         else:
-            proxy = cluster.nodes[rng.choice([victim, "node-4"])].proxy
+            proxy = cluster.nodes[rng.choice([victim, self.moving])].proxy
             assert proxy is not None
             if kind == "net_latency":
                 proxy.latency, proxy.jitter = rng.uniform(0.02, 0.2), 0.05
@@ -441,7 +492,7 @@ class Schedule:
         async def workflow() -> WorkflowHandle[Any, Any]:
             """The workflow, through Temporal, which may be down (another fault): then the call fails."""
             temporal = await TemporalClient.connect(cluster.temporal_server.address)
-            return temporal.get_workflow_handle(m.workflow_id("node-4"))
+            return temporal.get_workflow_handle(self._workflow_id)
 
         def stop(c: Client) -> Awaitable[str]:
             """What stops the migration where it is: a rollback in cutover, a cancel before it."""
@@ -531,6 +582,8 @@ class Schedule:
         if cluster.temporal_server.pid is None:
             await cluster.temporal_server.start()
         for node in cluster.nodes.values():
+            if node.node_id in self.dead:
+                continue
             node.process.resume()
             if node.proxy is not None:
                 node.proxy.heal()
@@ -576,11 +629,13 @@ class Schedule:
 
         ring = Ring.from_tokens((t, n) for t, n in snap.tokens if snap.nodes[n].status == NodeState.ACTIVE)
         storage = {n: cluster.nodes[n].client() for n in ring.node_ids}
+        # The replication factors the ring change left (an RF change moved one).
+        rfs = {t: info.replication_factor for t, info in snap.tenants.items()}
 
         async def holders(key: tuple[str, str], wanted: tuple[tuple[int, int], bool, bytes]) -> list[str]:
             """The key's replicas that lack (version, tombstone, value) or anything newer."""
             lacking = []
-            for node in ring.replicas(token(*key), TENANTS[key[0]]):
+            for node in ring.replicas(token(*key), rfs[key[0]]):
                 for attempt in range(3):
                     try:
                         record = await storage[node].get(*key)
@@ -606,13 +661,13 @@ class Schedule:
                 newest = last_acknowledged(ops)
                 if newest is not None and newest.version is not None:
                     lacking = await holders(key, (newest.version, newest.kind != PUT, _written(newest)))
-                    rf = TENANTS[key[0]]
+                    rf = rfs[key[0]]
                     durability[key] = Durability(rf - len(lacking), required(Consistency.QUORUM, rf))
             finals = {key: await _final_read(clients, history, key, i) for i, key in enumerate(by_key)}
             for key, ops in history.by_key().items():
                 check_key(key, ops, verdict, durability.get(key))
-            # Convergence: after the final reads (and their repair), every replica, node-4 included,
-            # holds what they returned.
+            # Convergence: after the final reads (and their repair), every replica, the ones the
+            # ring change added included, holds what they returned.
             await asyncio.sleep(1)
             for key, final in finals.items():
                 if final.version is None or final.version == (0, 0) or key in verdict.evidence:
@@ -700,24 +755,21 @@ async def _any(clients: list[Client], call: Callable[[Client], Awaitable[T]]) ->
     raise last
 
 
-async def _retry_add(clients: list[Client], port: int) -> str:
-    for _ in range(120):
-        try:
-            added = await _any(clients, lambda c: c.add_node("node-4", "127.0.0.1", port))
-            return added.migration_id
-        except ClientError:
-            await asyncio.sleep(0.5)
-    raise RuntimeError("could not add node-4 again")
-
-
 async def run(
-    schedules: int, seed: int, keys: int, minutes: float, kinds: list[str] | None, only: int | None = None
+    schedules: int,
+    seed: int,
+    keys: int,
+    minutes: float,
+    kinds: list[str] | None,
+    only: int | None = None,
+    ring_changes: tuple[str, ...] = OPERATIONS,
 ) -> int:
     tally: Counter[str] = Counter()
     landed: Counter[str] = Counter()
     results = []
     for index in [only] if only is not None else range(schedules):
-        result = await Schedule(index, seed, keys, minutes, kinds).run()
+        operation = ring_changes[(seed + index) % len(ring_changes)]
+        result = await Schedule(index, seed, keys, minutes, kinds, operation=operation).run()
         results.append(result)
         tally.update(f.kind for f in result.faults)
         landed.update(f.landed or "not reached" for f in result.faults)
@@ -729,6 +781,8 @@ async def run(
         for name in ("lost", "resurrected", "stale_reads", "nonlinearizable", "phantom", "stuck", "unchecked")
     }
     print("faults by kind: " + ", ".join(f"{k}={tally[k]}" for k in KINDS))
+    ran = Counter(r.operation for r in results)
+    print("ring changes: " + ", ".join(f"{op}={ran[op]}" for op in ring_changes))
     print("faults by phase they landed in: " + ", ".join(f"{p}={n}" for p, n in sorted(landed.items())))
     operations, acknowledged = sum(r.operations for r in results), sum(r.acknowledged for r in results)
     print(
@@ -772,13 +826,23 @@ def main() -> None:
     parser.add_argument(
         "--kinds", default="", help=f"comma-separated fault kinds instead of drawn ones: {', '.join(KINDS)}"
     )
+    parser.add_argument(
+        "--operations",
+        default=",".join(OPERATIONS),
+        help="ring changes the schedules take in turn (default %(default)s)",
+    )
     args = parser.parse_args()
+    operations = tuple(o for o in args.operations.split(",") if o)
+    if not operations or set(operations) - set(OPERATIONS):
+        parser.error(f"--operations takes some of: {', '.join(OPERATIONS)}")
     logs.configure(json=False, level="WARNING")
     kinds = [k for k in args.kinds.split(",") if k] or None
     unknown = set(kinds or ()) - set(KINDS)
     if unknown:
         parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
-    sys.exit(asyncio.run(run(args.schedules, args.seed, args.keys, args.minutes, kinds, args.only)))
+    sys.exit(
+        asyncio.run(run(args.schedules, args.seed, args.keys, args.minutes, kinds, args.only, operations))
+    )
 
 
 if __name__ == "__main__":

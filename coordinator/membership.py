@@ -249,8 +249,14 @@ class Membership:
         node = topology.nodes.get(node_id)
         if node is None or node.status == NodeState.REMOVED:
             raise NotFound(f"node {node_id!r} is not in the cluster")
-        if node.status != NodeState.ACTIVE or node_id not in topology.ring.node_ids:
-            raise FailedPrecondition(f"node {node_id!r} is {node.status}: only an active node can be {what}")
+        if node.status in (NodeState.JOINING, NodeState.LEAVING):
+            raise AlreadyExists(
+                f"node {node_id!r} already has a ring change in progress (it is {node.status})"
+            )
+        if node_id not in topology.ring.node_ids:
+            raise FailedPrecondition(
+                f"node {node_id!r} is not in the ring: only an active node can be {what}"
+            )
         return node
 
     async def _join_empty_ring(

@@ -57,3 +57,22 @@ async def test_node_add_with_pause_throttle_resume_and_wait(migration_cluster: L
     assert code == 1 and out.startswith("error: FAILED_PRECONDITION") and "has ended" in out
     code, out = await pairdb(cluster, "migration", "status", "nope")
     assert code == 1 and out.startswith("error: NOT_FOUND")
+
+    # The other ring changes, as an operator types them: remove the node again, lower an RF.
+    code, out = await pairdb(cluster, "node", "remove", "node-4", "--wait")
+    assert code == 0, out
+    assert "node removal started" in out and "remove-node-node-4" in out
+    code, out = await pairdb(cluster, "tenant", "set-rf", "default", "2", "--wait")
+    assert code == 0, out
+    code, out = await pairdb(cluster, "migration", "list")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0].split()[:5] == ["STARTED", "TYPE", "SUBJECT", "STATUS", "PHASE"]
+    assert [line.split()[2:6] for line in lines[1:]] == [
+        ["node_addition", "node-4", "completed", "done"],
+        ["node_removal", "node-4", "completed", "done"],
+        ["rf_change", "default", "completed", "done"],
+    ]
+    code, out = await pairdb(cluster, "node", "replace", "node-1", "node-9", "no-port")
+    assert (code, out.strip()) == (2, "error: address must be HOST:PORT, got 'no-port'")
+    code, out = await pairdb(cluster, "tenant", "set-rf", "default", "9")
+    assert code == 1 and out.startswith("error: INVALID_ARGUMENT") and "1..7" in out

@@ -126,6 +126,8 @@ async def test_a_dead_node_is_replaced_from_the_survivors(ring_cluster: LocalClu
         writer.start()
         started = await c0.replace_node("node-3", "node-5", "127.0.0.1", node5.port)
         assert started.workflow_id == "replace-node-node-3"
+        # A second operation on the same node is refused, whether the first still queues or runs.
+        await refused(c1.remove_node("node-3", dead=True), "ALREADY_EXISTS", "node-3")
         status = await wait_ended(c0, started.migration_id)
         await writer.stop()
         assert status.status == "completed", status.error
