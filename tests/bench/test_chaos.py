@@ -27,6 +27,22 @@ async def test_a_fixed_seed_schedule_with_a_pause_and_a_terminated_workflow_lose
     assert verdict.ok, verdict.lines[:10]
 
 
+async def test_a_replacement_of_a_dead_node_while_a_survivor_is_killed_loses_nothing() -> None:
+    """node-4 is kill -9ed and its data deleted; node-5 replaces it while another replica dies a while."""
+    result = await Schedule(
+        1,
+        seed=7,
+        keys=200,
+        minutes=5,
+        kinds=["kill_old_replica"],
+        phases=[Phase.DATA_COPY],
+        operation="replace",
+    ).run()
+    assert result.migrations[-1] == Status.COMPLETED
+    assert result.acknowledged > 300
+    assert result.verdict.ok, result.verdict.lines[:10]
+
+
 async def wipe_two_replicas(cluster: LocalCluster) -> None:
     """A broken cleanup: it drops everything from node-4 and node-1, as if it got its ranges wrong."""
     for node_id in ("node-4", "node-1"):

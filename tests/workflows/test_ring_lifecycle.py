@@ -177,21 +177,37 @@ async def test_replication_factor_up_and_down_while_written(ring_cluster: LocalC
             assert await read_all([c0, c1], everything) == []
 
 
-async def test_cancel_of_a_removal_leaves_the_ring_as_it_was(ring_cluster: LocalCluster) -> None:
+async def test_cancel_and_rollback_of_a_removal_and_an_rf_change_leave_the_ring_as_it_was(
+    ring_cluster: LocalCluster,
+) -> None:
     cluster = ring_cluster
     written = await setup(cluster)
     async with cluster.client(0) as c0, cluster.client(1) as c1:
         before = await statuses(c0)
         writer = Writer([c0, c1], "load")
         writer.start()
-        started = await c0.remove_node("node-1", throttle_keys_per_second=100)
-        await wait_phase(c0, started.migration_id, "data_copy")
-        await c0.cancel_migration(started.migration_id)
-        status = await wait_ended(c0, started.migration_id)
+        # Cancel mid-copy: a removal, then a raise of beta's RF (the copy throttled so it is caught).
+        for start in (
+            c0.remove_node("node-1", throttle_keys_per_second=100),
+            c0.set_replication_factor("beta", 3, throttle_keys_per_second=100),
+        ):
+            started = await start
+            await wait_phase(c0, started.migration_id, "data_copy")
+            await c0.cancel_migration(started.migration_id)
+            assert (await wait_ended(c0, started.migration_id)).status == "cancelled"
+        # Roll back in cutover (reads had moved): a removal, then a lowering of alpha's RF.
+        for start in (
+            c0.remove_node("node-1", hold_at_cutover=True),
+            c0.set_replication_factor("alpha", 2, hold_at_cutover=True),
+        ):
+            started = await start
+            await wait_phase(c0, started.migration_id, "cutover")
+            await c0.rollback_migration(started.migration_id)
+            assert (await wait_ended(c0, started.migration_id)).status == "rolled_back"
         await writer.stop()
-        assert status.status == "cancelled"
         assert await statuses(c0) == before
-        # The nodes that had gained node-1's ranges dropped them again.
+        assert [(await c0.get_tenant(t)).replication_factor for t in TENANTS] == list(TENANTS.values())
+        # The nodes that had gained ranges dropped them again: every key on exactly its replicas.
         assert await misplaced(cluster, keys_of(written)) == []
         assert writer.errors == []
         assert await writer.lost(c1) == []
