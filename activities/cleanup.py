@@ -14,6 +14,7 @@ from pairdb.coordinator.movement import Movement, RangeMove
 from pairdb.coordinator.ring import Ring
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.migration import ChangeType, MigrationRef, NodeState, Phase, Status
+from pairdb.storage_node.client import StorageError, describe_failure
 
 log = structlog.get_logger()
 
@@ -30,8 +31,10 @@ class CleanupSteps:
         """After cleanup's barrier: delete, on each node, the ranges it no longer replicates.
 
         Per tenant: a node that keeps a range for one tenant and gives it up for
-        another deletes only the other's records. A removed node is wiped whole;
-        a dead one is never asked. Deleting an absent range is a no-op, so a retry is safe.
+        another deletes only the other's records. A removed node is wiped whole if
+        it answers (it is in no replica set any more: it must not hold the cleanup
+        up); a dead one is never asked. Deleting an absent range is a no-op, so a
+        retry is safe.
         """
         migration_id = ref.migration_id
         row = await self._ctx.migration(migration_id)
@@ -41,9 +44,18 @@ class CleanupSteps:
         drops = _drops(movement.moves(), RangeMove.lost, set(topology.tenants))
         for dead in row.dead:
             drops.pop(dead, None)
-        if row.change is ChangeType.NODE_REMOVAL and not row.node_dead:
-            drops[row.node_id] = {frozenset(): [(0, 0)]}  # (t, t]: the whole ring
         deleted = await self._drop(topology, drops)
+        if row.change is ChangeType.NODE_REMOVAL and not row.node_dead:
+            try:
+                deleted += await self._drop(
+                    topology, {row.node_id: {frozenset(): [(0, 0)]}}
+                )  # the whole ring
+            except StorageError as exc:
+                log.warning(
+                    "Could not wipe the removed node; wipe its data directory before it serves again",
+                    node_id=row.node_id,
+                    error=describe_failure(exc),
+                )
         log.info("Moved ranges dropped from old replicas", migration_id=migration_id, deleted=deleted)
         return deleted
 

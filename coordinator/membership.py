@@ -37,7 +37,7 @@ MAX_VIRTUAL_NODES = 1024
 
 
 @dataclass(frozen=True, slots=True)
-class AddOutcome:
+class ChangeOutcome:
     migration_id: str
     message: str
     estimated_completion: datetime | None
@@ -65,7 +65,7 @@ class Membership:
         started_by: str,
         hold_at_cutover: bool = False,
         throttle: int = 0,
-    ) -> AddOutcome:
+    ) -> ChangeOutcome:
         vnodes = virtual_nodes or DEFAULT_VIRTUAL_NODES
         if not 1 <= vnodes <= MAX_VIRTUAL_NODES:
             raise InvalidArgument(f"virtual_nodes must be 1..{MAX_VIRTUAL_NODES}")
@@ -81,7 +81,7 @@ class Membership:
                 await joining.close()
             if not topology.tenants and topology.future is None and not new_stats.keys + new_stats.tombstones:
                 if await self._join_empty_ring(topology, node_id, host, port, vnodes):
-                    return AddOutcome(
+                    return ChangeOutcome(
                         "", f"node {node_id} joined the ring directly: the cluster has no tenant yet", None
                     )
             held = 0
@@ -104,7 +104,7 @@ class Membership:
 
     async def remove(
         self, node_id: str, *, dead: bool, started_by: str, hold_at_cutover: bool = False, throttle: int = 0
-    ) -> AddOutcome:
+    ) -> ChangeOutcome:
         """Decommission an active node (or take a dead one out: `dead`, never asked)."""
         async with self._lock:
             topology = await self._cache.refresh()
@@ -128,9 +128,7 @@ class Membership:
                         "or replace it"
                     ) from None
                 held = stats.keys + stats.tombstones
-        migration_id = str(uuid.uuid4())
         change = NewChange(
-            migration_id,
             ChangeType.NODE_REMOVAL,
             node_id,
             node.host,
@@ -139,18 +137,13 @@ class Membership:
             started_by,
             node_dead=dead,
         )
-        request = m.RingChangeInput(
-            migration_id, ChangeType.NODE_REMOVAL, node_id, throttle, started_by, hold_at_cutover
-        )
         how = (
             "dead: its ranges re-replicated from the survivors"
             if dead
             else "its ranges copied to the nodes that gain them"
         )
-        started = await self._migrations.start(
-            change, request, node_id, f"Remove storage node {node_id} at {node.address} ({how})", held
-        )
-        return _started("node removal", started)
+        summary = f"Remove storage node {node_id} at {node.address} ({how})"
+        return await self._begin(change, node_id, summary, held, hold_at_cutover, throttle)
 
     async def replace(
         self,
@@ -162,7 +155,7 @@ class Membership:
         started_by: str,
         hold_at_cutover: bool = False,
         throttle: int = 0,
-    ) -> AddOutcome:
+    ) -> ChangeOutcome:
         """A new node takes a dead node's tokens, filled from the surviving replicas."""
         async with self._lock:
             topology = await self._cache.refresh()
@@ -186,32 +179,16 @@ class Membership:
                 with contextlib.suppress(Unavailable):
                     stats = await self._stats(self._pool.node(member, topology.address(member)))
                     held += stats.keys + stats.tombstones
-        migration_id = str(uuid.uuid4())
         change = NewChange(
-            migration_id,
-            ChangeType.NODE_REPLACEMENT,
-            node_id,
-            host,
-            port,
-            dead.virtual_nodes,
-            started_by,
-            replaces=dead_id,
+            ChangeType.NODE_REPLACEMENT, node_id, host, port, dead.virtual_nodes, started_by, replaces=dead_id
         )
-        request = m.RingChangeInput(
-            migration_id, ChangeType.NODE_REPLACEMENT, dead_id, throttle, started_by, hold_at_cutover
-        )
-        started = await self._migrations.start(
-            change,
-            request,
-            dead_id,
-            f"Replace dead storage node {dead_id} by {node_id} at {host}:{port}",
-            held // max(len(topology.ring.node_ids) - 1, 1),
-        )
-        return _started("node replacement", started)
+        summary = f"Replace dead storage node {dead_id} by {node_id} at {host}:{port}"
+        keys = held // max(len(topology.ring.node_ids) - 1, 1)
+        return await self._begin(change, dead_id, summary, keys, hold_at_cutover, throttle)
 
     async def set_replication_factor(
         self, tenant_id: str, rf: int, *, started_by: str, hold_at_cutover: bool = False, throttle: int = 0
-    ) -> AddOutcome:
+    ) -> ChangeOutcome:
         """Move a tenant to replication factor rf (checked in range by the caller) online."""
         async with self._lock:
             topology = await self._cache.refresh()
@@ -225,25 +202,21 @@ class Membership:
                 raise FailedPrecondition(
                     f"replication factor {rf} needs {rf} active nodes; the ring has {active}: add nodes first"
                 )
-        migration_id = str(uuid.uuid4())
         change = NewChange(
-            migration_id,
-            ChangeType.RF_CHANGE,
-            started_by=started_by,
-            tenant_id=tenant_id,
-            replication_factor=rf,
+            ChangeType.RF_CHANGE, started_by=started_by, tenant_id=tenant_id, replication_factor=rf
         )
+        summary = f"Change tenant {tenant_id}'s replication factor from {tenant.replication_factor} to {rf}"
+        return await self._begin(change, tenant_id, summary, 0, hold_at_cutover, throttle)
+
+    async def _begin(
+        self, change: NewChange, subject: str, summary: str, keys: int, hold_at_cutover: bool, throttle: int
+    ) -> ChangeOutcome:
+        """Record a ring change other than an addition and start its workflow."""
         request = m.RingChangeInput(
-            migration_id, ChangeType.RF_CHANGE, tenant_id, throttle, started_by, hold_at_cutover
+            change.migration_id, change.change, subject, throttle, change.started_by, hold_at_cutover
         )
-        started = await self._migrations.start(
-            change,
-            request,
-            tenant_id,
-            f"Change tenant {tenant_id}'s replication factor from {tenant.replication_factor} to {rf}",
-            0,
-        )
-        return _started("replication factor change", started)
+        started = await self._migrations.start(change, request, subject, summary, keys)
+        return _started(change.change.label.lower(), started)
 
     def _member(self, topology: Topology, node_id: str, what: str) -> NodeInfo:
         node = topology.nodes.get(node_id)
@@ -281,8 +254,8 @@ class Membership:
             ) from None
 
 
-def _started(what: str, started: Started) -> AddOutcome:
-    return AddOutcome(
+def _started(what: str, started: Started) -> ChangeOutcome:
+    return ChangeOutcome(
         started.migration_id,
         f"{what} started: dual writes, data copy, cutover and cleanup run in workflow "
         f"{started.workflow_id}; track it with GetMigrationStatus or the Temporal UI",

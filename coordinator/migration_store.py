@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -60,7 +61,6 @@ def _range(row: asyncpg.Record) -> PlannedRange:
 class NewChange:
     """A ring change to record: what the migrations row says of it."""
 
-    migration_id: str
     change: ChangeType
     # The node added, removed, or replacing `replaces`; '' for an RF change.
     node_id: str = ""
@@ -72,17 +72,18 @@ class NewChange:
     replaces: str = ""
     tenant_id: str = ""
     replication_factor: int = 0
+    migration_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @classmethod
     def addition(cls, request: NodeAdditionInput) -> NewChange:
         return cls(
-            request.migration_id,
             ChangeType.NODE_ADDITION,
             request.node_id,
             request.host,
             request.port,
             request.virtual_nodes,
             request.started_by,
+            migration_id=request.migration_id,
         )
 
 

@@ -10,7 +10,7 @@ import grpc
 import structlog
 
 from pairdb.coordinator import limits
-from pairdb.coordinator.membership import Membership
+from pairdb.coordinator.membership import ChangeOutcome, Membership
 from pairdb.coordinator.metadata import Metadata, TenantInfo
 from pairdb.coordinator.migrations import Migrations
 from pairdb.coordinator.read_path import ReadPath
@@ -246,7 +246,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     @rpc
     async def RemoveStorageNode(
         self, request: pb.RemoveStorageNodeRequest, context: ServicerContext
-    ) -> pb.RemoveStorageNodeResponse:
+    ) -> pb.RingChangeResponse:
         node_id = limits.node_id(request.node_id)
         self._cache.check_lease()
         outcome = await self._membership.remove(
@@ -256,17 +256,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             hold_at_cutover=request.hold_at_cutover,
             throttle=limits.throttle(request.throttle_keys_per_second),
         )
-        return pb.RemoveStorageNodeResponse(
-            success=True,
-            migration_id=outcome.migration_id,
-            message=outcome.message,
-            workflow_id=outcome.workflow_id,
-        )
+        return _ring_change(outcome)
 
     @rpc
     async def ReplaceStorageNode(
         self, request: pb.ReplaceStorageNodeRequest, context: ServicerContext
-    ) -> pb.ReplaceStorageNodeResponse:
+    ) -> pb.RingChangeResponse:
         dead_id = limits.node_id(request.dead_node_id)
         node_id = limits.node_id(request.node_id)
         if dead_id == node_id:
@@ -282,17 +277,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             hold_at_cutover=request.hold_at_cutover,
             throttle=limits.throttle(request.throttle_keys_per_second),
         )
-        return pb.ReplaceStorageNodeResponse(
-            success=True,
-            migration_id=outcome.migration_id,
-            message=outcome.message,
-            workflow_id=outcome.workflow_id,
-        )
+        return _ring_change(outcome)
 
     @rpc
     async def UpdateTenant(
         self, request: pb.UpdateTenantRequest, context: ServicerContext
-    ) -> pb.UpdateTenantResponse:
+    ) -> pb.RingChangeResponse:
         tenant_id = limits.tenant_id(request.tenant_id)
         rf = limits.replication_factor(request.replication_factor)
         self._cache.check_lease()
@@ -303,12 +293,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             hold_at_cutover=request.hold_at_cutover,
             throttle=limits.throttle(request.throttle_keys_per_second),
         )
-        return pb.UpdateTenantResponse(
-            success=True,
-            migration_id=outcome.migration_id,
-            message=outcome.message,
-            workflow_id=outcome.workflow_id,
-        )
+        return _ring_change(outcome)
 
     @rpc
     async def ListMigrations(
@@ -396,6 +381,15 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             limits.migration_id(request.migration_id), limits.throttle(request.keys_per_second)
         )
         return pb.ThrottleMigrationResponse(success=True, message=message)
+
+
+def _ring_change(outcome: ChangeOutcome) -> pb.RingChangeResponse:
+    return pb.RingChangeResponse(
+        success=True,
+        migration_id=outcome.migration_id,
+        message=outcome.message,
+        workflow_id=outcome.workflow_id,
+    )
 
 
 def _peer(context: ServicerContext) -> str:

@@ -238,7 +238,7 @@ class RemoveStorageNodeRequest(_message.Message):
     throttle_keys_per_second: int
     def __init__(self, node_id: _Optional[str] = ..., dead: _Optional[bool] = ..., hold_at_cutover: _Optional[bool] = ..., throttle_keys_per_second: _Optional[int] = ...) -> None: ...
 
-class RemoveStorageNodeResponse(_message.Message):
+class RingChangeResponse(_message.Message):
     __slots__ = ("success", "migration_id", "message", "workflow_id")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -266,18 +266,6 @@ class ReplaceStorageNodeRequest(_message.Message):
     throttle_keys_per_second: int
     def __init__(self, dead_node_id: _Optional[str] = ..., node_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., hold_at_cutover: _Optional[bool] = ..., throttle_keys_per_second: _Optional[int] = ...) -> None: ...
 
-class ReplaceStorageNodeResponse(_message.Message):
-    __slots__ = ("success", "migration_id", "message", "workflow_id")
-    SUCCESS_FIELD_NUMBER: _ClassVar[int]
-    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
-    success: bool
-    migration_id: str
-    message: str
-    workflow_id: str
-    def __init__(self, success: _Optional[bool] = ..., migration_id: _Optional[str] = ..., message: _Optional[str] = ..., workflow_id: _Optional[str] = ...) -> None: ...
-
 class UpdateTenantRequest(_message.Message):
     __slots__ = ("tenant_id", "replication_factor", "hold_at_cutover", "throttle_keys_per_second")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -289,18 +277,6 @@ class UpdateTenantRequest(_message.Message):
     hold_at_cutover: bool
     throttle_keys_per_second: int
     def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ..., hold_at_cutover: _Optional[bool] = ..., throttle_keys_per_second: _Optional[int] = ...) -> None: ...
-
-class UpdateTenantResponse(_message.Message):
-    __slots__ = ("success", "migration_id", "message", "workflow_id")
-    SUCCESS_FIELD_NUMBER: _ClassVar[int]
-    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
-    success: bool
-    migration_id: str
-    message: str
-    workflow_id: str
-    def __init__(self, success: _Optional[bool] = ..., migration_id: _Optional[str] = ..., message: _Optional[str] = ..., workflow_id: _Optional[str] = ...) -> None: ...
 
 class ListMigrationsRequest(_message.Message):
     __slots__ = ("recent",)

@@ -77,17 +77,17 @@ class CoordinatorServiceStub:
         self.RemoveStorageNode = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/RemoveStorageNode',
                 request_serializer=pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeRequest.SerializeToString,
-                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeResponse.FromString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RingChangeResponse.FromString,
                 _registered_method=True)
         self.ReplaceStorageNode = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/ReplaceStorageNode',
                 request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ReplaceStorageNodeRequest.SerializeToString,
-                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ReplaceStorageNodeResponse.FromString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RingChangeResponse.FromString,
                 _registered_method=True)
         self.UpdateTenant = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/UpdateTenant',
                 request_serializer=pairdb_dot_proto_dot_coordinator__pb2.UpdateTenantRequest.SerializeToString,
-                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.UpdateTenantResponse.FromString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RingChangeResponse.FromString,
                 _registered_method=True)
         self.ListMigrations = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/ListMigrations',
@@ -283,17 +283,17 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
             'RemoveStorageNode': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveStorageNode,
                     request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeRequest.FromString,
-                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeResponse.SerializeToString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.RingChangeResponse.SerializeToString,
             ),
             'ReplaceStorageNode': grpc.unary_unary_rpc_method_handler(
                     servicer.ReplaceStorageNode,
                     request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ReplaceStorageNodeRequest.FromString,
-                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.ReplaceStorageNodeResponse.SerializeToString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.RingChangeResponse.SerializeToString,
             ),
             'UpdateTenant': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateTenant,
                     request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.UpdateTenantRequest.FromString,
-                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.UpdateTenantResponse.SerializeToString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.RingChangeResponse.SerializeToString,
             ),
             'ListMigrations': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMigrations,
@@ -573,7 +573,7 @@ class CoordinatorService:
             target,
             '/pairdb.v1.CoordinatorService/RemoveStorageNode',
             pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeRequest.SerializeToString,
-            pairdb_dot_proto_dot_coordinator__pb2.RemoveStorageNodeResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.RingChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -600,7 +600,7 @@ class CoordinatorService:
             target,
             '/pairdb.v1.CoordinatorService/ReplaceStorageNode',
             pairdb_dot_proto_dot_coordinator__pb2.ReplaceStorageNodeRequest.SerializeToString,
-            pairdb_dot_proto_dot_coordinator__pb2.ReplaceStorageNodeResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.RingChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -627,7 +627,7 @@ class CoordinatorService:
             target,
             '/pairdb.v1.CoordinatorService/UpdateTenant',
             pairdb_dot_proto_dot_coordinator__pb2.UpdateTenantRequest.SerializeToString,
-            pairdb_dot_proto_dot_coordinator__pb2.UpdateTenantResponse.FromString,
+            pairdb_dot_proto_dot_coordinator__pb2.RingChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -351,7 +351,7 @@ def flawed_batch_writes(draw: st.DrawFn) -> Fields:
 @st.composite
 def reads(draw: st.DrawFn) -> tuple[str, Fields]:
     """Requests that may succeed: they write nothing either way."""
-    method = draw(st.sampled_from(["ReadKeyValue", "GetTenant", "ListStorageNodes", "RemoveStorageNode"]))
+    method = draw(st.sampled_from(["ReadKeyValue", "GetTenant", "ListStorageNodes", "ListMigrations"]))
     if method == "ReadKeyValue":
         fields: Fields = [
             (1, draw(any_tenants)),
@@ -360,8 +360,8 @@ def reads(draw: st.DrawFn) -> tuple[str, Fields]:
         ]
     elif method == "GetTenant":
         fields = [(1, draw(any_tenants))]
-    elif method == "RemoveStorageNode":
-        fields = [(1, draw(st.sampled_from(["node-1", "node-9"]) | odd_names | bad_utf8))]
+    elif method == "ListMigrations":
+        fields = [(1, draw(uint32s))]
     else:
         fields = []
     return method, fields + draw(junk_fields)
@@ -369,12 +369,16 @@ def reads(draw: st.DrawFn) -> tuple[str, Fields]:
 
 @st.composite
 def refused_admin(draw: st.DrawFn, closed_port: int) -> tuple[str, Fields]:
-    """CreateTenant and AddStorageNode with a flaw each; calls on migrations that don't exist."""
+    """CreateTenant, AddStorageNode and the other ring changes with a flaw each; calls on migrations
+    that don't exist."""
     method = draw(
         st.sampled_from(
             [
                 "CreateTenant",
                 "AddStorageNode",
+                "RemoveStorageNode",
+                "ReplaceStorageNode",
+                "UpdateTenant",
                 "GetMigrationStatus",
                 "CancelMigration",
                 "RollbackMigration",
@@ -417,6 +421,21 @@ def refused_admin(draw: st.DrawFn, closed_port: int) -> tuple[str, Fields]:
             (5, draw(st.integers(0, 3))),
             (6, draw(uint64s)),
         ]
+    # Ring changes the cluster refuses: removing any of its three nodes leaves fewer than RF 3; a
+    # node that answers is not replaced; an RF it has, or that needs more nodes; names that are not.
+    change_flags: Fields = [(3 if method != "ReplaceStorageNode" else 5, draw(st.integers(0, 3)))]
+    if method == "RemoveStorageNode":
+        node_id = draw(st.sampled_from(["node-1", "node-3", "node-9"]) | odd_names | bad_utf8)
+        return method, [(1, node_id), (2, draw(st.integers(0, 1))), *change_flags, (4, draw(uint64s))]
+    if method == "ReplaceStorageNode":
+        dead = draw(st.sampled_from(["node-1", "node-9"]) | odd_names | bad_utf8)
+        new = draw(st.sampled_from(["fuzz-node-x", "node-2"]) | odd_names)
+        port = draw(st.sampled_from([0, closed_port, 65535 + 1, -1]))
+        return method, [(1, dead), (2, new), (3, "127.0.0.1"), (4, port), *change_flags, (6, draw(uint64s))]
+    if method == "UpdateTenant":
+        tenant = draw(st.sampled_from([FUZZ_TENANT, "no-such-tenant"]) | odd_names | bad_utf8)
+        rf = draw(st.sampled_from([0, 3, 4, 7, 8, 2**32 - 1, -1]))
+        return method, [(1, tenant), (2, rf), *change_flags, (4, draw(uint64s))]
     migration_id = draw(st.uuids().map(str) | odd_names | bad_utf8 | st.text(max_size=100))
     fields: Fields = [(1, migration_id)]
     if method == "PauseMigration":
