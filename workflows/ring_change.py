@@ -3,12 +3,11 @@
     queued -> dual_write -> data_copy (copy, verify) -> cutover -> cleanup -> done
 
 Every ring change runs this orchestration: adding a node (node_addition.py),
-removing one, live or dead (node_removal.py), replacing a dead one
-(node_replacement.py), changing a tenant's replication factor
-(replication_change.py). What differs between them, the activities read from
-the migration's row: which ring and RFs are old and new, who gains and who
-loses ranges. The workflows differ only in their name, their input and what
-the Temporal UI says.
+and, at the end of this module, removing one (live or dead), replacing a dead
+one, changing a tenant's replication factor. What differs between them, the
+activities read from the migration's row: which ring and RFs are old and new,
+who gains and who loses ranges. The workflows differ only in their name, their
+input and what the Temporal UI says.
 
 Cancel (before cutover) and rollback (during cutover) are signals, updates
 with validators (for callers that want a yes/no), and Temporal's own
@@ -473,3 +472,38 @@ def _cause(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     return str(exc)
+
+
+# -- the ring changes besides an addition: each a name for the same orchestration ---------------
+
+
+@workflow.defn(name=ChangeType.NODE_REMOVAL.workflow_name)
+class NodeRemovalWorkflow(RingChangeWorkflow):
+    """A node leaves the ring: its ranges go to the nodes that gain them, from a quorum of their old
+    replicas (the leaving node among them); a dead node (`--dead`) is never asked, its ranges are
+    re-replicated from the survivors."""
+
+    @workflow.run
+    async def run(self, request: m.RingChangeInput) -> m.MigrationState:
+        return await self._run(request)
+
+
+@workflow.defn(name=ChangeType.NODE_REPLACEMENT.workflow_name)
+class NodeReplacementWorkflow(RingChangeWorkflow):
+    """A new node takes a dead node's tokens, filled from a quorum of each range's survivors while
+    writes go to them and to it; the dead node never has to answer."""
+
+    @workflow.run
+    async def run(self, request: m.RingChangeInput) -> m.MigrationState:
+        return await self._run(request)
+
+
+@workflow.defn(name=ChangeType.RF_CHANGE.workflow_name)
+class ReplicationChangeWorkflow(RingChangeWorkflow):
+    """A tenant moves to another replication factor: raised, its data reaches the replicas it gains
+    before reads count on them; lowered, reads move to the smaller sets first, then cleanup deletes
+    the extra copies."""
+
+    @workflow.run
+    async def run(self, request: m.RingChangeInput) -> m.MigrationState:
+        return await self._run(request)

@@ -21,9 +21,11 @@ from pairdb.coordinator.metadata import Metadata
 from pairdb.kernel import migration as m
 from pairdb.serving import metrics
 from pairdb.workflows.node_addition import NodeAdditionWorkflow
-from pairdb.workflows.node_removal import NodeRemovalWorkflow
-from pairdb.workflows.node_replacement import NodeReplacementWorkflow
-from pairdb.workflows.replication_change import ReplicationChangeWorkflow
+from pairdb.workflows.ring_change import (
+    NodeRemovalWorkflow,
+    NodeReplacementWorkflow,
+    ReplicationChangeWorkflow,
+)
 
 WORKFLOWS = [NodeAdditionWorkflow, NodeRemovalWorkflow, NodeReplacementWorkflow, ReplicationChangeWorkflow]
 
