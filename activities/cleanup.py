@@ -9,9 +9,7 @@ import structlog
 from temporalio import activity
 
 from pairdb.activities.context import StepContext, heartbeat
-from pairdb.coordinator.metadata import MigrationRow
-from pairdb.coordinator.movement import Movement, RangeMove
-from pairdb.coordinator.ring import Ring
+from pairdb.coordinator.movement import RangeMove
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.migration import ChangeType, MigrationRef, NodeState, Phase, Status
 from pairdb.storage_node.client import StorageError, describe_failure
@@ -72,7 +70,7 @@ class CleanupSteps:
             log.warning("Not dropping gained ranges: the old ring is not back", phase=row.phase)
             return 0
         topology = await self._ctx.topology()
-        drops = _drops(_undone(topology, row).moves(), RangeMove.gained, set(topology.tenants))
+        drops = _drops(topology.undone(row.in_flight()).moves(), RangeMove.gained, set(topology.tenants))
         deleted = await self._drop(topology, drops)
         log.info("Gained ranges dropped", migration_id=migration_id, deleted=deleted)
         return deleted
@@ -129,18 +127,6 @@ def _drops(
             key = frozenset() if tenants >= every else tenants
             drops.setdefault(node, {}).setdefault(key, []).append((move.start, move.end))
     return drops
-
-
-def _undone(topology: Topology, row: MigrationRow) -> Movement:
-    """The movement a cancelled removal or RF change had begun, from the old ring it left behind."""
-    rf_old = {t: info.replication_factor for t, info in topology.tenants.items()}
-    rf_new = dict(rf_old)
-    new = topology.ring
-    if row.change is ChangeType.NODE_REMOVAL:
-        new = Ring.from_tokens((v.token, v.node_id) for v in topology.ring.vnodes if v.node_id != row.node_id)
-    elif row.change is ChangeType.RF_CHANGE:
-        rf_new[row.tenant_id] = row.replication_factor
-    return Movement(topology.ring, new, rf_old, rf_new)
 
 
 def adjoined(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -101,7 +101,7 @@ class StepContext:
         topology = await self.topology()
         targets = {n: info.address for n, info in topology.nodes.items() if info.status != NodeState.REMOVED}
         targets.update(extra or {})
-        rfs = {t.replication_factor for t in topology.tenants.values()} | set(topology.future_rf.values())
+        rfs = set(topology.replication_factors.values()) | set(topology.future_rf.values())
         sets = [
             ring.replicas(v.token, rf)
             for ring in (topology.ring, topology.future)

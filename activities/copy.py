@@ -67,11 +67,6 @@ PARALLEL_RANGES = 16
 T = TypeVar("T")
 
 
-def _rfs(topology: Topology) -> dict[str, int]:
-    """Each tenant's replication factor before the change: where its data is now."""
-    return {t: info.replication_factor for t, info in topology.tenants.items()}
-
-
 def _target_id(row: MigrationRow, planned: PlannedRange) -> str:
     """The node a planned range is copied to (plans made before targets were recorded: the joining node)."""
     return planned.target or row.node_id
@@ -82,7 +77,7 @@ def _holders(topology: Topology, node_id: str, planned: PlannedRange) -> set[str
     assert topology.future is not None
     return {
         t
-        for t, rf in _rfs(topology).items()
+        for t, rf in topology.replication_factors.items()
         if node_id in topology.future.replicas(planned.end, topology.rf_after(t, rf))
     }
 
@@ -325,7 +320,7 @@ class CopySteps:
         set is in (a dead node is never waited for); one that fails midway is left
         out and the whole range is run again (applying twice is harmless).
         """
-        rfs = _rfs(topology)
+        rfs = topology.replication_factors
         wanted = _holders(topology, target.node_id, planned)
         needs = [
             live

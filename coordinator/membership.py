@@ -74,33 +74,20 @@ class Membership:
             known = topology.nodes.get(node_id)
             if known is not None and known.status != NodeState.REMOVED:
                 raise AlreadyExists(f"node {node_id!r} is already in the cluster ({known.status})")
-            joining = NodeClient(node_id, f"{host}:{port}")
-            try:
-                new_stats = await self._stats(joining)
-            finally:
-                await joining.close()
-            if not topology.tenants and topology.future is None and not new_stats.keys + new_stats.tombstones:
+            empty = await self._new_node_is_empty(node_id, host, port)
+            if not topology.tenants and topology.future is None and empty:
                 if await self._join_empty_ring(topology, node_id, host, port, vnodes):
                     return ChangeOutcome(
                         "", f"node {node_id} joined the ring directly: the cluster has no tenant yet", None
                     )
-            held = 0
-            for member in sorted(topology.ring.node_ids):
-                stats = await self._stats(self._pool.node(member, topology.address(member)))
-                held += stats.keys + stats.tombstones
-        if new_stats.keys or new_stats.tombstones:
-            log.warning(
-                "Joining node is not empty; the copy overwrites only older versions",
-                node_id=node_id,
-                keys=new_stats.keys,
-            )
+            keys = await self._keys_per_node(topology, topology.ring.node_ids)
         started = await self._migrations.start_node_addition(
             m.NodeAdditionInput(
                 str(uuid.uuid4()), node_id, host, port, vnodes, throttle, started_by, hold_at_cutover
             ),
-            keys_to_move=held // max(len(topology.ring.node_ids), 1),
+            keys_to_move=keys,
         )
-        return _started("node addition", started)
+        return _started(ChangeType.NODE_ADDITION, started)
 
     async def remove(
         self, node_id: str, *, dead: bool, started_by: str, hold_at_cutover: bool = False, throttle: int = 0
@@ -169,21 +156,14 @@ class Membership:
                     f"node {dead_id} at {dead.address} answers: only a dead node is replaced; to move a "
                     "live node's data elsewhere, add the new node and remove the old one"
                 )
-            fresh = NodeClient(node_id, f"{host}:{port}")
-            try:
-                await self._stats(fresh)
-            finally:
-                await fresh.close()
-            held = 0
-            for member in sorted(topology.ring.node_ids - {dead_id}):
-                with contextlib.suppress(Unavailable):
-                    stats = await self._stats(self._pool.node(member, topology.address(member)))
-                    held += stats.keys + stats.tombstones
+            await self._new_node_is_empty(node_id, host, port)
+            keys = 0  # only the ETA's guess: another survivor may be down too, and that refuses nothing
+            with contextlib.suppress(Unavailable):
+                keys = await self._keys_per_node(topology, topology.ring.node_ids - {dead_id})
         change = NewChange(
             ChangeType.NODE_REPLACEMENT, node_id, host, port, dead.virtual_nodes, started_by, replaces=dead_id
         )
         summary = f"Replace dead storage node {dead_id} by {node_id} at {host}:{port}"
-        keys = held // max(len(topology.ring.node_ids) - 1, 1)
         return await self._begin(change, dead_id, summary, keys, hold_at_cutover, throttle)
 
     async def set_replication_factor(
@@ -216,7 +196,7 @@ class Membership:
             change.migration_id, change.change, subject, throttle, change.started_by, hold_at_cutover
         )
         started = await self._migrations.start(change, request, subject, summary, keys)
-        return _started(change.change.label.lower(), started)
+        return _started(change.change, started)
 
     def _member(self, topology: Topology, node_id: str, what: str) -> NodeInfo:
         node = topology.nodes.get(node_id)
@@ -244,6 +224,29 @@ class Membership:
         log.info("Node joined the ring directly", node_id=node_id, host=host, port=port, virtual_nodes=vnodes)
         return True
 
+    async def _new_node_is_empty(self, node_id: str, host: str, port: int) -> bool:
+        """Whether the node a change brings in holds nothing (UNAVAILABLE if it does not answer)."""
+        client = NodeClient(node_id, f"{host}:{port}")
+        try:
+            stats = await self._stats(client)
+        finally:
+            await client.close()
+        if stats.keys or stats.tombstones:
+            log.warning(
+                "New node is not empty; the copy overwrites only older versions",
+                node_id=node_id,
+                keys=stats.keys,
+            )
+        return not (stats.keys or stats.tombstones)
+
+    async def _keys_per_node(self, topology: Topology, members: set[str]) -> int:
+        """About how many keys a node holds: what a change moves to a node it fills (for its ETA)."""
+        held = 0
+        for member in sorted(members):
+            stats = await self._stats(self._pool.node(member, topology.address(member)))
+            held += stats.keys + stats.tombstones
+        return held // max(len(members), 1)
+
     async def _stats(self, client: NodeClient) -> NodeStats:
         try:
             return await client.stats()
@@ -254,10 +257,10 @@ class Membership:
             ) from None
 
 
-def _started(what: str, started: Started) -> ChangeOutcome:
+def _started(change: ChangeType, started: Started) -> ChangeOutcome:
     return ChangeOutcome(
         started.migration_id,
-        f"{what} started: dual writes, data copy, cutover and cleanup run in workflow "
+        f"{change.label.lower()} started: dual writes, data copy, cutover and cleanup run in workflow "
         f"{started.workflow_id}; track it with GetMigrationStatus or the Temporal UI",
         started.estimated_completion,
         started.workflow_id,

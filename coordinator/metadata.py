@@ -99,6 +99,18 @@ class MigrationRow:
     def change(self) -> ChangeType:
         return ChangeType(self.type)
 
+    def in_flight(self) -> InFlight:
+        """The change as the registry routes by it (its phase as recorded)."""
+        return InFlight(
+            self.migration_id,
+            self.node_id,
+            self.phase,
+            self.change,
+            self.replaces,
+            self.tenant_id,
+            self.replication_factor,
+        )
+
     @property
     def subject(self) -> str:
         """What the change is about: the node added or removed, the dead node replaced, the tenant."""
@@ -167,7 +179,11 @@ def _node(row: asyncpg.Record) -> NodeInfo:
     return NodeInfo(row["node_id"], row["host"], row["port"], NodeState(row["status"]), row["virtual_nodes"])
 
 
-async def bump_epoch(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> int:
+# A connection of its own or one from the pool: what a transaction's helpers take.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+async def bump_epoch(conn: Connection) -> int:
     epoch: int = await conn.fetchval("UPDATE registry SET epoch = epoch + 1 RETURNING epoch")
     await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(epoch))
     return epoch

@@ -12,7 +12,14 @@ from typing import Any
 
 import asyncpg
 
-from pairdb.coordinator.metadata import Metadata, MigrationRow, PlannedRange, from_db_token, to_db_token
+from pairdb.coordinator.metadata import (
+    Connection,
+    Metadata,
+    MigrationRow,
+    PlannedRange,
+    from_db_token,
+    to_db_token,
+)
 from pairdb.kernel.errors import AlreadyExists
 from pairdb.kernel.migration import ChangeType, NodeAdditionInput, NodeState, Phase, Status
 from pairdb.serving import request_ids
@@ -87,7 +94,8 @@ class NewChange:
         )
 
 
-async def _check_new_node(conn: asyncpg.Connection | Any, node_id: str, host: str, port: int) -> None:
+async def _check_new_node(conn: Connection, node_id: str, host: str, port: int) -> None:
+    """ALREADY_EXISTS if the node a change brings in is in the cluster, or its address is taken."""
     node = await conn.fetchrow("SELECT status FROM nodes WHERE node_id = $1", node_id)
     if node is not None and node["status"] != NodeState.REMOVED:
         raise AlreadyExists(f"node {node_id!r} is already in the cluster ({node['status']})")

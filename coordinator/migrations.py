@@ -128,7 +128,7 @@ class Migrations:
                     f"see `pairdb migration status {change.migration_id}` before retrying"
                 ) from None
         log.info(
-            f"{change.change.label} migration started", migration_id=change.migration_id, subject=subject
+            f"{change.change.label} migration started", migration_id=change.migration_id, **_fields(change)
         )
         eta = datetime.now(UTC) + timedelta(seconds=10 + keys_to_move / ASSUMED_KEYS_PER_SECOND)
         return Started(change.migration_id, workflow_id, eta)

@@ -14,7 +14,7 @@ so a range is described once per group, not once per tenant.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pairdb.coordinator.ring import Ring
@@ -44,27 +44,18 @@ class RangeMove:
 
     def gained(self) -> dict[str, frozenset[str]]:
         """Each node that gains the range, with the tenants it gains it for."""
-        return _differences(self.placements, lambda p: set(p.new) - set(p.old))
+        return self._nodes_in(lambda p: set(p.new) - set(p.old))
 
     def lost(self) -> dict[str, frozenset[str]]:
         """Each node that loses the range, with the tenants it loses it for."""
-        return _differences(self.placements, lambda p: set(p.old) - set(p.new))
+        return self._nodes_in(lambda p: set(p.old) - set(p.new))
 
-    def holders(self, node_id: str) -> frozenset[str]:
-        """The tenants node_id replicates this range for after the change."""
-        return frozenset(t for p in self.placements if node_id in p.new for t in p.tenants)
-
-    @property
-    def tenants(self) -> frozenset[str]:
-        return frozenset(t for p in self.placements for t in p.tenants)
-
-
-def _differences(placements: tuple[Placement, ...], diff: object) -> dict[str, frozenset[str]]:
-    found: dict[str, set[str]] = {}
-    for p in placements:
-        for node in diff(p):  # type: ignore[operator]
-            found.setdefault(node, set()).update(p.tenants)
-    return {node: frozenset(tenants) for node, tenants in found.items()}
+    def _nodes_in(self, nodes: Callable[[Placement], set[str]]) -> dict[str, frozenset[str]]:
+        found: dict[str, set[str]] = {}
+        for p in self.placements:
+            for node in nodes(p):
+                found.setdefault(node, set()).update(p.tenants)
+        return {node: frozenset(tenants) for node, tenants in found.items()}
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,11 @@ from typing import Any
 import asyncpg
 import structlog
 
-from pairdb.coordinator.metadata import APPLIED_CHANNEL, Metadata, bump_epoch, to_db_token
+from pairdb.coordinator.metadata import APPLIED_CHANNEL, Connection, Metadata, bump_epoch, to_db_token
 from pairdb.kernel.errors import FailedPrecondition, NotFound
 from pairdb.kernel.migration import TERMINAL, ChangeType, NodeState, Phase, Status
 
 log = structlog.get_logger()
-
-Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 # A coordinator whose lease ran out this recently still holds a barrier up: PostgreSQL's

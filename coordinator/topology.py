@@ -26,7 +26,15 @@ import asyncpg
 import structlog
 
 from pairdb.coordinator.hlc import HybridLogicalClock
-from pairdb.coordinator.metadata import NOTIFY_CHANNEL, Metadata, NodeInfo, Registration, Snapshot, TenantInfo
+from pairdb.coordinator.metadata import (
+    NOTIFY_CHANNEL,
+    InFlight,
+    Metadata,
+    NodeInfo,
+    Registration,
+    Snapshot,
+    TenantInfo,
+)
 from pairdb.coordinator.movement import Movement
 from pairdb.coordinator.ring import Ring
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock, boottime
@@ -75,19 +83,10 @@ class Topology:
             for n, info in snap.nodes.items()
             if info.status in (NodeState.ACTIVE, NodeState.LEAVING) and n != joining
         }
-        tokens = [(t, n) for t, n in snap.tokens if n in members]
-        ring = Ring.from_tokens(tokens)
+        ring = Ring.from_tokens((t, n) for t, n in snap.tokens if n in members)
         if f is None or f.phase not in ROUTING:
             return cls(snap.epoch, ring, snap.nodes, snap.tenants)
-        future_rf: dict[str, int] = {}
-        if f.change is ChangeType.NODE_ADDITION:
-            future = Ring.from_tokens([*tokens, *((t, n) for t, n in snap.tokens if n == f.node_id)])
-        elif f.change is ChangeType.NODE_REMOVAL:
-            future = Ring.from_tokens((t, n) for t, n in tokens if n != f.node_id)
-        elif f.change is ChangeType.NODE_REPLACEMENT:
-            future = Ring.from_tokens((t, f.node_id if n == f.replaces else n) for t, n in tokens)
-        else:
-            future, future_rf = ring, {f.tenant_id: f.replication_factor}
+        future, future_rf = _after(f, ring, [(t, n) for t, n in snap.tokens if n == joining])
         moving = f.node_id or None
         return cls(
             snap.epoch,
@@ -109,12 +108,38 @@ class Topology:
         """The tenant's replication factor once the in-flight change completes."""
         return self.future_rf.get(tenant_id, rf)
 
+    @property
+    def replication_factors(self) -> dict[str, int]:
+        """Each tenant's replication factor as it is (before the in-flight change): where its data is."""
+        return {t: info.replication_factor for t, info in self.tenants.items()}
+
     def movement(self) -> Movement | None:
         """The in-flight change as range movement: old ring and RFs to new ring and RFs."""
         if self.future is None:
             return None
-        rf_old = {t: info.replication_factor for t, info in self.tenants.items()}
-        return Movement(self.ring, self.future, rf_old, {t: self.rf_after(t, rf) for t, rf in rf_old.items()})
+        return self._movement(self.future, self.future_rf)
+
+    def undone(self, change: InFlight) -> Movement:
+        """The movement a cancelled removal or RF change had begun, from the old ring it left behind
+        (their new ring follows from it; an addition's would need the tokens it deleted)."""
+        assert not change.change.adds_node, "an undone addition or replacement is wiped, not recomputed"
+        return self._movement(*_after(change, self.ring, []))
+
+    def _movement(self, future: Ring, future_rf: Mapping[str, int]) -> Movement:
+        rfs = self.replication_factors
+        return Movement(self.ring, future, rfs, {t: future_rf.get(t, rf) for t, rf in rfs.items()})
+
+
+def _after(f: InFlight, ring: Ring, joining_tokens: list[tuple[int, str]]) -> tuple[Ring, dict[str, int]]:
+    """The ring, and the tenant RF that changes, once f completes; from the ring before it."""
+    old = [(v.token, v.node_id) for v in ring.vnodes]
+    if f.change is ChangeType.NODE_ADDITION:
+        return Ring.from_tokens([*old, *joining_tokens]), {}
+    if f.change is ChangeType.NODE_REMOVAL:
+        return Ring.from_tokens((t, n) for t, n in old if n != f.node_id), {}
+    if f.change is ChangeType.NODE_REPLACEMENT:
+        return Ring.from_tokens((t, f.node_id if n == f.replaces else n) for t, n in old), {}
+    return ring, {f.tenant_id: f.replication_factor}
 
 
 class TopologyCache:
