@@ -22,6 +22,7 @@ from pairdb.coordinator.metadata import Metadata, MigrationRow
 from pairdb.coordinator.migration_store import MigrationStore
 from pairdb.coordinator.quorum import unfenced_quorum
 from pairdb.coordinator.registry import Lagging, Registry
+from pairdb.coordinator.repair_store import RepairStore
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.migration import NodeState
 from pairdb.serving import request_ids
@@ -45,10 +46,17 @@ class StepContext:
     registry: Registry
     store: MigrationStore
     pool: StoragePool
+    repairs: RepairStore
 
     @classmethod
     def create(cls, metadata: Metadata, storage_timeout: float = 5.0) -> StepContext:
-        return cls(metadata, Registry(metadata), MigrationStore(metadata), StoragePool(storage_timeout))
+        return cls(
+            metadata,
+            Registry(metadata),
+            MigrationStore(metadata),
+            StoragePool(storage_timeout),
+            RepairStore(metadata),
+        )
 
     async def migration(self, migration_id: str) -> MigrationRow:
         row = await self.store.get(migration_id)

@@ -74,6 +74,16 @@ def replication_factor(raw: int) -> int:
 MAX_THROTTLE = 10_000_000
 
 
+# A year: a longer grace keeps every delete's tombstone for good in practice.
+MAX_GC_GRACE_SECONDS = 365 * 24 * 3600
+
+
+def gc_grace(seconds: int) -> int:
+    if not 0 <= seconds <= MAX_GC_GRACE_SECONDS:
+        raise InvalidArgument(f"gc_grace_seconds must be 0..{MAX_GC_GRACE_SECONDS}, got {seconds}")
+    return seconds
+
+
 def throttle(keys_per_second: int) -> int:
     if keys_per_second > MAX_THROTTLE:
         raise InvalidArgument(f"keys_per_second must be at most {MAX_THROTTLE:,} (0 removes the limit)")

@@ -19,6 +19,7 @@ import structlog
 from pairdb.coordinator import schema
 from pairdb.kernel.errors import AlreadyExists
 from pairdb.kernel.migration import ChangeType, NodeState, Phase, Status
+from pairdb.kernel.repair import DEFAULT_GC_GRACE_SECONDS
 
 log = structlog.get_logger()
 
@@ -35,6 +36,8 @@ class TenantInfo:
     created_at: datetime
     # The registry epoch that created it: views of the ring older than that never route it.
     created_epoch: int = 0
+    # How long its deletes' tombstones are kept at least (tombstone GC, activities/repair.py).
+    gc_grace_seconds: int = DEFAULT_GC_GRACE_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +175,13 @@ def from_db_token(value: int) -> int:
 
 
 def _tenant(row: asyncpg.Record) -> TenantInfo:
-    return TenantInfo(row["tenant_id"], row["replication_factor"], row["created_at"], row["created_epoch"])
+    return TenantInfo(
+        row["tenant_id"],
+        row["replication_factor"],
+        row["created_at"],
+        row["created_epoch"],
+        row["gc_grace_seconds"],
+    )
 
 
 def _node(row: asyncpg.Record) -> NodeInfo:
@@ -255,7 +264,9 @@ class Metadata:
 
     # -- tenants ---------------------------------------------------------------
 
-    async def create_tenant(self, tenant_id: str, replication_factor: int) -> TenantInfo:
+    async def create_tenant(
+        self, tenant_id: str, replication_factor: int, gc_grace_seconds: int = DEFAULT_GC_GRACE_SECONDS
+    ) -> TenantInfo:
         async with self.pool.acquire() as conn, conn.transaction():
             # Serialised with ring changes (join_node_directly), so its epoch orders it after them.
             await conn.execute("SELECT 1 FROM registry FOR UPDATE")
@@ -264,11 +275,12 @@ class Metadata:
                 raise AlreadyExists(f"tenant {tenant_id!r} already exists")
             epoch = await bump_epoch(conn)
             row = await conn.fetchrow(
-                "INSERT INTO tenants (tenant_id, replication_factor, created_epoch) VALUES ($1, $2, $3)"
-                " RETURNING *",
+                "INSERT INTO tenants (tenant_id, replication_factor, created_epoch, gc_grace_seconds)"
+                " VALUES ($1, $2, $3, $4) RETURNING *",
                 tenant_id,
                 replication_factor,
                 epoch,
+                gc_grace_seconds,
             )
         assert row is not None
         return _tenant(row)

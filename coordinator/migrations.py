@@ -30,6 +30,7 @@ from temporalio.service import RPCError
 
 from pairdb.coordinator.metadata import MigrationRow
 from pairdb.coordinator.migration_store import MigrationStore, NewChange
+from pairdb.coordinator.repairs import Repairs
 from pairdb.kernel import migration as m
 from pairdb.kernel.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from pairdb.kernel.migration import TERMINAL, Phase, Status
@@ -57,10 +58,18 @@ class Control:
 
 
 class Migrations:
-    def __init__(self, store: MigrationStore, temporal: Client | None, ui_url: str = "") -> None:
+    def __init__(
+        self,
+        store: MigrationStore,
+        temporal: Client | None,
+        ui_url: str = "",
+        repairs: Repairs | None = None,
+    ) -> None:
         self._store = store
         self._temporal = temporal
         self._ui_url = ui_url.rstrip("/")
+        # Repairs are shown and steered like migrations (by their id, their workflow's updates).
+        self._repairs = repairs
 
     def _client(self) -> Client:
         if self._temporal is None:
@@ -154,10 +163,16 @@ class Migrations:
         return described.status == WorkflowExecutionStatus.RUNNING and described.start_time >= since
 
     async def listing(self, recent: int) -> list[MigrationRow]:
-        return await self._store.listing(recent)
+        """Ring changes and repairs: the running ones and the `recent` last ended of each, oldest first."""
+        rows = await self._store.listing(recent)
+        if self._repairs is not None:
+            rows += await self._repairs.listing(recent)
+        return sorted(rows, key=lambda row: row.started_at)
 
     async def get(self, migration_id: str) -> MigrationRow:
         row = await self._store.get(migration_id)
+        if row is None and self._repairs is not None:
+            row = await self._repairs.get(migration_id)
         if row is None:
             raise NotFound(f"migration {migration_id!r} does not exist")
         return row

@@ -15,6 +15,8 @@ from pairdb.coordinator.metadata import Metadata
 from pairdb.coordinator.migration_store import MigrationStore
 from pairdb.coordinator.migrations import Migrations
 from pairdb.coordinator.read_path import ReadPath
+from pairdb.coordinator.repair_store import RepairStore
+from pairdb.coordinator.repairs import Repairs
 from pairdb.coordinator.replication import Replicator
 from pairdb.coordinator.service import CoordinatorService
 from pairdb.coordinator.topology import TopologyCache
@@ -82,7 +84,8 @@ async def serve(config: CoordinatorConfig) -> None:
     temporal = None
     if config.temporal_address:
         temporal = await Client.connect(config.temporal_address, namespace=config.temporal_namespace)
-    migrations = Migrations(MigrationStore(metadata), temporal, config.temporal_ui_url)
+    repairs = Repairs(RepairStore(metadata), temporal)
+    migrations = Migrations(MigrationStore(metadata), temporal, config.temporal_ui_url, repairs)
     service = CoordinatorService(
         cache,
         metadata,
@@ -90,6 +93,7 @@ async def serve(config: CoordinatorConfig) -> None:
         ReadPath(cache, pool, replicator, cache.clock, sabotage),
         Membership(cache, metadata, pool, migrations),
         migrations,
+        repairs,
     )
     metrics.serve(config.metrics_port, config.host)
     # Room for a full BatchWrite (16 MiB of values plus keys and framing); larger gets RESOURCE_EXHAUSTED.

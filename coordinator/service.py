@@ -14,6 +14,7 @@ from pairdb.coordinator.membership import ChangeOutcome, Membership
 from pairdb.coordinator.metadata import Metadata, TenantInfo
 from pairdb.coordinator.migrations import Migrations
 from pairdb.coordinator.read_path import ReadPath
+from pairdb.coordinator.repairs import Repairs
 from pairdb.coordinator.topology import LeaseLapsed, TopologyCache
 from pairdb.coordinator.write_path import Write, WritePath
 from pairdb.kernel.errors import (
@@ -24,6 +25,7 @@ from pairdb.kernel.errors import (
 )
 from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, Version
 from pairdb.kernel.migration import TERMINAL, Status
+from pairdb.kernel.repair import DEFAULT_GC_GRACE_SECONDS, DEFAULT_INTERVAL_HOURS, SCHEDULE_ID
 from pairdb.proto import coordinator_pb2 as pb
 from pairdb.proto import coordinator_pb2_grpc
 from pairdb.serving.interception import ServicerContext
@@ -71,6 +73,7 @@ def _tenant(info: TenantInfo) -> pb.Tenant:
         tenant_id=info.tenant_id,
         replication_factor=info.replication_factor,
         created_at=int(info.created_at.timestamp()),
+        gc_grace_seconds=info.gc_grace_seconds,
     )
 
 
@@ -83,8 +86,10 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         reads: ReadPath,
         membership: Membership,
         migrations: Migrations,
+        repairs: Repairs,
     ) -> None:
         self._migrations = migrations
+        self._repairs = repairs
         self._cache = cache
         self._metadata = metadata
         self._writes = writes
@@ -186,8 +191,11 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             raise FailedPrecondition(
                 f"replication_factor {rf} needs at least {rf} active storage nodes; the cluster has {active}"
             )
-        info = await self._metadata.create_tenant(tenant_id, rf)
-        log.info("Tenant created", tenant_id=tenant_id, replication_factor=rf)
+        grace = limits.gc_grace(
+            request.gc_grace_seconds if request.HasField("gc_grace_seconds") else DEFAULT_GC_GRACE_SECONDS
+        )
+        info = await self._metadata.create_tenant(tenant_id, rf, grace)
+        log.info("Tenant created", tenant_id=tenant_id, replication_factor=rf, gc_grace_seconds=grace)
         return pb.CreateTenantResponse(tenant=_tenant(info))
 
     @rpc
@@ -294,6 +302,29 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             throttle=limits.throttle(request.throttle_keys_per_second),
         )
         return _ring_change(outcome)
+
+    @rpc
+    async def Repair(self, request: pb.RepairRequest, context: ServicerContext) -> pb.RingChangeResponse:
+        tenant_id = limits.tenant_id(request.tenant_id) if request.tenant_id else ""
+        if tenant_id and await self._cache.tenant(tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id!r} does not exist")
+        repair_id = await self._repairs.start(
+            tenant_id, limits.throttle(request.throttle_keys_per_second), _peer(context)
+        )
+        scope = f"tenant {tenant_id}" if tenant_id else "every tenant"
+        return pb.RingChangeResponse(
+            success=True,
+            migration_id=repair_id,
+            workflow_id=repair_id,
+            message=f"repairing {scope}: `pairdb migration status {repair_id}` shows its progress",
+        )
+
+    @rpc
+    async def ScheduleRepair(
+        self, request: pb.ScheduleRepairRequest, context: ServicerContext
+    ) -> pb.ScheduleRepairResponse:
+        message = await self._repairs.schedule(request.every_hours or DEFAULT_INTERVAL_HOURS)
+        return pb.ScheduleRepairResponse(schedule_id=SCHEDULE_ID, message=message)
 
     @rpc
     async def ListMigrations(

@@ -21,6 +21,7 @@ import structlog
 from pairdb import config, loading, progress
 from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError, StartedChange
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS
+from pairdb.kernel.repair import DEFAULT_INTERVAL_HOURS
 from pairdb.local.processes import GRPC_QUIET, die_with_parent
 from pairdb.serving import logs, loops
 
@@ -306,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     tp = tsub.add_parser("create", help="create a tenant")
     tp.add_argument("tenant")
     tp.add_argument("--rf", type=int, default=0, help="replication factor (default 3)")
+    tp.add_argument(
+        "--gc-grace",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="keep deletes' tombstones at least this long (default 864000: 10 days); a replica "
+        "down longer must be repaired before it returns, or replaced",
+    )
     _add_client_flags(tp)
     tp = tsub.add_parser(
         "set-rf",
@@ -328,6 +337,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="a first storage node (repeatable)",
     )
     p.add_argument("--tenant", action="append", default=[], metavar="NAME[:RF]", help="a tenant to create")
+    p.add_argument(
+        "--repair-every",
+        type=int,
+        default=DEFAULT_INTERVAL_HOURS,
+        metavar="HOURS",
+        help="create the Temporal Schedule `pairdb-repair` repairing every tenant this often "
+        "(default %(default)s; 0: no schedule)",
+    )
+    _add_client_flags(p)
+
+    p = sub.add_parser(
+        "repair",
+        help="anti-entropy repair: bring every replica level with the others (runs RepairWorkflow)",
+        description="Compares every range's replicas by digest, narrows down where they differ and "
+        "sends each replica only what it lacks or holds older; then purges tombstones older than the "
+        "tenant's grace period where every replica answered. It waits while a ring change runs and "
+        "yields to client traffic. Follow, pause or cancel it as a migration.",
+    )
+    p.add_argument("--tenant", default="", help="only this tenant (default: every tenant)")
+    p.add_argument("--wait", action="store_true", help="show live progress until the repair ends")
+    p.add_argument("--throttle", type=int, default=0, help="records sent per second at most (default: none)")
     _add_client_flags(p)
 
     p = sub.add_parser("nodes", help="list storage nodes")
@@ -355,8 +385,12 @@ async def _client_command(args: argparse.Namespace) -> int:
                 args,
                 client.set_replication_factor(args.tenant, args.replication_factor, **_change(args)),
             )
+        elif args.command == "repair":
+            return await _started(
+                client, args, client.repair(args.tenant, throttle_keys_per_second=args.throttle)
+            )
         elif args.command == "tenant":
-            rf = await client.create_tenant(args.tenant, args.rf)
+            rf = await client.create_tenant(args.tenant, args.rf, gc_grace_seconds=args.gc_grace)
             print(f"tenant {args.tenant} created with replication factor {rf}")
         elif args.command == "init":
             return await _init(client, args)
@@ -431,6 +465,8 @@ async def _init(client: Client, args: argparse.Namespace) -> int:
         except ClientError as exc:
             if exc.code.name != "ALREADY_EXISTS":
                 raise
+    if args.repair_every:
+        print(await client.schedule_repair(args.repair_every))
     return 0
 
 
@@ -587,6 +623,7 @@ async def _dev(args: argparse.Namespace) -> None:
         temporal_port=args.temporal_port,
         temporal_ui_port=args.temporal_ui_port,
         log_level=args.log_level,
+        repair_every_hours=DEFAULT_INTERVAL_HOURS,
     )
 
     async def start() -> None:

@@ -164,7 +164,7 @@ class AddedNode:
 
 @dataclass(frozen=True, slots=True)
 class StartedChange:
-    """A ring change started: removal, replacement or RF change (queued until its turn)."""
+    """A ring change started (removal, replacement or RF change; queued until its turn), or a repair."""
 
     migration_id: str
     workflow_id: str
@@ -341,11 +341,15 @@ class Client:
             )
         return results
 
-    async def create_tenant(self, tenant_id: str, replication_factor: int = 0) -> int:
-        reply = await self._call(
-            self._stub.CreateTenant,
-            pb.CreateTenantRequest(tenant_id=tenant_id, replication_factor=replication_factor),
-        )
+    async def create_tenant(
+        self, tenant_id: str, replication_factor: int = 0, *, gc_grace_seconds: int | None = None
+    ) -> int:
+        """Create a tenant; its replication factor (0: the default, 3). gc_grace_seconds: how long
+        its deletes' tombstones are kept at least (None: the default, 10 days)."""
+        request = pb.CreateTenantRequest(tenant_id=tenant_id, replication_factor=replication_factor)
+        if gc_grace_seconds is not None:
+            request.gc_grace_seconds = gc_grace_seconds
+        reply = await self._call(self._stub.CreateTenant, request)
         return int(reply.tenant.replication_factor)
 
     async def get_tenant(self, tenant_id: str) -> Tenant:
@@ -395,6 +399,19 @@ class Client:
             ),
         )
         return StartedChange(r.migration_id, r.workflow_id, r.message)
+
+    async def repair(self, tenant_id: str = "", *, throttle_keys_per_second: int = 0) -> StartedChange:
+        """Start an anti-entropy repair of every tenant (or of one); follow it as a migration."""
+        r = await self._call(
+            self._stub.Repair,
+            pb.RepairRequest(tenant_id=tenant_id, throttle_keys_per_second=throttle_keys_per_second),
+        )
+        return StartedChange(r.migration_id, r.workflow_id, r.message)
+
+    async def schedule_repair(self, every_hours: int = 0) -> str:
+        """Create (or re-time) the Temporal Schedule repairing every tenant every `every_hours` h."""
+        r = await self._call(self._stub.ScheduleRepair, pb.ScheduleRepairRequest(every_hours=every_hours))
+        return str(r.message)
 
     async def replace_node(
         self,

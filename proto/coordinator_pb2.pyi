@@ -159,22 +159,26 @@ class BatchReadResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[BatchReadResult, _Mapping]]] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("tenant_id", "replication_factor")
+    __slots__ = ("tenant_id", "replication_factor", "gc_grace_seconds")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    GC_GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     replication_factor: int
-    def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ...) -> None: ...
+    gc_grace_seconds: int
+    def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ..., gc_grace_seconds: _Optional[int] = ...) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("tenant_id", "replication_factor", "created_at")
+    __slots__ = ("tenant_id", "replication_factor", "created_at", "gc_grace_seconds")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    GC_GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     replication_factor: int
     created_at: int
-    def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ..., created_at: _Optional[int] = ...) -> None: ...
+    gc_grace_seconds: int
+    def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ..., created_at: _Optional[int] = ..., gc_grace_seconds: _Optional[int] = ...) -> None: ...
 
 class CreateTenantResponse(_message.Message):
     __slots__ = ("tenant",)
@@ -277,6 +281,28 @@ class UpdateTenantRequest(_message.Message):
     hold_at_cutover: bool
     throttle_keys_per_second: int
     def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ..., hold_at_cutover: _Optional[bool] = ..., throttle_keys_per_second: _Optional[int] = ...) -> None: ...
+
+class RepairRequest(_message.Message):
+    __slots__ = ("tenant_id", "throttle_keys_per_second")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_KEYS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    throttle_keys_per_second: int
+    def __init__(self, tenant_id: _Optional[str] = ..., throttle_keys_per_second: _Optional[int] = ...) -> None: ...
+
+class ScheduleRepairRequest(_message.Message):
+    __slots__ = ("every_hours",)
+    EVERY_HOURS_FIELD_NUMBER: _ClassVar[int]
+    every_hours: int
+    def __init__(self, every_hours: _Optional[int] = ...) -> None: ...
+
+class ScheduleRepairResponse(_message.Message):
+    __slots__ = ("schedule_id", "message")
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    schedule_id: str
+    message: str
+    def __init__(self, schedule_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ListMigrationsRequest(_message.Message):
     __slots__ = ("recent",)

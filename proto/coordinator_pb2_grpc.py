@@ -94,6 +94,16 @@ class CoordinatorServiceStub:
                 request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ListMigrationsRequest.SerializeToString,
                 response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ListMigrationsResponse.FromString,
                 _registered_method=True)
+        self.Repair = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/Repair',
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.RepairRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RingChangeResponse.FromString,
+                _registered_method=True)
+        self.ScheduleRepair = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/ScheduleRepair',
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ScheduleRepairRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ScheduleRepairResponse.FromString,
+                _registered_method=True)
         self.ListStorageNodes = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/ListStorageNodes',
                 request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ListStorageNodesRequest.SerializeToString,
@@ -201,6 +211,18 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Repair(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScheduleRepair(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListStorageNodes(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -299,6 +321,16 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ListMigrations,
                     request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ListMigrationsRequest.FromString,
                     response_serializer=pairdb_dot_proto_dot_coordinator__pb2.ListMigrationsResponse.SerializeToString,
+            ),
+            'Repair': grpc.unary_unary_rpc_method_handler(
+                    servicer.Repair,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RepairRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.RingChangeResponse.SerializeToString,
+            ),
+            'ScheduleRepair': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleRepair,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ScheduleRepairRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.ScheduleRepairResponse.SerializeToString,
             ),
             'ListStorageNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListStorageNodes,
@@ -655,6 +687,60 @@ class CoordinatorService:
             '/pairdb.v1.CoordinatorService/ListMigrations',
             pairdb_dot_proto_dot_coordinator__pb2.ListMigrationsRequest.SerializeToString,
             pairdb_dot_proto_dot_coordinator__pb2.ListMigrationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Repair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/Repair',
+            pairdb_dot_proto_dot_coordinator__pb2.RepairRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.RingChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleRepair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/ScheduleRepair',
+            pairdb_dot_proto_dot_coordinator__pb2.ScheduleRepairRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.ScheduleRepairResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -201,14 +201,16 @@ class ApplyEntriesResponse(_message.Message):
     def __init__(self, applied: _Optional[int] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ...) -> None: ...
 
 class RangeDigestRequest(_message.Message):
-    __slots__ = ("range", "epoch", "count_only")
+    __slots__ = ("range", "epoch", "count_only", "tenants")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     COUNT_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     range: TokenRange
     epoch: int
     count_only: bool
-    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., epoch: _Optional[int] = ..., count_only: _Optional[bool] = ...) -> None: ...
+    tenants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., epoch: _Optional[int] = ..., count_only: _Optional[bool] = ..., tenants: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RangeDigestResponse(_message.Message):
     __slots__ = ("digest", "count")
@@ -234,6 +236,31 @@ class DeleteRangeResponse(_message.Message):
     deleted: int
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
+class PurgeTombstonesRequest(_message.Message):
+    __slots__ = ("range", "epoch", "cutoffs", "repaired_at")
+    class CutoffsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CUTOFFS_FIELD_NUMBER: _ClassVar[int]
+    REPAIRED_AT_FIELD_NUMBER: _ClassVar[int]
+    range: TokenRange
+    epoch: int
+    cutoffs: _containers.ScalarMap[str, int]
+    repaired_at: int
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., epoch: _Optional[int] = ..., cutoffs: _Optional[_Mapping[str, int]] = ..., repaired_at: _Optional[int] = ...) -> None: ...
+
+class PurgeTombstonesResponse(_message.Message):
+    __slots__ = ("purged",)
+    PURGED_FIELD_NUMBER: _ClassVar[int]
+    purged: int
+    def __init__(self, purged: _Optional[int] = ...) -> None: ...
+
 class SetFenceRequest(_message.Message):
     __slots__ = ("epoch",)
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -251,15 +278,27 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("node_id", "keys", "bytes", "tombstones", "fence")
+    __slots__ = ("node_id", "keys", "bytes", "tombstones", "fence", "tombstones_purged", "repairs")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
     FENCE_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONES_PURGED_FIELD_NUMBER: _ClassVar[int]
+    REPAIRS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     keys: int
     bytes: int
     tombstones: int
     fence: int
-    def __init__(self, node_id: _Optional[str] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ..., tombstones: _Optional[int] = ..., fence: _Optional[int] = ...) -> None: ...
+    tombstones_purged: int
+    repairs: _containers.RepeatedCompositeFieldContainer[RangeRepair]
+    def __init__(self, node_id: _Optional[str] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ..., tombstones: _Optional[int] = ..., fence: _Optional[int] = ..., tombstones_purged: _Optional[int] = ..., repairs: _Optional[_Iterable[_Union[RangeRepair, _Mapping]]] = ...) -> None: ...
+
+class RangeRepair(_message.Message):
+    __slots__ = ("range", "repaired_at_ms")
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    REPAIRED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    range: TokenRange
+    repaired_at_ms: int
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., repaired_at_ms: _Optional[int] = ...) -> None: ...

@@ -79,6 +79,11 @@ class StorageServiceStub:
                 request_serializer=pairdb_dot_proto_dot_storage__pb2.DeleteRangeRequest.SerializeToString,
                 response_deserializer=pairdb_dot_proto_dot_storage__pb2.DeleteRangeResponse.FromString,
                 _registered_method=True)
+        self.PurgeTombstones = channel.unary_unary(
+                '/pairdb.v1.StorageService/PurgeTombstones',
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.PurgeTombstonesRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.PurgeTombstonesResponse.FromString,
+                _registered_method=True)
         self.SetFence = channel.unary_unary(
                 '/pairdb.v1.StorageService/SetFence',
                 request_serializer=pairdb_dot_proto_dot_storage__pb2.SetFenceRequest.SerializeToString,
@@ -148,6 +153,12 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeTombstones(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetFence(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -207,6 +218,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.DeleteRange,
                     request_deserializer=pairdb_dot_proto_dot_storage__pb2.DeleteRangeRequest.FromString,
                     response_serializer=pairdb_dot_proto_dot_storage__pb2.DeleteRangeResponse.SerializeToString,
+            ),
+            'PurgeTombstones': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeTombstones,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.PurgeTombstonesRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.PurgeTombstonesResponse.SerializeToString,
             ),
             'SetFence': grpc.unary_unary_rpc_method_handler(
                     servicer.SetFence,
@@ -462,6 +478,33 @@ class StorageService:
             '/pairdb.v1.StorageService/DeleteRange',
             pairdb_dot_proto_dot_storage__pb2.DeleteRangeRequest.SerializeToString,
             pairdb_dot_proto_dot_storage__pb2.DeleteRangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeTombstones(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.StorageService/PurgeTombstones',
+            pairdb_dot_proto_dot_storage__pb2.PurgeTombstonesRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.PurgeTombstonesResponse.FromString,
             options,
             channel_credentials,
             insecure,

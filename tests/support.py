@@ -19,6 +19,7 @@ from pairdb.kernel.keyspace import Version, token
 from pairdb.local.cluster import LocalCluster
 from pairdb.proto import storage_pb2_grpc
 from pairdb.serving.server import new_server
+from pairdb.storage_node.client import NodeStats
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine
 from pairdb.storage_node.service import StorageService
@@ -253,3 +254,36 @@ async def start_node(
 def now_version(origin: int = 1, ahead_ms: int = 0) -> Version:
     """A version of now on this machine's clock (plus ahead_ms)."""
     return Version((time.time_ns() // 1_000_000 + ahead_ms) << 16, origin)
+
+
+async def divergent(cluster: LocalCluster, tenants: dict[str, int]) -> list[str]:
+    """Ranges whose replicas' digests differ, per group of tenants sharing an RF (tenant -> RF).
+
+    Asked of the storage nodes directly: no coordinator, no client read, no read repair.
+    """
+    ring = await current_ring(cluster)
+    clients = {n: cluster.nodes[n].client() for n in ring.node_ids}
+    bad: list[str] = []
+    try:
+        for start, end, _ in ring.ranges():
+            for rf in sorted(set(tenants.values())):
+                group = [t for t, r in tenants.items() if r == rf]
+                digests = {
+                    n: await clients[n].range_digest(start, end, tenants=group)
+                    for n in ring.replicas(end, rf)
+                }
+                if len(set(digests.values())) > 1:
+                    counts = {n: count for n, (_, count) in digests.items()}
+                    bad.append(f"({start}, {end}] RF {rf}: {counts}")
+    finally:
+        for c in clients.values():
+            await c.close()
+    return bad
+
+
+async def node_stats(cluster: LocalCluster, node_id: str) -> NodeStats:
+    client = cluster.nodes[node_id].client()
+    try:
+        return await client.stats()
+    finally:
+        await client.close()

@@ -1,4 +1,5 @@
-"""The migration worker process: `pairdb worker` runs the ring-change workflows, activities, reconciler."""
+"""The migration worker process: `pairdb worker` runs the ring-change and repair workflows, their
+activities, and the reconciler."""
 
 from __future__ import annotations
 
@@ -17,17 +18,26 @@ from pairdb.activities.context import StepContext
 from pairdb.activities.copy import CopySteps
 from pairdb.activities.reconciler import Reconciler
 from pairdb.activities.registry_steps import RegistrySteps
+from pairdb.activities.repair import RepairSteps
 from pairdb.coordinator.metadata import Metadata
 from pairdb.kernel import migration as m
+from pairdb.kernel.sabotage import from_env as sabotage_from_env
 from pairdb.serving import metrics
 from pairdb.workflows.node_addition import NodeAdditionWorkflow
+from pairdb.workflows.repair import RepairWorkflow
 from pairdb.workflows.ring_change import (
     NodeRemovalWorkflow,
     NodeReplacementWorkflow,
     ReplicationChangeWorkflow,
 )
 
-WORKFLOWS = [NodeAdditionWorkflow, NodeRemovalWorkflow, NodeReplacementWorkflow, ReplicationChangeWorkflow]
+WORKFLOWS = [
+    NodeAdditionWorkflow,
+    NodeRemovalWorkflow,
+    NodeReplacementWorkflow,
+    ReplicationChangeWorkflow,
+    RepairWorkflow,
+]
 
 log = structlog.get_logger()
 
@@ -45,6 +55,7 @@ class WorkerConfig:
 
 def build_worker(client: Client, ctx: StepContext) -> Worker:
     registry, copy, cleanup = RegistrySteps(ctx), CopySteps(ctx), CleanupSteps(ctx)
+    repair = RepairSteps(ctx, sabotage_from_env())
     return Worker(
         client,
         task_queue=m.TASK_QUEUE,
@@ -63,6 +74,10 @@ def build_worker(client: Client, ctx: StepContext) -> Worker:
             cleanup.drop_moved_ranges,
             cleanup.wipe_joining_node,
             cleanup.drop_gained_ranges,
+            repair.begin_repair,
+            repair.plan_repair,
+            repair.repair_ranges,
+            repair.finish_repair,
         ],
     )
 

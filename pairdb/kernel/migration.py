@@ -66,6 +66,8 @@ class Phase(enum.StrEnum):
     DONE = "done"
     CANCELLING = "cancelling"
     ROLLING_BACK = "rolling_back"
+    # A repair (kernel/repair.py) comparing and syncing replicas; it is `queued` while a ring changes.
+    REPAIRING = "repairing"
 
 
 class Status(enum.StrEnum):

@@ -87,6 +87,8 @@ class LocalCluster:
     # Virtual nodes of each storage node joined at start; 0 means the coordinator's default.
     # Few make big ranges (a benchmark of one range's copy).
     virtual_nodes: int = 0
+    # Create the repair Schedule at start, repairing every tenant this often (0: none; `pairdb dev`: daily).
+    repair_every_hours: int = 0
     postgres: EmbeddedPostgres = field(init=False)
     temporal_server: TemporalDevServer = field(init=False)
     worker: ManagedProcess | None = field(init=False, default=None)
@@ -311,3 +313,5 @@ class LocalCluster:
                 except ClientError as exc:
                     if exc.code.name != "ALREADY_EXISTS":
                         raise
+            if self.temporal and self.repair_every_hours:
+                await client.schedule_repair(self.repair_every_hours)

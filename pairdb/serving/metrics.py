@@ -46,6 +46,13 @@ ACTIVE_MIGRATIONS = Gauge(
 STORAGE_KEYS = Gauge("pairdb_storage_keys", "Live keys on this storage node")
 STORAGE_BYTES = Gauge("pairdb_storage_bytes", "Bytes of live values on this storage node")
 STORAGE_TOMBSTONES = Gauge("pairdb_storage_tombstones", "Tombstones on this storage node")
+STORAGE_PURGED = Gauge(
+    "pairdb_storage_tombstones_purged", "Tombstones this storage node purged after covering repairs"
+)
+STORAGE_OLDEST_REPAIR = Gauge(
+    "pairdb_storage_oldest_repair_age_seconds",
+    "Age of the oldest covering repair among the ranges this node recorded one for (0: none yet)",
+)
 
 # -- migration worker ------------------------------------------------------------------
 COPY_KEYS = Counter("pairdb_copy_keys", "Keys copied to joining nodes")
@@ -57,6 +64,13 @@ COPY_RANGES = Counter(
     "Ranges copied, by how: forwarded (from one source) or merged (a quorum's newest, some tenants only)",
     ["how"],
 )
+REPAIR_RANGES = Counter(
+    "pairdb_repair_ranges",
+    "Ranges repaired: in_sync (digests equal), repaired (records sent), incomplete (a replica missing)",
+    ["outcome"],
+)
+REPAIR_RECORDS = Counter("pairdb_repair_records", "Records a repair sent to a replica that lacked them")
+TOMBSTONES_PURGED = Counter("pairdb_tombstones_purged", "Tombstones purged by repairs, over all replicas")
 MIGRATION_DURATION = Histogram(
     "pairdb_migration_duration_seconds",
     "Time from start to end of a migration",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,9 @@ class NodeStats:
     keys: int
     bytes: int
     tombstones: int
+    tombstones_purged: int = 0
+    # (start, end, wall ms its covering repair started) per range a finished repair covered.
+    repairs: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,10 +270,17 @@ class NodeClient:
         return int(reply.count)
 
     async def range_digest(
-        self, start: int, end: int, *, epoch: int = 0, timeout: float | None = None
+        self,
+        start: int,
+        end: int,
+        *,
+        tenants: Iterable[str] = (),
+        epoch: int = 0,
+        timeout: float | None = None,
     ) -> tuple[bytes, int]:
+        """The digest and count of (start, end]'s records: only those of tenants, when given."""
         request = storage_pb2.RangeDigestRequest(
-            range=storage_pb2.TokenRange(start=start, end=end), epoch=epoch
+            range=storage_pb2.TokenRange(start=start, end=end), epoch=epoch, tenants=sorted(tenants)
         )
         reply = await self._call(self._stub.RangeDigest, request, timeout or 10 * self.timeout)
         return bytes(reply.digest), int(reply.count)
@@ -291,6 +301,26 @@ class NodeClient:
         reply = await self._call(self._stub.DeleteRange, request, timeout or 30 * self.timeout)
         return int(reply.deleted)
 
+    async def purge_tombstones(
+        self,
+        start: int,
+        end: int,
+        cutoffs: Mapping[str, int],
+        *,
+        repaired_at: int = 0,
+        epoch: int = 0,
+        timeout: float | None = None,
+    ) -> int:
+        """Purge (start, end]'s tombstones older than their tenant's cutoff hlc; how many went."""
+        request = storage_pb2.PurgeTombstonesRequest(
+            range=storage_pb2.TokenRange(start=start, end=end),
+            epoch=epoch,
+            cutoffs=dict(cutoffs),
+            repaired_at=repaired_at,
+        )
+        reply = await self._call(self._stub.PurgeTombstones, request, timeout or 30 * self.timeout)
+        return int(reply.purged)
+
     async def set_fence(self, epoch: int, timeout: float | None = None) -> int:
         """Refuse requests routed by epochs older than epoch from now on; returns the fence in force."""
         reply = await self._call(
@@ -300,7 +330,14 @@ class NodeClient:
 
     async def stats(self, timeout: float | None = None) -> NodeStats:
         reply = await self._call(self._stub.Stats, storage_pb2.StatsRequest(), timeout or self.timeout)
-        return NodeStats(self.node_id, reply.keys, reply.bytes, reply.tombstones)
+        return NodeStats(
+            self.node_id,
+            reply.keys,
+            reply.bytes,
+            reply.tombstones,
+            reply.tombstones_purged,
+            tuple((r.range.start, r.range.end, r.repaired_at_ms) for r in reply.repairs),
+        )
 
 
 class StoragePool:

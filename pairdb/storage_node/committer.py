@@ -9,7 +9,7 @@ never blocks on the disk.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from pairdb.storage_node.engine import Applied, Engine, StoredRecord
@@ -62,6 +62,15 @@ class GroupCommitter:
         await self.apply([])
         return await asyncio.get_running_loop().run_in_executor(
             self._writer, self._engine.delete_range, start, end, tenants
+        )
+
+    async def purge_tombstones(
+        self, start: int, end: int, cutoffs: Mapping[str, int], repaired_at: int = 0
+    ) -> int:
+        """Engine.purge_tombstones on the writer thread, after every apply queued before it."""
+        await self.apply([])
+        return await asyncio.get_running_loop().run_in_executor(
+            self._writer, self._engine.purge_tombstones, start, end, cutoffs, repaired_at
         )
 
     async def _run(self) -> None:

@@ -20,15 +20,24 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
 
-from pairdb.kernel.keyspace import TOKEN_MAX, Applied, StoredRecord, Version, token
+from pairdb.kernel.keyspace import TOKEN_MAX, Applied, StoredRecord, Version, in_range, token
 
-__all__ = ["Applied", "Engine", "MalformedEntries", "Stats", "StoredRecord", "digest_of", "unpack_entries"]
+__all__ = [
+    "Applied",
+    "Engine",
+    "MalformedEntries",
+    "RangeRepair",
+    "Stats",
+    "StoredRecord",
+    "digest_of",
+    "unpack_entries",
+]
 
 _VERSION = struct.Struct(">QIB")
 _TOMBSTONE = 0x01
@@ -37,6 +46,11 @@ _COUNTERS = struct.Struct(">QQQ")
 _COUNTERS_KEY = b"counters"
 _FENCE = struct.Struct(">Q")
 _FENCE_KEY = b"fence"
+_PURGED_KEY = b"purged"
+_U64 = struct.Struct(">Q")
+# b"repaired" | start (8) | end (8) -> the hlc a repair of (start, end] started at (8 bytes).
+_REPAIRED_PREFIX = b"repaired"
+_RANGE = struct.Struct(">QQ")
 _ENTRY = struct.Struct(">HI")
 DIGEST_BYTES = 16
 # The shortest key an entry may have: a token, a tenant length and a one-byte tenant and key.
@@ -49,6 +63,17 @@ class Stats:
     keys: int
     bytes: int
     tombstones: int
+    # Tombstones purged since the node was created (Engine.purge_tombstones).
+    purged: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRepair:
+    """A range a finished repair covered, and the hlc that repair started at."""
+
+    start: int
+    end: int
+    repaired_at: int
 
 
 def encode_key(tenant_id: str, key: str) -> bytes:
@@ -110,10 +135,14 @@ def range_hash() -> hashlib._Hash:
     return hashlib.sha256()
 
 
-def _digest(entries: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, int]:
+def _digest(
+    entries: Iterable[tuple[bytes, bytes]], tenants: frozenset[bytes] = frozenset()
+) -> tuple[bytes, int]:
     h = range_hash()
     count = 0
     for db_key, db_value in entries:
+        if tenants and _tenant_of(db_key) not in tenants:
+            continue
         # _entry's bytes, fed piece by piece: no copy of a large value.
         h.update(len(db_key).to_bytes(2, "big"))
         h.update(db_key)
@@ -150,6 +179,11 @@ def _segments(start: int, end: int) -> list[tuple[int, int]]:
     # Wrapping (start == end is the whole ring): (start, MAX] then [0, end].
     parts = [(start + 1, TOKEN_MAX)] if start < TOKEN_MAX else []
     return [*parts, (0, end)]
+
+
+def _overlap(s1: int, e1: int, s2: int, e2: int) -> bool:
+    """Whether ring ranges (s1, e1] and (s2, e2] share a token: then one holds the other's end."""
+    return in_range(e1, s2, e2) or in_range(e2, s1, e1)
 
 
 class Engine:
@@ -253,6 +287,50 @@ class Engine:
             txn.put(_COUNTERS_KEY, _COUNTERS.pack(keys, size, tombstones), db=self._meta)
         return deleted
 
+    def purge_tombstones(self, start: int, end: int, cutoffs: Mapping[str, int], repaired_at: int = 0) -> int:
+        """Remove the tombstones of (start, end] older than their tenant's cutoff hlc; one durable commit.
+
+        Only tenants in cutoffs are touched. The caller (a repair) vouches that
+        every replica of the range holds each of these deletes, so no replica
+        can bring an older value back. repaired_at, when set, records that a
+        repair started at that hlc covered the range (Stats reports it);
+        records of earlier repairs of overlapping ranges are dropped.
+        """
+        wanted = {t.encode(): cutoff for t, cutoff in cutoffs.items()}
+        purged = 0
+        with self._env.begin(write=True) as txn:
+            keys, size, tombstones = self._counters(txn)
+            cursor = txn.cursor(db=self._records)
+            for lo, hi in _segments(start, end) if wanted else []:
+                if not cursor.set_range(_TOKEN.pack(lo)):
+                    continue
+                while True:
+                    db_key = cursor.key()
+                    if _TOKEN.unpack_from(db_key)[0] > hi:
+                        break
+                    cutoff = wanted.get(_tenant_of(db_key))
+                    db_value = cursor.value()
+                    hlc, _, flags = _VERSION.unpack_from(db_value)
+                    if cutoff is None or not flags & _TOMBSTONE or hlc >= cutoff:
+                        if not cursor.next():
+                            break
+                        continue
+                    tombstones -= 1
+                    purged += 1
+                    # delete() moves the cursor to the next record.
+                    if not cursor.delete() or cursor.key() == b"":
+                        break
+            txn.put(_COUNTERS_KEY, _COUNTERS.pack(keys, size, tombstones), db=self._meta)
+            raw = txn.get(_PURGED_KEY, db=self._meta)
+            total = (0 if raw is None else _U64.unpack(raw)[0]) + purged
+            txn.put(_PURGED_KEY, _U64.pack(total), db=self._meta)
+            if repaired_at:
+                for old in self._repairs_in(txn):
+                    if _overlap(old.start, old.end, start, end):
+                        txn.delete(_REPAIRED_PREFIX + _RANGE.pack(old.start, old.end), db=self._meta)
+                txn.put(_REPAIRED_PREFIX + _RANGE.pack(start, end), _U64.pack(repaired_at), db=self._meta)
+        return purged
+
     # -- reads (any thread) --------------------------------------------------------
 
     def get(self, tenant_id: str, key: str) -> StoredRecord | None:
@@ -315,17 +393,35 @@ class Engine:
                     count += 1
         return count
 
-    def digest(self, start: int, end: int) -> tuple[bytes, int]:
+    def digest(self, start: int, end: int, tenants: frozenset[str] = frozenset()) -> tuple[bytes, int]:
         """A hash of every record in (start, end] (key, version and content), and their count.
 
         The content counts: replicas holding one version with different values differ.
+        With tenants, only their records count (replica sets differ between replication factors).
         """
         with self._env.begin() as txn:
-            return _digest(self._walk(txn, start, end, None))
+            return _digest(self._walk(txn, start, end, None), frozenset(t.encode() for t in tenants))
 
     def stats(self) -> Stats:
         with self._env.begin() as txn:
-            return Stats(*self._counters(txn))
+            raw = txn.get(_PURGED_KEY, db=self._meta)
+            return Stats(*self._counters(txn), purged=0 if raw is None else _U64.unpack(raw)[0])
+
+    def repairs(self) -> list[RangeRepair]:
+        """The ranges finished repairs covered (the latest per range), in token order."""
+        with self._env.begin() as txn:
+            return self._repairs_in(txn)
+
+    def _repairs_in(self, txn: lmdb.Transaction) -> list[RangeRepair]:
+        out: list[RangeRepair] = []
+        cursor = txn.cursor(db=self._meta)
+        if cursor.set_range(_REPAIRED_PREFIX):
+            for db_key, db_value in cursor:
+                if not bytes(db_key).startswith(_REPAIRED_PREFIX):
+                    break
+                start, end = _RANGE.unpack_from(db_key, len(_REPAIRED_PREFIX))
+                out.append(RangeRepair(start, end, _U64.unpack(db_value)[0]))
+        return out
 
     def _counters(self, txn: lmdb.Transaction) -> tuple[int, int, int]:
         raw = txn.get(_COUNTERS_KEY, db=self._meta)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,13 @@ class StorageNodeConfig:
     metrics_port: int = 0
     # Versions further ahead of this node's clock are refused (see pairdb/kernel/clocks.py).
     max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
+
+
+def _oldest_repair_age(engine: Engine) -> float:
+    repairs = engine.repairs()
+    if not repairs:
+        return 0.0
+    return max(0.0, time.time() - min(r.repaired_at >> 16 for r in repairs) / 1000)
 
 
 async def serve(config: StorageNodeConfig) -> None:
@@ -69,6 +77,8 @@ async def serve(config: StorageNodeConfig) -> None:
     metrics.STORAGE_KEYS.set_function(lambda: engine.stats().keys)
     metrics.STORAGE_BYTES.set_function(lambda: engine.stats().bytes)
     metrics.STORAGE_TOMBSTONES.set_function(lambda: engine.stats().tombstones)
+    metrics.STORAGE_PURGED.set_function(lambda: engine.stats().purged)
+    metrics.STORAGE_OLDEST_REPAIR.set_function(lambda: _oldest_repair_age(engine))
     metrics.serve(config.metrics_port, config.host)
     address = f"{config.host}:{config.port}"
     if server.add_insecure_port(address) == 0:

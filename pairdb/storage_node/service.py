@@ -277,11 +277,12 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         self, request: storage_pb2.RangeDigestRequest, context: ServicerContext
     ) -> storage_pb2.RangeDigestResponse:
         await self._check_epoch(request.epoch, context)
-        if request.count_only:
-            count = await asyncio.to_thread(self._engine.count, request.range.start, request.range.end)
+        start, end, tenants = request.range.start, request.range.end, frozenset(request.tenants)
+        if request.count_only and not tenants:
+            count = await asyncio.to_thread(self._engine.count, start, end)
             return storage_pb2.RangeDigestResponse(count=count)
-        digest, count = await asyncio.to_thread(self._engine.digest, request.range.start, request.range.end)
-        return storage_pb2.RangeDigestResponse(digest=digest, count=count)
+        digest, count = await asyncio.to_thread(self._engine.digest, start, end, tenants)
+        return storage_pb2.RangeDigestResponse(digest=b"" if request.count_only else digest, count=count)
 
     async def DeleteRange(
         self, request: storage_pb2.DeleteRangeRequest, context: ServicerContext
@@ -301,6 +302,36 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             deleted=deleted,
         )
         return storage_pb2.DeleteRangeResponse(deleted=deleted)
+
+    async def PurgeTombstones(
+        self, request: storage_pb2.PurgeTombstonesRequest, context: ServicerContext
+    ) -> storage_pb2.PurgeTombstonesResponse:
+        await self._check_epoch(request.epoch, context)
+        if not request.HasField("range"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "range is required")
+        # A cutoff ahead of this node's clock would purge deletes still on their way to other replicas.
+        limit = (self._clock.now_ms() + self._max_offset_ms) << 16
+        late = sorted(t for t, cutoff in request.cutoffs.items() if cutoff > limit)
+        if late:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"cutoffs of {', '.join(late)} are ahead of this node's clock: a purge may only "
+                "remove deletes older than a finished repair",
+            )
+        start, end = request.range.start, request.range.end
+        purged = await self._committer.purge_tombstones(
+            start, end, dict(request.cutoffs), request.repaired_at
+        )
+        if purged:
+            log.info(
+                "Tombstones purged",
+                node_id=self._node_id,
+                start=start,
+                end=end,
+                tenants=sorted(request.cutoffs),
+                purged=purged,
+            )
+        return storage_pb2.PurgeTombstonesResponse(purged=purged)
 
     async def SetFence(
         self, request: storage_pb2.SetFenceRequest, context: ServicerContext
@@ -322,4 +353,11 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             bytes=stats.bytes,
             tombstones=stats.tombstones,
             fence=self._fence,
+            tombstones_purged=stats.purged,
+            repairs=[
+                storage_pb2.RangeRepair(
+                    range=storage_pb2.TokenRange(start=r.start, end=r.end), repaired_at_ms=r.repaired_at >> 16
+                )
+                for r in self._engine.repairs()
+            ],
         )

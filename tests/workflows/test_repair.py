@@ -1,0 +1,185 @@
+"""Anti-entropy repair and tombstone GC, end to end: replicas that heal without a single client read.
+
+Real Temporal dev server, PostgreSQL, three storage nodes, a coordinator and a
+worker. Replicas are made to diverge the way production makes them diverge (a
+node killed while writes and deletes run, a data directory lost); then only a
+repair runs, and the storage nodes are asked directly whether they agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pairdb.client import Client
+from pairdb.kernel.sabotage import PURGE_WITHOUT_EVERY_REPLICA, SABOTAGE_ENV
+from pairdb.local.cluster import LocalCluster
+from tests.conftest import local_cluster
+from tests.support import divergent, node_stats, wait_ended
+
+NODES = ("node-1", "node-2", "node-3")
+
+
+@pytest.fixture(scope="module")
+async def repair_cluster() -> AsyncIterator[LocalCluster]:
+    async with local_cluster("repair", storage_nodes=3, log_level="WARNING") as cluster:
+        yield cluster
+
+
+async def repair(client: Client, tenant: str = "") -> tuple[str, str]:
+    """Run a repair to its end: (status, error)."""
+    started = await client.repair(tenant)
+    ended = await wait_ended(client, started.migration_id, timeout=120)
+    return ended.status, ended.error
+
+
+async def held(cluster: LocalCluster, node_id: str, tenant: str, keys: list[str]) -> dict[str, str]:
+    """What the node itself holds of each key: `value`, `tombstone` or `nothing`."""
+    storage = cluster.nodes[node_id].client()
+    try:
+        out = {}
+        for key in keys:
+            record = await storage.get(tenant, key)
+            out[key] = "nothing" if record is None else "tombstone" if record.tombstone else "value"
+        return out
+    finally:
+        await storage.close()
+
+
+async def test_a_replica_killed_under_writes_and_deletes_is_level_after_a_repair_without_any_read(
+    repair_cluster: LocalCluster,
+) -> None:
+    cluster = repair_cluster
+    async with cluster.client() as client:
+        await client.create_tenant("killed", 3)
+        await client.create_tenant("pair", 2)
+        for i in range(200):
+            await client.put("killed", f"k{i}", b"before")
+            await client.put("pair", f"k{i}", b"before")
+        await cluster.kill_storage_node("node-3")
+        try:
+            # RF 2 keeps a quorum of a range only where node-3 is not a replica: ONE there.
+            for i in range(0, 200, 2):
+                await client.put("killed", f"k{i}", b"while-down")
+                await client.put("pair", f"k{i}", b"while-down", consistency="ONE")
+            for i in range(1, 200, 4):
+                await client.delete("killed", f"k{i}")
+                await client.delete("pair", f"k{i}", consistency="ONE")
+        finally:
+            await cluster.restart_storage_node("node-3")
+        tenants = {"killed": 3, "pair": 2}
+        assert await divergent(cluster, tenants), (
+            "node-3 should have missed the writes made while it was down"
+        )
+
+        status, error = await repair(client)
+
+        assert (status, error) == ("completed", "")
+        assert await divergent(cluster, tenants) == []
+        assert (await held(cluster, "node-3", "killed", ["k0", "k1"])) == {"k0": "value", "k1": "tombstone"}
+
+
+async def test_a_node_that_lost_its_data_directory_gets_every_record_back_from_a_repair(
+    repair_cluster: LocalCluster,
+) -> None:
+    cluster = repair_cluster
+    async with cluster.client() as client:
+        await client.create_tenant("lost", 3)
+        written = {f"k{i}": f"v{i}".encode() for i in range(500)}
+        for key, value in written.items():
+            await client.put("lost", key, value, consistency="ALL")
+        await cluster.kill_storage_node("node-3")
+        shutil.rmtree(cluster.data_dir / "nodes" / "node-3")  # the disk is gone
+        await cluster.restart_storage_node("node-3")
+        assert (await node_stats(cluster, "node-3")).keys == 0
+
+        status, error = await repair(client)
+
+        assert (status, error) == ("completed", "")
+        assert (await node_stats(cluster, "node-3")).keys >= len(written)
+        assert await held(cluster, "node-3", "lost", list(written)) == dict.fromkeys(written, "value")
+        assert await divergent(cluster, {"lost": 3}) == []
+
+
+async def test_tombstones_go_only_after_their_grace_period_and_a_covering_repair(
+    repair_cluster: LocalCluster,
+) -> None:
+    cluster = repair_cluster
+    async with cluster.client() as client:
+        await client.create_tenant("short", 3, gc_grace_seconds=1)
+        await client.create_tenant("long", 3, gc_grace_seconds=3600)
+        keys = [f"k{i}" for i in range(100)]
+        for tenant in ("short", "long"):
+            for key in keys:
+                await client.put(tenant, key, b"v", consistency="ALL")
+            for key in keys[:50]:
+                await client.delete(tenant, key, consistency="ALL")
+        await asyncio.sleep(
+            1.5
+        )  # past the short grace period (a duration under test, not a wait for an event)
+        # Past its grace period, yet no repair has covered it: every tombstone is still there.
+        for node in NODES:
+            assert set((await held(cluster, node, "short", keys[:50])).values()) == {"tombstone"}
+
+        assert await repair(client) == ("completed", "")
+
+        for node in NODES:
+            short = await held(cluster, node, "short", keys)
+            assert set(short[k] for k in keys[:50]) == {"nothing"}, node
+            assert set(short[k] for k in keys[50:]) == {"value"}, node
+            # Within its grace period: kept, repair or not.
+            long = await held(cluster, node, "long", keys[:50])
+            assert set(long.values()) == {"tombstone"}, node
+            assert (await node_stats(cluster, node)).tombstones_purged >= 50
+            assert (await node_stats(cluster, node)).repairs, "the node records the repair that covered it"
+        for key in keys[:50]:
+            assert not (await client.get("short", key, consistency="ALL")).found
+
+
+async def resurrection(cluster: LocalCluster, client: Client, tenant: str) -> bool:
+    """The classic: a replica misses a delete and stays away past the grace period while repairs run.
+
+    Returns whether the deleted key came back once the replica returned and a repair ran.
+    """
+    await client.create_tenant(tenant, 3, gc_grace_seconds=1)
+    await client.put(tenant, "doomed", b"old value", consistency="ALL")
+    await cluster.kill_storage_node("node-3")
+    try:
+        await client.delete(tenant, "doomed")  # QUORUM: node-1 and node-2 hold the tombstone
+        await asyncio.sleep(1.5)  # past the grace period
+        status, error = await repair(client, tenant)
+        # node-3 did not answer: the repair cannot vouch for the delete there, so it fails.
+        assert status == "failed" and "node-3" in error, (status, error)
+    finally:
+        await cluster.restart_storage_node("node-3")
+    assert (await held(cluster, "node-3", tenant, ["doomed"])) == {"doomed": "value"}
+    await repair(client, tenant)
+    return (await client.get(tenant, "doomed", consistency="ALL")).found
+
+
+async def test_a_replica_back_from_past_the_grace_period_does_not_bring_a_delete_back(
+    repair_cluster: LocalCluster,
+) -> None:
+    async with repair_cluster.client() as client:
+        assert not await resurrection(repair_cluster, client, "classic")
+        for node in NODES:
+            assert await held(repair_cluster, node, "classic", ["doomed"]) == {"doomed": "nothing"}
+
+
+async def test_without_the_every_replica_rule_the_delete_comes_back(repair_cluster: LocalCluster) -> None:
+    """Sabotage: purging where only some replicas answered is exactly the bug the rule prevents."""
+    cluster = repair_cluster
+    assert cluster.worker is not None
+    await cluster.worker.stop()
+    cluster.worker.env = {SABOTAGE_ENV: PURGE_WITHOUT_EVERY_REPLICA}
+    await cluster.start_worker()
+    try:
+        async with cluster.client() as client:
+            assert await resurrection(cluster, client, "sabotaged")
+    finally:
+        await cluster.worker.stop()
+        cluster.worker.env = None
+        await cluster.start_worker()
