@@ -338,9 +338,9 @@ class RepairSteps:
 
     async def _waiting(self, repair_id: str, topology: Topology) -> RepairStep:
         why = f"ring change {topology.migration_id or ''} in flight ({topology.phase or 'starting'})"
-        return RepairStep(await self._report(repair_id), waiting_for=why)
+        return RepairStep(await self._report(repair_id, why), waiting_for=why)
 
-    async def _report(self, repair_id: str) -> Progress:
+    async def _report(self, repair_id: str, waiting_for: str = "") -> Progress:
         totals = await self._ctx.repairs.totals(repair_id)
         row = await self._ctx.repairs.get(repair_id)
         assert row is not None
@@ -365,6 +365,7 @@ class RepairSteps:
             "streamed": totals["streamed"],
             "purged": totals["purged"],
             "ranges_incomplete": totals["ranges_incomplete"],
+            "waiting_for": waiting_for,
         }
         await self._ctx.repairs.save_progress(repair_id, payload, datetime.now(UTC) + timedelta(seconds=eta))
         return progress

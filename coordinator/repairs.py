@@ -48,7 +48,9 @@ MAX_INTERVAL_HOURS = 24 * 30
 
 
 def as_migration(row: RepairRow) -> MigrationRow:
-    """A repair as status and listings show migrations: type `repair`, its tenant (or `all`) as node."""
+    """A repair as status and listings show migrations: type `repair`, its tenant (or `all`) as node;
+    `queued` while it waits for a ring change, and why."""
+    waiting = str(row.progress.get("waiting_for", "")) if row.status == Status.IN_PROGRESS else ""
     return MigrationRow(
         migration_id=row.repair_id,
         type=r.REPAIR_TYPE,
@@ -57,10 +59,12 @@ def as_migration(row: RepairRow) -> MigrationRow:
         port=0,
         virtual_nodes=0,
         workflow_id=row.repair_id,
-        phase=Phase.REPAIRING if row.status == Status.IN_PROGRESS else Phase.DONE,
+        phase=(Phase.QUEUED if waiting else Phase.REPAIRING)
+        if row.status == Status.IN_PROGRESS
+        else Phase.DONE,
         status=row.status,
         progress=row.progress,
-        error=row.error,
+        error=f"waiting: {waiting}" if waiting else row.error,
         started_at=row.started_at,
         completed_at=row.completed_at,
         estimated_completion=row.estimated_completion,

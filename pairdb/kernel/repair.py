@@ -10,7 +10,6 @@ No `from __future__ import annotations` here: the workflow sandbox resolves thes
 string annotations in a module view that lacks the names imported from kernel/migration.py.
 """
 
-
 from dataclasses import dataclass, field
 
 from pairdb.kernel.migration import Progress, Status

@@ -12,13 +12,15 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 
-from pairdb.client import Client
+from pairdb.client import Client, ClientError
+from pairdb.kernel.repair import SCHEDULE_ID
 from pairdb.kernel.sabotage import PURGE_WITHOUT_EVERY_REPLICA, SABOTAGE_ENV
 from pairdb.local.cluster import LocalCluster
 from tests.conftest import local_cluster
-from tests.support import divergent, node_stats, wait_ended
+from tests.support import divergent, node_stats, temporal_cli, wait_ended, wait_for, wait_phase
 
 NODES = ("node-1", "node-2", "node-3")
 
@@ -183,3 +185,65 @@ async def test_without_the_every_replica_rule_the_delete_comes_back(repair_clust
         await cluster.worker.stop()
         cluster.worker.env = None
         await cluster.start_worker()
+
+
+async def test_the_repair_schedule_is_a_temporal_schedule_operators_can_see_and_retime(
+    repair_cluster: LocalCluster,
+) -> None:
+    async with repair_cluster.client() as client:
+        assert "created" in await client.schedule_repair(24)
+        listed = await temporal_cli(repair_cluster, "schedule", "list")
+        assert SCHEDULE_ID in listed
+        assert "updated" in await client.schedule_repair(6)
+        described = await temporal_cli(repair_cluster, "schedule", "describe", "--schedule-id", SCHEDULE_ID)
+        assert "6h" in described.replace(" ", "") or "21600" in described
+        with pytest.raises(ClientError) as bad:
+            await client.schedule_repair(24 * 365)
+        assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_repair_waits_while_the_ring_changes_then_finishes_on_the_new_ring(
+    repair_cluster: LocalCluster,
+) -> None:
+    """Last in this module: the cluster has four nodes afterwards."""
+    cluster = repair_cluster
+    async with cluster.client() as client:
+        await client.create_tenant("moving", 3)
+        for i in range(300):
+            await client.put("moving", f"k{i}", b"v")
+        node = await cluster.add_storage_node("node-4")
+        added = await client.add_node("node-4", "127.0.0.1", node.advertised_port, hold_at_cutover=True)
+        await wait_phase(client, added.migration_id, "cutover")
+        started = await client.repair()
+        of_tenant = await client.repair("moving")
+
+        async def waiting() -> bool:
+            for repair_id in (started.migration_id, of_tenant.migration_id):
+                status = await client.migration(repair_id)
+                if status.phase != "queued" or "ring change" not in status.error:
+                    return False
+            return True
+
+        await wait_for(waiting, 60, "the repairs to wait for the ring change")
+        # While they wait: one repair per scope, no rollback, an unknown tenant, a cancel.
+        with pytest.raises(ClientError) as twice:
+            await client.repair()
+        assert twice.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert started.migration_id in twice.value.message
+        with pytest.raises(ClientError) as unknown:
+            await client.repair("nobody")
+        assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(ClientError) as rollback:
+            await client.rollback_migration(started.migration_id)
+        assert rollback.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        await client.cancel_migration(of_tenant.migration_id)
+        cancelled = await wait_ended(client, of_tenant.migration_id)
+        assert (cancelled.status, cancelled.type) == ("cancelled", "repair")
+        listed = {m.migration_id: m.type for m in await client.migrations()}
+        assert (listed[started.migration_id], listed[added.migration_id]) == ("repair", "node_addition")
+
+        await client.pause_migration(added.migration_id, False)  # resume: cleanup, then done
+        assert (await wait_ended(client, added.migration_id)).status == "completed"
+        ended = await wait_ended(client, started.migration_id)
+        assert (ended.status, ended.error) == ("completed", "")
+        assert await divergent(cluster, {"moving": 3}) == []
