@@ -107,6 +107,8 @@ class _Outcome:
     """What repairing one planned range did."""
 
     streamed: int = 0
+    # Records read (merged) from differing pieces: what narrowing down saves is the rest of the range.
+    scanned: int = 0
     purged: int = 0
     differed: bool = False
     unreachable: dict[str, str] = field(default_factory=dict)
@@ -174,6 +176,7 @@ class RepairSteps:
                     chunk.repair_id,
                     planned.index,
                     streamed=outcome.streamed,
+                    scanned=outcome.scanned,
                     purged=outcome.purged,
                     unreachable=sorted(outcome.unreachable),
                 )
@@ -292,7 +295,9 @@ class RepairSteps:
             return
         for target in answered:
             try:
-                outcome.streamed += await self._level(topology, start, end, answered, target, tenants, pace)
+                outcome.streamed += await self._level(
+                    topology, start, end, answered, target, tenants, pace, outcome
+                )
             except StaleEpoch:
                 raise
             except StorageError as exc:
@@ -308,6 +313,7 @@ class RepairSteps:
         target: NodeClient,
         tenants: frozenset[str],
         pace: Pace,
+        outcome: _Outcome,
     ) -> int:
         """Send target what the replicas' merged view of (start, end] has newer than it; how many."""
         epoch = topology.epoch
@@ -315,7 +321,12 @@ class RepairSteps:
         def scan(node: NodeClient) -> merge.Stream:
             return node.scan_range(start, end, batch_size=SCAN_BATCH, epoch=epoch, timeout=SCAN_TIMEOUT)
 
-        newest = merge.merged([scan(r) for r in replicas], start, end, tenants)
+        async def counted(stream: merge.Stream) -> merge.Stream:
+            async for batch in stream:
+                outcome.scanned += len(batch)
+                yield batch
+
+        newest = counted(merge.merged([scan(r) for r in replicas], start, end, tenants))
         sent = 0
         async for batch in merge.behind(newest, scan(target), start, end):
             for at in range(0, len(batch), APPLY_BATCH):
@@ -363,6 +374,7 @@ class RepairSteps:
             "percent": round(progress.percent, 2),
             "repair_started_at": started,
             "streamed": totals["streamed"],
+            "scanned": totals["scanned"],
             "purged": totals["purged"],
             "ranges_incomplete": totals["ranges_incomplete"],
             "waiting_for": waiting_for,

@@ -175,15 +175,23 @@ class RepairStore:
         return [_range(r) for r in rows]
 
     async def mark_repaired(
-        self, repair_id: str, index: int, *, streamed: int, purged: int, unreachable: Sequence[str]
+        self,
+        repair_id: str,
+        index: int,
+        *,
+        streamed: int,
+        scanned: int,
+        purged: int,
+        unreachable: Sequence[str],
     ) -> None:
         await self._pool.execute(
-            "UPDATE repair_ranges SET repaired = true, complete = $3, streamed = $4, purged = $5,"
-            " unreachable = $6 WHERE repair_id = $1 AND range_index = $2",
+            "UPDATE repair_ranges SET repaired = true, complete = $3, streamed = $4, scanned = $5,"
+            " purged = $6, unreachable = $7 WHERE repair_id = $1 AND range_index = $2",
             repair_id,
             index,
             not unreachable,
             streamed,
+            scanned,
             purged,
             sorted(unreachable),
         )
@@ -194,7 +202,8 @@ class RepairStore:
             " count(*) FILTER (WHERE repaired AND NOT complete) AS ranges_incomplete,"
             " coalesce(sum(keys_estimate), 0) AS keys_total,"
             " coalesce(sum(keys_estimate) FILTER (WHERE repaired), 0) AS keys_done,"
-            " coalesce(sum(streamed), 0) AS streamed, coalesce(sum(purged), 0) AS purged"
+            " coalesce(sum(streamed), 0) AS streamed, coalesce(sum(scanned), 0) AS scanned,"
+            " coalesce(sum(purged), 0) AS purged"
             " FROM repair_ranges WHERE repair_id = $1",
             repair_id,
         )

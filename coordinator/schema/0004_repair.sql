@@ -31,6 +31,8 @@ CREATE TABLE repair_ranges (
     complete      boolean NOT NULL DEFAULT false,
     -- Records some replica lacked or held older, and were sent to it.
     streamed      bigint NOT NULL DEFAULT 0,
+    -- Records read from the pieces that differed (narrowing down leaves the rest unread).
+    scanned       bigint NOT NULL DEFAULT 0,
     purged        bigint NOT NULL DEFAULT 0,
     unreachable   text[] NOT NULL DEFAULT '{}',
     PRIMARY KEY (repair_id, range_index)
