@@ -7,7 +7,8 @@ Each schedule starts a fresh local cluster (PostgreSQL, Temporal dev server,
 three storage nodes behind TCP proxies — four for a removal or replacement —,
 two coordinators that each reach PostgreSQL through a proxy of their own, a
 worker), loads data, starts clients that write, overwrite, delete and read
-through both coordinators, and runs one ring change, the schedules taking the
+through both coordinators, and runs one ring change and then an anti-entropy
+repair (with tombstone GC: the tenants' grace period is GC_GRACE_SECONDS), the schedules taking the
 operations in turn: add node-4; remove node-4 (live); replace node-4, first
 killed with kill -9 and its data deleted, by node-5; or change a tenant's
 replication factor (2 -> 3, or 3 -> 2). Faults drawn from the seed are injected,
@@ -52,7 +53,7 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 if __package__ in (None, ""):  # run as `python bench/chaos.py`: the repository is the import root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.checker import GET, PUT, Durability, History, Op, Verdict, check_key, last_acknowledged
+from bench.checker import DELETE, GET, PUT, Durability, History, Op, Verdict, check_key, last_acknowledged
 from pairdb.client import NO_RETRY, Client, ClientError
 from pairdb.coordinator.metadata import Metadata
 from pairdb.coordinator.quorum import Consistency, required
@@ -96,6 +97,10 @@ CONTROL_PHASES = {
     "double_stop": (Phase.DUAL_WRITE, Phase.DATA_COPY, Phase.CUTOVER),
 }
 TENANTS = {"chaos-a": 3, "chaos-b": 2}
+# The tenants' tombstone grace period: short, so the repair each schedule runs purges the deletes of
+# its first seconds; longer than any write may stay in flight here (a pause past the lease and a
+# storage call's deadline), as a grace period must be.
+GC_GRACE_SECONDS = 20
 OPERATIONS = ("add", "remove", "replace", "set_rf")
 T = TypeVar("T")
 THROTTLE = 400  # keys/s: keeps the copy running long enough for faults to land in it
@@ -127,6 +132,8 @@ class Result:
     acknowledged: int = 0
     verdict: Verdict = field(default_factory=Verdict)
     migrations: list[str] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
+    purged: int = 0
     seconds: float = 0.0
     log_dir: str = ""
 
@@ -138,7 +145,8 @@ class Result:
             f"{' write-only' if self.write_only else ''} ops={self.operations} acked={self.acknowledged} "
             f"lost={len(v.lost)} resurrected={len(v.resurrected)} stale={len(v.stale_reads)} "
             f"nonlinearizable={len(v.nonlinearizable)} phantom={len(v.phantom)} stuck={len(v.stuck)} "
-            f"unchecked={len(v.unchecked)} migrations={','.join(self.migrations)} ({self.seconds:.0f} s)"
+            f"unchecked={len(v.unchecked)} migrations={','.join(self.migrations)} "
+            f"repairs={','.join(self.repairs)} purged={self.purged} ({self.seconds:.0f} s)"
         )
 
 
@@ -266,7 +274,7 @@ class Schedule:
             clients = [Client(c.address, timeout=5, retry=NO_RETRY) for c in cluster.coordinator_procs]
             self._metadata = await Metadata.connect(cluster.dsn, min_size=0)  # PostgreSQL may be killed
             for tenant, rf in TENANTS.items():
-                await clients[0].create_tenant(tenant, rf)
+                await clients[0].create_tenant(tenant, rf, gc_grace_seconds=GC_GRACE_SECONDS)
             workload = Workload(
                 clients, history, self.keys, random.Random(self.workload_seed), reads=not self.write_only
             )
@@ -276,6 +284,10 @@ class Schedule:
                 await self._migrate(cluster, clients)
             except Exception as exc:  # a migration that cannot end is a finding, not a harness crash
                 self.result.verdict.stuck.append(f"migration did not end: {type(exc).__name__}: {exc}")
+            try:
+                await self._repair(clients)
+            except Exception as exc:
+                self.result.verdict.stuck.append(f"repair did not end: {type(exc).__name__}: {exc}")
             await workload.stop()
             stuck = self.result.verdict.stuck
             try:
@@ -576,6 +588,30 @@ class Schedule:
             await asyncio.sleep(0.5)
         raise TimeoutError(f"migration {migration_id} did not end in time")
 
+    async def _repair(self, clients: list[Client]) -> None:
+        """An anti-entropy repair (and its tombstone GC) while the clients go on; it must end.
+
+        It may end `failed` (a node it needed was down): then it purged nothing there.
+        """
+        repair_id = ""
+        for _ in range(60):
+            try:
+                repair_id = (await _any(clients, lambda c: c.repair())).migration_id
+                break
+            except ClientError:
+                await asyncio.sleep(0.5)  # a coordinator or Temporal coming back from a fault
+        if not repair_id:
+            raise RuntimeError("no coordinator would start a repair")
+        ended = time.monotonic() + 180
+        while time.monotonic() < ended:
+            with contextlib.suppress(ClientError):
+                status = await _any(clients, lambda c: c.migration(repair_id))
+                if status.ended:
+                    self.result.repairs.append(status.status)
+                    return
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"repair {repair_id} did not end in 180 s")
+
     async def _heal(self, cluster: LocalCluster) -> None:
         if cluster.postgres.pid is None:
             await _restart_postgres(cluster)
@@ -608,6 +644,9 @@ class Schedule:
             rows = await metadata.pool.fetch(
                 "SELECT migration_id, workflow_id, status, phase FROM migrations"
             )
+            self.result.purged = int(
+                await metadata.pool.fetchval("SELECT coalesce(sum(purged), 0) FROM repair_ranges")
+            )
         finally:
             await metadata.close()
         # Stuck: every migration ended, the registry holds none, and no workflow still runs.
@@ -632,8 +671,27 @@ class Schedule:
         # The replication factors the ring change left (an RF change moved one).
         rfs = {t: info.replication_factor for t, info in snap.tenants.items()}
 
-        async def holders(key: tuple[str, str], wanted: tuple[tuple[int, int], bool, bytes]) -> list[str]:
-            """The key's replicas that lack (version, tombstone, value) or anything newer."""
+        def purgeable(wanted: tuple[tuple[int, int], bool, bytes], ops: list[Op] | None = None) -> bool:
+            """Whether a repair may have purged the delete that would make a replica hold nothing.
+
+            A delete (the wanted one, or one of ops, whatever its outcome: a failed one may have
+            landed) counts once it is older than the grace period.
+            """
+            (hlc, _), tombstone, _ = wanted
+            if tombstone and time.time() * 1000 - (hlc >> 16) > GC_GRACE_SECONDS * 1000:
+                return True
+            now = time.monotonic()
+            return any(op.kind == DELETE and now - op.start > GC_GRACE_SECONDS for op in ops or [])
+
+        async def holders(
+            key: tuple[str, str], wanted: tuple[tuple[int, int], bool, bytes], later: list[Op] | None = None
+        ) -> list[str]:
+            """The key's replicas that lack (version, tombstone, value) or anything newer.
+
+            Nothing at all holds a delete whose tombstone a repair may have purged (the wanted one, or
+            one of `later`): an older value would still count as lacking it, and the final reads
+            would see the resurrection.
+            """
             lacking = []
             for node in ring.replicas(token(*key), rfs[key[0]]):
                 for attempt in range(3):
@@ -648,7 +706,7 @@ class Schedule:
                     if record is None
                     else ((record.version.hlc, record.version.origin), *record.order[1:])
                 )
-                if held is None or held < wanted:
+                if (held is None and not purgeable(wanted, later)) or (held is not None and held < wanted):
                     lacking.append(node)
             return lacking
 
@@ -660,7 +718,10 @@ class Schedule:
             for key, ops in by_key.items():
                 newest = last_acknowledged(ops)
                 if newest is not None and newest.version is not None:
-                    lacking = await holders(key, (newest.version, newest.kind != PUT, _written(newest)))
+                    later = [op for op in ops if op.start >= newest.start]
+                    lacking = await holders(
+                        key, (newest.version, newest.kind != PUT, _written(newest)), later
+                    )
                     rf = rfs[key[0]]
                     durability[key] = Durability(rf - len(lacking), required(Consistency.QUORUM, rf))
             finals = {key: await _final_read(clients, history, key, i) for i, key in enumerate(by_key)}
