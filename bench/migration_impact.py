@@ -1,6 +1,7 @@
-"""What a node addition costs the clients of a live cluster, and what an addition costs at the least.
+"""What a node addition (or a repair) costs the clients of a live cluster, and an addition at the least.
 
 Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] [--concurrency 32]
+                                                 [--operation addition|repair]
 
 1. A LocalCluster (PostgreSQL, Temporal, 3 storage nodes, a coordinator, a
    worker) with one RF 3 tenant holding ``--keys`` keys of 100 bytes (loaded
@@ -13,6 +14,11 @@ Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] 
    (activities/pace.py), so it takes longer than on an idle cluster.
 4. Nearly empty: a second cluster whose tenant holds 100 keys; the seconds from
    AddStorageNode until ``completed`` (the fixed cost of an addition).
+
+With ``--operation repair``, step 3 is two anti-entropy repairs under the same
+load instead: one of a cluster whose replicas agree (the daily case: digests
+only), and one after node-3 lost its data directory and restarted empty (the
+worst case: a third of all replicas streamed).
 """
 
 from __future__ import annotations
@@ -106,6 +112,36 @@ async def add_node_and_wait(cluster: LocalCluster, client: Client, poll: float) 
     return time.perf_counter() - started
 
 
+async def repair_and_wait(client: Client, poll: float) -> float:
+    """Run a repair of every tenant; the seconds until it completed."""
+    started = time.perf_counter()
+    repair = await client.repair()
+    while True:
+        status = await client.migration(repair.migration_id)
+        if status.ended:
+            break
+        await asyncio.sleep(poll)
+    if status.status != "completed":
+        raise RuntimeError(f"the repair ended {status.status}: {status.error}")
+    return time.perf_counter() - started
+
+
+async def repairs_under_load(cluster: LocalCluster, client: Client, load: Load) -> list[tuple[Window, float]]:
+    say("repairing a cluster whose replicas agree, under load ...")
+    start = time.perf_counter()
+    in_sync = await repair_and_wait(client, poll=0.5)
+    windows = [(load.window("repair, in sync", start, time.perf_counter()), in_sync)]
+    say("node-3 loses its data directory and restarts empty ...")
+    await cluster.kill_storage_node("node-3")
+    shutil.rmtree(cluster.data_dir / "nodes" / "node-3")
+    await cluster.restart_storage_node("node-3")
+    say("repairing it under load ...")
+    start = time.perf_counter()
+    refill = await repair_and_wait(client, poll=0.5)
+    windows.append((load.window("repair, node-3 empty", start, time.perf_counter()), refill))
+    return windows
+
+
 async def start_cluster(workdir: Path, keys: int) -> LocalCluster:
     cluster = LocalCluster(workdir, storage_nodes=3, coordinators=1, default_tenant=None, log_level="WARNING")
     await cluster.start()
@@ -119,7 +155,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     main_task = asyncio.current_task()
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    print("pairdb migration impact: client traffic before and during a node addition")
+    what = "a node addition" if args.operation == "addition" else "anti-entropy repairs"
+    print(f"pairdb migration impact: client traffic before and during {what}")
     print(f"load    : {args.concurrency} requests in flight, half QUORUM writes, half QUORUM reads, RF 3")
     print(flush=True)
     say(f"starting a cluster with {args.keys:,} keys ...")
@@ -131,6 +168,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
             start = time.perf_counter()
             await asyncio.sleep(args.seconds)
             steady = load.window("steady", start, time.perf_counter())
+            if args.operation == "repair":
+                windows = await repairs_under_load(cluster, client, load)
+                await load.stop()
+                _report(steady, windows)
+                return
             say("adding node-4 under load ...")
             start = time.perf_counter()
             # Each status poll is a Temporal query: poll as an operator would, not 20 times a second.
@@ -147,16 +189,21 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     finally:
         await empty.stop()
 
+    _report(steady, [(during, duration)])
+    print(f"addition to a nearly empty cluster ({EMPTY_KEYS} keys): {empty_seconds:.2f} s")
+
+
+def _report(steady: Window, windows: list[tuple[Window, float]]) -> None:
     print(f"{'window':<22} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7}")
     print("-" * 53)
-    for w in (steady, during):
+    for w in (steady, *(w for w, _ in windows)):
         print(f"{w.label:<22} | {w.ops_per_second:>8,.0f} | {w.p50_ms:>7.2f} | {w.p99_ms:>7.2f}")
     print()
-    print(
-        f"during / steady: throughput {during.ops_per_second / steady.ops_per_second:.2f}x, "
-        f"p99 {during.p99_ms / steady.p99_ms:.2f}x (the addition took {duration:.1f} s)"
-    )
-    print(f"addition to a nearly empty cluster ({EMPTY_KEYS} keys): {empty_seconds:.2f} s")
+    for w, seconds in windows:
+        print(
+            f"{w.label} / steady: throughput {w.ops_per_second / steady.ops_per_second:.2f}x, "
+            f"p99 {w.p99_ms / steady.p99_ms:.2f}x (it took {seconds:.1f} s)"
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -165,6 +212,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15.0, help="steady window (default %(default)s)")
     parser.add_argument(
         "--concurrency", type=int, default=32, help="requests in flight (default %(default)s)"
+    )
+    parser.add_argument(
+        "--operation",
+        choices=["addition", "repair"],
+        default="addition",
+        help="what runs under the load (default %(default)s)",
     )
     args = parser.parse_args(argv)
     if args.keys < EMPTY_KEYS or args.seconds <= 0 or args.concurrency < 1:
