@@ -25,7 +25,8 @@ with workflow.unsafe.imports_passed_through():
     from pairdb.activities.repair import RepairSteps
     from pairdb.kernel import migration as m
     from pairdb.kernel import repair as r
-    from pairdb.kernel.migration import TERMINAL, Phase, Status
+    from pairdb.kernel.migration import Phase, Status
+    from pairdb.workflows.steering import Steering
 
 PHASE_KEY = SearchAttributeKey.for_keyword(m.SA_PHASE)
 NODE_KEY = SearchAttributeKey.for_keyword(m.SA_NODE)
@@ -54,7 +55,9 @@ class _Stop(Exception):
 
 
 @workflow.defn(name=r.WORKFLOW_NAME)
-class RepairWorkflow:
+class RepairWorkflow(Steering):
+    _noun = "the repair"
+
     def __init__(self) -> None:
         self._state = m.MigrationState("", "", Phase.QUEUED, Status.IN_PROGRESS)
         self._stop = False
@@ -154,26 +157,11 @@ class RepairWorkflow:
     def progress(self) -> m.MigrationState:
         return self._state
 
-    # -- signals (the `temporal` CLI) and updates (the coordinator's RPCs) -------------------------
+    # -- stopping (pause, resume and throttle: Steering) -------------------------------------------
 
     @workflow.signal
     def cancel(self) -> None:
         self._stop = True
-
-    @workflow.signal
-    def pause(self) -> None:
-        self._state.paused = True
-        self._publish()
-
-    @workflow.signal
-    def resume(self) -> None:
-        self._state.paused = False
-        self._publish()
-
-    @workflow.signal
-    def set_throttle(self, keys_per_second: int) -> None:
-        self._state.throttle_keys_per_second = max(0, int(keys_per_second))
-        self._publish()
 
     @workflow.update(name=m.UPDATE_CANCEL)
     def cancel_repair(self) -> str:
@@ -195,30 +183,6 @@ class RepairWorkflow:
         raise ApplicationError(
             "a repair has nothing to roll back (it only adds what replicas lack); cancel it"
         )
-
-    @workflow.update(name=m.UPDATE_THROTTLE)
-    def change_throttle(self, keys_per_second: int) -> int:
-        self.set_throttle(keys_per_second)
-        return self._state.throttle_keys_per_second
-
-    @change_throttle.validator
-    def _validate_throttle(self, keys_per_second: int) -> None:
-        if keys_per_second < 0:
-            raise ApplicationError("throttle must be 0 (unlimited) or a positive number of keys per second")
-
-    @workflow.update(name=m.UPDATE_PAUSE)
-    def set_paused(self, paused: bool) -> bool:
-        self._state.paused = paused
-        self._publish()
-        return paused
-
-    @set_paused.validator
-    def _validate_pause(self, paused: bool) -> None:
-        self._refuse_if_ended()
-
-    def _refuse_if_ended(self) -> None:
-        if self._state.status in TERMINAL:
-            raise ApplicationError(f"the repair is {self._state.status}")
 
 
 def _cause(exc: BaseException) -> str:

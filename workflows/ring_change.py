@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         Status,
         Undo,
     )
+    from pairdb.workflows.steering import Steering
 
 # Ranges per copy step of plans that do not cut their own steps (made by an earlier version).
 CHUNK_RANGES = 16
@@ -103,7 +104,7 @@ class _Stop(Exception):
     """An operator asked to cancel or roll back."""
 
 
-class RingChangeWorkflow:
+class RingChangeWorkflow(Steering):
     """The orchestration every ring change shares; subclasses name it and give its input."""
 
     def __init__(self) -> None:
@@ -376,7 +377,7 @@ class RingChangeWorkflow:
     def progress(self) -> m.MigrationState:
         return self._state
 
-    # -- signals (the `temporal` CLI) -------------------------------------------------------------
+    # -- stopping: signals (the `temporal` CLI); pause, resume and throttle are Steering's --------
 
     @workflow.signal
     def cancel(self) -> None:
@@ -390,21 +391,6 @@ class RingChangeWorkflow:
     def rollback(self) -> None:
         """Roll back during cutover; before it, the same as cancel."""
         self.cancel()
-
-    @workflow.signal
-    def pause(self) -> None:
-        self._state.paused = True
-        self._publish()
-
-    @workflow.signal
-    def resume(self) -> None:
-        self._state.paused = False
-        self._publish()
-
-    @workflow.signal
-    def set_throttle(self, keys_per_second: int) -> None:
-        self._state.throttle_keys_per_second = max(0, int(keys_per_second))
-        self._publish()
 
     # -- updates (the coordinator's RPCs): a yes/no answer ------------------------------------------
 
@@ -445,27 +431,6 @@ class RingChangeWorkflow:
                     else ""
                 )
             )
-
-    @workflow.update(name=m.UPDATE_THROTTLE)
-    def change_throttle(self, keys_per_second: int) -> int:
-        self.set_throttle(keys_per_second)
-        return self._state.throttle_keys_per_second
-
-    @change_throttle.validator
-    def _validate_throttle(self, keys_per_second: int) -> None:
-        if keys_per_second < 0:
-            raise ApplicationError("throttle must be 0 (unlimited) or a positive number of keys per second")
-
-    @workflow.update(name=m.UPDATE_PAUSE)
-    def set_paused(self, paused: bool) -> bool:
-        self._state.paused = paused
-        self._publish()
-        return paused
-
-    @set_paused.validator
-    def _validate_pause(self, paused: bool) -> None:
-        if self._state.status in TERMINAL:
-            raise ApplicationError(f"the migration is {self._state.status}")
 
 
 def _cause(exc: BaseException) -> str:
