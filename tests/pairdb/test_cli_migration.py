@@ -76,3 +76,14 @@ async def test_node_add_with_pause_throttle_resume_and_wait(migration_cluster: L
     assert (code, out.strip()) == (2, "error: address must be HOST:PORT, got 'no-port'")
     code, out = await pairdb(cluster, "tenant", "set-rf", "default", "9")
     assert code == 1 and out.startswith("error: INVALID_ARGUMENT") and "1..7" in out
+
+    # Healing: a tenant with its own tombstone grace period, a repair followed to its end.
+    code, out = await pairdb(cluster, "tenant", "create", "graceful", "--gc-grace", "60")
+    assert code == 0, out
+    code, out = await pairdb(cluster, "repair", "--tenant", "graceful", "--wait")
+    assert code == 0, out
+    assert "repairing tenant graceful" in out and "status     completed" in out and "(repair)" in out
+    code, out = await pairdb(cluster, "migration", "list")
+    assert ["repair", "graceful", "completed", "done"] in [line.split()[2:6] for line in out.splitlines()]
+    code, out = await pairdb(cluster, "tenant", "create", "forever", "--gc-grace", str(10**9))
+    assert code == 1 and out.startswith("error: INVALID_ARGUMENT") and "gc_grace_seconds" in out
