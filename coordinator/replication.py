@@ -9,6 +9,10 @@ read's write-back counts it as holding something at least as new.
 Sends still running when the plan is met keep going in the background, so
 slow replicas converge; they stay counted as in flight under their epoch, and
 a barrier waits for them like for the request itself.
+
+A send that fails because the replica could not take the record then, on time
+or late, leaves a hint (hints.py) that is replayed once the replica is back.
+Hints are taken after the answers are counted and never change an outcome.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from pairdb.coordinator.hints import HintStore, hintable
 from pairdb.coordinator.quorum import ReplicaPlan, Tally
 from pairdb.coordinator.topology import Topology, TopologyCache
 from pairdb.kernel.keyspace import Applied, StoredRecord, Version
@@ -115,9 +120,10 @@ CALL_ITEMS = 512
 
 
 class Replicator:
-    def __init__(self, cache: TopologyCache, pool: StoragePool) -> None:
+    def __init__(self, cache: TopologyCache, pool: StoragePool, hints: HintStore | None = None) -> None:
         self._cache = cache
         self._pool = pool
+        self._hints = hints
 
     async def send(
         self,
@@ -208,6 +214,8 @@ class Replicator:
                     undecided -= 1
             if not undecided and not all_decided.done():
                 all_decided.set_result(None)
+            if self._hints is not None:
+                _leave_hints(self._hints, node, part, results, topology.epoch)
 
         for send in sends:
             send.add_done_callback(answered)
@@ -241,6 +249,20 @@ def _log_failures(node: str, part: list[_Round], results: list[Applied | BaseExc
             late=round_.decided,
             error=describe_failure(exc),
         )
+
+
+def _leave_hints(
+    hints: HintStore, node: str, part: list[_Round], results: list[Applied | BaseException], epoch: int
+) -> None:
+    """A hint for each record the node could not take then; the node is heard from if it answered."""
+    answered = False
+    for round_, result in zip(part, results, strict=True):
+        if not isinstance(result, BaseException):
+            answered = True
+        elif hintable(result):
+            hints.record(node, round_.delivery.record, epoch)
+    if answered:
+        hints.heard(node)
 
 
 def _results(send: asyncio.Future[Any], count: int) -> list[Applied | BaseException]:

@@ -10,6 +10,13 @@ from dataclasses import dataclass
 import structlog
 from temporalio.client import Client
 
+from pairdb.coordinator.handoff import HintReplayer
+from pairdb.coordinator.hints import (
+    DEFAULT_MAX_HINT_WINDOW,
+    DEFAULT_MAX_HINTS_PER_NODE,
+    HintLimits,
+    HintStore,
+)
 from pairdb.coordinator.membership import Membership
 from pairdb.coordinator.metadata import Metadata
 from pairdb.coordinator.migration_store import MigrationStore
@@ -55,6 +62,9 @@ class CoordinatorConfig:
     temporal_ui_url: str = ""
     # /metrics for Prometheus; 0 turns it off.
     metrics_port: int = 0
+    # Hinted handoff's bounds (coordinator/hints.py: HintLimits).
+    max_hints_per_node: int = DEFAULT_MAX_HINTS_PER_NODE
+    max_hint_window: float = DEFAULT_MAX_HINT_WINDOW
 
     @property
     def address(self) -> str:
@@ -80,7 +90,12 @@ async def serve(config: CoordinatorConfig) -> None:
     )
     await cache.start()
     pool = StoragePool(timeout=config.storage_timeout)
-    replicator = Replicator(cache, pool)
+    hints = await HintStore.connect(
+        config.postgres_dsn, HintLimits(config.max_hints_per_node, config.max_hint_window)
+    )
+    hints.start()
+    replicator = Replicator(cache, pool, hints)
+    replayer = HintReplayer(hints, cache, pool)
     temporal = None
     if config.temporal_address:
         temporal = await Client.connect(config.temporal_address, namespace=config.temporal_namespace)
@@ -105,6 +120,7 @@ async def serve(config: CoordinatorConfig) -> None:
         raise SystemExit(f"coordinator: cannot listen on {config.address}")
     await server.start()
     await health.start()
+    replayer.start()
     log.info(
         "Coordinator started",
         coordinator_id=config.effective_id,
@@ -121,7 +137,9 @@ async def serve(config: CoordinatorConfig) -> None:
     log.info("Coordinator stopping", coordinator_id=config.effective_id)
     await health.stop()
     await server.stop(grace=5)
+    await replayer.stop()
     await cache.stop()
     await pool.close()
+    await hints.stop()  # after the pool: sends it cancelled may have left hints
     await metadata.close()
     log.info("Coordinator stopped", coordinator_id=config.effective_id)

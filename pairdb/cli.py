@@ -184,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
         "serving, and a barrier stops waiting for it (default %(default)s)",
     )
     p.add_argument(
+        "--max-hints-per-node",
+        type=int,
+        default=100_000,
+        help="hinted handoff: writes a storage node missed, kept for it until it is back; past this "
+        "many for one node, further ones are dropped (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-hint-window",
+        type=float,
+        default=10_800.0,
+        help="hinted handoff: seconds a hint is kept (older ones are deleted, never replayed) and a node "
+        "may fail before it gets no new ones; at most 86400, far below the tombstone grace period "
+        "(default %(default)s)",
+    )
+    p.add_argument(
         "--processes",
         type=int,
         default=1,
@@ -579,6 +594,8 @@ async def _coordinator_processes(args: argparse.Namespace) -> int:
             "--temporal", args.temporal, "--temporal-ui", args.temporal_ui,
             "--storage-timeout", str(args.storage_timeout), "--lease-seconds", str(args.lease_seconds),
             "--max-clock-offset-ms", str(args.max_clock_offset_ms),
+            "--max-hints-per-node", str(args.max_hints_per_node),
+            "--max-hint-window", str(args.max_hint_window),
             "--metrics-port", str(args.metrics_port + i if args.metrics_port else 0),
             "--event-loop", args.event_loop, "--log-level", args.log_level,
         ]  # fmt: skip
@@ -675,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
                 uvloop=args.event_loop == "uvloop",
             )
         elif args.command == "coordinator":
+            from pairdb.coordinator.hints import HintLimits
             from pairdb.coordinator.server import CoordinatorConfig
             from pairdb.coordinator.server import serve as serve_coordinator
 
@@ -683,6 +701,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             if args.processes < 1:
                 print("error: --processes must be at least 1", file=sys.stderr)
+                return 2
+            try:
+                HintLimits(args.max_hints_per_node, args.max_hint_window)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
                 return 2
             logs.configure(json=True, level=args.log_level)
             if args.processes > 1:
@@ -700,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
                         temporal_address=args.temporal,
                         temporal_ui_url=args.temporal_ui,
                         metrics_port=args.metrics_port,
+                        max_hints_per_node=args.max_hints_per_node,
+                        max_hint_window=args.max_hint_window,
                     )
                 ),
                 uvloop=args.event_loop == "uvloop",

@@ -6,11 +6,13 @@ import asyncio
 import itertools
 import random
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from pairdb.client import Client, ClientError, MigrationStatus
 from pairdb.coordinator.metadata import Metadata
@@ -37,6 +39,22 @@ async def wait_for(
             return
         await asyncio.sleep(0.1)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def scrape(port: int) -> dict[str, float]:
+    """Samples by name{labels}, e.g. 'pairdb_dual_writes_total{outcome="success"}'."""
+
+    def fetch() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            return str(reply.read().decode())
+
+    text = await asyncio.to_thread(fetch)
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return samples
 
 
 async def wait_phase(

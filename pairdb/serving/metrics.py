@@ -41,6 +41,17 @@ APPLIED_EPOCH = Gauge("pairdb_applied_epoch", "The registry epoch this coordinat
 ACTIVE_MIGRATIONS = Gauge(
     "pairdb_active_migrations", "Ring changes in flight (0 or 1: they run one at a time)"
 )
+HINTS_STORED = Counter("pairdb_hints_stored", "Hints (writes a replica missed) written to PostgreSQL")
+HINTS_REPLAYED = Counter("pairdb_hints_replayed", "Hints delivered to their node and deleted")
+HINTS_DROPPED = Counter(
+    "pairdb_hints_dropped",
+    "Hints given up, by reason: full (the node's bound), expired (older than the window), not_replica "
+    "(the node no longer replicates the key), node_down (failing longer than the window), refused",
+    ["reason"],
+)
+HINTS_PENDING = Gauge(
+    "pairdb_hints_pending", "Hints stored for each node, as this coordinator last counted them", ["node_id"]
+)
 
 # -- storage node ---------------------------------------------------------------------
 STORAGE_KEYS = Gauge("pairdb_storage_keys", "Live keys on this storage node")

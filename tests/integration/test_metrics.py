@@ -3,28 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from pairdb.local.cluster import LocalCluster
-from tests.support import Writer, load, wait_ended, wait_for
-
-
-async def scrape(port: int) -> dict[str, float]:
-    """Samples by name{labels}, e.g. 'pairdb_dual_writes_total{outcome="success"}'."""
-
-    def fetch() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-            return str(reply.read().decode())
-
-    text = await asyncio.to_thread(fetch)
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return samples
+from tests.support import Writer, load, scrape, wait_ended, wait_for
 
 
 async def test_migration_metrics_move_during_a_node_addition(migration_cluster: LocalCluster) -> None:
