@@ -1,7 +1,9 @@
 """Hinted handoff's replay: stored hints go to their node once it answers, by the current ring.
 
 Every coordinator runs it, about once a second. For each node with hints:
-those older than the window are deleted; a node the current ring no longer has
+those older than the window are deleted, and so is a hint whose record is older
+than its tenant's tombstone grace period (a repair may have purged the delete
+that superseded it); a node the current ring no longer has
 loses its hints (the ring change that took it out copied and verified what it
 held, and read repair covers the rest); a node that answers a probe gets its
 hints in batches (ApplyBatch), each hint only while the node still replicates
@@ -137,9 +139,12 @@ class HintReplayer:
         settlement = Settlement()
         with self._cache.pin() as topology:
             due: list[StoredHint] = []
+            now_ms = time.time_ns() // 1_000_000
             for stored in claimed:
                 if stored.expired:
                     settlement.drop(DropReason.EXPIRED, stored.id)
+                elif _past_grace(topology, stored.hint.record, now_ms):
+                    settlement.drop(DropReason.PAST_GRACE, stored.id)
                 elif stored.hint.epoch > topology.epoch:
                     continue  # routed by a newer view than this one: left for later (or another coordinator)
                 elif node_id not in _write_targets(topology, stored.hint.record):
@@ -179,6 +184,16 @@ class HintReplayer:
                 settlement.drop(DropReason.REFUSED, stored.id)
             else:
                 settlement.replayed.append(stored.id)
+
+
+def _past_grace(topology: Topology, record: StoredRecord, now_ms: int) -> bool:
+    """Whether the record is older than its tenant's tombstone grace period.
+
+    A repair purges only tombstones older than the grace period; a record younger
+    than it can only be superseded by a younger delete, which no repair has purged.
+    """
+    tenant = topology.tenants.get(record.tenant_id)
+    return tenant is not None and record.version.wall_ms < now_ms - tenant.gc_grace_seconds * 1000
 
 
 def _refused(exc: StorageError) -> bool:

@@ -62,6 +62,9 @@ class DropReason(enum.StrEnum):
     FULL = "full"  # the node holds max_hints_per_node already, or the buffer is full
     EXPIRED = "expired"  # older than max_hint_window
     NOT_REPLICA = "not_replica"  # the node no longer replicates the key (it left, or the ring moved)
+    # The record is older than its tenant's tombstone grace period: a delete that superseded it may
+    # have been purged by a repair since, and the replayed record would bring the key back.
+    PAST_GRACE = "past_grace"
     NODE_DOWN = "node_down"  # the node has been failing for longer than max_hint_window
     REFUSED = "refused"  # the node refuses the record itself (its version, its content)
 
@@ -86,9 +89,10 @@ class HintLimits:
     max_hints_per_node: int = DEFAULT_MAX_HINTS_PER_NODE
     # Seconds a hint is kept: older ones are deleted, never replayed, and a node failing for longer
     # gets no new ones (it needs a repair, not a backlog). It must stay far below the grace period
-    # after which tombstones may be purged (10 days, as Cassandra's gc_grace_seconds; this release
-    # keeps every tombstone): a hint replayed after the tombstone that superseded its record was
-    # purged would bring the deleted value back. Hence the MAX_HINT_WINDOW ceiling.
+    # after which tombstones may be purged (by default 10 days, as Cassandra's gc_grace_seconds): a
+    # hint replayed after the tombstone that superseded its record was purged would bring the deleted
+    # value back. Hence the MAX_HINT_WINDOW ceiling; a tenant with a shorter grace period has its
+    # hints dropped once their record is older than it (handoff.py).
     max_hint_window: float = DEFAULT_MAX_HINT_WINDOW
 
     def __post_init__(self) -> None:

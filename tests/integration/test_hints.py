@@ -255,3 +255,29 @@ async def test_a_hint_is_dropped_when_its_node_no_longer_replicates_the_key_or_r
     await wait_for(drained, timeout=15, what="every planted hint to be settled")
     await moved_by(cluster, before, "one replayed, three dropped", replayed=1, not_replica=2, refused=1)
     assert set(await held(cluster, "node-3", tenant, [elsewhere, mine, also_mine])) == {mine}
+
+
+async def test_a_hint_older_than_its_tenants_tombstone_grace_period_is_dropped_not_replayed(
+    cluster: LocalCluster,
+) -> None:
+    """A repair may have purged a delete younger than the hinted record: replaying it could resurrect."""
+    async with cluster.client() as client:
+        await client.create_tenant("brief", 3, gc_grace_seconds=1)
+        await client.create_tenant("lasting", 3)
+    metadata = await Metadata.connect(cluster.dsn)
+    try:
+        epoch = await metadata.epoch()
+    finally:
+        await metadata.close()
+    before = await counters(cluster)
+    store = await HintStore.connect(cluster.dsn)
+    try:
+        old = now_version(999, ahead_ms=-5_000)  # five seconds old: past "brief"'s grace period
+        store.record("node-3", StoredRecord("brief", "k", b"from before a purged delete", old), epoch)
+        store.record("node-3", StoredRecord("lasting", "k", b"replayed", old), epoch)
+        await store.flush()
+    finally:
+        await store.stop()
+    await moved_by(cluster, before, "one replayed, one past the grace period", replayed=1, past_grace=1)
+    assert await held(cluster, "node-3", "brief", ["k"]) == {}
+    assert set(await held(cluster, "node-3", "lasting", ["k"])) == {"k"}
