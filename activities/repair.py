@@ -61,10 +61,18 @@ LEAF_KEYS = 1000
 FANOUT = 16
 SCAN_BATCH = 1000
 APPLY_BATCH = 500
-SCAN_TIMEOUT = 300.0
+# A node that does not answer a digest or scan in this long is left out of the range (unreachable).
+SCAN_TIMEOUT = 60.0
+HEARTBEAT_SECONDS = 5.0
 # Ranges repaired at once within a step.
 PARALLEL_RANGES = 4
 RING_SIZE = TOKEN_MAX + 1
+
+
+async def _heartbeat_every(seconds: float) -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(seconds)
 
 
 def _now_hlc() -> int:
@@ -184,11 +192,18 @@ class RepairSteps:
                 metrics.REPAIR_RANGES.labels(kind).inc()
                 activity.heartbeat()
 
+        tasks = [asyncio.ensure_future(repair_one(r)) for r in todo]
+        # A digest of a big range, or a node slow to answer, takes longer than the heartbeat timeout.
+        beating = asyncio.ensure_future(_heartbeat_every(HEARTBEAT_SECONDS))
         try:
-            await asyncio.gather(*(repair_one(r) for r in todo))
+            await asyncio.gather(*tasks)
         except StaleEpoch:
             # A ring change began under this step: what finished is checkpointed, the rest waits.
             return await self._waiting(chunk.repair_id, await self._ctx.topology())
+        finally:
+            for task in [*tasks, beating]:
+                task.cancel()
+            await asyncio.gather(*tasks, beating, return_exceptions=True)
         return RepairStep(await self._report(chunk.repair_id))
 
     @activity.defn(name="finish_repair")

@@ -72,8 +72,8 @@ async def cluster() -> AsyncIterator[LocalCluster]:
     ) as local:
         async with local.client() as client:
             await client.create_tenant("t", 3)
-            for i in range(3000):
-                await client.put("t", f"k{i}", b"v", consistency="ALL")
+            results = await client.put_many([("t", f"k{i}", b"v") for i in range(3000)], "ALL")
+            assert all(isinstance(r, tuple) for r in results)
         yield local
 
 

@@ -62,9 +62,8 @@ async def test_a_replica_killed_under_writes_and_deletes_is_level_after_a_repair
     async with cluster.client() as client:
         await client.create_tenant("killed", 3)
         await client.create_tenant("pair", 2)
-        for i in range(200):
-            await client.put("killed", f"k{i}", b"before")
-            await client.put("pair", f"k{i}", b"before")
+        before = [(t, f"k{i}", b"before") for t in ("killed", "pair") for i in range(200)]
+        assert all(isinstance(r, tuple) for r in await client.put_many(before, "ALL"))
         await cluster.kill_storage_node("node-3")
         try:
             # RF 2 keeps a quorum of a range only where node-3 is not a replica: ONE there.
@@ -95,8 +94,10 @@ async def test_a_node_that_lost_its_data_directory_gets_every_record_back_from_a
     async with cluster.client() as client:
         await client.create_tenant("lost", 3)
         written = {f"k{i}": f"v{i}".encode() for i in range(500)}
-        for key, value in written.items():
-            await client.put("lost", key, value, consistency="ALL")
+        assert all(
+            isinstance(r, tuple)
+            for r in await client.put_many([("lost", k, v) for k, v in written.items()], "ALL")
+        )
         await cluster.kill_storage_node("node-3")
         shutil.rmtree(cluster.data_dir / "nodes" / "node-3")  # the disk is gone
         await cluster.restart_storage_node("node-3")
@@ -119,10 +120,10 @@ async def test_tombstones_go_only_after_their_grace_period_and_a_covering_repair
         await client.create_tenant("long", 3, gc_grace_seconds=3600)
         keys = [f"k{i}" for i in range(100)]
         for tenant in ("short", "long"):
-            for key in keys:
-                await client.put(tenant, key, b"v", consistency="ALL")
-            for key in keys[:50]:
-                await client.delete(tenant, key, consistency="ALL")
+            writes = [(tenant, key, b"v") for key in keys]
+            deletes: list[tuple[str, str, bytes | None]] = [(tenant, key, None) for key in keys[:50]]
+            for batch in (writes, deletes):
+                assert all(isinstance(r, tuple) for r in await client.put_many(batch, "ALL"))
         await asyncio.sleep(
             1.5
         )  # past the short grace period (a duration under test, not a wait for an event)
@@ -213,8 +214,7 @@ async def test_a_repair_waits_while_the_ring_changes_then_finishes_on_the_new_ri
     cluster = repair_cluster
     async with cluster.client() as client:
         await client.create_tenant("moving", 3)
-        for i in range(300):
-            await client.put("moving", f"k{i}", b"v")
+        await client.put_many([("moving", f"k{i}", b"v") for i in range(300)])
         node = await cluster.add_storage_node("node-4")
         added = await client.add_node("node-4", "127.0.0.1", node.advertised_port, hold_at_cutover=True)
         await wait_phase(client, added.migration_id, "cutover")
