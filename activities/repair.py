@@ -243,7 +243,8 @@ class RepairSteps:
         for start, end in cuts:
             for rf, group in groups.items():
                 replicas = [self._ctx.node(topology, n) for n in topology.ring.replicas(end, rf)]
-                await self._sync(topology, start, end, replicas, group, pace, outcome)
+                share = planned.keys_estimate // len(cuts)
+                await self._sync(topology, start, end, replicas, group, pace, outcome, share)
         if outcome.unreachable and not self._purge_anyway:
             return outcome
         now_ms = started >> 16
@@ -276,9 +277,14 @@ class RepairSteps:
         tenants: frozenset[str],
         pace: Pace,
         outcome: _Outcome,
+        expected: int,
     ) -> None:
-        """Bring the replicas of (start, end] level for these tenants, narrowing down where they differ."""
+        """Bring the replicas of (start, end] level for these tenants, narrowing down where they differ.
+
+        expected: about how many records the piece holds; digesting them is paced like streaming them.
+        """
         live = [r for r in replicas if r.node_id not in outcome.unreachable]
+        await pace.take(max(expected, 1))
         results = await asyncio.gather(
             *(
                 r.range_digest(start, end, tenants=tenants, epoch=topology.epoch, timeout=SCAN_TIMEOUT)
@@ -305,7 +311,9 @@ class RepairSteps:
         outcome.differed = True
         if most > LEAF_KEYS and _width(start, end) >= FANOUT:
             for sub_start, sub_end in split(start, end):
-                await self._sync(topology, sub_start, sub_end, answered, tenants, pace, outcome)
+                await self._sync(
+                    topology, sub_start, sub_end, answered, tenants, pace, outcome, most // FANOUT
+                )
                 activity.heartbeat()
             return
         for target in answered:

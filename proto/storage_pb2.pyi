@@ -213,12 +213,14 @@ class RangeDigestRequest(_message.Message):
     def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., epoch: _Optional[int] = ..., count_only: _Optional[bool] = ..., tenants: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RangeDigestResponse(_message.Message):
-    __slots__ = ("digest", "count")
+    __slots__ = ("digest", "count", "load")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     digest: bytes
     count: int
-    def __init__(self, digest: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
+    load: NodeLoad
+    def __init__(self, digest: _Optional[bytes] = ..., count: _Optional[int] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ...) -> None: ...
 
 class DeleteRangeRequest(_message.Message):
     __slots__ = ("range", "epoch", "tenants")

@@ -283,6 +283,8 @@ class NodeClient:
             range=storage_pb2.TokenRange(start=start, end=end), epoch=epoch, tenants=sorted(tenants)
         )
         reply = await self._call(self._stub.RangeDigest, request, timeout or 10 * self.timeout)
+        if reply.HasField("load"):
+            self._heard(reply.load)
         return bytes(reply.digest), int(reply.count)
 
     async def delete_range(

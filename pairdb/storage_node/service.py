@@ -282,7 +282,9 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             count = await asyncio.to_thread(self._engine.count, start, end)
             return storage_pb2.RangeDigestResponse(count=count)
         digest, count = await asyncio.to_thread(self._engine.digest, start, end, tenants)
-        return storage_pb2.RangeDigestResponse(digest=b"" if request.count_only else digest, count=count)
+        return storage_pb2.RangeDigestResponse(
+            digest=b"" if request.count_only else digest, count=count, load=self._load.report()
+        )
 
     async def DeleteRange(
         self, request: storage_pb2.DeleteRangeRequest, context: ServicerContext
