@@ -97,18 +97,23 @@ class Load:
         await asyncio.gather(*self._tasks)
 
 
-async def add_node_and_wait(cluster: LocalCluster, client: Client, poll: float) -> float:
-    """Add node-4; the seconds until its migration completed, polling its status every poll seconds."""
-    node4 = await cluster.add_storage_node("node-4")
-    started = time.perf_counter()
-    added = await client.add_node("node-4", "127.0.0.1", node4.port)
+async def completed(client: Client, migration_id: str, what: str, poll: float) -> None:
+    """Poll the migration's (or repair's) status every poll seconds until it ends; it must complete."""
     while True:
-        status = await client.migration(added.migration_id)
+        status = await client.migration(migration_id)
         if status.ended:
             break
         await asyncio.sleep(poll)
     if status.status != "completed":
-        raise RuntimeError(f"the node addition ended {status.status}: {status.error}")
+        raise RuntimeError(f"the {what} ended {status.status}: {status.error}")
+
+
+async def add_node_and_wait(cluster: LocalCluster, client: Client, poll: float) -> float:
+    """Add node-4; the seconds until its migration completed."""
+    node4 = await cluster.add_storage_node("node-4")
+    started = time.perf_counter()
+    added = await client.add_node("node-4", "127.0.0.1", node4.port)
+    await completed(client, added.migration_id, "node addition", poll)
     return time.perf_counter() - started
 
 
@@ -116,13 +121,7 @@ async def repair_and_wait(client: Client, poll: float) -> float:
     """Run a repair of every tenant; the seconds until it completed."""
     started = time.perf_counter()
     repair = await client.repair()
-    while True:
-        status = await client.migration(repair.migration_id)
-        if status.ended:
-            break
-        await asyncio.sleep(poll)
-    if status.status != "completed":
-        raise RuntimeError(f"the repair ended {status.status}: {status.error}")
+    await completed(client, repair.migration_id, "repair", poll)
     return time.perf_counter() - started
 
 
