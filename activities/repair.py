@@ -190,7 +190,6 @@ class RepairSteps:
                 )
                 kind = "incomplete" if outcome.unreachable else "repaired" if outcome.differed else "in_sync"
                 metrics.REPAIR_RANGES.labels(kind).inc()
-                activity.heartbeat()
 
         tasks = [asyncio.ensure_future(repair_one(r)) for r in todo]
         # A digest of a big range, or a node slow to answer, takes longer than the heartbeat timeout.
@@ -240,10 +239,10 @@ class RepairSteps:
         for tenant, rf in tenants.items():
             groups[rf] = groups.get(rf, frozenset()) | {tenant}
         cuts = pieces(topology, planned.start, planned.end)
+        share = planned.keys_estimate // len(cuts)
         for start, end in cuts:
             for rf, group in groups.items():
                 replicas = [self._ctx.node(topology, n) for n in topology.ring.replicas(end, rf)]
-                share = planned.keys_estimate // len(cuts)
                 await self._sync(topology, start, end, replicas, group, pace, outcome, share)
         if outcome.unreachable and not self._purge_anyway:
             return outcome
@@ -314,7 +313,6 @@ class RepairSteps:
                 await self._sync(
                     topology, sub_start, sub_end, answered, tenants, pace, outcome, most // FANOUT
                 )
-                activity.heartbeat()
             return
         for target in answered:
             try:

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from pairdb.kernel import migration as m
     from pairdb.kernel import repair as r
     from pairdb.kernel.migration import Phase, Status
+    from pairdb.workflows.ring_change import COPY_STEP
     from pairdb.workflows.steering import Steering
 
 PHASE_KEY = SearchAttributeKey.for_keyword(m.SA_PHASE)
@@ -40,14 +41,8 @@ BOOKKEEPING = ActivityConfig(
     start_to_close_timeout=timedelta(minutes=2),
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10)),
 )
-# A step survives its nodes restarting: retried for minutes, heartbeats every range.
-REPAIR_STEP = ActivityConfig(
-    start_to_close_timeout=timedelta(minutes=30),
-    heartbeat_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=30
-    ),
-)
+# A step survives its nodes restarting, as a copy step does (it heartbeats every few seconds).
+REPAIR_STEP = COPY_STEP
 
 
 class _Stop(Exception):

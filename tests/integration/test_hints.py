@@ -127,6 +127,15 @@ async def hinted_keys(cluster: LocalCluster, node_id: str, tenant: str) -> set[s
     return {r["key"] for r in rows}
 
 
+async def registry_epoch(cluster: LocalCluster) -> int:
+    """The epoch a coordinator routes by now (what a hint it left would carry)."""
+    metadata = await Metadata.connect(cluster.dsn)
+    try:
+        return await metadata.epoch()
+    finally:
+        await metadata.close()
+
+
 async def held(cluster: LocalCluster, node_id: str, tenant: str, keys: Iterable[str]) -> dict[str, Held]:
     """What node_id's storage holds of keys, asked directly."""
     storage = cluster.nodes[node_id].client()
@@ -231,11 +240,7 @@ async def test_a_hint_is_dropped_when_its_node_no_longer_replicates_the_key_or_r
     keys = [f"k{i}" for i in range(100)]
     elsewhere = next(k for k in keys if "node-3" not in ring.replicas(token(tenant, k), 2))
     mine, also_mine = [k for k in keys if "node-3" in ring.replicas(token(tenant, k), 2)][:2]
-    metadata = await Metadata.connect(cluster.dsn)
-    try:
-        epoch = await metadata.epoch()
-    finally:
-        await metadata.close()
+    epoch = await registry_epoch(cluster)
     before = await counters(cluster)
     # Hints as a coordinator leaves them, written by the store itself.
     store = await HintStore.connect(cluster.dsn)
@@ -264,11 +269,7 @@ async def test_a_hint_older_than_its_tenants_tombstone_grace_period_is_dropped_n
     async with cluster.client() as client:
         await client.create_tenant("brief", 3, gc_grace_seconds=1)
         await client.create_tenant("lasting", 3)
-    metadata = await Metadata.connect(cluster.dsn)
-    try:
-        epoch = await metadata.epoch()
-    finally:
-        await metadata.close()
+    epoch = await registry_epoch(cluster)
     before = await counters(cluster)
     store = await HintStore.connect(cluster.dsn)
     try:
