@@ -1,0 +1,1 @@
+"""Who may talk to pairdb: certificates and TLS, roles, API keys (docs/security.md)."""
