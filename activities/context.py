@@ -25,6 +25,7 @@ from pairdb.coordinator.registry import Lagging, Registry
 from pairdb.coordinator.repair_store import RepairStore
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.migration import NodeState
+from pairdb.security.tls import ChannelTls
 from pairdb.serving import request_ids
 from pairdb.storage_node.client import NodeClient, StorageError, StoragePool, describe_failure
 
@@ -49,12 +50,14 @@ class StepContext:
     repairs: RepairStore
 
     @classmethod
-    def create(cls, metadata: Metadata, storage_timeout: float = 5.0) -> StepContext:
+    def create(
+        cls, metadata: Metadata, storage_timeout: float = 5.0, tls: ChannelTls | None = None
+    ) -> StepContext:
         return cls(
             metadata,
             Registry(metadata),
             MigrationStore(metadata),
-            StoragePool(storage_timeout),
+            StoragePool(storage_timeout, tls),
             RepairStore(metadata),
         )
 

@@ -226,7 +226,7 @@ class Membership:
 
     async def _new_node_is_empty(self, node_id: str, host: str, port: int) -> bool:
         """Whether the node a change brings in holds nothing (UNAVAILABLE if it does not answer)."""
-        client = NodeClient(node_id, f"{host}:{port}")
+        client = NodeClient(node_id, f"{host}:{port}", tls=self._pool.tls)
         try:
             stats = await self._stats(client)
         finally:
@@ -251,10 +251,21 @@ class Membership:
         try:
             return await client.stats()
         except StorageError as exc:
+            hint = ""
+            if self._pool.tls is not None and any(w in exc.details.lower() for w in _TLS_FAILURES):
+                # What a node without a certificate from the cluster's CA (a rogue node) looks like.
+                hint = (
+                    f"; a storage node must present a certificate of the cluster CA issued for "
+                    f"{client.node_id} (pairdb cert create-node {client.node_id})"
+                )
             raise Unavailable(
                 f"storage node {client.node_id} at {client.address} is unreachable: "
-                f"{exc.code.name} {exc.details}"
+                f"{exc.code.name} {exc.details}{hint}"
             ) from None
+
+
+# Words of a failed TLS handshake in grpc's details: a bad certificate, or none.
+_TLS_FAILURES = ("handshake", "verification", "certificate", "ssl")
 
 
 def _started(change: ChangeType, started: Started) -> ChangeOutcome:

@@ -32,6 +32,9 @@ from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
 from pairdb.kernel.keyspace import MAX_BATCH_VALUE_BYTES
 from pairdb.kernel.sabotage import from_env as sabotage_from_env
 from pairdb.proto import coordinator_pb2, coordinator_pb2_grpc
+from pairdb.security.exposure import check_listen, postgres_warning
+from pairdb.security.temporal_access import TemporalAccess
+from pairdb.security.tls import ChannelTls, ServerTls, TlsFiles
 from pairdb.serving import metrics
 from pairdb.serving.server import Health, new_server
 from pairdb.storage_node.client import StoragePool
@@ -65,6 +68,12 @@ class CoordinatorConfig:
     # Hinted handoff's bounds (coordinator/hints.py: HintLimits).
     max_hints_per_node: int = DEFAULT_MAX_HINTS_PER_NODE
     max_hint_window: float = DEFAULT_MAX_HINT_WINDOW
+    # The cluster CA and this coordinator's certificate (role coordinator): clients reach it over TLS
+    # (a client certificate is optional), and it reaches storage nodes with it (mutual TLS).
+    tls: TlsFiles | None = None
+    temporal_access: TemporalAccess = TemporalAccess()
+    # Serve beyond loopback without TLS, and anyone without credentials.
+    insecure: bool = False
 
     @property
     def address(self) -> str:
@@ -76,6 +85,20 @@ class CoordinatorConfig:
 
 
 async def serve(config: CoordinatorConfig) -> None:
+    warnings = [
+        w
+        for w in (
+            check_listen(
+                "the coordinator",
+                config.host,
+                tls=config.tls is not None,
+                insecure=config.insecure,
+                fix="Give it --tls-ca, --tls-cert and --tls-key (pairdb cert create-node --role coordinator)",
+            ),
+            postgres_warning(config.postgres_dsn, insecure=config.insecure),
+        )
+        if w
+    ]
     sabotage = sabotage_from_env()
     if sabotage:
         log.warning("SABOTAGED: this coordinator is broken on purpose, for tests", sabotage=sorted(sabotage))
@@ -89,7 +112,9 @@ async def serve(config: CoordinatorConfig) -> None:
         max_clock_offset_ms=config.max_clock_offset_ms,
     )
     await cache.start()
-    pool = StoragePool(timeout=config.storage_timeout)
+    pool = StoragePool(
+        timeout=config.storage_timeout, tls=ChannelTls(config.tls) if config.tls is not None else None
+    )
     hints = await HintStore.connect(
         config.postgres_dsn, HintLimits(config.max_hints_per_node, config.max_hint_window)
     )
@@ -98,7 +123,11 @@ async def serve(config: CoordinatorConfig) -> None:
     replayer = HintReplayer(hints, cache, pool)
     temporal = None
     if config.temporal_address:
-        temporal = await Client.connect(config.temporal_address, namespace=config.temporal_namespace)
+        temporal = await Client.connect(
+            config.temporal_address,
+            namespace=config.temporal_namespace,
+            **config.temporal_access.connect_options(),
+        )
     repairs = Repairs(RepairStore(metadata), temporal)
     migrations = Migrations(MigrationStore(metadata), temporal, config.temporal_ui_url, repairs)
     service = CoordinatorService(
@@ -116,7 +145,12 @@ async def serve(config: CoordinatorConfig) -> None:
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(service, server)
     # Ready only with a live lease and a working PostgreSQL: otherwise it refuses requests anyway.
     health = Health(server, [COORDINATOR_SERVICE], ready=cache.serving)
-    if server.add_insecure_port(config.address) == 0:
+    if config.tls is not None:
+        tls = ServerTls(config.tls, require_client_cert=False)
+        bound = server.add_secure_port(config.address, tls.credentials())
+    else:
+        bound = server.add_insecure_port(config.address)
+    if bound == 0:
         raise SystemExit(f"coordinator: cannot listen on {config.address}")
     await server.start()
     await health.start()
@@ -127,7 +161,11 @@ async def serve(config: CoordinatorConfig) -> None:
         address=config.address,
         origin=cache.origin,
         epoch=cache.current.epoch,
+        tls=config.tls is not None,
     )
+    for warning in warnings:
+        metrics.INSECURE.set(1)
+        log.warning(warning, coordinator_id=config.effective_id)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

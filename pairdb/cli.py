@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -23,11 +23,21 @@ from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError, Sta
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS
 from pairdb.kernel.repair import DEFAULT_INTERVAL_HOURS
 from pairdb.local.processes import GRPC_QUIET, die_with_parent
+from pairdb.security.certs import CertError
+from pairdb.security.exposure import Exposed
+from pairdb.security.tls import TlsError, TlsFiles
 from pairdb.serving import logs, loops
+
+if TYPE_CHECKING:
+    from pairdb.security.temporal_access import TemporalAccess
 
 DEV_COORDINATOR_PORT = 50051
 DEV_STORAGE_BASE_PORT = 7001
 DEV_POSTGRES_PORT = 54329
+DEV_DATA_DIR = Path(".pairdb")
+# Where `pairdb dev` keeps its CA and certificates; client commands run here find the CA there.
+DEV_CERTS_DIR = DEV_DATA_DIR / "certs"
+DEV_CA = DEV_CERTS_DIR / "ca.crt"
 
 
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
@@ -36,6 +46,85 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_ADDRESS,
         help="coordinator address host:port (env PAIRDB_COORDINATOR; default %(default)s)",
     )
+    _add_tls_flags(p, "this client (optional; role admin gives the admin role)")
+
+
+def _add_tls_flags(p: argparse.ArgumentParser, who: str) -> None:
+    """--tls-ca/--tls-cert/--tls-key; who: what the pair is for, in the help."""
+    p.add_argument(
+        "--tls-ca", type=Path, default=None, help="the cluster CA's certificate (ca.crt; env PAIRDB_TLS_CA)"
+    )
+    p.add_argument("--tls-cert", type=Path, default=None, help=f"{who}'s certificate (env PAIRDB_TLS_CERT)")
+    p.add_argument("--tls-key", type=Path, default=None, help=f"{who}'s private key (env PAIRDB_TLS_KEY)")
+
+
+def _add_insecure(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening beyond loopback without TLS and authentication, and a remote PostgreSQL "
+        "without sslmode=verify-full (never in production)",
+    )
+
+
+def _add_temporal_access(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temporal-tls-ca", type=Path, default=None, help="CA of Temporal's frontend certificate")
+    p.add_argument("--temporal-tls-cert", type=Path, default=None, help="client certificate for Temporal")
+    p.add_argument("--temporal-tls-key", type=Path, default=None, help="its private key")
+    p.add_argument(
+        "--temporal-tls", action="store_true", help="reach Temporal over TLS with the system's trusted roots"
+    )
+    p.add_argument(
+        "--temporal-api-key",
+        default="",
+        help="Temporal API key (Temporal Cloud); visible to ps as a flag: prefer env PAIRDB_TEMPORAL_API_KEY",
+    )
+
+
+def _temporal_access(args: argparse.Namespace) -> TemporalAccess:
+    from pairdb.security.temporal_access import TemporalAccess
+
+    return TemporalAccess(
+        TlsFiles.from_options(args.temporal_tls_ca, args.temporal_tls_cert, args.temporal_tls_key),
+        args.temporal_tls,
+        args.temporal_api_key,
+    )
+
+
+def _client_tls(args: argparse.Namespace) -> TlsFiles | None:
+    """The CA to check the coordinator by: --tls-ca, else the one `pairdb dev` made here, else none."""
+    files = TlsFiles.from_options(args.tls_ca, args.tls_cert, args.tls_key)
+    if files is None and DEV_CA.is_file():
+        return TlsFiles(DEV_CA)
+    return files
+
+
+def _add_certs_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--certs-dir",
+        type=Path,
+        default=DEV_CERTS_DIR,
+        help="where the CA and certificates are (default %(default)s)",
+    )
+
+
+def _cert(args: argparse.Namespace) -> int:
+    from pairdb.security import certs
+    from pairdb.security.roles import Role
+
+    if args.cert_command == "create-ca":
+        issued = certs.create_ca(args.certs_dir)
+        print(f"CA created: {issued.cert} (share it) and {issued.key} (keep it secret, off the servers)")
+    elif args.cert_command in ("create-node", "create-client"):
+        hosts = tuple(getattr(args, "host", ()))
+        issued = certs.create_cert(
+            args.certs_dir, args.name, Role(args.role), hosts=hosts, overwrite=args.overwrite
+        )
+        print(f"certificate for {args.name} (role {args.role}): {issued.cert} and {issued.key}")
+    else:
+        for path in args.files:
+            print(certs.describe(path))
+    return 0
 
 
 def _add_consistency(p: argparse.ArgumentParser) -> None:
@@ -101,11 +190,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("target", nargs=argparse.REMAINDER, help="the command, e.g. `coordinator` or `put t k v`")
 
+    p = sub.add_parser(
+        "cert",
+        help="the cluster's certificate authority and certificates (TLS on every hop)",
+        description="Every process of a cluster holds a certificate of the cluster's CA whose role says "
+        "what it may do: storage-node (issued for its node id), coordinator, worker; clients may hold "
+        "one with role admin. Keys are written 0600; keep ca.key off the servers.",
+    )
+    csub = p.add_subparsers(dest="cert_command", required=True, metavar="ACTION")
+    cp = csub.add_parser("create-ca", help="a new cluster CA: ca.crt and ca.key")
+    _add_certs_dir(cp)
+    cp = csub.add_parser("create-node", help="a cluster process's certificate: NAME.crt and NAME.key")
+    cp.add_argument("name", help="the storage node's id, or the coordinator's or worker's name")
+    cp.add_argument(
+        "--role",
+        choices=["storage-node", "coordinator", "worker"],
+        default="storage-node",
+        help="default %(default)s",
+    )
+    cp.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a DNS name or IP address it is reached by (repeatable; a node is always checked by its id)",
+    )
+    cp.add_argument("--overwrite", action="store_true", help="re-issue (rotation; servers reload it)")
+    _add_certs_dir(cp)
+    cp = csub.add_parser("create-client", help="a client certificate: NAME.crt and NAME.key")
+    cp.add_argument("name")
+    cp.add_argument("--role", choices=["admin"], default="admin", help="default %(default)s")
+    cp.add_argument("--overwrite", action="store_true", help="re-issue")
+    _add_certs_dir(cp)
+    cp = csub.add_parser("show", help="subject, role, names and expiry of certificates")
+    cp.add_argument("files", nargs="+", type=Path)
+
     p = sub.add_parser("dev", help="run a whole local cluster in the foreground")
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(".pairdb"),
+        default=DEV_DATA_DIR,
         help="where the cluster keeps its data, reused on the next start (default %(default)s)",
     )
     p.add_argument(
@@ -146,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    _add_tls_flags(p, "this node (pairdb cert create-node NODE_ID)")
+    _add_insecure(p)
     _add_max_clock_offset(p)
     _add_metrics_port(p)
     _add_event_loop(p)
@@ -205,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="coordinator processes sharing the port (SO_REUSEPORT), one per core to use; process i "
         "takes id COORDINATOR_ID-i and metrics port METRICS_PORT+i (default %(default)s)",
     )
+    _add_tls_flags(p, "this coordinator (pairdb cert create-node NAME --role coordinator)")
+    _add_insecure(p)
+    _add_temporal_access(p)
     _add_max_clock_offset(p)
     _add_metrics_port(p)
     _add_event_loop(p)
@@ -230,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="port of the Temporal SDK's own Prometheus metrics (default: off)",
     )
+    _add_tls_flags(p, "this worker (pairdb cert create-node NAME --role worker)")
+    _add_insecure(p)
+    _add_temporal_access(p)
     _add_log_level(p)
 
     p = sub.add_parser("node", help="manage storage nodes")
@@ -381,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _client_command(args: argparse.Namespace) -> int:
-    async with Client(args.coordinator) as client:
+    async with Client(args.coordinator, tls=_client_tls(args)) as client:
         if args.command == "put":
             hlc, origin = await client.put(args.tenant, args.key, args.value.encode(), args.consistency)
             print(f"ok version={hlc}@{origin}")
@@ -576,6 +707,18 @@ async def _run_until_signal(
         await stop()
 
 
+def _passed_on(args: argparse.Namespace, *dests: str) -> list[str]:
+    """The flags for dests that are set, to give a child process the same options."""
+    flags: list[str] = []
+    for dest in dests:
+        value = getattr(args, dest)
+        if value is True:
+            flags.append("--" + dest.replace("_", "-"))
+        elif value:
+            flags += ["--" + dest.replace("_", "-"), str(value)]
+    return flags
+
+
 async def _coordinator_processes(args: argparse.Namespace) -> int:
     """--processes N: N coordinators on one port, each its own process and id; restarted if one dies.
 
@@ -598,6 +741,8 @@ async def _coordinator_processes(args: argparse.Namespace) -> int:
             "--max-hint-window", str(args.max_hint_window),
             "--metrics-port", str(args.metrics_port + i if args.metrics_port else 0),
             "--event-loop", args.event_loop, "--log-level", args.log_level,
+            *_passed_on(args, "tls_ca", "tls_cert", "tls_key", "temporal_tls_ca", "temporal_tls_cert",
+                        "temporal_tls_key", "temporal_tls", "insecure"),
         ]  # fmt: skip
 
     stopping = asyncio.Event()
@@ -674,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(config.show(parser, args.target or ["coordinator"], resolved.file))
             return 0
+        if args.command == "cert":
+            return _cert(args)
         if args.command == "storage-node":
             from pairdb.storage_node.server import StorageNodeConfig, serve
 
@@ -687,6 +834,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.port,
                         args.metrics_port,
                         max_clock_offset_ms=args.max_clock_offset_ms,
+                        tls=TlsFiles.from_options(args.tls_ca, args.tls_cert, args.tls_key),
+                        insecure=args.insecure,
                     )
                 ),
                 uvloop=args.event_loop == "uvloop",
@@ -725,6 +874,9 @@ def main(argv: list[str] | None = None) -> int:
                         metrics_port=args.metrics_port,
                         max_hints_per_node=args.max_hints_per_node,
                         max_hint_window=args.max_hint_window,
+                        tls=TlsFiles.from_options(args.tls_ca, args.tls_cert, args.tls_key),
+                        temporal_access=_temporal_access(args),
+                        insecure=args.insecure,
                     )
                 ),
                 uvloop=args.event_loop == "uvloop",
@@ -749,6 +901,9 @@ def main(argv: list[str] | None = None) -> int:
                         args.temporal,
                         metrics_port=args.metrics_port,
                         sdk_metrics_port=args.sdk_metrics_port,
+                        tls=TlsFiles.from_options(args.tls_ca, args.tls_cert, args.tls_key),
+                        temporal_access=_temporal_access(args),
+                        insecure=args.insecure,
                     )
                 )
             )
@@ -760,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as exc:
         print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
         return 1
-    except UsageError as exc:
+    except (UsageError, TlsError, CertError, Exposed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

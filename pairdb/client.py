@@ -30,6 +30,7 @@ from pairdb.kernel import errors
 from pairdb.kernel.keyspace import MAX_BATCH_ITEMS, MAX_BATCH_VALUE_BYTES
 from pairdb.proto import coordinator_pb2 as pb
 from pairdb.proto import coordinator_pb2_grpc
+from pairdb.security.tls import ChannelTls, TlsFiles, secure_channel
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 T = TypeVar("T")
@@ -227,14 +228,25 @@ class Client:
     """
 
     def __init__(
-        self, address: str = DEFAULT_ADDRESS, timeout: float = 10.0, retry: RetryPolicy | None = None
+        self,
+        address: str = DEFAULT_ADDRESS,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        *,
+        tls: TlsFiles | None = None,
     ) -> None:
+        """tls: the cluster CA to check the coordinator's certificate against (and a client certificate
+        to present, when given); None talks plaintext, which a coordinator allows on loopback only."""
         self.address = address
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         # RPC attempts made, retries included: what a retry costs, for tests and benchmarks.
         self.attempts = 0
-        self._channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self._channel = (
+            secure_channel(address, ChannelTls(tls), _CHANNEL_OPTIONS)
+            if tls is not None
+            else grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        )
         self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
 
     async def __aenter__(self) -> Client:

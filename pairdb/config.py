@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CLIENT_COMMANDS = {"put", "get", "delete", "tenant", "nodes", "node", "migration", "init", "load"}
+CLIENT_COMMANDS = {"put", "get", "delete", "tenant", "nodes", "node", "migration", "init", "load", "repair"}
 _UNSET = object()
 
 

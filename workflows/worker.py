@@ -22,6 +22,9 @@ from pairdb.activities.repair import RepairSteps
 from pairdb.coordinator.metadata import Metadata
 from pairdb.kernel import migration as m
 from pairdb.kernel.sabotage import from_env as sabotage_from_env
+from pairdb.security.exposure import postgres_warning
+from pairdb.security.temporal_access import TemporalAccess
+from pairdb.security.tls import ChannelTls, TlsFiles
 from pairdb.serving import metrics
 from pairdb.workflows.node_addition import NodeAdditionWorkflow
 from pairdb.workflows.repair import RepairWorkflow
@@ -51,6 +54,11 @@ class WorkerConfig:
     # /metrics for pairdb's own metrics, and the Temporal SDK's runtime metrics; 0 turns either off.
     metrics_port: int = 0
     sdk_metrics_port: int = 0
+    # The cluster CA and this worker's certificate (role worker): how it reaches storage nodes.
+    tls: TlsFiles | None = None
+    temporal_access: TemporalAccess = TemporalAccess()
+    # Reach a remote PostgreSQL without a verifying sslmode anyway.
+    insecure: bool = False
 
 
 def build_worker(client: Client, ctx: StepContext) -> Worker:
@@ -83,8 +91,11 @@ def build_worker(client: Client, ctx: StepContext) -> Worker:
 
 
 async def serve(config: WorkerConfig) -> None:
+    warning = postgres_warning(config.postgres_dsn, insecure=config.insecure)
     metadata = await Metadata.connect(config.postgres_dsn)
-    ctx = StepContext.create(metadata, config.storage_timeout)
+    ctx = StepContext.create(
+        metadata, config.storage_timeout, ChannelTls(config.tls) if config.tls is not None else None
+    )
     metrics.serve(config.metrics_port)
     runtime = None
     if config.sdk_metrics_port:
@@ -93,13 +104,26 @@ async def serve(config: WorkerConfig) -> None:
                 metrics=PrometheusConfig(bind_address=f"127.0.0.1:{config.sdk_metrics_port}")
             )
         )
-    client = await Client.connect(config.temporal_address, namespace=config.namespace, runtime=runtime)
+    client = await Client.connect(
+        config.temporal_address,
+        namespace=config.namespace,
+        runtime=runtime,
+        **config.temporal_access.connect_options(),
+    )
     worker = build_worker(client, ctx)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("Migration worker started", temporal=config.temporal_address, task_queue=m.TASK_QUEUE)
+    log.info(
+        "Migration worker started",
+        temporal=config.temporal_address,
+        task_queue=m.TASK_QUEUE,
+        tls=config.tls is not None,
+    )
+    if warning:
+        metrics.INSECURE.set(1)
+        log.warning(warning)
     reconciling = asyncio.create_task(Reconciler(ctx, client).run(stop), name="reconciler")
     async with worker:
         await stop.wait()

@@ -20,6 +20,9 @@ from pairdb.local.faults import TcpProxy
 from pairdb.local.postgres import EmbeddedPostgres
 from pairdb.local.processes import ManagedProcess, free_port, pairdb_command
 from pairdb.local.temporal import TemporalDevServer
+from pairdb.security import certs
+from pairdb.security.roles import Role
+from pairdb.security.tls import ChannelTls, TlsFiles
 from pairdb.storage_node.client import NodeClient
 
 log = structlog.get_logger()
@@ -35,6 +38,8 @@ class StorageNodeProcess:
     # With network faults on, the cluster reaches the node only through this proxy.
     proxy: TcpProxy | None = None
     metrics_port: int = 0
+    # A worker's credentials, when the cluster runs TLS: what tests reach the node with.
+    tls: ChannelTls | None = None
 
     @property
     def address(self) -> str:
@@ -46,7 +51,7 @@ class StorageNodeProcess:
         return self.proxy.port if self.proxy else self.port
 
     def client(self) -> NodeClient:
-        return NodeClient(self.node_id, self.address)
+        return NodeClient(self.node_id, self.address, tls=self.tls)
 
 
 @dataclass
@@ -89,6 +94,9 @@ class LocalCluster:
     virtual_nodes: int = 0
     # Create the repair Schedule at start, repairing every tenant this often (0: none; `pairdb dev`: daily).
     repair_every_hours: int = 0
+    # TLS on every hop, with a CA and certificates made under data_dir/certs on first start
+    # (storage nodes accept only the cluster's coordinators and workers).
+    tls: bool = True
     postgres: EmbeddedPostgres = field(init=False)
     temporal_server: TemporalDevServer = field(init=False)
     worker: ManagedProcess | None = field(init=False, default=None)
@@ -116,8 +124,43 @@ class LocalCluster:
     def coordinator_address(self) -> str:
         return self.coordinator_procs[0].address
 
+    @property
+    def certs_dir(self) -> Path:
+        return self.data_dir / "certs"
+
+    def client_tls(self) -> TlsFiles | None:
+        """What a client checks the coordinators' certificates with (None without TLS)."""
+        return TlsFiles(self.certs_dir / certs.CA_CERT) if self.tls else None
+
+    def process_tls(self, name: str) -> TlsFiles | None:
+        """A cluster process's CA and certificate pair (made by _issue)."""
+        if not self.tls:
+            return None
+        issued = certs.cert_paths(self.certs_dir, name)
+        return TlsFiles(self.certs_dir / certs.CA_CERT, issued.cert, issued.key)
+
+    def worker_tls(self) -> ChannelTls | None:
+        """A worker's credentials: what tests and tools reach storage nodes with."""
+        if not self.tls:
+            return None
+        self._issue("worker", Role.WORKER)
+        files = self.process_tls("worker")
+        assert files is not None
+        return ChannelTls(files)
+
     def client(self, index: int = 0) -> Client:
-        return Client(self.coordinator_procs[index].address)
+        return Client(self.coordinator_procs[index].address, tls=self.client_tls())
+
+    def _issue(self, name: str, role: Role) -> list[str]:
+        """The TLS flags of a process named name, its certificate made on first use."""
+        files = self.process_tls(name)
+        if files is None:
+            return []
+        if not files.ca.is_file():
+            certs.create_ca(self.certs_dir, common_name=f"pairdb dev CA ({self.data_dir})")
+        if files.cert is None or not files.cert.is_file():
+            certs.create_cert(self.certs_dir, name, role, hosts=("127.0.0.1", "localhost"))
+        return ["--tls-ca", str(files.ca), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -178,8 +221,9 @@ class LocalCluster:
             str(self.data_dir / "nodes" / node_id),
             "--metrics-port",
             str(metrics_port),
+            *self._issue(node_id, Role.STORAGE_NODE),
         )
-        node = StorageNodeProcess(node_id, port, proc, metrics_port=metrics_port)
+        node = StorageNodeProcess(node_id, port, proc, metrics_port=metrics_port, tls=self.worker_tls())
         if self.proxies:
             node.proxy = TcpProxy("127.0.0.1", port)
             await node.proxy.start()
@@ -222,6 +266,7 @@ class LocalCluster:
         metrics_port = free_port()
         args = ["--port", str(port), "--postgres-dsn", dsn or self.dsn, "--coordinator-id", coordinator_id]
         args += ["--metrics-port", str(metrics_port), "--lease-seconds", str(self.coordinator_lease_seconds)]
+        args += self._issue("coordinator", Role.COORDINATOR)
         if self.temporal:
             args += ["--temporal", self.temporal_server.address, "--temporal-ui", self.temporal_server.ui_url]
         args += extra_args
@@ -234,7 +279,7 @@ class LocalCluster:
         self.coordinator_procs.append(coordinator)
         await proc.start()
         if wait:
-            client = Client(coordinator.address, timeout=2)
+            client = Client(coordinator.address, timeout=2, tls=self.client_tls())
             try:
                 await proc.wait_ready(client.nodes)
             finally:
@@ -250,7 +295,7 @@ class LocalCluster:
         if env is not None:
             coordinator.process.env = env
         await coordinator.process.start()
-        client = Client(coordinator.address, timeout=2)
+        client = Client(coordinator.address, timeout=2, tls=self.client_tls())
         try:
             await coordinator.process.wait_ready(client.nodes, timeout=60)
         finally:
@@ -271,6 +316,7 @@ class LocalCluster:
                 str(self.worker_metrics_port),
                 "--sdk-metrics-port",
                 str(self.worker_sdk_metrics_port),
+                *self._issue("worker", Role.WORKER),
             )
         since = time.time()
         await self.worker.start()

@@ -26,6 +26,11 @@ RPC_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+INSECURE = Gauge(
+    "pairdb_insecure",
+    "1 when this process was started with --insecure and listens beyond loopback without TLS or auth",
+)
+
 # -- coordinator ---------------------------------------------------------------------
 DUAL_WRITES = Counter(
     "pairdb_dual_writes", "Writes sent to a joining node during a migration, by outcome", ["outcome"]

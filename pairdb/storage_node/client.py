@@ -20,6 +20,7 @@ import grpc
 
 from pairdb.kernel.keyspace import Applied, StoredRecord, Version
 from pairdb.proto import storage_pb2, storage_pb2_grpc
+from pairdb.security.tls import ChannelTls, secure_channel
 from pairdb.serving import request_ids
 from pairdb.storage_node.coalescing import Caps, Coalescer
 from pairdb.storage_node.wire import from_proto, to_proto
@@ -28,6 +29,8 @@ from pairdb.storage_node.wire import from_proto, to_proto
 FENCE_METADATA = "pairdb-fence"
 
 DEFAULT_TIMEOUT = 2.0
+# A client replaced after a certificate rotation is closed this much later: its calls have ended.
+_RETIRE_AFTER_SECONDS = 60.0
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -108,12 +111,23 @@ class NodeLoad:
 
 class NodeClient:
     def __init__(
-        self, node_id: str, address: str, timeout: float = DEFAULT_TIMEOUT, caps: Caps | None = None
+        self,
+        node_id: str,
+        address: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        caps: Caps | None = None,
+        tls: ChannelTls | None = None,
     ) -> None:
+        """tls: this process's cluster certificate; the node must then prove it is node_id of the cluster."""
         self.node_id = node_id
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self.tls_version = tls.version if tls else 0
+        self._channel = (
+            secure_channel(address, tls, _CHANNEL_OPTIONS, server_name=node_id)
+            if tls
+            else grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        )
         self._stub = storage_pb2_grpc.StorageServiceStub(self._channel)
         caps = caps or Caps()
         self._writes: Coalescer[StoredRecord, Applied] = Coalescer(self._coalesced_apply, self._expired, caps)
@@ -343,20 +357,40 @@ class NodeClient:
 
 
 class StoragePool:
-    """NodeClients by node id, kept while the node's address stays the same."""
+    """NodeClients by node id, kept while the node's address and this process's certificate stay the same."""
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, tls: ChannelTls | None = None) -> None:
         self.timeout = timeout
+        self.tls = tls
         self._clients: dict[str, NodeClient] = {}
+        # Clients replaced after a certificate rotation, each with the task that closes it later.
+        self._retired: dict[NodeClient, asyncio.Task[None]] = {}
 
     def node(self, node_id: str, address: str) -> NodeClient:
         client = self._clients.get(node_id)
-        if client is None or client.address != address:
-            client = NodeClient(node_id, address, self.timeout)
+        version = self.tls.refresh() if self.tls else 0
+        if client is None or client.address != address or client.tls_version != version:
+            if client is not None and client.tls_version != version:
+                self._retire(client)
+            client = NodeClient(node_id, address, self.timeout, tls=self.tls)
             self._clients[node_id] = client
         return client
 
+    def _retire(self, client: NodeClient) -> None:
+        """Close a client whose certificate rotated once calls already on it had time to end."""
+
+        async def later() -> None:
+            await asyncio.sleep(_RETIRE_AFTER_SECONDS)
+            del self._retired[client]
+            await client.close()
+
+        self._retired[client] = asyncio.get_running_loop().create_task(later())
+
     async def close(self) -> None:
+        for client, task in list(self._retired.items()):
+            task.cancel()
+            await client.close()
+        self._retired.clear()
         for client in self._clients.values():
             await client.close()
         self._clients.clear()

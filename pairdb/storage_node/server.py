@@ -13,8 +13,11 @@ import structlog
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
 from pairdb.kernel.sabotage import from_env as sabotage_from_env
 from pairdb.proto import storage_pb2, storage_pb2_grpc
+from pairdb.security.exposure import check_listen
+from pairdb.security.tls import ServerTls, TlsFiles
 from pairdb.serving import metrics
 from pairdb.serving.server import Health, new_server
+from pairdb.storage_node.access import ClusterOnly
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine
 from pairdb.storage_node.load import LoadMeter
@@ -36,6 +39,11 @@ class StorageNodeConfig:
     metrics_port: int = 0
     # Versions further ahead of this node's clock are refused (see pairdb/kernel/clocks.py).
     max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
+    # The cluster CA and this node's certificate (role storage-node, issued for node_id): mutual TLS,
+    # only the cluster's coordinators and workers get in. Without: plaintext, loopback only.
+    tls: TlsFiles | None = None
+    # Listen beyond loopback without TLS anyway.
+    insecure: bool = False
 
 
 def _oldest_repair_age(engine: Engine) -> float:
@@ -46,6 +54,13 @@ def _oldest_repair_age(engine: Engine) -> float:
 
 
 async def serve(config: StorageNodeConfig) -> None:
+    warning = check_listen(
+        f"storage node {config.node_id}",
+        config.host,
+        tls=config.tls is not None,
+        insecure=config.insecure,
+        fix="Give it --tls-ca, --tls-cert and --tls-key (pairdb cert create-node)",
+    )
     sabotage = sabotage_from_env()
     if sabotage:
         log.warning("SABOTAGED: this storage node is broken on purpose, for tests", sabotage=sorted(sabotage))
@@ -59,6 +74,7 @@ async def serve(config: StorageNodeConfig) -> None:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
+        access=[ClusterOnly()] if config.tls else [],
     )
     storage_pb2_grpc.add_StorageServiceServicer_to_server(
         StorageService(
@@ -81,7 +97,11 @@ async def serve(config: StorageNodeConfig) -> None:
     metrics.STORAGE_OLDEST_REPAIR.set_function(lambda: _oldest_repair_age(engine))
     metrics.serve(config.metrics_port, config.host)
     address = f"{config.host}:{config.port}"
-    if server.add_insecure_port(address) == 0:
+    if config.tls is not None:
+        bound = server.add_secure_port(address, ServerTls(config.tls, require_client_cert=True).credentials())
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:
         raise SystemExit(f"storage node {config.node_id}: cannot listen on {address}")
     await server.start()
     await health.start()
@@ -93,7 +113,11 @@ async def serve(config: StorageNodeConfig) -> None:
         data_dir=str(config.data_dir),
         keys=stats.keys,
         fence=engine.fence(),
+        tls=config.tls is not None,
     )
+    if warning:
+        metrics.INSECURE.set(1)
+        log.warning(warning, node_id=config.node_id)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

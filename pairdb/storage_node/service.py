@@ -232,6 +232,9 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         self, request: storage_pb2.ScanRangeRequest, context: ServicerContext
     ) -> AsyncIterator[storage_pb2.ScanRangeBatch]:
         await self._check_epoch(request.epoch, context)
+        # An unset range reads as (0, 0], the whole ring: streaming every tenant out is asked for by name.
+        if not request.HasField("range"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "range is required")
         batch_size = min(request.batch_size or DEFAULT_SCAN_BATCH, MAX_SCAN_BATCH)
         start, end = request.range.start, request.range.end
         after: bytes | None = None

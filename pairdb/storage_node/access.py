@@ -1,0 +1,71 @@
+"""Who may call a storage node: with TLS, only the cluster's coordinators and workers.
+
+The TLS handshake has already checked the caller's certificate against the
+cluster CA; this checks the role it names. Copies, repairs and cleanups (the
+worker) may stream out or delete whole ranges and move the fence; coordinators
+only read and write records. Health and reflection stay open to any certificate
+of the CA, for probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from pairdb.security.roles import Role
+from pairdb.security.tls import peer_principal
+from pairdb.serving.interception import ServicerContext, Stream, Unary
+
+_SERVICE = "/pairdb.v1.StorageService/"
+# Bulk reads and deletes of ranges, and the fence: the migration worker's steps only.
+WORKER_ONLY = frozenset({"ScanRange", "DeleteRange", "PurgeTombstones", "ApplyEntries", "SetFence"})
+_CLUSTER = frozenset({Role.COORDINATOR, Role.WORKER})
+
+
+def allowed_roles(method: str) -> frozenset[Role] | None:
+    """The roles that may call method; None: any certificate of the CA (health, reflection)."""
+    if not method.startswith(_SERVICE):
+        return None
+    return frozenset({Role.WORKER}) if method.removeprefix(_SERVICE) in WORKER_ONLY else _CLUSTER
+
+
+class ClusterOnly:
+    """The storage node's access check, a serving Wrapper; installed only when the node runs TLS."""
+
+    def unary(self, method: str, inner: Unary) -> Unary:
+        roles = allowed_roles(method)
+        if roles is None:
+            return inner
+
+        async def checked(request: Any, context: ServicerContext) -> Any:
+            await _check(method, roles, context)
+            return await inner(request, context)
+
+        return checked
+
+    def stream(self, method: str, inner: Stream) -> Stream:
+        roles = allowed_roles(method)
+        if roles is None:
+            return inner
+
+        async def checked(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
+            await _check(method, roles, context)
+            async for reply in inner(request, context):
+                yield reply
+
+        return checked
+
+
+async def _check(method: str, roles: frozenset[Role], context: ServicerContext) -> None:
+    principal = peer_principal(context)
+    if principal is not None and principal.role in roles:
+        return
+    name = method.rsplit("/", 1)[-1]
+    needed = " or ".join(sorted(r.value for r in roles))
+    held = f"{principal.name} has role {principal.role.value}" if principal else "names no pairdb role"
+    await context.abort(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"{name} needs a cluster certificate with role {needed}; the caller's certificate {held}",
+    )
