@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from temporalio.client import Client
@@ -71,7 +71,7 @@ class CoordinatorConfig:
     # The cluster CA and this coordinator's certificate (role coordinator): clients reach it over TLS
     # (a client certificate is optional), and it reaches storage nodes with it (mutual TLS).
     tls: TlsFiles | None = None
-    temporal_access: TemporalAccess = TemporalAccess()
+    temporal_access: TemporalAccess = field(default_factory=TemporalAccess)
     # Serve beyond loopback without TLS, and anyone without credentials.
     insecure: bool = False
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from temporalio.client import Client
@@ -56,7 +56,7 @@ class WorkerConfig:
     sdk_metrics_port: int = 0
     # The cluster CA and this worker's certificate (role worker): how it reaches storage nodes.
     tls: TlsFiles | None = None
-    temporal_access: TemporalAccess = TemporalAccess()
+    temporal_access: TemporalAccess = field(default_factory=TemporalAccess)
     # Reach a remote PostgreSQL without a verifying sslmode anyway.
     insecure: bool = False
 

@@ -64,7 +64,7 @@ async def test_clients_reach_the_coordinator_only_over_tls(secured: LocalCluster
     assert refused.value.code == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_a_storage_node_lets_in_only_the_clusters_coordinators_and_workers(secured: LocalCluster) -> None:
+async def test_a_storage_node_lets_in_only_the_cluster_processes(secured: LocalCluster) -> None:
     node = secured.nodes["node-1"]
     # No certificate at all: plaintext, or TLS without a client certificate.
     async with grpc.aio.insecure_channel(node.address) as channel:
