@@ -47,7 +47,7 @@ from pathlib import Path
 
 import grpc
 
-from pairdb.client import Client, ClientError
+from pairdb.client import ClientError
 from pairdb.local.cluster import LocalCluster
 from pairdb.local.processes import ManagedProcess, die_with_parent, free_port
 from pairdb.serving import logs
@@ -260,7 +260,7 @@ async def bench_coordinator(args: argparse.Namespace, workdir: Path) -> list[Res
     cluster = LocalCluster(workdir / "cluster", storage_nodes=3, coordinators=1, temporal=False)
     try:
         await cluster.start()
-        async with Client(cluster.coordinator_address, timeout=REQUEST_TIMEOUT) as client:
+        async with cluster.connect(cluster.coordinator_address, timeout=REQUEST_TIMEOUT) as client:
             await client.create_tenant(TENANT, REPLICATION_FACTOR)
             value = os.urandom(PAYLOAD_BYTES)
             written: list[str] = []

@@ -798,6 +798,9 @@ async def _dev(args: argparse.Namespace) -> None:
         print(f"  temporal      {cluster.temporal_server.address}")
         print(f"  temporal UI   {cluster.temporal_server.ui_url}")
         print(f"  logs          {cluster.data_dir / 'logs'}")
+        print(f"  TLS           every hop; CA {cluster.certs_dir / 'ca.crt'}")
+        if cluster.certs_dir / "ca.crt" != DEV_CA.resolve():
+            print(f"  (from another directory: export PAIRDB_TLS_CA={cluster.certs_dir / 'ca.crt'})")
         print("try: pairdb put default k v && pairdb get default k   (Ctrl-C stops the cluster)", flush=True)
 
     async def stop() -> None:

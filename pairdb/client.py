@@ -546,15 +546,20 @@ class SyncClient:
     """
 
     def __init__(
-        self, address: str = DEFAULT_ADDRESS, timeout: float = 10.0, retry: RetryPolicy | None = None
+        self,
+        address: str = DEFAULT_ADDRESS,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        **credentials: Any,
     ) -> None:
+        """credentials: as Client's (tls, ...)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pairdb-client", daemon=True)
         self._thread.start()
         self._closed = False
 
         async def make() -> Client:
-            return Client(address, timeout, retry)
+            return Client(address, timeout, retry, **credentials)
 
         self._client = self._run(make())
 

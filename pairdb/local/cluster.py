@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import grpc
 import structlog
 
-from pairdb.client import Client, ClientError
+from pairdb.client import Client, ClientError, RetryPolicy
 from pairdb.kernel.migration import TASK_QUEUE
 from pairdb.local.faults import TcpProxy
 from pairdb.local.postgres import EmbeddedPostgres
@@ -133,7 +135,7 @@ class LocalCluster:
         return TlsFiles(self.certs_dir / certs.CA_CERT) if self.tls else None
 
     def process_tls(self, name: str) -> TlsFiles | None:
-        """A cluster process's CA and certificate pair (made by _issue)."""
+        """A cluster process's CA and certificate pair (made by tls_flags)."""
         if not self.tls:
             return None
         issued = certs.cert_paths(self.certs_dir, name)
@@ -143,15 +145,61 @@ class LocalCluster:
         """A worker's credentials: what tests and tools reach storage nodes with."""
         if not self.tls:
             return None
-        self._issue("worker", Role.WORKER)
+        self.tls_flags("worker", Role.WORKER)
         files = self.process_tls("worker")
         assert files is not None
         return ChannelTls(files)
 
-    def client(self, index: int = 0) -> Client:
-        return Client(self.coordinator_procs[index].address, tls=self.client_tls())
+    def channel_settings(
+        self, node_id: str | None = None, options: Sequence[tuple[str, Any]] = ()
+    ) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+        """Credentials (None: plaintext) and options of a raw gRPC channel to a coordinator, or
+        (node_id) to that storage node as the worker: what tests that craft requests dial with."""
+        options = list(options)
+        if not self.tls:
+            return None, options
+        if node_id is None:
+            files = self.client_tls()
+            assert files is not None
+            return ChannelTls(files).credentials(), options
+        worker = self.worker_tls()
+        assert worker is not None
+        return worker.credentials(), [*options, ("grpc.ssl_target_name_override", node_id)]
 
-    def _issue(self, name: str, role: Role) -> list[str]:
+    def aio_channel(
+        self, address: str, node_id: str | None = None, options: Sequence[tuple[str, Any]] = ()
+    ) -> grpc.aio.Channel:
+        credentials, settings = self.channel_settings(node_id, options)
+        if credentials is None:
+            return grpc.aio.insecure_channel(address, options=settings)
+        return grpc.aio.secure_channel(address, credentials, options=settings)
+
+    def sync_channel(
+        self, address: str, node_id: str | None = None, options: Sequence[tuple[str, Any]] = ()
+    ) -> grpc.Channel:
+        credentials, settings = self.channel_settings(node_id, options)
+        if credentials is None:
+            return grpc.insecure_channel(address, options=settings)
+        return grpc.secure_channel(address, credentials, options=settings)
+
+    def client(self, index: int = 0) -> Client:
+        return self.connect(self.coordinator_procs[index].address)
+
+    def credentials(self) -> dict[str, Any]:
+        """What a client of this cluster presents: Client(address, **cluster.credentials())."""
+        return {"tls": self.client_tls()}
+
+    def cli_env(self) -> dict[str, str]:
+        """The environment under which `pairdb` client commands reach this cluster."""
+        files = self.client_tls()
+        return {"PAIRDB_TLS_CA": str(files.ca)} if files else {}
+
+    def connect(self, address: str, timeout: float = 10.0, retry: RetryPolicy | None = None) -> Client:
+        """A client of the coordinator at address (one of this cluster's, or a stand-in), with the
+        cluster's credentials."""
+        return Client(address, timeout, retry, **self.credentials())
+
+    def tls_flags(self, name: str, role: Role) -> list[str]:
         """The TLS flags of a process named name, its certificate made on first use."""
         files = self.process_tls(name)
         if files is None:
@@ -221,7 +269,7 @@ class LocalCluster:
             str(self.data_dir / "nodes" / node_id),
             "--metrics-port",
             str(metrics_port),
-            *self._issue(node_id, Role.STORAGE_NODE),
+            *self.tls_flags(node_id, Role.STORAGE_NODE),
         )
         node = StorageNodeProcess(node_id, port, proc, metrics_port=metrics_port, tls=self.worker_tls())
         if self.proxies:
@@ -266,7 +314,7 @@ class LocalCluster:
         metrics_port = free_port()
         args = ["--port", str(port), "--postgres-dsn", dsn or self.dsn, "--coordinator-id", coordinator_id]
         args += ["--metrics-port", str(metrics_port), "--lease-seconds", str(self.coordinator_lease_seconds)]
-        args += self._issue("coordinator", Role.COORDINATOR)
+        args += self.tls_flags("coordinator", Role.COORDINATOR)
         if self.temporal:
             args += ["--temporal", self.temporal_server.address, "--temporal-ui", self.temporal_server.ui_url]
         args += extra_args
@@ -279,7 +327,7 @@ class LocalCluster:
         self.coordinator_procs.append(coordinator)
         await proc.start()
         if wait:
-            client = Client(coordinator.address, timeout=2, tls=self.client_tls())
+            client = self.connect(coordinator.address, timeout=2)
             try:
                 await proc.wait_ready(client.nodes)
             finally:
@@ -295,7 +343,7 @@ class LocalCluster:
         if env is not None:
             coordinator.process.env = env
         await coordinator.process.start()
-        client = Client(coordinator.address, timeout=2, tls=self.client_tls())
+        client = self.connect(coordinator.address, timeout=2)
         try:
             await coordinator.process.wait_ready(client.nodes, timeout=60)
         finally:
@@ -316,7 +364,7 @@ class LocalCluster:
                 str(self.worker_metrics_port),
                 "--sdk-metrics-port",
                 str(self.worker_sdk_metrics_port),
-                *self._issue("worker", Role.WORKER),
+                *self.tls_flags("worker", Role.WORKER),
             )
         since = time.time()
         await self.worker.start()

@@ -80,7 +80,7 @@ async def cluster() -> AsyncIterator[LocalCluster]:
 @pytest.fixture
 async def steps(cluster: LocalCluster) -> AsyncIterator[RepairSteps]:
     metadata = await Metadata.connect(cluster.dsn)
-    ctx = StepContext.create(metadata)
+    ctx = StepContext.create(metadata, tls=cluster.worker_tls())
     yield RepairSteps(ctx)
     await ctx.pool.close()
     await metadata.close()

@@ -42,7 +42,7 @@ async def cluster() -> AsyncIterator[LocalCluster]:
 @pytest.fixture
 async def ctx(cluster: LocalCluster) -> AsyncIterator[StepContext]:
     metadata = await Metadata.connect(cluster.dsn)
-    context = StepContext.create(metadata)
+    context = StepContext.create(metadata, tls=cluster.worker_tls())
     yield context
     await context.pool.close()
     await metadata.close()

@@ -52,7 +52,7 @@ async def test_bad_writes_are_refused_and_write_nothing(
 
 async def test_unknown_consistency_level_is_refused(cluster: LocalCluster, tenant: str) -> None:
     before = await total_records(cluster)
-    async with grpc.aio.insecure_channel(cluster.coordinator_address) as channel:
+    async with cluster.aio_channel(cluster.coordinator_address) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.WriteKeyValue(

@@ -63,7 +63,7 @@ async def test_a_bad_item_fails_alone_and_the_rest_of_its_batch_is_written(
 
 
 async def test_a_batch_over_the_limits_is_refused_whole(cluster: LocalCluster, tenant: str) -> None:
-    async with grpc.aio.insecure_channel(cluster.coordinator_address) as channel:
+    async with cluster.aio_channel(cluster.coordinator_address) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         too_many = [
             pb.BatchWriteItem(tenant_id=tenant, key=f"k{i}", value=b"v") for i in range(MAX_BATCH_ITEMS + 1)
@@ -85,7 +85,7 @@ async def test_a_batch_over_the_limits_is_refused_whole(cluster: LocalCluster, t
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.BatchRead(pb.BatchReadRequest(items=reads))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    async with Client(cluster.coordinator_address) as client:
+    async with cluster.connect(cluster.coordinator_address) as client:
         # Nothing of a refused batch was written.
         assert values(await client.get_many([(tenant, "k0"), (tenant, "big0")])) == [None, None]
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from pairdb.client import Client, ClientError
+from pairdb.client import ClientError
 from pairdb.coordinator.metadata import Metadata
 from pairdb.kernel.clocks import CLOCK_OFFSET_ENV
 from pairdb.kernel.keyspace import Version
@@ -121,7 +121,7 @@ async def test_a_second_process_with_a_live_coordinators_id_does_not_serve_until
     first = skewed.coordinator_procs[0]
     twin = await skewed.start_coordinator(free_port(), coordinator_id=first.coordinator_id, wait=False)
     try:
-        async with Client(twin.address, timeout=1) as client:
+        async with skewed.connect(twin.address, timeout=1) as client:
             await asyncio.sleep(2 * LEASE)
             with pytest.raises(ClientError):
                 await client.put("skew", "twin", b"must not be written by a twin")

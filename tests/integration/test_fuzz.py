@@ -165,7 +165,7 @@ def total_records(cluster: LocalCluster) -> int:
     """keys + tombstones over every storage node of the cluster."""
     total = 0
     for node in cluster.nodes.values():
-        with grpc.insecure_channel(node.address) as channel:
+        with cluster.sync_channel(node.address, node.node_id) as channel:
             reply = send(channel, STORAGE, "Stats", b"")
         assert reply.code == OK, reply
         stats = storage_pb2.StatsResponse.FromString(reply.body)
@@ -198,13 +198,13 @@ async def fuzz_tenant(cluster: LocalCluster) -> str:
 
 @pytest.fixture(scope="module")
 def coordinator(cluster: LocalCluster, fuzz_tenant: str) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(cluster.coordinator_address, options=CHANNEL_OPTIONS) as channel:
+    with cluster.sync_channel(cluster.coordinator_address, options=CHANNEL_OPTIONS) as channel:
         yield channel
 
 
 @pytest.fixture(scope="module")
 def storage(cluster: LocalCluster) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(cluster.nodes["node-1"].address, options=CHANNEL_OPTIONS) as channel:
+    with cluster.sync_channel(cluster.nodes["node-1"].address, "node-1", CHANNEL_OPTIONS) as channel:
         yield channel
 
 

@@ -23,16 +23,22 @@ async def small_cluster() -> AsyncIterator[LocalCluster]:
         yield cluster
 
 
-async def check(address: str, service: str = "") -> int:
-    async with grpc.aio.insecure_channel(address) as channel:
+def dial(cluster: LocalCluster, node_id: str | None) -> grpc.aio.Channel:
+    """A coordinator (node_id None) or that storage node, with the credentials it asks for."""
+    address = cluster.nodes[node_id].address if node_id else cluster.coordinator_address
+    return cluster.aio_channel(address, node_id)
+
+
+async def check(cluster: LocalCluster, node_id: str | None = None, service: str = "") -> int:
+    async with dial(cluster, node_id) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=service)
         )
         return int(reply.status)
 
 
-async def services(address: str) -> set[str]:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def services(cluster: LocalCluster, node_id: str | None = None) -> set[str]:
+    async with dial(cluster, node_id) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         async for reply in stub.ServerReflectionInfo(iter([request])):
@@ -41,30 +47,28 @@ async def services(address: str) -> set[str]:
 
 
 async def test_health_and_reflection_on_coordinator_and_storage_node(small_cluster: LocalCluster) -> None:
-    coordinator, node = small_cluster.coordinator_address, small_cluster.nodes["node-1"].address
-    assert await check(coordinator) == SERVING
-    assert await check(coordinator, "pairdb.v1.CoordinatorService") == SERVING
-    assert await check(node, "pairdb.v1.StorageService") == SERVING
-    assert {"pairdb.v1.CoordinatorService", "grpc.health.v1.Health"} <= await services(coordinator)
-    assert {"pairdb.v1.StorageService", "grpc.health.v1.Health"} <= await services(node)
+    assert await check(small_cluster) == SERVING
+    assert await check(small_cluster, None, "pairdb.v1.CoordinatorService") == SERVING
+    assert await check(small_cluster, "node-1", "pairdb.v1.StorageService") == SERVING
+    assert {"pairdb.v1.CoordinatorService", "grpc.health.v1.Health"} <= await services(small_cluster)
+    assert {"pairdb.v1.StorageService", "grpc.health.v1.Health"} <= await services(small_cluster, "node-1")
 
 
 async def test_coordinator_is_not_serving_without_postgresql_and_serving_again_after(
     small_cluster: LocalCluster,
 ) -> None:
-    coordinator = small_cluster.coordinator_address
     await small_cluster.postgres.stop()
     try:
 
         async def down() -> bool:
-            return await check(coordinator) == NOT_SERVING
+            return await check(small_cluster) == NOT_SERVING
 
         await wait_for(down, timeout=30, what="NOT_SERVING")
     finally:
         await small_cluster.postgres.start()
 
     async def up() -> bool:
-        return await check(coordinator) == SERVING
+        return await check(small_cluster) == SERVING
 
     await wait_for(up, timeout=30, what="SERVING again")
     async with small_cluster.client() as client:

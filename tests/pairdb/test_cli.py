@@ -63,7 +63,11 @@ def test_dev_cluster_then_put_and_get_from_another_shell(scratch_dir: Path) -> N
         assert f"temporal UI   http://127.0.0.1:{ui}" in banner
         children = psutil.Process(dev.pid).children(recursive=True)
 
-        env = {"PAIRDB_COORDINATOR": f"127.0.0.1:{port}"}
+        # Run elsewhere than the cluster's data directory, the CLI is told where its CA is.
+        env = {
+            "PAIRDB_COORDINATOR": f"127.0.0.1:{port}",
+            "PAIRDB_TLS_CA": str(scratch_dir / "data/certs/ca.crt"),
+        }
         put = run("put", "default", "k", "v", env=env)
         assert put.returncode == 0, put.stderr
         get = run("get", "default", "k", env=env)
@@ -77,7 +81,7 @@ def test_dev_cluster_then_put_and_get_from_another_shell(scratch_dir: Path) -> N
             bad.stderr.strip().startswith("error: NOT_FOUND:") and len(bad.stderr.strip().splitlines()) == 1
         )
 
-        created = run("tenant", "create", "other", "--rf", "2", "--coordinator", f"127.0.0.1:{port}")
+        created = run("tenant", "create", "other", "--rf", "2", "--coordinator", f"127.0.0.1:{port}", env=env)
         assert "replication factor 2" in created.stdout
         nodes = run("nodes", env=env)
         assert nodes.stdout.count("active") == 3

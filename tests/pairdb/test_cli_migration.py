@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from pairdb.local.cluster import LocalCluster
@@ -19,6 +20,7 @@ async def pairdb(cluster: LocalCluster, *args: str) -> tuple[int, str]:
         cluster.coordinator_address,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **cluster.cli_env()},
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 300)
     assert proc.returncode is not None

@@ -8,10 +8,10 @@ import sys
 
 import psutil
 
-from pairdb.client import Client
 from pairdb.coordinator.metadata import Metadata
 from pairdb.local.cluster import LocalCluster
 from pairdb.local.processes import free_port
+from pairdb.security.roles import Role
 from tests.support import wait_for
 
 
@@ -20,7 +20,7 @@ async def test_two_processes_share_the_port_serve_and_stop_together(cluster: Loc
     supervisor = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pairdb.cli", "coordinator", "--processes", "2",
         "--port", str(port), "--postgres-dsn", cluster.dsn, "--coordinator-id", "shared",
-        "--log-level", "WARNING",
+        "--log-level", "WARNING", *cluster.tls_flags("coordinator", Role.COORDINATOR),
     )  # fmt: skip
     metadata = await Metadata.connect(cluster.dsn)
     try:
@@ -31,7 +31,7 @@ async def test_two_processes_share_the_port_serve_and_stop_together(cluster: Loc
         await wait_for(both_registered, 60, "both coordinator processes to take their leases")
         children = psutil.Process(supervisor.pid).children()
         assert len(children) == 2
-        async with Client(f"127.0.0.1:{port}") as client:
+        async with cluster.connect(f"127.0.0.1:{port}") as client:
             for i in range(20):  # new connections land on either process
                 await client.put("default", f"processes-{i}", b"v")
                 assert (await client.get("default", f"processes-{i}")).value == b"v"

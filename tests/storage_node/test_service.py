@@ -68,7 +68,7 @@ async def test_range_digest_and_delete_range(node: NodeClient) -> None:
 
 
 async def test_invalid_records_are_refused_whole(cluster: LocalCluster, node: NodeClient) -> None:
-    channel = grpc.aio.insecure_channel(cluster.nodes["node-1"].address)
+    channel = cluster.aio_channel(cluster.nodes["node-1"].address, "node-1")
     stub = storage_pb2_grpc.StorageServiceStub(channel)
     good = storage_pb2.Record(
         tenant_id="svc-bad", key="fine", value=b"v", version=storage_pb2.Version(hlc=5, origin=1)
