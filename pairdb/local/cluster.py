@@ -99,6 +99,8 @@ class LocalCluster:
     # TLS on every hop, with a CA and certificates made under data_dir/certs on first start
     # (storage nodes accept only the cluster's coordinators and workers).
     tls: bool = True
+    # Coordinators without authentication (--insecure): for the benchmark of what security costs.
+    insecure: bool = False
     postgres: EmbeddedPostgres = field(init=False)
     temporal_server: TemporalDevServer = field(init=False)
     worker: ManagedProcess | None = field(init=False, default=None)
@@ -315,6 +317,8 @@ class LocalCluster:
         args = ["--port", str(port), "--postgres-dsn", dsn or self.dsn, "--coordinator-id", coordinator_id]
         args += ["--metrics-port", str(metrics_port), "--lease-seconds", str(self.coordinator_lease_seconds)]
         args += self.tls_flags("coordinator", Role.COORDINATOR)
+        if self.insecure:
+            args.append("--insecure")
         if self.temporal:
             args += ["--temporal", self.temporal_server.address, "--temporal-ui", self.temporal_server.ui_url]
         args += extra_args
