@@ -14,6 +14,7 @@ from pathlib import Path
 
 import structlog
 
+from pairdb import config
 from pairdb.client import Client, ClientError
 from pairdb.kernel.migration import TASK_QUEUE
 from pairdb.local.faults import TcpProxy
@@ -120,7 +121,9 @@ class LocalCluster:
         return Client(self.coordinator_procs[index].address)
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Private to this user whatever the umask: the tree holds tenants' data, logs and secrets.
+        for path in (self.data_dir, self.data_dir / "logs", self.data_dir / "nodes"):
+            await asyncio.to_thread(_private_dir, path)
         await self.postgres.start()
         self.dsn = await self.postgres.ensure_database(DATABASE)
         if self.temporal:
@@ -160,9 +163,13 @@ class LocalCluster:
         if errors:
             raise errors[0]
 
-    def _process(self, name: str, *args: str) -> ManagedProcess:
+    def _process(self, name: str, *args: str, dsn: str | None = None) -> ManagedProcess:
+        """A pairdb child; a DSN goes to it through the environment, never on its command line."""
         return ManagedProcess(
-            name, pairdb_command(*args, "--log-level", self.log_level), self.data_dir / "logs" / f"{name}.log"
+            name,
+            pairdb_command(*args, "--log-level", self.log_level),
+            self.data_dir / "logs" / f"{name}.log",
+            secret_env=config.secret_environment({"postgres_dsn": dsn}) if dsn is not None else None,
         )
 
     async def start_storage_node(self, node_id: str, port: int) -> StorageNodeProcess:
@@ -220,14 +227,17 @@ class LocalCluster:
             await pg_proxy.start()
             dsn = self.dsn.replace(f":{self.postgres.port}/", f":{pg_proxy.port}/")
         metrics_port = free_port()
-        args = ["--port", str(port), "--postgres-dsn", dsn or self.dsn, "--coordinator-id", coordinator_id]
+        args = ["--port", str(port), "--coordinator-id", coordinator_id]
         args += ["--metrics-port", str(metrics_port), "--lease-seconds", str(self.coordinator_lease_seconds)]
         if self.temporal:
             args += ["--temporal", self.temporal_server.address, "--temporal-ui", self.temporal_server.ui_url]
         args += extra_args
         duplicate = any(c.coordinator_id == coordinator_id for c in self.coordinator_procs)
         proc = self._process(
-            f"{coordinator_id}-{port}" if duplicate else coordinator_id, "coordinator", *args
+            f"{coordinator_id}-{port}" if duplicate else coordinator_id,
+            "coordinator",
+            *args,
+            dsn=dsn or self.dsn,
         )
         proc.env = env
         coordinator = CoordinatorProcess(coordinator_id, port, proc, metrics_port, pg_proxy)
@@ -263,14 +273,13 @@ class LocalCluster:
             self.worker = self._process(
                 "worker",
                 "worker",
-                "--postgres-dsn",
-                self.dsn,
                 "--temporal",
                 self.temporal_server.address,
                 "--metrics-port",
                 str(self.worker_metrics_port),
                 "--sdk-metrics-port",
                 str(self.worker_sdk_metrics_port),
+                dsn=self.dsn,
             )
         since = time.time()
         await self.worker.start()
@@ -315,3 +324,9 @@ class LocalCluster:
                         raise
             if self.temporal and self.repair_every_hours:
                 await client.schedule_repair(self.repair_every_hours)
+
+
+def _private_dir(path: Path) -> None:
+    """Create path 0700, or make an existing one (from an older version) 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)

@@ -84,8 +84,16 @@ def test_a_raw_url_password_never_shows(user: str, password: str, host: str, db:
     assert mask_dsn(dsn) == f"postgresql://{user}:***@{host}:5432/{db}?sslmode=require"
 
 
-@given(user=_plain, password=_any_password, host=_plain, db=_plain, key=st.sampled_from(["password", "sslPassword"]))
-def test_a_percent_encoded_password_never_shows(user: str, password: str, host: str, db: str, key: str) -> None:
+@given(
+    user=_plain,
+    password=_any_password,
+    host=_plain,
+    db=_plain,
+    key=st.sampled_from(["password", "sslPassword"]),
+)
+def test_a_percent_encoded_password_never_shows(
+    user: str, password: str, host: str, db: str, key: str
+) -> None:
     quoted = urllib.parse.quote(password, safe="")
     for dsn in (
         f"postgresql://{user}:{quoted}@{host}/{db}",
