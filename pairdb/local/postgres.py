@@ -78,6 +78,7 @@ SERVER_SETTINGS: dict[str, str] = {
     "fsync": "on",  # metadata must survive a crash
     "max_connections": "200",
     "shared_buffers": "128MB",
+    "unix_socket_permissions": "0700",  # the socket is for this user only, as its directory is
 }
 
 _HOST = "127.0.0.1"
