@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from temporalio.client import Client
@@ -45,7 +45,7 @@ COORDINATOR_SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorSe
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
-    postgres_dsn: str
+    postgres_dsn: str = field(repr=False)  # holds a password: never in a repr or traceback
     host: str = "127.0.0.1"
     port: int = 50051
     coordinator_id: str = ""

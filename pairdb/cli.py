@@ -12,8 +12,10 @@ import argparse
 import asyncio
 import signal
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -23,7 +25,7 @@ from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError, Sta
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS
 from pairdb.kernel.repair import DEFAULT_INTERVAL_HOURS
 from pairdb.local.processes import GRPC_QUIET, die_with_parent
-from pairdb.security.secrets import mask_dsn
+from pairdb.security.secrets import mask_dsn, mask_secrets
 from pairdb.serving import logs, loops
 
 DEV_COORDINATOR_PORT = 50051
@@ -674,6 +676,15 @@ SERVER_COMMANDS = {"storage-node", "coordinator", "worker", "dev", "demo"}
 PRIVATE_UMASK = 0o077
 
 
+def _mask_tracebacks() -> None:
+    """An uncaught exception's traceback is printed with every connection string's password masked."""
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        sys.stderr.write(mask_secrets("".join(traceback.format_exception(kind, value, tb))))
+
+    sys.excepthook = hook
+
+
 def _configure_logs(resolved: config.Resolved, *, json: bool, level: str) -> None:
     logs.configure(json=json, level=level)
     for warning in resolved.secrets_on_command_line():
@@ -689,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in SERVER_COMMANDS:
         # Before any file is created: data dirs 0700, files 0600, whatever the caller's umask.
         os.umask(PRIVATE_UMASK)
+        _mask_tracebacks()
     die_with_parent()
     try:
         if args.command == "config":

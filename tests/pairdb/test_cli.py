@@ -113,3 +113,16 @@ def test_a_secret_given_as_a_flag_is_warned_about(capsys: pytest.CaptureFixture[
         logging.getLogger().handlers = []
     assert "Secret on the command line" in err and "PAIRDB_POSTGRES_DSN_FILE" in err
     assert "pw@" not in err
+
+
+def test_a_crash_traceback_masks_passwords(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored afterwards
+    cli._mask_tracebacks()
+    try:
+        raise ConnectionError("cannot reach postgresql://pairdb:pw123@db:5432/pairdb")
+    except ConnectionError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    err = capsys.readouterr().err
+    assert "postgresql://pairdb:***@db:5432/pairdb" in err and "pw123" not in err
