@@ -88,6 +88,7 @@ def pairdb_command(*args: str) -> list[str]:
 def open_private_log(path: Path) -> BinaryIO:
     """Open a log for appending, readable by this user only (logs name tenants and keys)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # also one an older pairdb created readable
     return os.fdopen(fd, "ab")
 
 

@@ -195,6 +195,9 @@ class Engine:
         self._env = lmdb.open(
             str(path), map_size=map_size, max_dbs=2, sync=True, metasync=True, readahead=False, mode=0o600
         )
+        # mode applies to new files only; tighten those an older pairdb left readable.
+        for name in ("data.mdb", "lock.mdb"):
+            (path / name).chmod(0o600)
         self._records = self._env.open_db(b"records")
         self._meta = self._env.open_db(b"meta")
 
