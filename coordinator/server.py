@@ -48,7 +48,7 @@ COORDINATOR_SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorSe
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
-    postgres_dsn: str
+    postgres_dsn: str = field(repr=False)  # holds a password: never in a repr or traceback
     host: str = "127.0.0.1"
     port: int = 50051
     coordinator_id: str = ""

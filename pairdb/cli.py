@@ -12,8 +12,10 @@ import argparse
 import asyncio
 import signal
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -25,6 +27,7 @@ from pairdb.kernel.repair import DEFAULT_INTERVAL_HOURS
 from pairdb.local.processes import GRPC_QUIET, die_with_parent
 from pairdb.security.certs import CertError
 from pairdb.security.exposure import Exposed
+from pairdb.security.secrets import mask_dsn, mask_secrets
 from pairdb.security.tls import TlsError, TlsFiles
 from pairdb.serving import logs, loops
 
@@ -282,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--postgres-dsn",
         default=None,
-        help="PostgreSQL metadata DSN (env PAIRDB_POSTGRES_DSN; required)",
+        help="PostgreSQL metadata DSN (required); prefer env PAIRDB_POSTGRES_DSN or "
+        "PAIRDB_POSTGRES_DSN_FILE (a file holding it): `ps` shows a flag to every user",
     )
     p.add_argument("--coordinator-id", default="", help="stable id (default coordinator-HOSTNAME-PORT)")
     p.add_argument(
@@ -344,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--postgres-dsn",
         default=None,
-        help="PostgreSQL metadata DSN (env PAIRDB_POSTGRES_DSN; required)",
+        help="PostgreSQL metadata DSN (required); prefer env PAIRDB_POSTGRES_DSN or "
+        "PAIRDB_POSTGRES_DSN_FILE (a file holding it): `ps` shows a flag to every user",
     )
     p.add_argument(
         "--temporal",
@@ -733,7 +738,7 @@ async def _coordinator_processes(args: argparse.Namespace) -> int:
         return [
             sys.executable, "-m", "pairdb.cli", "coordinator",
             "--processes", "1", "--coordinator-id", f"{base}-{i}",
-            "--host", args.host, "--port", str(args.port), "--postgres-dsn", args.postgres_dsn,
+            "--host", args.host, "--port", str(args.port),
             "--temporal", args.temporal, "--temporal-ui", args.temporal_ui,
             "--storage-timeout", str(args.storage_timeout), "--lease-seconds", str(args.lease_seconds),
             "--max-clock-offset-ms", str(args.max_clock_offset_ms),
@@ -750,9 +755,12 @@ async def _coordinator_processes(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
 
+    # The DSN holds a password: through the environment, never on a command line `ps` shows.
+    env = {**os.environ, **config.secret_environment({"postgres_dsn": args.postgres_dsn})}
+
     async def keep(i: int) -> None:
         while not stopping.is_set():
-            child = await asyncio.create_subprocess_exec(*argv(i))
+            child = await asyncio.create_subprocess_exec(*argv(i), env=env)
             waiting = asyncio.ensure_future(child.wait())
             stop = asyncio.ensure_future(stopping.wait())
             await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -794,7 +802,7 @@ async def _dev(args: argparse.Namespace) -> None:
         print(f"  coordinator   {cluster.coordinator_address}")
         for node in cluster.nodes.values():
             print(f"  storage node  {node.node_id} {node.address}")
-        print(f"  postgresql    {cluster.dsn}")
+        print(f"  postgresql    {mask_dsn(cluster.dsn)}  (password in {cluster.postgres.password_file})")
         print(f"  temporal      {cluster.temporal_server.address}")
         print(f"  temporal UI   {cluster.temporal_server.ui_url}")
         print(f"  logs          {cluster.data_dir / 'logs'}")
@@ -811,12 +819,36 @@ async def _dev(args: argparse.Namespace) -> None:
     await _run_until_signal(start, stop)
 
 
+# Commands that run servers: what they write (data, logs, sockets) is theirs alone.
+SERVER_COMMANDS = {"storage-node", "coordinator", "worker", "dev", "demo"}
+PRIVATE_UMASK = 0o077
+
+
+def _mask_tracebacks() -> None:
+    """An uncaught exception's traceback is printed with every connection string's password masked."""
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        sys.stderr.write(mask_secrets("".join(traceback.format_exception(kind, value, tb))))
+
+    sys.excepthook = hook
+
+
+def _configure_logs(resolved: config.Resolved, *, json: bool, level: str) -> None:
+    logs.configure(json=json, level=level)
+    for warning in resolved.secrets_on_command_line():
+        structlog.get_logger().warning("Secret on the command line", hint=warning)
+
+
 def main(argv: list[str] | None = None) -> int:
     for name, value in GRPC_QUIET.items():
         os.environ.setdefault(name, value)  # before this process creates any channel or server
     parser = build_parser()
     resolved = config.resolve(parser, argv)
     args = resolved.args
+    if args.command in SERVER_COMMANDS:
+        # Before any file is created: data dirs 0700, files 0600, whatever the caller's umask.
+        os.umask(PRIVATE_UMASK)
+        _mask_tracebacks()
     die_with_parent()
     try:
         if args.command == "config":
@@ -827,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "storage-node":
             from pairdb.storage_node.server import StorageNodeConfig, serve
 
-            logs.configure(json=True, level=args.log_level)
+            _configure_logs(resolved, json=True, level=args.log_level)
             loops.run(
                 serve(
                     StorageNodeConfig(
@@ -849,7 +881,10 @@ def main(argv: list[str] | None = None) -> int:
             from pairdb.coordinator.server import serve as serve_coordinator
 
             if not args.postgres_dsn:
-                print("error: --postgres-dsn or PAIRDB_POSTGRES_DSN is required", file=sys.stderr)
+                print(
+                    "error: PAIRDB_POSTGRES_DSN, PAIRDB_POSTGRES_DSN_FILE or --postgres-dsn is required",
+                    file=sys.stderr,
+                )
                 return 2
             if args.processes < 1:
                 print("error: --processes must be at least 1", file=sys.stderr)
@@ -859,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-            logs.configure(json=True, level=args.log_level)
+            _configure_logs(resolved, json=True, level=args.log_level)
             if args.processes > 1:
                 return asyncio.run(_coordinator_processes(args))
             loops.run(
@@ -894,9 +929,12 @@ def main(argv: list[str] | None = None) -> int:
             from pairdb.workflows.worker import serve as serve_worker
 
             if not args.postgres_dsn:
-                print("error: --postgres-dsn or PAIRDB_POSTGRES_DSN is required", file=sys.stderr)
+                print(
+                    "error: PAIRDB_POSTGRES_DSN, PAIRDB_POSTGRES_DSN_FILE or --postgres-dsn is required",
+                    file=sys.stderr,
+                )
                 return 2
-            logs.configure(json=True, level=args.log_level)
+            _configure_logs(resolved, json=True, level=args.log_level)
             asyncio.run(
                 serve_worker(
                     WorkerConfig(
@@ -911,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         elif args.command == "dev":
-            logs.configure(json=False, level=args.log_level)
+            _configure_logs(resolved, json=False, level=args.log_level)
             asyncio.run(_dev(args))
         else:
             return asyncio.run(_client_command(args))

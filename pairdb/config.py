@@ -9,6 +9,12 @@ Every option of every `pairdb` command can be set in all three places:
 
 The file is `--config PATH`, else `$PAIRDB_CONFIG`, else `./pairdb.toml` when it exists.
 `pairdb config show COMMAND` prints the effective values and where each came from.
+
+Secrets (SECRET_OPTIONS) can also be read from a file, as the official Docker images do:
+env `PAIRDB_POSTGRES_DSN_FILE=/run/secrets/pairdb_dsn` or `postgres_dsn_file = "..."` in the
+TOML file; the file's content, without its trailing newline, is the value. At one level the
+value itself beats its _FILE (env PAIRDB_X over PAIRDB_X_FILE). A secret given as a flag
+works, but `ps` shows it to every user of the machine, so it is logged as a warning.
 """
 
 from __future__ import annotations
@@ -20,20 +26,61 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pairdb.security.secrets import MASK, mask_dsn, mask_secrets
+
 CLIENT_COMMANDS = {"put", "get", "delete", "tenant", "nodes", "node", "migration", "init", "load", "repair"}
 _UNSET = object()
+# Options whose values are secrets: never shown, settable from a file (`_FILE`), and passed
+# to child processes through the environment only.
+SECRET_OPTIONS = frozenset({"postgres_dsn", "temporal_api_key"})
+FILE_SUFFIX = "_FILE"
 
 
 @dataclass
 class Resolved:
     args: argparse.Namespace
     file: Path | None
-    # option -> "flag", "env PAIRDB_X", "file [table]" or "default"
+    # option -> "flag", "env PAIRDB_X", "env PAIRDB_X_FILE", "file [table]", "file [table] x_file",
+    # "file (top level)" or "default"
     sources: dict[str, str] = field(default_factory=dict)
+
+    def secrets_on_command_line(self) -> list[str]:
+        """A warning for each secret option given as a flag, which `ps` shows to everyone."""
+        return [
+            f"--{dest.replace('_', '-')} is visible to every user of this machine (ps, /proc); "
+            f"set {env_name(dest)} or {env_name(dest)}{FILE_SUFFIX} (a file holding it) instead"
+            for dest, source in self.sources.items()
+            if dest in SECRET_OPTIONS and source == "flag" and getattr(self.args, dest)
+        ]
 
 
 def env_name(dest: str) -> str:
     return "PAIRDB_" + dest.upper()
+
+
+def secret_environment(values: dict[str, str]) -> dict[str, str]:
+    """Environment variables handing secret options to a child process instead of its argv."""
+    unknown = set(values) - SECRET_OPTIONS
+    if unknown:
+        raise ValueError(f"not secret options: {sorted(unknown)}")
+    return {env_name(dest): value for dest, value in values.items()}
+
+
+def shown(dest: str, value: Any) -> Any:
+    """A value as it may be printed or logged: secrets masked."""
+    if not isinstance(value, str) or not value:
+        return value
+    if dest in SECRET_OPTIONS:
+        return mask_dsn(value) if "dsn" in dest else MASK
+    return mask_secrets(value)
+
+
+def _read_secret_file(path: str, named_by: str) -> str:
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SystemExit(f"error: cannot read the secret file {path} ({named_by}): {reason}") from None
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -115,12 +162,24 @@ def resolve(parser: argparse.ArgumentParser, argv: list[str] | None) -> Resolved
         elif env_name(dest) in os.environ:
             setattr(args, dest, _convert(action, os.environ[env_name(dest)]))
             resolved.sources[dest] = f"env {env_name(dest)}"
+        elif dest in SECRET_OPTIONS and env_name(dest) + FILE_SUFFIX in os.environ:
+            name = env_name(dest) + FILE_SUFFIX
+            setattr(args, dest, _read_secret_file(os.environ[name], f"env {name}"))
+            resolved.sources[dest] = f"env {name}"
         elif dest in section:
             setattr(args, dest, _convert(action, section[dest]))
             resolved.sources[dest] = f"file [{table}]"
+        elif dest in SECRET_OPTIONS and f"{dest}_file" in section:
+            where = f"file [{table}] {dest}_file"
+            setattr(args, dest, _read_secret_file(str(section[f"{dest}_file"]), where))
+            resolved.sources[dest] = where
         elif dest in top:
             setattr(args, dest, _convert(action, top[dest]))
             resolved.sources[dest] = "file (top level)"
+        elif dest in SECRET_OPTIONS and f"{dest}_file" in top:
+            where = f"file (top level) {dest}_file"
+            setattr(args, dest, _read_secret_file(str(top[f"{dest}_file"]), where))
+            resolved.sources[dest] = where
         else:
             setattr(args, dest, defaults[id(action)])
             resolved.sources[dest] = "default"
@@ -144,14 +203,5 @@ def show(parser: argparse.ArgumentParser, command: list[str], config_file: Path 
     resolved = resolve(parser, [*(["--config", str(config_file)] if config_file else []), *command])
     lines = [f"# pairdb {' '.join(command)}: flags > env > file ({resolved.file or 'none'}) > defaults"]
     for dest, source in resolved.sources.items():
-        value = getattr(resolved.args, dest)
-        if (
-            dest in ("postgres_dsn",)
-            and isinstance(value, str)
-            and "@" in value
-            and ":" in value.split("@")[0]
-        ):
-            user, _, rest = value.partition("@")
-            value = user.rsplit(":", 1)[0] + ":***@" + rest  # never print a password
-        lines.append(f"{dest} = {value!r}  # {source}")
+        lines.append(f"{dest} = {shown(dest, getattr(resolved.args, dest))!r}  # {source}")
     return "\n".join(lines)

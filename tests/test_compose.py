@@ -3,11 +3,15 @@
 Every pairdb service's command must parse with the `pairdb` CLI, host ports must
 not collide, storage nodes must keep their data on volumes, the dependencies
 must start in a working order, and Prometheus must scrape every metrics port.
+No password is in the file: they are Docker secrets, every port is published on
+127.0.0.1 only, and pairdb and Temporal have their own PostgreSQL roles.
 """
 
 from __future__ import annotations
 
 import graphlib
+import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import pytest
 import yaml
 
 from pairdb.cli import build_parser
+from pairdb.security.secrets import reveals_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,9 +62,132 @@ def test_the_image_runs_the_pairdb_cli() -> None:
         assert f"COPY {package} ./{package}" in dockerfile
 
 
+def published(compose: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(service, host address, host port) of every published port."""
+    found = []
+    for name, service in compose["services"].items():
+        for spec in service.get("ports", []):
+            parts = str(spec).split(":")
+            address = parts[0] if len(parts) == 3 else "0.0.0.0"  # docker's default: every interface
+            found.append((name, address, parts[-2] if len(parts) > 1 else parts[0]))
+    return found
+
+
 def test_host_ports_do_not_collide(compose: dict[str, Any]) -> None:
-    host_ports = [str(p).split(":")[0] for s in compose["services"].values() for p in s.get("ports", [])]
+    host_ports = [(address, port) for _, address, port in published(compose)]
     assert len(host_ports) == len(set(host_ports)), host_ports
+
+
+def test_every_port_is_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    ports = published(compose)
+    assert {name for name, _, _ in ports} >= {"coordinator-1", "coordinator-2", "temporal", "temporal-ui"}
+    assert [p for p in ports if p[1] != "127.0.0.1"] == []
+
+
+def _strings(node: Any) -> list[tuple[str, str]]:
+    """(key, value) of every scalar in the file, key "" for list items."""
+    if isinstance(node, dict):
+        return [
+            kv
+            for k, v in node.items()
+            for kv in ([(str(k), str(v))] if not isinstance(v, (dict, list)) else _strings(v))
+        ]
+    if isinstance(node, list):
+        return [
+            kv for v in node for kv in ([("", str(v))] if not isinstance(v, (dict, list)) else _strings(v))
+        ]
+    return []
+
+
+def test_no_password_is_written_in_the_file(compose: dict[str, Any]) -> None:
+    for key, value in _strings(compose):
+        assert not reveals_secret(value), (key, value)
+        if any(word in key.upper() for word in ("PASSWORD", "PWD", "DSN", "SECRET")):
+            assert key.upper().endswith("_FILE") or key == "POSTGRES_INITDB_ARGS", (key, value)
+            assert value.startswith("/run/secrets/") or key == "POSTGRES_INITDB_ARGS", (key, value)
+
+
+def test_passwords_are_docker_secrets_each_service_mounts(compose: dict[str, Any]) -> None:
+    declared = compose["secrets"]
+    assert set(declared) == {
+        "postgres_password",
+        "pairdb_db_password",
+        "pairdb_postgres_dsn",
+        "temporal_db_password",
+    }
+    assert all(s["file"].startswith("./secrets/") for s in declared.values())
+    services = compose["services"]
+    text = (ROOT / "docker-compose.yml").read_text() + (
+        ROOT / "deploy" / "postgres-init" / "10-roles.sql"
+    ).read_text()
+    for name, service in services.items():
+        # A service reading /run/secrets/X must be given secret X.
+        used = {
+            value.split("/run/secrets/")[1].split()[0].strip("`'\")")
+            for _, value in _strings(service)
+            if "/run/secrets/" in value
+        }
+        assert used <= set(service.get("secrets", [])), name
+    assert "/run/secrets/pairdb_db_password" in text and "/run/secrets/temporal_db_password" in text
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert {"pairdb_db_password", "temporal_db_password"} <= set(services["postgres"]["secrets"])
+    for name in ("coordinator-1", "coordinator-2", "worker"):
+        assert services[name]["environment"]["PAIRDB_POSTGRES_DSN_FILE"] == "/run/secrets/pairdb_postgres_dsn"
+        assert services[name]["secrets"] == ["pairdb_postgres_dsn"]
+    # Processes that never talk to PostgreSQL do not get its password.
+    for name in ("storage-1", "storage-2", "storage-3", "init", "temporal-ui", "prometheus"):
+        assert not services[name].get("secrets"), name
+    assert services["temporal"]["secrets"] == ["temporal_db_password"]
+
+
+def test_pairdb_and_temporal_have_their_own_postgres_roles(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert "./deploy/postgres-init:/docker-entrypoint-initdb.d:ro" in services["postgres"]["volumes"]
+    sql = (ROOT / "deploy" / "postgres-init" / "10-roles.sql").read_text()
+    for statement in (
+        "CREATE ROLE pairdb LOGIN PASSWORD :'pairdb_password'",
+        "CREATE DATABASE pairdb OWNER pairdb",
+        "CREATE ROLE temporal LOGIN PASSWORD :'temporal_password'",
+        "CREATE DATABASE temporal OWNER temporal",
+        "CREATE DATABASE temporal_visibility OWNER temporal",
+        "REVOKE ALL ON DATABASE pairdb FROM PUBLIC",
+    ):
+        assert statement in sql
+    statements = [line for line in sql.splitlines() if not line.startswith("--")]
+    assert not any("SUPERUSER" in line.upper() or "CREATEROLE" in line.upper() for line in statements)
+    assert services["temporal"]["environment"]["POSTGRES_USER"] == "temporal"
+    assert services["temporal"]["environment"]["SKIP_DB_CREATE"] == "true"
+    assert services["postgres"]["environment"]["POSTGRES_USER"] == "postgres"
+
+
+def test_the_temporal_ui_cannot_change_workflows(compose: dict[str, Any]) -> None:
+    # docs.temporal.io/references/web-ui-environment-variables
+    assert compose["services"]["temporal-ui"]["environment"]["TEMPORAL_DISABLE_WRITE_ACTIONS"] == "true"
+
+
+def test_make_secrets_writes_private_consistent_files(tmp_path: Path) -> None:
+    target = tmp_path / "secrets"
+    subprocess.run(
+        ["sh", str(ROOT / "deploy" / "make-secrets.sh"), str(target)], check=True, capture_output=True
+    )
+    files = {p.name: p for p in target.iterdir()}
+    assert set(files) == {
+        "postgres_password",
+        "pairdb_db_password",
+        "pairdb_postgres_dsn",
+        "temporal_db_password",
+    }
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files.values())
+    password = files["pairdb_db_password"].read_text().strip()
+    assert len(password) >= 32 and password != files["temporal_db_password"].read_text().strip()
+    assert (
+        files["pairdb_postgres_dsn"].read_text() == f"postgresql://pairdb:{password}@postgres:5432/pairdb\n"
+    )
+    before = {name: p.read_text() for name, p in files.items()}
+    subprocess.run(
+        ["sh", str(ROOT / "deploy" / "make-secrets.sh"), str(target)], check=True, capture_output=True
+    )
+    assert {name: p.read_text() for name, p in files.items()} == before  # kept: the database uses them
 
 
 def test_storage_nodes_keep_their_data_on_named_volumes(compose: dict[str, Any]) -> None:

@@ -47,7 +47,7 @@ log = structlog.get_logger()
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    postgres_dsn: str
+    postgres_dsn: str = field(repr=False)  # holds a password: never in a repr or traceback
     temporal_address: str = "127.0.0.1:7233"
     namespace: str = "default"
     storage_timeout: float = 5.0

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import structlog
 
+from pairdb import config
 from pairdb.client import Client, ClientError, RetryPolicy
 from pairdb.kernel.migration import TASK_QUEUE
 from pairdb.local.faults import TcpProxy
@@ -213,7 +214,9 @@ class LocalCluster:
         return ["--tls-ca", str(files.ca), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Private to this user whatever the umask: the tree holds tenants' data, logs and secrets.
+        for path in (self.data_dir, self.data_dir / "logs", self.data_dir / "nodes"):
+            await asyncio.to_thread(_private_dir, path)
         await self.postgres.start()
         self.dsn = await self.postgres.ensure_database(DATABASE)
         if self.temporal:
@@ -253,9 +256,13 @@ class LocalCluster:
         if errors:
             raise errors[0]
 
-    def _process(self, name: str, *args: str) -> ManagedProcess:
+    def _process(self, name: str, *args: str, dsn: str | None = None) -> ManagedProcess:
+        """A pairdb child; a DSN goes to it through the environment, never on its command line."""
         return ManagedProcess(
-            name, pairdb_command(*args, "--log-level", self.log_level), self.data_dir / "logs" / f"{name}.log"
+            name,
+            pairdb_command(*args, "--log-level", self.log_level),
+            self.data_dir / "logs" / f"{name}.log",
+            secret_env=config.secret_environment({"postgres_dsn": dsn}) if dsn is not None else None,
         )
 
     async def start_storage_node(self, node_id: str, port: int) -> StorageNodeProcess:
@@ -314,7 +321,7 @@ class LocalCluster:
             await pg_proxy.start()
             dsn = self.dsn.replace(f":{self.postgres.port}/", f":{pg_proxy.port}/")
         metrics_port = free_port()
-        args = ["--port", str(port), "--postgres-dsn", dsn or self.dsn, "--coordinator-id", coordinator_id]
+        args = ["--port", str(port), "--coordinator-id", coordinator_id]
         args += ["--metrics-port", str(metrics_port), "--lease-seconds", str(self.coordinator_lease_seconds)]
         args += self.tls_flags("coordinator", Role.COORDINATOR)
         if self.insecure:
@@ -324,7 +331,10 @@ class LocalCluster:
         args += extra_args
         duplicate = any(c.coordinator_id == coordinator_id for c in self.coordinator_procs)
         proc = self._process(
-            f"{coordinator_id}-{port}" if duplicate else coordinator_id, "coordinator", *args
+            f"{coordinator_id}-{port}" if duplicate else coordinator_id,
+            "coordinator",
+            *args,
+            dsn=dsn or self.dsn,
         )
         proc.env = env
         coordinator = CoordinatorProcess(coordinator_id, port, proc, metrics_port, pg_proxy)
@@ -360,8 +370,6 @@ class LocalCluster:
             self.worker = self._process(
                 "worker",
                 "worker",
-                "--postgres-dsn",
-                self.dsn,
                 "--temporal",
                 self.temporal_server.address,
                 "--metrics-port",
@@ -369,6 +377,7 @@ class LocalCluster:
                 "--sdk-metrics-port",
                 str(self.worker_sdk_metrics_port),
                 *self.tls_flags("worker", Role.WORKER),
+                dsn=self.dsn,
             )
         since = time.time()
         await self.worker.start()
@@ -413,3 +422,9 @@ class LocalCluster:
                         raise
             if self.temporal and self.repair_every_hours:
                 await client.schedule_repair(self.repair_every_hours)
+
+
+def _private_dir(path: Path) -> None:
+    """Create path 0700, or make an existing one (from an older version) 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)

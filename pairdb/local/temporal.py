@@ -32,7 +32,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 
-from pairdb.local.processes import free_port
+from pairdb.local.processes import free_port, open_private_log
 
 __all__ = ["SEARCH_ATTRIBUTES", "TemporalDevServer", "temporal_binary"]
 
@@ -193,7 +193,7 @@ class TemporalDevServer:
             deadline = began + timeout
             await self._reap(deadline)
             binary = await asyncio.to_thread(temporal_binary)
-            await asyncio.to_thread(self._data_dir.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(self._data_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
             others = await asyncio.to_thread(_server_processes, self.db_path)
             if others:
                 # A second server on the file would fail with SQLITE_BUSY; say why up front.
@@ -299,9 +299,9 @@ class TemporalDevServer:
         self._proc = None
 
     async def _launch(self, binary: Path, deadline: float, *, may_retry_port: bool) -> None:
-        await asyncio.to_thread(self._log_path.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self._log_path.parent.mkdir, mode=0o700, parents=True, exist_ok=True)
         log_offset = await asyncio.to_thread(_size, self._log_path)
-        log_file = await asyncio.to_thread(self._log_path.open, "ab")
+        log_file = await asyncio.to_thread(open_private_log, self._log_path)
         # The child keeps its own copy of the descriptor; ours can close right away.
         with log_file:
             proc = await asyncio.create_subprocess_exec(
@@ -312,6 +312,8 @@ class TemporalDevServer:
                 cwd=self._data_dir,
                 # Own session: a terminal's Ctrl-C must not reach the server behind the supervisor's back.
                 start_new_session=True,
+                # Its SQLite database holds workflow histories (tenants, keys): this user's only.
+                umask=0o077,
             )
         self._proc = proc
         try:

@@ -188,12 +188,16 @@ def _overlap(s1: int, e1: int, s2: int, e2: int) -> bool:
 
 class Engine:
     def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        # The node's data is its tenants' values: readable by its own user only.
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         # sync/metasync on: a committed transaction is on disk, so an
         # acknowledged write survives kill -9 and power loss.
         self._env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=2, sync=True, metasync=True, readahead=False
+            str(path), map_size=map_size, max_dbs=2, sync=True, metasync=True, readahead=False, mode=0o600
         )
+        # mode applies to new files only; tighten those an older pairdb left readable.
+        for name in ("data.mdb", "lock.mdb"):
+            (path / name).chmod(0o600)
         self._records = self._env.open_db(b"records")
         self._meta = self._env.open_db(b"meta")
 

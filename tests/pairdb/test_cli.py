@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -10,7 +11,11 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
+import structlog
 
+from pairdb import cli, config
+from pairdb.cli import build_parser
 from pairdb.local.processes import free_port
 
 PAIRDB = [sys.executable, "-m", "pairdb.cli"]
@@ -61,6 +66,9 @@ def test_dev_cluster_then_put_and_get_from_another_shell(scratch_dir: Path) -> N
         assert f"coordinator   127.0.0.1:{port}" in banner, banner
         assert "storage node  node-3" in banner
         assert f"temporal UI   http://127.0.0.1:{ui}" in banner
+        password = (scratch_dir / "data" / "postgres" / "pairdb-superuser-password").read_text().strip()
+        assert f"postgresql    postgresql://postgres:***@127.0.0.1:{pg}/pairdb" in banner
+        assert password not in banner
         children = psutil.Process(dev.pid).children(recursive=True)
 
         # Run elsewhere than the cluster's data directory, the CLI is told where its CA is.
@@ -89,7 +97,7 @@ def test_dev_cluster_then_put_and_get_from_another_shell(scratch_dir: Path) -> N
         dev.send_signal(signal.SIGTERM)
         out, _ = dev.communicate(timeout=60)
     assert dev.returncode == 0, out
-    assert "stopped" in out
+    assert "stopped" in out and password not in out
     assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
 
 
@@ -97,3 +105,28 @@ def test_unreachable_coordinator_is_one_clear_line() -> None:
     result = run("get", "default", "k", "--coordinator", f"127.0.0.1:{free_port()}")
     assert result.returncode == 1
     assert result.stderr.startswith("error: UNAVAILABLE") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_secret_given_as_a_flag_is_warned_about(capsys: pytest.CaptureFixture[str]) -> None:
+    resolved = config.resolve(build_parser(), ["worker", "--postgres-dsn", "postgresql://u:pw@db/x"])
+    try:
+        cli._configure_logs(resolved, json=True, level="INFO")
+        err = capsys.readouterr().err
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers = []
+    assert "Secret on the command line" in err and "PAIRDB_POSTGRES_DSN_FILE" in err
+    assert "pw@" not in err
+
+
+def test_a_crash_traceback_masks_passwords(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored afterwards
+    cli._mask_tracebacks()
+    try:
+        raise ConnectionError("cannot reach postgresql://pairdb:pw123@db:5432/pairdb")
+    except ConnectionError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    err = capsys.readouterr().err
+    assert "postgresql://pairdb:***@db:5432/pairdb" in err and "pw123" not in err

@@ -53,3 +53,68 @@ def test_config_show_names_each_source_and_hides_passwords(toml: Path) -> None:
 def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="does not exist"):
         config.resolve(build_parser(), ["--config", str(tmp_path / "nope.toml"), "nodes"])
+
+
+@pytest.fixture
+def dsn_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pairdb_dsn"
+    path.write_text("postgresql://pairdb:from-a-file@db:5432/pairdb\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_a_secret_is_read_from_the_file_env_names(dsn_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAIRDB_POSTGRES_DSN", raising=False)
+    monkeypatch.setenv("PAIRDB_POSTGRES_DSN_FILE", str(dsn_file))
+    r = config.resolve(build_parser(), ["coordinator"])
+    assert r.args.postgres_dsn == "postgresql://pairdb:from-a-file@db:5432/pairdb"  # newline stripped
+    assert r.sources["postgres_dsn"] == "env PAIRDB_POSTGRES_DSN_FILE"
+    text = config.show(build_parser(), ["coordinator"], None)
+    assert "postgres_dsn = 'postgresql://pairdb:***@db:5432/pairdb'  # env PAIRDB_POSTGRES_DSN_FILE" in text
+    assert "from-a-file" not in text
+    # The value itself wins over its file at the same level, as a flag wins over env.
+    monkeypatch.setenv("PAIRDB_POSTGRES_DSN", "postgresql://db/direct")
+    assert config.resolve(build_parser(), ["coordinator"]).args.postgres_dsn == "postgresql://db/direct"
+
+
+def test_a_secret_is_read_from_the_file_the_toml_names(
+    dsn_file: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PAIRDB_POSTGRES_DSN", raising=False)
+    monkeypatch.delenv("PAIRDB_POSTGRES_DSN_FILE", raising=False)
+    toml = tmp_path / "secret.toml"
+    toml.write_text(f'[worker]\npostgres_dsn_file = "{dsn_file}"\n')
+    r = config.resolve(build_parser(), ["--config", str(toml), "worker"])
+    assert r.args.postgres_dsn == "postgresql://pairdb:from-a-file@db:5432/pairdb"
+    assert r.sources["postgres_dsn"] == "file [worker] postgres_dsn_file"
+
+
+def test_an_unreadable_secret_file_is_an_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PAIRDB_POSTGRES_DSN", raising=False)
+    missing = tmp_path / "no-such-secret"
+    monkeypatch.setenv("PAIRDB_POSTGRES_DSN_FILE", str(missing))
+    with pytest.raises(
+        SystemExit, match=f"cannot read the secret file {missing} \\(env PAIRDB_POSTGRES_DSN_FILE\\)"
+    ):
+        config.resolve(build_parser(), ["coordinator"])
+
+
+def test_a_secret_flag_works_but_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAIRDB_POSTGRES_DSN", raising=False)
+    r = config.resolve(build_parser(), ["coordinator", "--postgres-dsn", "postgresql://u:pw@db/x"])
+    assert r.args.postgres_dsn == "postgresql://u:pw@db/x"
+    [warning] = r.secrets_on_command_line()
+    assert "--postgres-dsn" in warning and "PAIRDB_POSTGRES_DSN_FILE" in warning and "pw" not in warning
+    monkeypatch.setenv("PAIRDB_POSTGRES_DSN", "postgresql://u:pw@db/x")
+    assert config.resolve(build_parser(), ["coordinator"]).secrets_on_command_line() == []
+
+
+@pytest.mark.parametrize(
+    "dsn", ["postgresql://u:p@ss/w@db/x", "postgresql://db/x?password=secret", "host=db password='se cret'"]
+)
+def test_config_show_masks_every_form_of_dsn(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAIRDB_POSTGRES_DSN", dsn)
+    text = config.show(build_parser(), ["worker"], None)
+    assert "***" in text and "ss/w" not in text and "secret" not in text and "se cret" not in text

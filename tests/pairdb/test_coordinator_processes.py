@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 
@@ -19,8 +20,9 @@ async def test_two_processes_share_the_port_serve_and_stop_together(cluster: Loc
     port = free_port()
     supervisor = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pairdb.cli", "coordinator", "--processes", "2",
-        "--port", str(port), "--postgres-dsn", cluster.dsn, "--coordinator-id", "shared",
-        "--log-level", "WARNING", *cluster.tls_flags("coordinator", Role.COORDINATOR),
+        "--port", str(port), "--coordinator-id", "shared", "--log-level", "WARNING",
+        *cluster.tls_flags("coordinator", Role.COORDINATOR),
+        env={**os.environ, "PAIRDB_POSTGRES_DSN": cluster.dsn},
     )  # fmt: skip
     metadata = await Metadata.connect(cluster.dsn)
     try:
@@ -31,6 +33,9 @@ async def test_two_processes_share_the_port_serve_and_stop_together(cluster: Loc
         await wait_for(both_registered, 60, "both coordinator processes to take their leases")
         children = psutil.Process(supervisor.pid).children()
         assert len(children) == 2
+        # The DSN and its password reach them through the environment, which `ps` does not show.
+        password = cluster.postgres.password_file.read_text().strip()
+        assert not any(password in " ".join(child.cmdline()) for child in children)
         async with cluster.connect(f"127.0.0.1:{port}") as client:
             for i in range(20):  # new connections land on either process
                 await client.put("default", f"processes-{i}", b"v")

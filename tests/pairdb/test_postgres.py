@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -63,7 +64,11 @@ async def test_stop_and_restart_keeps_committed_rows(make_pg: MakePg, scratch: P
     data_dir = scratch / "data"
     pg = make_pg(data_dir)
     dsn = await pg.start()
-    assert dsn == pg.dsn == f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
+    assert (
+        dsn
+        == pg.dsn
+        == f"postgresql://postgres:{pg.password_file.read_text().strip()}@127.0.0.1:{pg.port}/postgres"
+    )
     assert pg.pid is not None
     assert (data_dir / "PG_VERSION").exists()
 
@@ -123,7 +128,10 @@ async def test_ensure_database_is_idempotent(make_pg: MakePg, scratch: Path) -> 
     await pg.start()
 
     first = await pg.ensure_database("pairdb_meta")
-    assert first == f"postgresql://postgres@127.0.0.1:{pg.port}/pairdb_meta"
+    assert (
+        first
+        == f"postgresql://postgres:{pg.password_file.read_text().strip()}@127.0.0.1:{pg.port}/pairdb_meta"
+    )
     assert await pg.ensure_database("pairdb_meta") == first
 
     odd = await pg.ensure_database('Tenant "x" db')  # quoted identifier, URL-encoded DSN
@@ -199,3 +207,66 @@ async def test_stop_escalates_to_sigkill(make_pg: MakePg, scratch: Path) -> None
     await pg.stop(timeout=1)
     assert pg.pid is None
     await pg.start()
+
+
+async def _refused_without_password(pg: EmbeddedPostgres) -> None:
+    # Either refused outright or asked for a password we do not have: never let in.
+    with pytest.raises(
+        (asyncpg.exceptions.InvalidPasswordError, asyncpg.exceptions.InvalidAuthorizationSpecificationError)
+    ):
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=pg.port, user="postgres", database="postgres", ssl=False
+        )
+        await conn.close()
+    with pytest.raises(asyncpg.exceptions.InvalidPasswordError):
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=pg.port, user="postgres", password="guess", database="postgres", ssl=False
+        )
+        await conn.close()
+
+
+@pytest.mark.asyncio
+async def test_tcp_connections_need_the_generated_password(make_pg: MakePg, scratch: Path) -> None:
+    pg = make_pg(scratch / "data")
+    dsn = await pg.start()
+    password = pg.password_file.read_text().strip()
+    assert len(password) >= 32 and f":{password}@" in dsn
+    assert stat.S_IMODE(pg.password_file.stat().st_mode) == 0o600
+    await _refused_without_password(pg)
+    conn = await asyncpg.connect(
+        host="127.0.0.1", port=pg.port, user="postgres", password=password, database="postgres", ssl=False
+    )
+    try:
+        assert await conn.fetchval("SHOW listen_addresses") == "127.0.0.1"
+        rules = await conn.fetch("SELECT type, auth_method FROM pg_hba_file_rules")
+        assert {r["auth_method"] for r in rules} == {"scram-sha-256"}
+    finally:
+        await conn.close()
+    # The password is made once: the next start reuses it.
+    await pg.stop()
+    assert await pg.start() == dsn
+
+
+@pytest.mark.asyncio
+async def test_a_data_dir_from_before_passwords_is_migrated(make_pg: MakePg, scratch: Path) -> None:
+    data_dir = scratch / "data"
+    pg = make_pg(data_dir)
+    await pg.start()
+    # Make it what an older pairdb left: trust for every local connection, no password at all.
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        await conn.execute("CREATE TABLE kv (k text PRIMARY KEY, v text NOT NULL)")
+        await conn.execute("INSERT INTO kv VALUES ('a', 'kept')")
+        await conn.execute("ALTER ROLE postgres PASSWORD NULL")
+    finally:
+        await conn.close()
+    await pg.stop()
+    pg.password_file.unlink()
+    (data_dir / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+
+    migrated = make_pg(data_dir)
+    dsn = await migrated.start()
+    assert migrated.password_file.read_text().strip() in dsn
+    assert (data_dir / "pg_hba.conf").read_text() == postgres.PG_HBA
+    assert await _fetch_values(dsn) == ["kept"]
+    await _refused_without_password(migrated)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from pairdb.kernel.keyspace import TOKEN_MAX, Version, in_range, token
@@ -225,3 +227,15 @@ def test_count_counts_the_records_of_a_range_tombstones_included(engine: Engine)
     tokens = sorted(r.token for r in records)
     for start, end in [(tokens[100], tokens[300]), (tokens[400], tokens[50]), (0, 0)]:
         assert engine.count(start, end) == len(_scan_all(engine, start, end, 1000))
+
+
+def test_the_engine_files_are_its_users_only(tmp_path: Path) -> None:
+    fresh = Engine(tmp_path / "fresh")
+    fresh.close()
+    older = tmp_path / "older"  # as an older pairdb left it: readable by everyone
+    lmdb.open(str(older), max_dbs=2, mode=0o644).close()
+    Engine(older).close()
+    assert stat.S_IMODE((tmp_path / "fresh").stat().st_mode) == 0o700
+    for path in (tmp_path / "fresh", older):
+        for name in ("data.mdb", "lock.mdb"):
+            assert stat.S_IMODE((path / name).stat().st_mode) == 0o600, path / name
