@@ -204,8 +204,13 @@ class Metadata:
         self.dsn = dsn
 
     @classmethod
-    async def connect(cls, dsn: str, min_size: int = 1, max_size: int = 10, wait: float = 60.0) -> Metadata:
-        """Open a pool and bring the schema up to date.
+    async def connect(
+        cls, dsn: str, min_size: int = 1, max_size: int = 10, wait: float = 60.0, migrate: bool = True
+    ) -> Metadata:
+        """Open a pool and bring the schema up to date (unless not `migrate`).
+
+        A pool of one (min_size = max_size = 1) is a dedicated connection that asyncpg
+        reconnects on its next use once it breaks: what the coordinator's lease runs on.
 
         PostgreSQL may be starting or recovering (after a crash, or started
         alongside us): keep trying for `wait` seconds before giving up.
@@ -215,8 +220,9 @@ class Metadata:
         while True:
             try:
                 pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
-                async with pool.acquire() as conn:
-                    await schema.apply(conn)
+                if migrate:
+                    async with pool.acquire() as conn:
+                        await schema.apply(conn)
                 return cls(pool, dsn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 if time.monotonic() + delay > deadline:

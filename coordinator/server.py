@@ -80,6 +80,8 @@ async def serve(config: CoordinatorConfig) -> None:
     if sabotage:
         log.warning("SABOTAGED: this coordinator is broken on purpose, for tests", sabotage=sorted(sabotage))
     metadata = await Metadata.connect(config.postgres_dsn)
+    # The lease's own connection: requests queueing for the pool cannot make it lapse.
+    lease_metadata = await Metadata.connect(config.postgres_dsn, min_size=1, max_size=1, migrate=False)
     cache = TopologyCache(
         metadata,
         config.effective_id,
@@ -87,6 +89,7 @@ async def serve(config: CoordinatorConfig) -> None:
         lease_seconds=config.lease_seconds,
         wall=WallClock.from_env(),
         max_clock_offset_ms=config.max_clock_offset_ms,
+        lease_metadata=lease_metadata,
     )
     await cache.start()
     pool = StoragePool(timeout=config.storage_timeout)
@@ -142,4 +145,5 @@ async def serve(config: CoordinatorConfig) -> None:
     await pool.close()
     await hints.stop()  # after the pool: sends it cancelled may have left hints
     await metadata.close()
+    await lease_metadata.close()
     log.info("Coordinator stopped", coordinator_id=config.effective_id)

@@ -195,6 +195,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             request.gc_grace_seconds if request.HasField("gc_grace_seconds") else DEFAULT_GC_GRACE_SECONDS
         )
         info = await self._metadata.create_tenant(tenant_id, rf, grace)
+        self._cache.tenant_created(tenant_id)
         log.info("Tenant created", tenant_id=tenant_id, replication_factor=rf, gc_grace_seconds=grace)
         return pb.CreateTenantResponse(tenant=_tenant(info))
 
