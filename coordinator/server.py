@@ -33,7 +33,7 @@ from pairdb.kernel.keyspace import MAX_BATCH_VALUE_BYTES
 from pairdb.kernel.sabotage import from_env as sabotage_from_env
 from pairdb.proto import coordinator_pb2, coordinator_pb2_grpc
 from pairdb.serving import metrics
-from pairdb.serving.server import Health, new_server
+from pairdb.serving.server import COORDINATOR_MAX_CONCURRENT_RPCS, Health, new_server
 from pairdb.storage_node.client import StoragePool
 
 log = structlog.get_logger()
@@ -65,6 +65,8 @@ class CoordinatorConfig:
     # Hinted handoff's bounds (coordinator/hints.py: HintLimits).
     max_hints_per_node: int = DEFAULT_MAX_HINTS_PER_NODE
     max_hint_window: float = DEFAULT_MAX_HINT_WINDOW
+    # RPCs served at once; more get RESOURCE_EXHAUSTED (0: no bound).
+    max_concurrent_rpcs: int = COORDINATOR_MAX_CONCURRENT_RPCS
 
     @property
     def address(self) -> str:
@@ -115,7 +117,10 @@ async def serve(config: CoordinatorConfig) -> None:
     )
     metrics.serve(config.metrics_port, config.host)
     # Room for a full BatchWrite (16 MiB of values plus keys and framing); larger gets RESOURCE_EXHAUSTED.
-    server = new_server([("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
+    server = new_server(
+        [("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(service, server)
     # Ready only with a live lease and a working PostgreSQL: otherwise it refuses requests anyway.
     health = Health(server, [COORDINATOR_SERVICE], ready=cache.serving)

@@ -24,6 +24,7 @@ from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS
 from pairdb.kernel.repair import DEFAULT_INTERVAL_HOURS
 from pairdb.local.processes import GRPC_QUIET, die_with_parent
 from pairdb.serving import logs, loops
+from pairdb.serving.server import COORDINATOR_MAX_CONCURRENT_RPCS, STORAGE_NODE_MAX_CONCURRENT_RPCS
 
 DEV_COORDINATOR_PORT = 50051
 DEV_STORAGE_BASE_PORT = 7001
@@ -53,6 +54,16 @@ def _add_metrics_port(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="serve Prometheus /metrics on this port (env PAIRDB_METRICS_PORT; default: off)",
+    )
+
+
+def _add_max_concurrent_rpcs(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=default,
+        help="RPCs served at once; more are refused with RESOURCE_EXHAUSTED, for the caller to retry "
+        "(0: no bound; default %(default)s)",
     )
 
 
@@ -146,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    _add_max_concurrent_rpcs(p, STORAGE_NODE_MAX_CONCURRENT_RPCS)
     _add_max_clock_offset(p)
     _add_metrics_port(p)
     _add_event_loop(p)
@@ -205,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="coordinator processes sharing the port (SO_REUSEPORT), one per core to use; process i "
         "takes id COORDINATOR_ID-i and metrics port METRICS_PORT+i (default %(default)s)",
     )
+    _add_max_concurrent_rpcs(p, COORDINATOR_MAX_CONCURRENT_RPCS)
     _add_max_clock_offset(p)
     _add_metrics_port(p)
     _add_event_loop(p)
@@ -596,6 +609,7 @@ async def _coordinator_processes(args: argparse.Namespace) -> int:
             "--max-clock-offset-ms", str(args.max_clock_offset_ms),
             "--max-hints-per-node", str(args.max_hints_per_node),
             "--max-hint-window", str(args.max_hint_window),
+            "--max-concurrent-rpcs", str(args.max_concurrent_rpcs),
             "--metrics-port", str(args.metrics_port + i if args.metrics_port else 0),
             "--event-loop", args.event_loop, "--log-level", args.log_level,
         ]  # fmt: skip
@@ -687,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.port,
                         args.metrics_port,
                         max_clock_offset_ms=args.max_clock_offset_ms,
+                        max_concurrent_rpcs=args.max_concurrent_rpcs,
                     )
                 ),
                 uvloop=args.event_loop == "uvloop",
@@ -725,6 +740,7 @@ def main(argv: list[str] | None = None) -> int:
                         metrics_port=args.metrics_port,
                         max_hints_per_node=args.max_hints_per_node,
                         max_hint_window=args.max_hint_window,
+                        max_concurrent_rpcs=args.max_concurrent_rpcs,
                     )
                 ),
                 uvloop=args.event_loop == "uvloop",

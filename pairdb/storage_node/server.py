@@ -14,7 +14,7 @@ from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
 from pairdb.kernel.sabotage import from_env as sabotage_from_env
 from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.serving import metrics
-from pairdb.serving.server import Health, new_server
+from pairdb.serving.server import STORAGE_NODE_MAX_CONCURRENT_RPCS, Health, new_server
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine
 from pairdb.storage_node.load import LoadMeter
@@ -36,6 +36,8 @@ class StorageNodeConfig:
     metrics_port: int = 0
     # Versions further ahead of this node's clock are refused (see pairdb/kernel/clocks.py).
     max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
+    # RPCs served at once; more get RESOURCE_EXHAUSTED (0: no bound).
+    max_concurrent_rpcs: int = STORAGE_NODE_MAX_CONCURRENT_RPCS
 
 
 def _oldest_repair_age(engine: Engine) -> float:
@@ -59,6 +61,7 @@ async def serve(config: StorageNodeConfig) -> None:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     storage_pb2_grpc.add_StorageServiceServicer_to_server(
         StorageService(
