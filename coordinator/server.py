@@ -21,6 +21,7 @@ from pairdb.coordinator.membership import Membership
 from pairdb.coordinator.metadata import Metadata
 from pairdb.coordinator.migration_store import MigrationStore
 from pairdb.coordinator.migrations import Migrations
+from pairdb.coordinator.quotas import Quotas
 from pairdb.coordinator.read_path import ReadPath
 from pairdb.coordinator.repair_store import RepairStore
 from pairdb.coordinator.repairs import Repairs
@@ -106,6 +107,7 @@ async def serve(config: CoordinatorConfig) -> None:
         temporal = await Client.connect(config.temporal_address, namespace=config.temporal_namespace)
     repairs = Repairs(RepairStore(metadata), temporal)
     migrations = Migrations(MigrationStore(metadata), temporal, config.temporal_ui_url, repairs)
+    quotas = Quotas(cache, pool)
     service = CoordinatorService(
         cache,
         metadata,
@@ -114,6 +116,7 @@ async def serve(config: CoordinatorConfig) -> None:
         Membership(cache, metadata, pool, migrations),
         migrations,
         repairs,
+        quotas,
     )
     metrics.serve(config.metrics_port, config.host)
     # Room for a full BatchWrite (16 MiB of values plus keys and framing); larger gets RESOURCE_EXHAUSTED.
@@ -129,6 +132,7 @@ async def serve(config: CoordinatorConfig) -> None:
     await server.start()
     await health.start()
     replayer.start()
+    quotas.start()
     log.info(
         "Coordinator started",
         coordinator_id=config.effective_id,
@@ -146,6 +150,7 @@ async def serve(config: CoordinatorConfig) -> None:
     await health.stop()
     await server.stop(grace=5)
     await replayer.stop()
+    await quotas.stop()
     await cache.stop()
     await pool.close()
     await hints.stop()  # after the pool: sends it cancelled may have left hints

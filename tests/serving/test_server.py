@@ -14,11 +14,14 @@ METHOD = "/test.Blocking/Wait"
 
 async def test_rpcs_beyond_the_bound_get_resource_exhausted_and_the_bound_frees_up() -> None:
     release = asyncio.Event()
+    both_started = asyncio.Event()
     started = 0
 
     async def wait(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         nonlocal started
         started += 1
+        if started == 2:
+            both_started.set()
         await release.wait()
         return request
 
@@ -34,10 +37,9 @@ async def test_rpcs_beyond_the_bound_get_resource_exhausted_and_the_bound_frees_
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_unary(METHOD)
+            call = channel.unary_unary(METHOD, None, None)
             held = [asyncio.ensure_future(call(b"x", timeout=30)) for _ in range(2)]
-            while started < 2:
-                await asyncio.sleep(0.01)
+            await both_started.wait()
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call(b"y", timeout=30)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
