@@ -77,7 +77,7 @@ def test_a_changed_rate_takes_effect_with_a_fresh_bucket() -> None:
     quotas.admit("t")
     with pytest.raises(ResourceExhausted):
         quotas.admit("t")
-    quotas._cache.current.tenants["t"] = tenant("t", ops=100)  # type: ignore[attr-defined]
+    quotas._cache.current.tenants["t"] = tenant("t", ops=100)
     for _ in range(100):
         quotas.admit("t")
 
