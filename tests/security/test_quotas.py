@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -99,3 +103,48 @@ async def test_writes_over_the_storage_quota_are_refused_deletes_are_not_and_wri
 async def test_limits_of_a_tenant_that_does_not_exist_are_not_found(client: Client) -> None:
     with pytest.raises(NotFound, match="does not exist"):
         await client.set_tenant_limits(name("nobody"), max_bytes=1)
+
+
+def pairdb(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pairdb.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def test_limits_are_set_from_the_command_line(cluster: LocalCluster, client: Client) -> None:
+    tenant, address = name("cli"), cluster.coordinator_address
+    created = await asyncio.to_thread(
+        pairdb,
+        "tenant",
+        "create",
+        tenant,
+        "--max-ops-per-second",
+        "7",
+        "--max-bytes",
+        "1MB",
+        "--coordinator",
+        address,
+    )
+    assert created.returncode == 0, created.stderr
+    info = await client.get_tenant(tenant)
+    assert (info.max_ops_per_second, info.max_bytes) == (7, 1_000_000)
+    changed = await asyncio.to_thread(
+        pairdb, "tenant", "set-limits", tenant, "--max-bytes", "2GiB", "--coordinator", address
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert "7 requests/s per coordinator" in changed.stdout
+    info = await client.get_tenant(tenant)
+    assert (info.max_ops_per_second, info.max_bytes) == (7, 2 * 2**30)  # the rate left as it was
+    bad = await asyncio.to_thread(pairdb, "tenant", "set-limits", tenant, "--max-bytes", "lots")
+    assert bad.returncode != 0 and "not a size" in bad.stderr
+
+
+def test_every_server_takes_its_bound_on_concurrent_rpcs_from_flag_env_or_file() -> None:
+    shown = pairdb("config", "show", "coordinator", env={"PAIRDB_MAX_CONCURRENT_RPCS": "50"})
+    assert "max_concurrent_rpcs = 50  # env PAIRDB_MAX_CONCURRENT_RPCS" in shown.stdout, shown.stderr
+    shown = pairdb("config", "show", "storage-node", "--node-id", "n", "--port", "1", "--data-dir", "d")
+    assert "max_concurrent_rpcs = 2000  # default" in shown.stdout, shown.stderr
