@@ -114,3 +114,23 @@ def migration_id(value: str) -> str:
             f"invalid migration_id {value[:80]!r}: use the id AddStorageNode returned (a UUID)"
         )
     return value
+
+
+MAX_OPS_PER_SECOND = 10_000_000
+MAX_TENANT_BYTES = 1 << 60
+
+
+def max_ops_per_second(value: int) -> int:
+    if value > MAX_OPS_PER_SECOND:
+        raise InvalidArgument(
+            f"max_ops_per_second must be at most {MAX_OPS_PER_SECOND:,} (0 removes the limit), got {value}"
+        )
+    return value
+
+
+def max_bytes(value: int) -> int:
+    if value > MAX_TENANT_BYTES:
+        raise InvalidArgument(
+            f"max_bytes must be at most {MAX_TENANT_BYTES} (0 removes the limit), got {value}"
+        )
+    return value

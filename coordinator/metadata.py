@@ -38,6 +38,9 @@ class TenantInfo:
     created_epoch: int = 0
     # How long its deletes' tombstones are kept at least (tombstone GC, activities/repair.py).
     gc_grace_seconds: int = DEFAULT_GC_GRACE_SECONDS
+    # Its limits (coordinator/quotas.py); 0: unlimited.
+    max_ops_per_second: int = 0
+    max_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,8 @@ def _tenant(row: asyncpg.Record) -> TenantInfo:
         row["created_at"],
         row["created_epoch"],
         row["gc_grace_seconds"],
+        row["max_ops_per_second"],
+        row["max_bytes"],
     )
 
 
@@ -204,8 +209,13 @@ class Metadata:
         self.dsn = dsn
 
     @classmethod
-    async def connect(cls, dsn: str, min_size: int = 1, max_size: int = 10, wait: float = 60.0) -> Metadata:
-        """Open a pool and bring the schema up to date.
+    async def connect(
+        cls, dsn: str, min_size: int = 1, max_size: int = 10, wait: float = 60.0, migrate: bool = True
+    ) -> Metadata:
+        """Open a pool and bring the schema up to date (unless not `migrate`).
+
+        A pool of one (min_size = max_size = 1) is a dedicated connection that asyncpg
+        reconnects on its next use once it breaks: what the coordinator's lease runs on.
 
         PostgreSQL may be starting or recovering (after a crash, or started
         alongside us): keep trying for `wait` seconds before giving up.
@@ -215,8 +225,9 @@ class Metadata:
         while True:
             try:
                 pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
-                async with pool.acquire() as conn:
-                    await schema.apply(conn)
+                if migrate:
+                    async with pool.acquire() as conn:
+                        await schema.apply(conn)
                 return cls(pool, dsn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 if time.monotonic() + delay > deadline:
@@ -265,7 +276,12 @@ class Metadata:
     # -- tenants ---------------------------------------------------------------
 
     async def create_tenant(
-        self, tenant_id: str, replication_factor: int, gc_grace_seconds: int = DEFAULT_GC_GRACE_SECONDS
+        self,
+        tenant_id: str,
+        replication_factor: int,
+        gc_grace_seconds: int = DEFAULT_GC_GRACE_SECONDS,
+        max_ops_per_second: int = 0,
+        max_bytes: int = 0,
     ) -> TenantInfo:
         async with self.pool.acquire() as conn, conn.transaction():
             # Serialised with ring changes (join_node_directly), so its epoch orders it after them.
@@ -275,12 +291,14 @@ class Metadata:
                 raise AlreadyExists(f"tenant {tenant_id!r} already exists")
             epoch = await bump_epoch(conn)
             row = await conn.fetchrow(
-                "INSERT INTO tenants (tenant_id, replication_factor, created_epoch, gc_grace_seconds)"
-                " VALUES ($1, $2, $3, $4) RETURNING *",
+                "INSERT INTO tenants (tenant_id, replication_factor, created_epoch, gc_grace_seconds,"
+                " max_ops_per_second, max_bytes) VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
                 tenant_id,
                 replication_factor,
                 epoch,
                 gc_grace_seconds,
+                max_ops_per_second,
+                max_bytes,
             )
         assert row is not None
         return _tenant(row)
@@ -288,6 +306,27 @@ class Metadata:
     async def get_tenant(self, tenant_id: str) -> TenantInfo | None:
         row = await self.pool.fetchrow("SELECT * FROM tenants WHERE tenant_id = $1", tenant_id)
         return None if row is None else _tenant(row)
+
+    async def set_tenant_limits(
+        self, tenant_id: str, max_ops_per_second: int | None, max_bytes: int | None
+    ) -> TenantInfo | None:
+        """Change a tenant's limits (None keeps one); None when there is no such tenant.
+
+        Bumps the epoch: every coordinator reloads the registry, and with it the limits.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT 1 FROM registry FOR UPDATE")
+            row = await conn.fetchrow(
+                "UPDATE tenants SET max_ops_per_second = coalesce($2, max_ops_per_second),"
+                " max_bytes = coalesce($3, max_bytes) WHERE tenant_id = $1 RETURNING *",
+                tenant_id,
+                max_ops_per_second,
+                max_bytes,
+            )
+            if row is None:
+                return None
+            await bump_epoch(conn)
+        return _tenant(row)
 
     # -- nodes -----------------------------------------------------------------
 

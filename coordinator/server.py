@@ -21,6 +21,7 @@ from pairdb.coordinator.membership import Membership
 from pairdb.coordinator.metadata import Metadata
 from pairdb.coordinator.migration_store import MigrationStore
 from pairdb.coordinator.migrations import Migrations
+from pairdb.coordinator.quotas import Quotas
 from pairdb.coordinator.read_path import ReadPath
 from pairdb.coordinator.repair_store import RepairStore
 from pairdb.coordinator.repairs import Repairs
@@ -36,7 +37,7 @@ from pairdb.security.exposure import check_listen, postgres_warning
 from pairdb.security.temporal_access import TemporalAccess
 from pairdb.security.tls import ChannelTls, ServerTls, TlsFiles
 from pairdb.serving import metrics
-from pairdb.serving.server import Health, new_server
+from pairdb.serving.server import COORDINATOR_MAX_CONCURRENT_RPCS, Health, new_server
 from pairdb.storage_node.client import StoragePool
 
 log = structlog.get_logger()
@@ -74,6 +75,8 @@ class CoordinatorConfig:
     temporal_access: TemporalAccess = field(default_factory=TemporalAccess)
     # Serve beyond loopback without TLS, and anyone without credentials.
     insecure: bool = False
+    # RPCs served at once; more get RESOURCE_EXHAUSTED (0: no bound).
+    max_concurrent_rpcs: int = COORDINATOR_MAX_CONCURRENT_RPCS
 
     @property
     def address(self) -> str:
@@ -103,6 +106,8 @@ async def serve(config: CoordinatorConfig) -> None:
     if sabotage:
         log.warning("SABOTAGED: this coordinator is broken on purpose, for tests", sabotage=sorted(sabotage))
     metadata = await Metadata.connect(config.postgres_dsn)
+    # The lease's own connection: requests queueing for the pool cannot make it lapse.
+    lease_metadata = await Metadata.connect(config.postgres_dsn, min_size=1, max_size=1, migrate=False)
     cache = TopologyCache(
         metadata,
         config.effective_id,
@@ -110,6 +115,7 @@ async def serve(config: CoordinatorConfig) -> None:
         lease_seconds=config.lease_seconds,
         wall=WallClock.from_env(),
         max_clock_offset_ms=config.max_clock_offset_ms,
+        lease_metadata=lease_metadata,
     )
     await cache.start()
     pool = StoragePool(
@@ -130,6 +136,7 @@ async def serve(config: CoordinatorConfig) -> None:
         )
     repairs = Repairs(RepairStore(metadata), temporal)
     migrations = Migrations(MigrationStore(metadata), temporal, config.temporal_ui_url, repairs)
+    quotas = Quotas(cache, pool)
     service = CoordinatorService(
         cache,
         metadata,
@@ -138,10 +145,14 @@ async def serve(config: CoordinatorConfig) -> None:
         Membership(cache, metadata, pool, migrations),
         migrations,
         repairs,
+        quotas,
     )
     metrics.serve(config.metrics_port, config.host)
     # Room for a full BatchWrite (16 MiB of values plus keys and framing); larger gets RESOURCE_EXHAUSTED.
-    server = new_server([("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
+    server = new_server(
+        [("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(service, server)
     # Ready only with a live lease and a working PostgreSQL: otherwise it refuses requests anyway.
     health = Health(server, [COORDINATOR_SERVICE], ready=cache.serving)
@@ -155,6 +166,7 @@ async def serve(config: CoordinatorConfig) -> None:
     await server.start()
     await health.start()
     replayer.start()
+    quotas.start()
     log.info(
         "Coordinator started",
         coordinator_id=config.effective_id,
@@ -176,8 +188,10 @@ async def serve(config: CoordinatorConfig) -> None:
     await health.stop()
     await server.stop(grace=5)
     await replayer.stop()
+    await quotas.stop()
     await cache.stop()
     await pool.close()
     await hints.stop()  # after the pool: sends it cancelled may have left hints
     await metadata.close()
+    await lease_metadata.close()
     log.info("Coordinator stopped", coordinator_id=config.effective_id)

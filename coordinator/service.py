@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -13,6 +14,7 @@ from pairdb.coordinator import limits
 from pairdb.coordinator.membership import ChangeOutcome, Membership
 from pairdb.coordinator.metadata import Metadata, TenantInfo
 from pairdb.coordinator.migrations import Migrations
+from pairdb.coordinator.quotas import Quotas
 from pairdb.coordinator.read_path import ReadPath
 from pairdb.coordinator.repairs import Repairs
 from pairdb.coordinator.topology import LeaseLapsed, TopologyCache
@@ -68,13 +70,18 @@ def _fail(result: pb.BatchWriteResult | pb.BatchReadResult, exc: PairdbError) ->
     result.code, result.error = grpc.StatusCode[exc.status].value[0], exc.message
 
 
-def _tenant(info: TenantInfo) -> pb.Tenant:
-    return pb.Tenant(
+def _tenant(info: TenantInfo, stored_bytes: int | None = None) -> pb.Tenant:
+    tenant = pb.Tenant(
         tenant_id=info.tenant_id,
         replication_factor=info.replication_factor,
         created_at=int(info.created_at.timestamp()),
         gc_grace_seconds=info.gc_grace_seconds,
+        max_ops_per_second=info.max_ops_per_second,
+        max_bytes=info.max_bytes,
     )
+    if stored_bytes is not None:
+        tenant.stored_bytes = stored_bytes
+    return tenant
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -87,7 +94,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         membership: Membership,
         migrations: Migrations,
         repairs: Repairs,
+        quotas: Quotas,
     ) -> None:
+        self._quotas = quotas
         self._migrations = migrations
         self._repairs = repairs
         self._cache = cache
@@ -104,6 +113,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> pb.WriteKeyValueResponse:
         tenant_id, key = limits.tenant_id(request.tenant_id), limits.key(request.key)
         value, level = limits.value(request.value), limits.consistency(request.consistency)
+        self._quotas.admit(tenant_id)
+        self._quotas.check_storage(tenant_id)
         result = await self._writes.put(
             tenant_id, key, value, level
         )  # pinned: the lease is checked then, and before replying
@@ -115,6 +126,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> pb.ReadKeyValueResponse:
         tenant_id, key = limits.tenant_id(request.tenant_id), limits.key(request.key)
         level = limits.consistency(request.consistency)
+        self._quotas.admit(tenant_id)
         result = await self._reads.get(
             tenant_id, key, level
         )  # pinned: the lease is checked then, and before replying
@@ -128,6 +140,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> pb.DeleteKeyValueResponse:
         tenant_id, key = limits.tenant_id(request.tenant_id), limits.key(request.key)
         level = limits.consistency(request.consistency)
+        self._quotas.admit(tenant_id)  # rate only: a delete is how a tenant gets back under its quota
         result = await self._writes.delete(
             tenant_id, key, level
         )  # pinned: the lease is checked then, and before replying
@@ -148,6 +161,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 valid.append(i)
             except PairdbError as exc:
                 _fail(results[i], exc)
+        writes, valid = self._within_limits(writes, valid, results)
         for i, outcome in zip(valid, await self._writes.put_many(writes, level), strict=True):
             if isinstance(outcome, PairdbError):
                 _fail(results[i], outcome)
@@ -169,6 +183,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 valid.append(i)
             except PairdbError as exc:
                 _fail(results[i], exc)
+        admitted = self._admitted([tenant for tenant, _ in keys], valid, results)
+        kept = [(k, i) for k, i in zip(keys, valid, strict=True) if k[0] in admitted]
+        keys, valid = [k for k, _ in kept], [i for _, i in kept]
         for i, outcome in zip(valid, await self._reads.get_many(keys, level), strict=True):
             if isinstance(outcome, PairdbError):
                 _fail(results[i], outcome)
@@ -176,6 +193,48 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 results[i].found, results[i].value = outcome.found, outcome.value
                 results[i].version.CopyFrom(_version(outcome.version))
         return pb.BatchReadResponse(results=results)
+
+    def _admitted(
+        self,
+        tenant_ids: list[str],
+        positions: list[int],
+        results: list[pb.BatchWriteResult] | list[pb.BatchReadResult],
+    ) -> set[str]:
+        """The tenants whose items (tenant_ids[j] at results[positions[j]]) fit their rate; the
+        others' items fail RESOURCE_EXHAUSTED."""
+        refused: dict[str, PairdbError] = {}
+        for tenant_id, n in Counter(tenant_ids).items():
+            try:
+                self._quotas.admit(tenant_id, n)
+            except PairdbError as exc:
+                refused[tenant_id] = exc
+        for tenant_id, i in zip(tenant_ids, positions, strict=True):
+            if tenant_id in refused:
+                _fail(results[i], refused[tenant_id])
+        return set(tenant_ids) - refused.keys()
+
+    def _within_limits(
+        self, writes: list[Write], positions: list[int], results: list[pb.BatchWriteResult]
+    ) -> tuple[list[Write], list[int]]:
+        """A batch's writes that fit their tenants' rate and storage quota; the others fail."""
+        admitted = self._admitted([w.tenant_id for w in writes], positions, results)
+        over: dict[str, PairdbError] = {}
+        for tenant_id, n in Counter(w.tenant_id for w in writes if not w.tombstone).items():
+            if tenant_id in admitted:
+                try:
+                    self._quotas.check_storage(tenant_id, n)
+                except PairdbError as exc:
+                    over[tenant_id] = exc
+        kept: tuple[list[Write], list[int]] = ([], [])
+        for write, i in zip(writes, positions, strict=True):
+            if write.tenant_id not in admitted:
+                continue
+            if not write.tombstone and write.tenant_id in over:
+                _fail(results[i], over[write.tenant_id])
+                continue
+            kept[0].append(write)
+            kept[1].append(i)
+        return kept
 
     # -- tenants -----------------------------------------------------------------
 
@@ -194,8 +253,18 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         grace = limits.gc_grace(
             request.gc_grace_seconds if request.HasField("gc_grace_seconds") else DEFAULT_GC_GRACE_SECONDS
         )
-        info = await self._metadata.create_tenant(tenant_id, rf, grace)
-        log.info("Tenant created", tenant_id=tenant_id, replication_factor=rf, gc_grace_seconds=grace)
+        ops = limits.max_ops_per_second(request.max_ops_per_second)
+        quota = limits.max_bytes(request.max_bytes)
+        info = await self._metadata.create_tenant(tenant_id, rf, grace, ops, quota)
+        self._cache.tenant_created(tenant_id)
+        log.info(
+            "Tenant created",
+            tenant_id=tenant_id,
+            replication_factor=rf,
+            gc_grace_seconds=grace,
+            max_ops_per_second=ops,
+            max_bytes=quota,
+        )
         return pb.CreateTenantResponse(tenant=_tenant(info))
 
     @rpc
@@ -204,7 +273,33 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         info = await self._cache.tenant(tenant_id)
         if info is None:
             raise NotFound(f"tenant {tenant_id!r} does not exist")
-        return pb.GetTenantResponse(tenant=_tenant(info))
+        return pb.GetTenantResponse(tenant=_tenant(info, self._quotas.stored_bytes(tenant_id)))
+
+    @rpc
+    async def SetTenantLimits(
+        self, request: pb.SetTenantLimitsRequest, context: ServicerContext
+    ) -> pb.SetTenantLimitsResponse:
+        """Admin only: change a tenant's rate and storage limits (unset: unchanged; 0: unlimited)."""
+        tenant_id = limits.tenant_id(request.tenant_id)
+        ops = (
+            limits.max_ops_per_second(request.max_ops_per_second)
+            if request.HasField("max_ops_per_second")
+            else None
+        )
+        quota = limits.max_bytes(request.max_bytes) if request.HasField("max_bytes") else None
+        self._cache.check_lease()
+        info = await self._metadata.set_tenant_limits(tenant_id, ops, quota)
+        if info is None:
+            raise NotFound(f"tenant {tenant_id!r} does not exist")
+        await self._cache.refresh()  # in force here at once; elsewhere on the registry's NOTIFY
+        log.info(
+            "Tenant limits set",
+            tenant_id=tenant_id,
+            max_ops_per_second=info.max_ops_per_second,
+            max_bytes=info.max_bytes,
+            by=_peer(context),
+        )
+        return pb.SetTenantLimitsResponse(tenant=_tenant(info, self._quotas.stored_bytes(tenant_id)))
 
     # -- nodes and migrations --------------------------------------------------------
 

@@ -10,6 +10,13 @@ PostgreSQL counts the same duration from when it runs the renewal: the
 coordinator's lease always runs out first, even across a suspend. One process
 at a time holds a coordinator id's lease (its incarnation), and the lease also
 persists the hybrid logical clock's ceiling (coordinator/hlc.py).
+
+The refresh-and-renew beat runs on a PostgreSQL connection of its own (lease_metadata),
+not the pool requests use: a flood of requests queueing for the pool cannot lapse
+the lease. A request for a tenant the view lacks reloads it first (the tenant may be
+new); those reloads are shared by every request waiting at once, and a tenant found
+missing is remembered briefly (unknown_tenants.py), so made-up tenant ids cost
+PostgreSQL next to nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from pairdb.coordinator.metadata import (
 )
 from pairdb.coordinator.movement import Movement
 from pairdb.coordinator.ring import Ring
+from pairdb.coordinator.unknown_tenants import DEFAULT_TTL_SECONDS, UnknownTenants
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock, boottime
 from pairdb.kernel.errors import Unavailable
 from pairdb.kernel.migration import ROUTING, ChangeType, NodeState, Phase
@@ -152,8 +160,12 @@ class TopologyCache:
         poll_interval: float = 1.0,
         wall: WallClock | None = None,
         max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS,
+        lease_metadata: Metadata | None = None,
+        unknown_tenant_seconds: float = DEFAULT_TTL_SECONDS,
     ) -> None:
         self._metadata = metadata
+        # The lease's own connection (a pool of one); the shared pool when not given (tests).
+        self._lease_metadata = lease_metadata or metadata
         self.coordinator_id = coordinator_id
         self._address = address
         self._lease_seconds = lease_seconds
@@ -171,6 +183,11 @@ class TopologyCache:
         # Requests in flight per epoch: an epoch counts as applied only once no
         # request routed by an older epoch is still running (barrier safety).
         self._in_flight: Counter[int] = Counter()
+        self._unknown = UnknownTenants(unknown_tenant_seconds)
+        # Reloads for requests whose tenant the view lacks: the one running, and the one
+        # queued behind it that every request arriving meanwhile shares.
+        self._reloading: asyncio.Task[Topology] | None = None
+        self._next_reload: asyncio.Task[Topology] | None = None
 
     @property
     def current(self) -> Topology:
@@ -195,7 +212,7 @@ class TopologyCache:
                 self.clock.origin = registration.origin
                 await self._wait_for_clock(registration.hlc_ceiling_ms)
                 self.clock.start_after(registration.hlc_ceiling_ms)
-                await self.refresh()
+                await self.refresh(self._lease_metadata)
                 await self._renew()  # a lease and a persisted clock ceiling before the first request
                 break
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -219,12 +236,12 @@ class TopologyCache:
         """
         deadline = boottime() + 2 * self._lease_seconds + 5
         while True:
-            registration = await self._metadata.register_coordinator(
+            registration = await self._lease_metadata.register_coordinator(
                 self.coordinator_id, self._address, self._lease_seconds, self.incarnation
             )
             if registration is not None:
                 return registration
-            holder = await self._metadata.lease_holder(self.coordinator_id)
+            holder = await self._lease_metadata.lease_holder(self.coordinator_id)
             where = f"the process at {holder[0]}" if holder else "another process"
             if boottime() > deadline:
                 raise SystemExit(
@@ -261,7 +278,7 @@ class TopologyCache:
         renewed_at = boottime()
         lease_ms = int(self._lease_seconds * 1000)
         ceiling = max(self._wall.now_ms() + lease_ms, self.clock.high_water_ms)
-        renewed = await self._metadata.renew_lease(
+        renewed = await self._lease_metadata.renew_lease(
             self.coordinator_id, self.incarnation, self.applied_epoch, self._lease_seconds, ceiling
         )
         if not renewed:
@@ -278,10 +295,13 @@ class TopologyCache:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for reload in (self._reloading, self._next_reload):
+            if reload is not None:
+                reload.cancel()
         await self._close_listener()
         with contextlib.suppress(Exception):
             # Versions issued so far stay below the ceiling left behind: a restart need not wait.
-            await self._metadata.release_lease(
+            await self._lease_metadata.release_lease(
                 self.coordinator_id, self.incarnation, self.clock.high_water_ms + 1
             )
 
@@ -333,14 +353,17 @@ class TopologyCache:
                 "it serves again once it has refreshed its view of the cluster"
             )
 
-    async def refresh(self) -> Topology:
-        if self._current is not None and await self._metadata.epoch() == self._current.epoch:
+    async def refresh(self, via: Metadata | None = None) -> Topology:
+        """Reload the view if the registry epoch moved; via: the metadata connection to use."""
+        metadata = via or self._metadata
+        if self._current is not None and await metadata.epoch() == self._current.epoch:
             return self._current  # one cheap query on the common path
-        snap = await self._metadata.snapshot()
+        snap = await metadata.snapshot()
         metrics.REGISTRY_EPOCH.set(snap.epoch)
         metrics.ACTIVE_MIGRATIONS.set(1 if snap.in_flight is not None else 0)
         if self._current is None or snap.epoch != self._current.epoch:
             self._current = Topology.from_snapshot(snap)
+            self._unknown.clear()  # a tenant may have been created
             log.info(
                 "Topology applied",
                 epoch=snap.epoch,
@@ -369,19 +392,49 @@ class TopologyCache:
             )
 
     async def tenant(self, tenant_id: str) -> TenantInfo | None:
-        """A tenant from the cache; on a miss, reload first (it may have just been created)."""
+        """A tenant from the cache; on a miss, reload first (it may have just been created).
+
+        A tenant found missing is answered from memory for a moment (UnknownTenants), and
+        requests missing at once share one reload: made-up ids cannot flood PostgreSQL.
+        """
         info = self.current.tenants.get(tenant_id)
+        if info is not None:
+            return info
+        if tenant_id in self._unknown:
+            metrics.UNKNOWN_TENANT_REQUESTS.labels("cached").inc()
+            return None
+        try:
+            # Bounded: a request must not hang on a partitioned PostgreSQL (it holds its epoch).
+            async with asyncio.timeout(self._lease_seconds):
+                info = (await self._reload()).tenants.get(tenant_id)
+        except Exception as exc:
+            raise Unavailable(
+                f"coordinator {self.coordinator_id} cannot look tenant {tenant_id!r} up in PostgreSQL "
+                f"({type(exc).__name__}: {exc}); retry"
+            ) from None
         if info is None:
-            try:
-                # Bounded: a request must not hang on a partitioned PostgreSQL (it holds its epoch).
-                async with asyncio.timeout(self._lease_seconds):
-                    info = (await self.refresh()).tenants.get(tenant_id)
-            except Exception as exc:
-                raise Unavailable(
-                    f"coordinator {self.coordinator_id} cannot look tenant {tenant_id!r} up in PostgreSQL "
-                    f"({type(exc).__name__}: {exc}); retry"
-                ) from None
+            metrics.UNKNOWN_TENANT_REQUESTS.labels("queried").inc()
+            self._unknown.add(tenant_id)
         return info
+
+    def tenant_created(self, tenant_id: str) -> None:
+        """This coordinator just created tenant_id: never answer it from the unknown ones."""
+        self._unknown.discard(tenant_id)
+
+    async def _reload(self) -> Topology:
+        """A refresh started after this call, shared by every call waiting for one to start."""
+        if self._next_reload is None:
+            self._next_reload = asyncio.create_task(self._reload_after(self._reloading), name="tenant-reload")
+            # Every waiter may have given up (timed out): the outcome is still collected.
+            self._next_reload.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(self._next_reload)
+
+    async def _reload_after(self, previous: asyncio.Task[Topology] | None) -> Topology:
+        if previous is not None:
+            await asyncio.wait([previous])  # its outcome is its own waiters'
+        # Started now: requests arriving from here on need a later reload.
+        self._reloading, self._next_reload = self._next_reload, None
+        return await self.refresh()
 
     async def _run(self) -> None:
         while True:
@@ -391,7 +444,7 @@ class TopologyCache:
                     await self._listen()
                 started = boottime()
                 async with asyncio.timeout(self._lease_seconds):
-                    await self.refresh()
+                    await self.refresh(self._lease_metadata)
                     await self._renew()
                 self._refresh_ok = True
                 took = boottime() - started

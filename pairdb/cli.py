@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pairdb import config, loading, progress
-from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError, StartedChange
+from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError, StartedChange, Tenant
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS
 from pairdb.kernel.repair import DEFAULT_INTERVAL_HOURS
 from pairdb.local.processes import GRPC_QUIET, die_with_parent
@@ -30,6 +30,7 @@ from pairdb.security.exposure import Exposed
 from pairdb.security.secrets import mask_dsn, mask_secrets
 from pairdb.security.tls import TlsError, TlsFiles
 from pairdb.serving import logs, loops
+from pairdb.serving.server import COORDINATOR_MAX_CONCURRENT_RPCS, STORAGE_NODE_MAX_CONCURRENT_RPCS
 
 if TYPE_CHECKING:
     from pairdb.security.temporal_access import TemporalAccess
@@ -145,6 +146,56 @@ def _add_metrics_port(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="serve Prometheus /metrics on this port (env PAIRDB_METRICS_PORT; default: off)",
+    )
+
+
+def _add_max_concurrent_rpcs(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=default,
+        help="RPCs served at once; more are refused with RESOURCE_EXHAUSTED, for the caller to retry "
+        "(0: no bound; default %(default)s)",
+    )
+
+
+_BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_BYTE_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def byte_size(text: str) -> int:
+    """A byte count: 1000000, 1MB, 1.5GB, 512MiB."""
+    raw = text.strip().upper().replace(" ", "")
+    number = raw.rstrip("KMGTIB")
+    unit = raw[len(number) :]
+    try:
+        if unit not in _BYTE_UNITS:
+            raise ValueError(unit)
+        n = int(float(number) * _BYTE_UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1000000, 500MB, 2GiB)") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a size is not negative: {text!r}")
+    return n
+
+
+def _add_tenant_limits(p: argparse.ArgumentParser, default: int | None) -> None:
+    keeps = "default: unchanged" if default is None else "default: 0, unlimited"
+    p.add_argument(
+        "--max-ops-per-second",
+        type=int,
+        default=default,
+        metavar="N",
+        help="requests per second through each coordinator process, a batch's items one each; "
+        f"more get RESOURCE_EXHAUSTED (0: unlimited; {keeps})",
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=byte_size,
+        default=default,
+        metavar="SIZE",
+        help="live data (keys and values, once per key, not per replica) past which writes, not "
+        f"deletes, get RESOURCE_EXHAUSTED, e.g. 10GB (0: unlimited; {keeps})",
     )
 
 
@@ -274,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     _add_tls_flags(p, "this node (pairdb cert create-node NODE_ID)")
     _add_insecure(p)
+    _add_max_concurrent_rpcs(p, STORAGE_NODE_MAX_CONCURRENT_RPCS)
     _add_max_clock_offset(p)
     _add_metrics_port(p)
     _add_event_loop(p)
@@ -337,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tls_flags(p, "this coordinator (pairdb cert create-node NAME --role coordinator)")
     _add_insecure(p)
     _add_temporal_access(p)
+    _add_max_concurrent_rpcs(p, COORDINATOR_MAX_CONCURRENT_RPCS)
     _add_max_clock_offset(p)
     _add_metrics_port(p)
     _add_event_loop(p)
@@ -466,6 +519,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep deletes' tombstones at least this long (default 864000: 10 days); a replica "
         "down longer must be repaired before it returns, or replaced",
     )
+    _add_tenant_limits(tp, default=0)
+    _add_client_flags(tp)
+    tp = tsub.add_parser(
+        "set-limits",
+        help="change a tenant's request rate and storage limits (admin only)",
+        description="A limit not given is left as it is; 0 removes it. Refused requests get "
+        "RESOURCE_EXHAUSTED. Coordinators apply the change when they reload the registry (at once).",
+    )
+    tp.add_argument("tenant")
+    _add_tenant_limits(tp, default=None)
     _add_client_flags(tp)
     tp = tsub.add_parser(
         "set-rf",
@@ -516,6 +579,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limits(tenant: Tenant) -> str:
+    rate = (
+        f"{tenant.max_ops_per_second} requests/s per coordinator"
+        if tenant.max_ops_per_second
+        else "no rate limit"
+    )
+    quota = f"quota {tenant.max_bytes} bytes" if tenant.max_bytes else "no storage quota"
+    stored = "" if tenant.stored_bytes is None else f", stores about {tenant.stored_bytes} bytes"
+    return f"{rate}, {quota}{stored}"
+
+
 async def _client_command(args: argparse.Namespace) -> int:
     async with Client(args.coordinator, tls=_client_tls(args)) as client:
         if args.command == "put":
@@ -540,8 +614,19 @@ async def _client_command(args: argparse.Namespace) -> int:
             return await _started(
                 client, args, client.repair(args.tenant, throttle_keys_per_second=args.throttle)
             )
+        elif args.command == "tenant" and args.tenant_command == "set-limits":
+            tenant = await client.set_tenant_limits(
+                args.tenant, max_ops_per_second=args.max_ops_per_second, max_bytes=args.max_bytes
+            )
+            print(f"tenant {args.tenant}: {_limits(tenant)}")
         elif args.command == "tenant":
-            rf = await client.create_tenant(args.tenant, args.rf, gc_grace_seconds=args.gc_grace)
+            rf = await client.create_tenant(
+                args.tenant,
+                args.rf,
+                gc_grace_seconds=args.gc_grace,
+                max_ops_per_second=args.max_ops_per_second,
+                max_bytes=args.max_bytes,
+            )
             print(f"tenant {args.tenant} created with replication factor {rf}")
         elif args.command == "init":
             return await _init(client, args)
@@ -744,6 +829,7 @@ async def _coordinator_processes(args: argparse.Namespace) -> int:
             "--max-clock-offset-ms", str(args.max_clock_offset_ms),
             "--max-hints-per-node", str(args.max_hints_per_node),
             "--max-hint-window", str(args.max_hint_window),
+            "--max-concurrent-rpcs", str(args.max_concurrent_rpcs),
             "--metrics-port", str(args.metrics_port + i if args.metrics_port else 0),
             "--event-loop", args.event_loop, "--log-level", args.log_level,
             *_passed_on(args, "tls_ca", "tls_cert", "tls_key", "temporal_tls_ca", "temporal_tls_cert",
@@ -871,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
                         max_clock_offset_ms=args.max_clock_offset_ms,
                         tls=TlsFiles.from_options(args.tls_ca, args.tls_cert, args.tls_key),
                         insecure=args.insecure,
+                        max_concurrent_rpcs=args.max_concurrent_rpcs,
                     )
                 ),
                 uvloop=args.event_loop == "uvloop",
@@ -915,6 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
                         tls=TlsFiles.from_options(args.tls_ca, args.tls_cert, args.tls_key),
                         temporal_access=_temporal_access(args),
                         insecure=args.insecure,
+                        max_concurrent_rpcs=args.max_concurrent_rpcs,
                     )
                 ),
                 uvloop=args.event_loop == "uvloop",

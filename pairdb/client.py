@@ -76,10 +76,19 @@ AlreadyExists = _client_error(errors.AlreadyExists)
 FailedPrecondition = _client_error(errors.FailedPrecondition)
 Unavailable = _client_error(errors.Unavailable)
 DeadlineExceeded = _client_error(errors.DeadlineExceeded)
+ResourceExhausted = _client_error(errors.ResourceExhausted)
 
 _ERRORS: dict[str, type[ClientError]] = {
     face.status: face
-    for face in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unavailable, DeadlineExceeded)
+    for face in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        Unavailable,
+        DeadlineExceeded,
+        ResourceExhausted,
+    )
 }
 
 
@@ -146,6 +155,15 @@ class Tenant:
     tenant_id: str
     replication_factor: int
     created_at: int  # unix seconds
+    # Limits (0: unlimited), and the live bytes the coordinator estimates it stores (None: not polled).
+    max_ops_per_second: int = 0
+    max_bytes: int = 0
+    stored_bytes: int | None = None
+
+
+def _tenant(t: pb.Tenant) -> Tenant:
+    stored = t.stored_bytes if t.HasField("stored_bytes") else None
+    return Tenant(t.tenant_id, t.replication_factor, t.created_at, t.max_ops_per_second, t.max_bytes, stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,11 +372,23 @@ class Client:
         return results
 
     async def create_tenant(
-        self, tenant_id: str, replication_factor: int = 0, *, gc_grace_seconds: int | None = None
+        self,
+        tenant_id: str,
+        replication_factor: int = 0,
+        *,
+        gc_grace_seconds: int | None = None,
+        max_ops_per_second: int = 0,
+        max_bytes: int = 0,
     ) -> int:
         """Create a tenant; its replication factor (0: the default, 3). gc_grace_seconds: how long
-        its deletes' tombstones are kept at least (None: the default, 10 days)."""
-        request = pb.CreateTenantRequest(tenant_id=tenant_id, replication_factor=replication_factor)
+        its deletes' tombstones are kept at least (None: the default, 10 days). max_ops_per_second
+        (per coordinator) and max_bytes (of live data): its limits, 0 for none."""
+        request = pb.CreateTenantRequest(
+            tenant_id=tenant_id,
+            replication_factor=replication_factor,
+            max_ops_per_second=max_ops_per_second,
+            max_bytes=max_bytes,
+        )
         if gc_grace_seconds is not None:
             request.gc_grace_seconds = gc_grace_seconds
         reply = await self._call(self._stub.CreateTenant, request)
@@ -366,8 +396,19 @@ class Client:
 
     async def get_tenant(self, tenant_id: str) -> Tenant:
         reply = await self._call(self._stub.GetTenant, pb.GetTenantRequest(tenant_id=tenant_id), retry=True)
-        t = reply.tenant
-        return Tenant(t.tenant_id, t.replication_factor, t.created_at)
+        return _tenant(reply.tenant)
+
+    async def set_tenant_limits(
+        self, tenant_id: str, *, max_ops_per_second: int | None = None, max_bytes: int | None = None
+    ) -> Tenant:
+        """Change a tenant's limits (admin only): None keeps one, 0 removes it."""
+        request = pb.SetTenantLimitsRequest(tenant_id=tenant_id)
+        if max_ops_per_second is not None:
+            request.max_ops_per_second = max_ops_per_second
+        if max_bytes is not None:
+            request.max_bytes = max_bytes
+        reply = await self._call(self._stub.SetTenantLimits, request, retry=True)
+        return _tenant(reply.tenant)
 
     async def add_node(
         self,
@@ -617,11 +658,26 @@ class SyncClient:
     ) -> list[Value | ClientError]:
         return self._run(self._client.get_many(keys, consistency))
 
-    def create_tenant(self, tenant_id: str, replication_factor: int = 0) -> int:
-        return self._run(self._client.create_tenant(tenant_id, replication_factor))
+    def create_tenant(
+        self, tenant_id: str, replication_factor: int = 0, *, max_ops_per_second: int = 0, max_bytes: int = 0
+    ) -> int:
+        return self._run(
+            self._client.create_tenant(
+                tenant_id, replication_factor, max_ops_per_second=max_ops_per_second, max_bytes=max_bytes
+            )
+        )
 
     def get_tenant(self, tenant_id: str) -> Tenant:
         return self._run(self._client.get_tenant(tenant_id))
+
+    def set_tenant_limits(
+        self, tenant_id: str, *, max_ops_per_second: int | None = None, max_bytes: int | None = None
+    ) -> Tenant:
+        return self._run(
+            self._client.set_tenant_limits(
+                tenant_id, max_ops_per_second=max_ops_per_second, max_bytes=max_bytes
+            )
+        )
 
     def add_node(
         self,

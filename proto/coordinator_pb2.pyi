@@ -159,26 +159,52 @@ class BatchReadResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[BatchReadResult, _Mapping]]] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("tenant_id", "replication_factor", "gc_grace_seconds")
+    __slots__ = ("tenant_id", "replication_factor", "gc_grace_seconds", "max_ops_per_second", "max_bytes")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
     GC_GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_OPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     replication_factor: int
     gc_grace_seconds: int
-    def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ..., gc_grace_seconds: _Optional[int] = ...) -> None: ...
+    max_ops_per_second: int
+    max_bytes: int
+    def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ..., gc_grace_seconds: _Optional[int] = ..., max_ops_per_second: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("tenant_id", "replication_factor", "created_at", "gc_grace_seconds")
+    __slots__ = ("tenant_id", "replication_factor", "created_at", "gc_grace_seconds", "max_ops_per_second", "max_bytes", "stored_bytes")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     GC_GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_OPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     replication_factor: int
     created_at: int
     gc_grace_seconds: int
-    def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ..., created_at: _Optional[int] = ..., gc_grace_seconds: _Optional[int] = ...) -> None: ...
+    max_ops_per_second: int
+    max_bytes: int
+    stored_bytes: int
+    def __init__(self, tenant_id: _Optional[str] = ..., replication_factor: _Optional[int] = ..., created_at: _Optional[int] = ..., gc_grace_seconds: _Optional[int] = ..., max_ops_per_second: _Optional[int] = ..., max_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ...) -> None: ...
+
+class SetTenantLimitsRequest(_message.Message):
+    __slots__ = ("tenant_id", "max_ops_per_second", "max_bytes")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_OPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    max_ops_per_second: int
+    max_bytes: int
+    def __init__(self, tenant_id: _Optional[str] = ..., max_ops_per_second: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class SetTenantLimitsResponse(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: Tenant
+    def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ...) -> None: ...
 
 class CreateTenantResponse(_message.Message):
     __slots__ = ("tenant",)

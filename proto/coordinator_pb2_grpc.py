@@ -69,6 +69,11 @@ class CoordinatorServiceStub:
                 request_serializer=pairdb_dot_proto_dot_coordinator__pb2.GetTenantRequest.SerializeToString,
                 response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.GetTenantResponse.FromString,
                 _registered_method=True)
+        self.SetTenantLimits = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/SetTenantLimits',
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.SetTenantLimitsRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.SetTenantLimitsResponse.FromString,
+                _registered_method=True)
         self.AddStorageNode = channel.unary_unary(
                 '/pairdb.v1.CoordinatorService/AddStorageNode',
                 request_serializer=pairdb_dot_proto_dot_coordinator__pb2.AddStorageNodeRequest.SerializeToString,
@@ -176,6 +181,12 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTenant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTenantLimits(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -296,6 +307,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.GetTenant,
                     request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.GetTenantRequest.FromString,
                     response_serializer=pairdb_dot_proto_dot_coordinator__pb2.GetTenantResponse.SerializeToString,
+            ),
+            'SetTenantLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantLimits,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.SetTenantLimitsRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.SetTenantLimitsResponse.SerializeToString,
             ),
             'AddStorageNode': grpc.unary_unary_rpc_method_handler(
                     servicer.AddStorageNode,
@@ -552,6 +568,33 @@ class CoordinatorService:
             '/pairdb.v1.CoordinatorService/GetTenant',
             pairdb_dot_proto_dot_coordinator__pb2.GetTenantRequest.SerializeToString,
             pairdb_dot_proto_dot_coordinator__pb2.GetTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/SetTenantLimits',
+            pairdb_dot_proto_dot_coordinator__pb2.SetTenantLimitsRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.SetTenantLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

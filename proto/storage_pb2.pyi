@@ -280,7 +280,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("node_id", "keys", "bytes", "tombstones", "fence", "tombstones_purged", "repairs")
+    __slots__ = ("node_id", "keys", "bytes", "tombstones", "fence", "tombstones_purged", "repairs", "tenants")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +288,7 @@ class StatsResponse(_message.Message):
     FENCE_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONES_PURGED_FIELD_NUMBER: _ClassVar[int]
     REPAIRS_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     keys: int
     bytes: int
@@ -295,7 +296,18 @@ class StatsResponse(_message.Message):
     fence: int
     tombstones_purged: int
     repairs: _containers.RepeatedCompositeFieldContainer[RangeRepair]
-    def __init__(self, node_id: _Optional[str] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ..., tombstones: _Optional[int] = ..., fence: _Optional[int] = ..., tombstones_purged: _Optional[int] = ..., repairs: _Optional[_Iterable[_Union[RangeRepair, _Mapping]]] = ...) -> None: ...
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantUsage]
+    def __init__(self, node_id: _Optional[str] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ..., tombstones: _Optional[int] = ..., fence: _Optional[int] = ..., tombstones_purged: _Optional[int] = ..., repairs: _Optional[_Iterable[_Union[RangeRepair, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[TenantUsage, _Mapping]]] = ...) -> None: ...
+
+class TenantUsage(_message.Message):
+    __slots__ = ("tenant_id", "keys", "bytes")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    keys: int
+    bytes: int
+    def __init__(self, tenant_id: _Optional[str] = ..., keys: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class RangeRepair(_message.Message):
     __slots__ = ("range", "repaired_at_ms")

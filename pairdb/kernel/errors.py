@@ -48,6 +48,12 @@ class Unavailable(PairdbError):
     status = "UNAVAILABLE"
 
 
+class ResourceExhausted(PairdbError):
+    """Over a limit: a tenant's request rate or storage quota, or a server's concurrent RPCs."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+
 class DeadlineExceeded(PairdbError):
     """The caller's deadline passed before an answer."""
 
@@ -61,4 +67,5 @@ KINDS: tuple[type[PairdbError], ...] = (
     FailedPrecondition,
     Unavailable,
     DeadlineExceeded,
+    ResourceExhausted,
 )

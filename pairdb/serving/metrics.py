@@ -46,6 +46,18 @@ APPLIED_EPOCH = Gauge("pairdb_applied_epoch", "The registry epoch this coordinat
 ACTIVE_MIGRATIONS = Gauge(
     "pairdb_active_migrations", "Ring changes in flight (0 or 1: they run one at a time)"
 )
+UNKNOWN_TENANT_REQUESTS = Counter(
+    "pairdb_unknown_tenant_requests",
+    "Requests for a tenant that does not exist, by how the coordinator knew: queried (a registry "
+    "reload) or cached (found missing a moment ago, no query)",
+    ["how"],
+)
+QUOTA_REFUSALS = Counter(
+    "pairdb_quota_refusals",
+    "Requests (batch items each) refused with RESOURCE_EXHAUSTED by a tenant's limits, by reason: "
+    "rate (max_ops_per_second) or storage (max_bytes)",
+    ["reason"],
+)
 HINTS_STORED = Counter("pairdb_hints_stored", "Hints (writes a replica missed) written to PostgreSQL")
 HINTS_REPLAYED = Counter("pairdb_hints_replayed", "Hints delivered to their node and deleted")
 HINTS_DROPPED = Counter(

@@ -17,24 +17,38 @@ from pairdb.serving.metrics import Timed
 from pairdb.serving.request_guard import RequestGuard
 from pairdb.serving.request_ids import RequestIds
 
+# RPCs a server runs at once (health checks included); the next ones are refused at once with
+# RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!") rather than queued without bound. A
+# coordinator serves clients: a few dozen requests in flight saturate its event loop, so beyond
+# a thousand more only add memory (a batch may be 32 MiB) and latency. A storage node serves
+# coordinators' coalesced calls (a few per coordinator process and kind), copies, digests and
+# hint replays: a refusal there costs a replica a write (a hint), so its bound is wider.
+COORDINATOR_MAX_CONCURRENT_RPCS = 1000
+STORAGE_NODE_MAX_CONCURRENT_RPCS = 2000
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def new_server(
-    options: list[tuple[str, int]] | None = None, access: Sequence[Wrapper] = ()
+    options: list[tuple[str, int]] | None = None,
+    access: Sequence[Wrapper] = (),
+    maximum_concurrent_rpcs: int | None = None,
 ) -> grpc.aio.Server:
     """A grpc.aio server that counts and times every RPC and refuses malformed requests cleanly.
 
     access: the server's own checks of who may call what, run inside the metrics wrapper
     (a refusal is counted with its status) and before the handler.
+    maximum_concurrent_rpcs: RPCs beyond this many at once get RESOURCE_EXHAUSTED (None or 0: no bound).
     """
     # The guard goes outermost: it drops an aborted call's traceback (and with it the
     # request every inner frame holds) after the metrics wrapper has seen the status.
     wrapping = WrappingInterceptor(
         [RequestGuard(), RequestIds(), Timed(), *access], request_guard.deserializer
     )
-    return grpc.aio.server(interceptors=[wrapping], options=options)
+    return grpc.aio.server(
+        interceptors=[wrapping], options=options, maximum_concurrent_rpcs=maximum_concurrent_rpcs or None
+    )
 
 
 class Health:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -97,6 +97,8 @@ class NodeStats:
     tombstones_purged: int = 0
     # (start, end, wall ms its covering repair started) per range a finished repair covered.
     repairs: tuple[tuple[int, int, int], ...] = ()
+    # Each tenant's live bytes (keys and values) on the node.
+    tenant_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +355,7 @@ class NodeClient:
             reply.tombstones,
             reply.tombstones_purged,
             tuple((r.range.start, r.range.end, r.repaired_at_ms) for r in reply.repairs),
+            {u.tenant_id: u.bytes for u in reply.tenants},
         )
 
 

@@ -8,8 +8,9 @@ Layout of the `records` database:
     key   = token (8 bytes, big-endian) | len(tenant) (1 byte) | tenant | key
     value = hlc (8) | origin (4) | flags (1) | value
 Keys sort by token, so a token range is one sequential cursor walk. The `meta`
-database holds counters kept in the same transaction as the writes they count,
-and the node's fence epoch (see proto/storage.proto).
+database holds counters kept in the same transaction as the writes they count
+(the node's, and each tenant's live keys and bytes, for storage quotas), and the
+node's fence epoch (see proto/storage.proto).
 
 A copy moves records as *entries*: (key, value) pairs in this very layout,
 packed back to back, each behind its lengths (`>HI`). A node scans them
@@ -35,6 +36,7 @@ __all__ = [
     "RangeRepair",
     "Stats",
     "StoredRecord",
+    "TenantUsage",
     "digest_of",
     "unpack_entries",
 ]
@@ -51,6 +53,12 @@ _U64 = struct.Struct(">Q")
 # b"repaired" | start (8) | end (8) -> the hlc a repair of (start, end] started at (8 bytes).
 _REPAIRED_PREFIX = b"repaired"
 _RANGE = struct.Struct(">QQ")
+# b"usage/" | tenant -> its live keys and their bytes (key and value), tombstones excluded.
+_USAGE_PREFIX = b"usage/"
+_USAGE = struct.Struct(">QQ")
+# Present once every record was counted into the usage counters (a node older than them
+# counts its records once, when it opens).
+_USAGE_COUNTED_KEY = b"usage-counted"
 _ENTRY = struct.Struct(">HI")
 DIGEST_BYTES = 16
 # The shortest key an entry may have: a token, a tenant length and a one-byte tenant and key.
@@ -65,6 +73,29 @@ class Stats:
     tombstones: int
     # Tombstones purged since the node was created (Engine.purge_tombstones).
     purged: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TenantUsage:
+    """A tenant's live data on this node: keys, and their bytes (key and value)."""
+
+    keys: int
+    bytes: int
+
+
+class _UsageChange:
+    """How a write transaction changes each tenant's usage, added to the counters as it commits."""
+
+    def __init__(self) -> None:
+        self.by_tenant: dict[bytes, list[int]] = {}
+
+    def add(self, db_key: bytes, value_bytes: int, sign: int) -> None:
+        tenant = _tenant_of(db_key)
+        change = self.by_tenant.get(tenant)
+        if change is None:
+            change = self.by_tenant[tenant] = [0, 0]
+        change[0] += sign
+        change[1] += sign * (len(db_key) - 9 - len(tenant) + value_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +231,7 @@ class Engine:
             (path / name).chmod(0o600)
         self._records = self._env.open_db(b"records")
         self._meta = self._env.open_db(b"meta")
+        self._count_usage_once()
 
     def close(self) -> None:
         self._env.close()
@@ -217,6 +249,7 @@ class Engine:
         idempotent; its answer says which version the node holds instead.
         """
         applied: list[Applied] = []
+        usage = _UsageChange()
         with self._env.begin(write=True) as txn:
             keys, size, tombstones = self._counters(txn)
             for record in records:
@@ -232,14 +265,17 @@ class Engine:
                     else:
                         keys -= 1
                         size -= len(old.value)
+                        usage.add(db_key, len(old.value), -1)
                 txn.put(db_key, _encode_value(record), db=self._records)
                 if record.tombstone:
                     tombstones += 1
                 else:
                     keys += 1
                     size += len(record.value)
+                    usage.add(db_key, len(record.value), 1)
                 applied.append(Applied(True, record.version))
             txn.put(_COUNTERS_KEY, _COUNTERS.pack(keys, size, tombstones), db=self._meta)
+            self._add_usage(txn, usage)
         return applied
 
     def raise_fence(self, epoch: int) -> int:
@@ -264,6 +300,7 @@ class Engine:
         """
         wanted = {t.encode() for t in tenants}
         deleted = 0
+        usage = _UsageChange()
         with self._env.begin(write=True) as txn:
             keys, size, tombstones = self._counters(txn)
             cursor = txn.cursor(db=self._records)
@@ -284,11 +321,13 @@ class Engine:
                     else:
                         keys -= 1
                         size -= len(old.value)
+                        usage.add(db_key, len(old.value), -1)
                     deleted += 1
                     # delete() moves the cursor to the next record.
                     if not cursor.delete() or cursor.key() == b"":
                         break
             txn.put(_COUNTERS_KEY, _COUNTERS.pack(keys, size, tombstones), db=self._meta)
+            self._add_usage(txn, usage)
         return deleted
 
     def purge_tombstones(self, start: int, end: int, cutoffs: Mapping[str, int], repaired_at: int = 0) -> int:
@@ -410,6 +449,47 @@ class Engine:
         with self._env.begin() as txn:
             raw = txn.get(_PURGED_KEY, db=self._meta)
             return Stats(*self._counters(txn), purged=0 if raw is None else _U64.unpack(raw)[0])
+
+    def tenant_usage(self) -> dict[str, TenantUsage]:
+        """Each tenant's live keys and bytes on this node (tenants with none are left out)."""
+        out: dict[str, TenantUsage] = {}
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._meta)
+            if cursor.set_range(_USAGE_PREFIX):
+                for db_key, db_value in cursor:
+                    if not bytes(db_key).startswith(_USAGE_PREFIX):
+                        break
+                    keys, size = _USAGE.unpack(db_value)
+                    out[bytes(db_key[len(_USAGE_PREFIX) :]).decode()] = TenantUsage(keys, size)
+        return out
+
+    def _add_usage(self, txn: lmdb.Transaction, usage: _UsageChange) -> None:
+        for tenant, (keys, size) in usage.by_tenant.items():
+            if not keys and not size:
+                continue
+            counter = _USAGE_PREFIX + tenant
+            raw = txn.get(counter, db=self._meta)
+            old_keys, old_size = (0, 0) if raw is None else _USAGE.unpack(raw)
+            keys, size = old_keys + keys, old_size + size
+            if keys or size:
+                txn.put(counter, _USAGE.pack(keys, size), db=self._meta)
+            else:
+                txn.delete(counter, db=self._meta)
+
+    def _count_usage_once(self) -> None:
+        """Count the records of a node written before usage counters existed; once, one transaction.
+
+        A walk over every record: on a large node a slow first start after the upgrade.
+        """
+        with self._env.begin(write=True) as txn:
+            if txn.get(_USAGE_COUNTED_KEY, db=self._meta) is not None:
+                return
+            usage = _UsageChange()
+            for db_key, db_value in txn.cursor(db=self._records):
+                if not _VERSION.unpack_from(db_value)[2] & _TOMBSTONE:
+                    usage.add(bytes(db_key), len(db_value) - _VERSION.size, 1)
+            self._add_usage(txn, usage)
+            txn.put(_USAGE_COUNTED_KEY, b"", db=self._meta)
 
     def repairs(self) -> list[RangeRepair]:
         """The ranges finished repairs covered (the latest per range), in token order."""

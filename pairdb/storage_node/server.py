@@ -16,7 +16,7 @@ from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.security.exposure import check_listen
 from pairdb.security.tls import ServerTls, TlsFiles
 from pairdb.serving import metrics
-from pairdb.serving.server import Health, new_server
+from pairdb.serving.server import STORAGE_NODE_MAX_CONCURRENT_RPCS, Health, new_server
 from pairdb.storage_node.access import ClusterOnly
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine
@@ -44,6 +44,8 @@ class StorageNodeConfig:
     tls: TlsFiles | None = None
     # Listen beyond loopback without TLS anyway.
     insecure: bool = False
+    # RPCs served at once; more get RESOURCE_EXHAUSTED (0: no bound).
+    max_concurrent_rpcs: int = STORAGE_NODE_MAX_CONCURRENT_RPCS
 
 
 def _oldest_repair_age(engine: Engine) -> float:
@@ -75,6 +77,7 @@ async def serve(config: StorageNodeConfig) -> None:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
         access=[ClusterOnly()] if config.tls else [],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     storage_pb2_grpc.add_StorageServiceServicer_to_server(
         StorageService(

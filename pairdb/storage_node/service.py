@@ -365,4 +365,8 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
                 )
                 for r in self._engine.repairs()
             ],
+            tenants=[
+                storage_pb2.TenantUsage(tenant_id=tenant, keys=usage.keys, bytes=usage.bytes)
+                for tenant, usage in self._engine.tenant_usage().items()
+            ],
         )

@@ -28,8 +28,14 @@ class FlakyMetadata:
         self.ceilings: list[int] = []
         self.taken_over = False
         self.previous_ceiling_ms = 0
+        self.epoch_queries = 0
+        self.epoch_delay = 0.0
+        self.tenants = {"t"}
 
     async def epoch(self) -> int:
+        self.epoch_queries += 1
+        if self.epoch_delay:
+            await asyncio.sleep(self.epoch_delay)
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc
@@ -39,7 +45,7 @@ class FlakyMetadata:
 
     async def snapshot(self) -> Snapshot:
         nodes = {"n1": NodeInfo("n1", "127.0.0.1", 1, NodeState.ACTIVE, 1)}
-        tenants = {"t": TenantInfo("t", 1, datetime.now(UTC))}
+        tenants = {t: TenantInfo(t, 1, datetime.now(UTC)) for t in self.tenants}
         return Snapshot(self.epoch_value, nodes, [(5, "n1")], tenants)
 
     async def register_coordinator(self, *args: Any) -> Registration:
@@ -61,15 +67,20 @@ class FlakyMetadata:
 
 
 async def started(
-    metadata: FlakyMetadata, lease: float = 1.0, wall: WallClock | None = None
+    metadata: FlakyMetadata,
+    lease: float = 1.0,
+    wall: WallClock | None = None,
+    lease_metadata: FlakyMetadata | None = None,
+    poll_interval: float = 0.05,
 ) -> TopologyCache:
     cache = TopologyCache(
         metadata,  # type: ignore[arg-type]
         "c1",
         "127.0.0.1:1",
         lease_seconds=lease,
-        poll_interval=0.05,
+        poll_interval=poll_interval,
         wall=wall,
+        lease_metadata=lease_metadata,  # type: ignore[arg-type]
     )
     await cache.start()
     return cache
@@ -193,5 +204,51 @@ async def test_a_coordinator_starting_while_postgresql_is_down_waits_for_it() ->
     cache = await asyncio.wait_for(starting, 10)
     try:
         cache.check_lease()
+    finally:
+        await cache.stop()
+
+
+async def test_concurrent_lookups_of_unknown_tenants_share_one_query_and_are_then_remembered() -> None:
+    metadata = FlakyMetadata()
+    cache = await started(metadata, lease=5.0, poll_interval=60)
+    try:
+        metadata.epoch_delay = 0.05
+        before = metadata.epoch_queries
+        found = await asyncio.gather(*(cache.tenant(f"ghost{i % 10}") for i in range(500)))
+        assert found == [None] * 500
+        # Requests arriving while one reload runs share the next: two rounds at most.
+        assert metadata.epoch_queries - before <= 2
+        before = metadata.epoch_queries
+        assert await cache.tenant("ghost3") is None  # remembered: no query
+        assert metadata.epoch_queries == before
+        assert await cache.tenant("t") is not None
+    finally:
+        await cache.stop()
+
+
+async def test_a_tenant_created_after_it_was_found_missing_is_found_once_the_epoch_moves() -> None:
+    metadata = FlakyMetadata()
+    cache = await started(metadata, lease=5.0, poll_interval=60)
+    try:
+        assert await cache.tenant("late") is None
+        metadata.tenants.add("late")
+        metadata.epoch_value = 2
+        await cache.refresh()  # what the registry's NOTIFY triggers
+        assert await cache.tenant("late") is not None
+    finally:
+        await cache.stop()
+
+
+async def test_the_lease_is_renewed_on_its_own_connection_while_the_shared_one_is_down() -> None:
+    """Pool starvation (here: the shared metadata failing outright) cannot lapse the lease."""
+    shared, dedicated = FlakyMetadata(), FlakyMetadata()
+    cache = await started(shared, lease=0.5, lease_metadata=dedicated)
+    try:
+        shared.down = True
+        renewals = len(dedicated.renewals)
+        await asyncio.sleep(1.0)  # twice the lease
+        cache.check_lease()
+        assert cache.serving()
+        assert len(dedicated.renewals) > renewals and not shared.renewals
     finally:
         await cache.stop()

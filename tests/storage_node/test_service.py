@@ -94,3 +94,15 @@ async def test_an_unreachable_node_is_reported_by_name() -> None:
         assert err.value.node_id == "ghost" and err.value.code == grpc.StatusCode.UNAVAILABLE
     finally:
         await client.close()
+
+
+async def test_stats_report_each_tenants_live_bytes_through_writes_overwrites_and_deletes(
+    node: NodeClient,
+) -> None:
+    tenant = "svc-usage"
+    await node.apply_batch([rec(tenant, f"k{i}", 100, b"12345") for i in range(10)])  # 10 x (2 + 5)
+    await node.apply(rec(tenant, "k0", 200, b"1"))  # overwritten: 2 + 1
+    await node.apply(rec(tenant, "k1", 200, tombstone=True))  # deleted
+    assert (await node.stats()).tenant_bytes[tenant] == 8 * 7 + 3
+    await node.delete_range(0, 0, tenants=[tenant])  # the whole ring, this tenant only
+    assert tenant not in (await node.stats()).tenant_bytes
