@@ -116,7 +116,7 @@ def pairdb(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 async def test_limits_are_set_from_the_command_line(cluster: LocalCluster, client: Client) -> None:
-    tenant, address = name("cli"), cluster.coordinator_address
+    tenant, address, env = name("cli"), cluster.coordinator_address, cluster.cli_env()
     created = await asyncio.to_thread(
         pairdb,
         "tenant",
@@ -128,12 +128,13 @@ async def test_limits_are_set_from_the_command_line(cluster: LocalCluster, clien
         "1MB",
         "--coordinator",
         address,
+        env=env,
     )
     assert created.returncode == 0, created.stderr
     info = await client.get_tenant(tenant)
     assert (info.max_ops_per_second, info.max_bytes) == (7, 1_000_000)
     changed = await asyncio.to_thread(
-        pairdb, "tenant", "set-limits", tenant, "--max-bytes", "2GiB", "--coordinator", address
+        pairdb, "tenant", "set-limits", tenant, "--max-bytes", "2GiB", "--coordinator", address, env=env
     )
     assert changed.returncode == 0, changed.stderr
     assert "7 requests/s per coordinator" in changed.stdout

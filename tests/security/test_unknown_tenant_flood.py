@@ -12,11 +12,10 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pairdb.client import Client, ClientError, NotFound
+from pairdb.client import ClientError, NotFound
 from pairdb.local.cluster import LocalCluster
 from tests.conftest import local_cluster
 from tests.support import scrape
@@ -58,7 +57,7 @@ async def test_a_flood_of_unknown_tenants_leaves_the_lease_and_legitimate_traffi
 
     async def legitimate() -> None:
         nonlocal legit_ok
-        async with Client(coordinator.address) as client:
+        async with cluster.connect(coordinator.address) as client:
             i = 0
             while not flooding.is_set() or i < 20:
                 try:
@@ -71,7 +70,7 @@ async def test_a_flood_of_unknown_tenants_leaves_the_lease_and_legitimate_traffi
                 i += 1
 
     async def watch_health() -> None:
-        async with grpc.aio.insecure_channel(coordinator.address) as channel:
+        async with cluster.aio_channel(coordinator.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while not flooding.is_set():
                 reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
@@ -81,7 +80,7 @@ async def test_a_flood_of_unknown_tenants_leaves_the_lease_and_legitimate_traffi
     async def flood() -> list[BaseException | None]:
         ids = [f"ghost-{random.getrandbits(64):x}" for _ in range(MADE_UP_IDS)]
         gate = asyncio.Semaphore(IN_FLIGHT)
-        async with Client(coordinator.address, timeout=30) as client:
+        async with cluster.connect(coordinator.address, timeout=30) as client:
 
             async def one(i: int) -> BaseException | None:
                 async with gate:
