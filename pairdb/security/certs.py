@@ -182,9 +182,10 @@ def _write(issued: Issued, cert: x509.Certificate, key: ec.EllipticCurvePrivateK
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     # Written beside, then renamed: a server reloading mid-rotation reads the old pair or the new one.
+    # Certificates are no secret, but like every file pairdb writes they are its user's alone.
     for path, data, mode in (
         (issued.key, key_pem, 0o600),
-        (issued.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644),
+        (issued.cert, cert.public_bytes(serialization.Encoding.PEM), 0o600),
     ):
         partial = path.with_name(path.name + ".partial")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
