@@ -276,7 +276,10 @@ class Schedule:
         try:
             with _environment(SABOTAGE_ENV, self.sabotage_env):
                 await cluster.start_coordinator(free_port(), env=self._coordinator_2_env(self.skew_ms))
-            clients = [Client(c.address, timeout=5, retry=NO_RETRY) for c in cluster.coordinator_procs]
+            clients = [
+                Client(c.address, timeout=5, retry=NO_RETRY, api_key=cluster.admin_key)
+                for c in cluster.coordinator_procs
+            ]
             self._metadata = await Metadata.connect(cluster.dsn, min_size=0)  # PostgreSQL may be killed
             for tenant, rf in TENANTS.items():
                 await clients[0].create_tenant(tenant, rf, gc_grace_seconds=GC_GRACE_SECONDS)

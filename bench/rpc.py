@@ -260,7 +260,9 @@ async def bench_coordinator(args: argparse.Namespace, workdir: Path) -> list[Res
     cluster = LocalCluster(workdir / "cluster", storage_nodes=3, coordinators=1, temporal=False)
     try:
         await cluster.start()
-        async with Client(cluster.coordinator_address, timeout=REQUEST_TIMEOUT) as client:
+        async with Client(
+            cluster.coordinator_address, timeout=REQUEST_TIMEOUT, api_key=cluster.admin_key
+        ) as client:
             await client.create_tenant(TENANT, REPLICATION_FACTOR)
             value = os.urandom(PAYLOAD_BYTES)
             written: list[str] = []

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 import structlog
 from temporalio.client import Client
 
+from pairdb.coordinator.audit import Auditor
+from pairdb.coordinator.auth_store import AuthStore
+from pairdb.coordinator.authentication import Authenticator
+from pairdb.coordinator.authorization import Authorization
 from pairdb.coordinator.handoff import HintReplayer
 from pairdb.coordinator.hints import (
     DEFAULT_MAX_HINT_WINDOW,
@@ -65,6 +69,7 @@ class CoordinatorConfig:
     # Hinted handoff's bounds (coordinator/hints.py: HintLimits).
     max_hints_per_node: int = DEFAULT_MAX_HINTS_PER_NODE
     max_hint_window: float = DEFAULT_MAX_HINT_WINDOW
+    insecure: bool = False
 
     @property
     def address(self) -> str:
@@ -101,6 +106,14 @@ async def serve(config: CoordinatorConfig) -> None:
         temporal = await Client.connect(config.temporal_address, namespace=config.temporal_namespace)
     repairs = Repairs(RepairStore(metadata), temporal)
     migrations = Migrations(MigrationStore(metadata), temporal, config.temporal_ui_url, repairs)
+    auth = AuthStore(metadata.pool)
+    authenticator = Authenticator(auth, insecure=config.insecure)
+    if config.insecure:
+        log.warning(
+            "INSECURE: authentication is off, every caller is an anonymous admin; "
+            "never run a reachable cluster like this",
+            coordinator_id=config.effective_id,
+        )
     service = CoordinatorService(
         cache,
         metadata,
@@ -109,10 +122,15 @@ async def serve(config: CoordinatorConfig) -> None:
         Membership(cache, metadata, pool, migrations),
         migrations,
         repairs,
+        auth,
+        authenticator,
     )
     metrics.serve(config.metrics_port, config.host)
     # Room for a full BatchWrite (16 MiB of values plus keys and framing); larger gets RESOURCE_EXHAUSTED.
-    server = new_server([("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
+    server = new_server(
+        [("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
+        [Authorization(authenticator, Auditor(auth, config.effective_id))],
+    )
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(service, server)
     # Ready only with a live lease and a working PostgreSQL: otherwise it refuses requests anyway.
     health = Health(server, [COORDINATOR_SERVICE], ready=cache.serving)

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CLIENT_COMMANDS = {"put", "get", "delete", "tenant", "nodes", "node", "migration", "init", "load"}
+CLIENT_COMMANDS = {
+    "put", "get", "delete", "tenant", "nodes", "node", "migration", "init", "load", "key", "audit",
+}  # fmt: skip
 _UNSET = object()
 
 

@@ -54,6 +54,18 @@ class DeadlineExceeded(PairdbError):
     status = "DEADLINE_EXCEEDED"
 
 
+class Unauthenticated(PairdbError):
+    """No credentials, or an unknown, revoked or malformed API key."""
+
+    status = "UNAUTHENTICATED"
+
+
+class PermissionDenied(PairdbError):
+    """Credentials that do not allow this call (another tenant's, read-only, not admin)."""
+
+    status = "PERMISSION_DENIED"
+
+
 KINDS: tuple[type[PairdbError], ...] = (
     InvalidArgument,
     NotFound,
@@ -61,4 +73,6 @@ KINDS: tuple[type[PairdbError], ...] = (
     FailedPrecondition,
     Unavailable,
     DeadlineExceeded,
+    Unauthenticated,
+    PermissionDenied,
 )

@@ -15,6 +15,7 @@ from pathlib import Path
 import structlog
 
 from pairdb.client import Client, ClientError
+from pairdb.coordinator.first_key import ensure_admin_key
 from pairdb.kernel.migration import TASK_QUEUE
 from pairdb.local.faults import TcpProxy
 from pairdb.local.postgres import EmbeddedPostgres
@@ -95,6 +96,8 @@ class LocalCluster:
     worker_metrics_port: int = field(init=False, default=0)
     worker_sdk_metrics_port: int = field(init=False, default=0)
     dsn: str = field(init=False, default="")
+    # The admin API key (in data_dir/admin.key, mode 0600), made when PostgreSQL is first up.
+    admin_key: str = field(init=False, default="")
     nodes: dict[str, StorageNodeProcess] = field(init=False, default_factory=dict)
     coordinator_procs: list[CoordinatorProcess] = field(init=False, default_factory=list)
 
@@ -116,13 +119,20 @@ class LocalCluster:
     def coordinator_address(self) -> str:
         return self.coordinator_procs[0].address
 
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin.key"
+
     def client(self, index: int = 0) -> Client:
-        return Client(self.coordinator_procs[index].address)
+        return Client(self.coordinator_procs[index].address, api_key=self.admin_key)
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await self.postgres.start()
         self.dsn = await self.postgres.ensure_database(DATABASE)
+        admin = await ensure_admin_key(self.dsn, self.admin_key_file, local=True)
+        assert admin is not None  # local: always a key
+        self.admin_key = admin.token
         if self.temporal:
             await self.temporal_server.start()
         for i in range(1, self.storage_nodes + 1):
@@ -234,7 +244,7 @@ class LocalCluster:
         self.coordinator_procs.append(coordinator)
         await proc.start()
         if wait:
-            client = Client(coordinator.address, timeout=2)
+            client = Client(coordinator.address, timeout=2, api_key=self.admin_key)
             try:
                 await proc.wait_ready(client.nodes)
             finally:
@@ -250,7 +260,7 @@ class LocalCluster:
         if env is not None:
             coordinator.process.env = env
         await coordinator.process.start()
-        client = Client(coordinator.address, timeout=2)
+        client = Client(coordinator.address, timeout=2, api_key=self.admin_key)
         try:
             await coordinator.process.wait_ready(client.nodes, timeout=60)
         finally:

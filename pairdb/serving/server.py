@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pairdb.serving import request_guard
-from pairdb.serving.interception import WrappingInterceptor
+from pairdb.serving.interception import Wrapper, WrappingInterceptor
 from pairdb.serving.metrics import Timed
 from pairdb.serving.request_guard import RequestGuard
 from pairdb.serving.request_ids import RequestIds
@@ -21,11 +21,18 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def new_server(options: list[tuple[str, int]] | None = None) -> grpc.aio.Server:
-    """A grpc.aio server that counts and times every RPC and refuses malformed requests cleanly."""
+def new_server(
+    options: list[tuple[str, int]] | None = None, wrappers: Sequence[Wrapper] = ()
+) -> grpc.aio.Server:
+    """A grpc.aio server that counts and times every RPC and refuses malformed requests cleanly.
+
+    wrappers run inside those (outermost first), so refusals they make are counted and timed too.
+    """
     # The guard goes outermost: it drops an aborted call's traceback (and with it the
     # request every inner frame holds) after the metrics wrapper has seen the status.
-    wrapping = WrappingInterceptor([RequestGuard(), RequestIds(), Timed()], request_guard.deserializer)
+    wrapping = WrappingInterceptor(
+        [RequestGuard(), RequestIds(), Timed(), *wrappers], request_guard.deserializer
+    )
     return grpc.aio.server(interceptors=[wrapping], options=options)
 
 

@@ -121,7 +121,7 @@ async def test_a_second_process_with_a_live_coordinators_id_does_not_serve_until
     first = skewed.coordinator_procs[0]
     twin = await skewed.start_coordinator(free_port(), coordinator_id=first.coordinator_id, wait=False)
     try:
-        async with Client(twin.address, timeout=1) as client:
+        async with Client(twin.address, timeout=1, api_key=skewed.admin_key) as client:
             await asyncio.sleep(2 * LEASE)
             with pytest.raises(ClientError):
                 await client.put("skew", "twin", b"must not be written by a twin")

@@ -45,7 +45,7 @@ async def node_down(cluster: LocalCluster, node_id: str) -> AsyncIterator[None]:
 
 def writer(cluster: LocalCluster) -> Client:
     """A client that never retries: each write is sent once, so each write a node misses is one hint."""
-    return Client(cluster.coordinator_address, retry=NO_RETRY)
+    return Client(cluster.coordinator_address, retry=NO_RETRY, api_key=cluster.admin_key)
 
 
 @contextlib.asynccontextmanager

@@ -53,7 +53,10 @@ async def test_writes_stalled_in_routing_while_a_node_joined_are_durable_in_the_
 ) -> None:
     c2 = stale.coordinator_procs[1]
     assert c2.pg_proxy is not None
-    async with stale.client(0) as client, Client(c2.address, timeout=180, retry=NO_RETRY) as stalled:
+    async with (
+        stale.client(0) as client,
+        Client(c2.address, timeout=180, retry=NO_RETRY, api_key=stale.admin_key) as stalled,
+    ):
         # c2 is cut off from PostgreSQL with its queries still on the wire; a tenant it has not seen
         # sends each of its writes to PostgreSQL from inside routing, pinned to c2's current view.
         c2.pg_proxy.hold()
@@ -92,7 +95,7 @@ async def test_a_request_never_replies_after_its_coordinators_lease_ran_out(stal
     )
     proxies = [n.proxy for n in stale.nodes.values() if n.proxy is not None]
     try:
-        async with Client(c3.address, timeout=30, retry=NO_RETRY) as client:
+        async with Client(c3.address, timeout=30, retry=NO_RETRY, api_key=stale.admin_key) as client:
             await client.put("t", "lease", b"before")
             assert c3.pg_proxy is not None
             c3.pg_proxy.hold()  # from now on the lease cannot be renewed
@@ -118,7 +121,10 @@ async def test_writes_stalled_in_routing_while_a_node_joined_an_empty_ring_are_d
     ) as cluster:
         c2 = cluster.coordinator_procs[1]
         assert c2.pg_proxy is not None
-        async with cluster.client(0) as client, Client(c2.address, timeout=60, retry=NO_RETRY) as stalled:
+        async with (
+            cluster.client(0) as client,
+            Client(c2.address, timeout=60, retry=NO_RETRY, api_key=cluster.admin_key) as stalled,
+        ):
             c2.pg_proxy.hold()
             writes = {f"k{i}": asyncio.ensure_future(stalled.put("t", f"k{i}", b"early")) for i in range(40)}
             await asyncio.sleep(1)

@@ -63,7 +63,10 @@ def test_dev_cluster_then_put_and_get_from_another_shell(scratch_dir: Path) -> N
         assert f"temporal UI   http://127.0.0.1:{ui}" in banner
         children = psutil.Process(dev.pid).children(recursive=True)
 
-        env = {"PAIRDB_COORDINATOR": f"127.0.0.1:{port}"}
+        key_file = scratch_dir / "data" / "admin.key"
+        assert f"admin key     {key_file} (mode 0600)" in banner
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        env = {"PAIRDB_COORDINATOR": f"127.0.0.1:{port}", "PAIRDB_API_KEY_FILE": str(key_file)}
         put = run("put", "default", "k", "v", env=env)
         assert put.returncode == 0, put.stderr
         get = run("get", "default", "k", env=env)
@@ -77,7 +80,10 @@ def test_dev_cluster_then_put_and_get_from_another_shell(scratch_dir: Path) -> N
             bad.stderr.strip().startswith("error: NOT_FOUND:") and len(bad.stderr.strip().splitlines()) == 1
         )
 
-        created = run("tenant", "create", "other", "--rf", "2", "--coordinator", f"127.0.0.1:{port}")
+        created = run(
+            "tenant", "create", "other", "--rf", "2",
+            "--coordinator", f"127.0.0.1:{port}", "--api-key-file", str(key_file),
+        )  # fmt: skip
         assert "replication factor 2" in created.stdout
         nodes = run("nodes", env=env)
         assert nodes.stdout.count("active") == 3

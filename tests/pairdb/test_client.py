@@ -30,7 +30,12 @@ async def storage_node_down(
         await cluster.restart_storage_node(node_id)  # a no-op if the test restarted it already
         # The coordinator's channel to the node may still be in reconnect backoff: the next
         # test file must not see a replica missing at ALL. A patient ALL read waits that out.
-        async with Client(cluster.coordinator_address, timeout=15, retry=RetryPolicy(attempts=100)) as c:
+        async with Client(
+            cluster.coordinator_address,
+            timeout=15,
+            retry=RetryPolicy(attempts=100),
+            api_key=cluster.admin_key,
+        ) as c:
             await c.get(tenant, "any-key", consistency="ALL")  # RF 3 of 3 nodes: asks node_id
 
 
@@ -62,7 +67,7 @@ async def test_refusals_raise_the_subclass_for_their_status(client: Client, tena
 
 
 def test_sync_client_round_trip_from_plain_code(cluster: LocalCluster, tenant: str) -> None:
-    with pairdb.SyncClient(cluster.coordinator_address) as client:
+    with pairdb.SyncClient(cluster.coordinator_address, api_key=cluster.admin_key) as client:
         version = client.put(tenant, "sync", b"blocking")
         got = client.get(tenant, "sync", consistency="ALL")
         assert got.found and got.value == b"blocking" and got.version == version
@@ -82,7 +87,7 @@ async def test_a_read_at_all_with_a_replica_down_fails_unavailable_after_every_a
     await client.put(tenant, "k", b"v", consistency="ALL")
     async with (
         storage_node_down(cluster, tenant),
-        Client(cluster.coordinator_address, retry=FAST) as retrying,
+        Client(cluster.coordinator_address, retry=FAST, api_key=cluster.admin_key) as retrying,
     ):
         with pytest.raises(pairdb.Unavailable) as refused:
             await retrying.get(tenant, "k", consistency="ALL")
@@ -97,7 +102,7 @@ async def test_a_read_at_all_succeeds_when_the_refusing_replica_recovers_within_
     patient = RetryPolicy(attempts=200, initial_backoff=0.05, max_backoff=0.25)
     async with (
         storage_node_down(cluster, tenant),
-        Client(cluster.coordinator_address, 20, patient) as retrying,
+        Client(cluster.coordinator_address, 20, patient, api_key=cluster.admin_key) as retrying,
     ):
         read = asyncio.create_task(retrying.get(tenant, "k", consistency="ALL"))
         await asyncio.sleep(0.3)

@@ -31,7 +31,7 @@ async def test_two_processes_share_the_port_serve_and_stop_together(cluster: Loc
         await wait_for(both_registered, 60, "both coordinator processes to take their leases")
         children = psutil.Process(supervisor.pid).children()
         assert len(children) == 2
-        async with Client(f"127.0.0.1:{port}") as client:
+        async with Client(f"127.0.0.1:{port}", api_key=cluster.admin_key) as client:
             for i in range(20):  # new connections land on either process
                 await client.put("default", f"processes-{i}", b"v")
                 assert (await client.get("default", f"processes-{i}")).value == b"v"

@@ -20,6 +20,7 @@ import pytest
 
 from pairdb.client import Client, ClientError, Unavailable, Value
 from pairdb.loading import REJECTED_SUFFIX, STATE_SUFFIX, Loader, LoadFailed, Row, batches, parse_csv_line
+from pairdb.local.cluster import LocalCluster
 
 PAIRDB = [sys.executable, "-m", "pairdb.cli"]
 
@@ -35,7 +36,7 @@ def jsonl(rows: Sequence[object]) -> str:
 
 
 async def test_a_json_lines_file_is_loaded_and_its_bad_rows_are_reported_not_fatal(
-    client: Client, tenant: str, scratch_dir: Path
+    cluster: LocalCluster, client: Client, tenant: str, scratch_dir: Path
 ) -> None:
     good = [{"tenant": tenant, "key": f"k{i}", "value": f"v{i}"} for i in range(2000)]
     bad = [
@@ -48,7 +49,9 @@ async def test_a_json_lines_file_is_loaded_and_its_bad_rows_are_reported_not_fat
     path = scratch_dir / "data.jsonl"
     path.write_text(jsonl([*good[:1000], *bad, binary, *good[1000:]]))
 
-    result = await load(str(path), "--coordinator", client.address)
+    result = await load(
+        str(path), "--coordinator", client.address, "--api-key-file", str(cluster.admin_key_file)
+    )
     assert result.returncode == 0, result.stderr
     assert "loaded 2,001 keys" in result.stdout
     assert "rejected 4 rows" in result.stdout
@@ -68,10 +71,14 @@ async def test_a_json_lines_file_is_loaded_and_its_bad_rows_are_reported_not_fat
     assert not (scratch_dir / f"data.jsonl{STATE_SUFFIX}").exists()  # done: a new run starts over
 
 
-async def test_a_csv_file_with_a_header_is_loaded(client: Client, tenant: str, scratch_dir: Path) -> None:
+async def test_a_csv_file_with_a_header_is_loaded(
+    cluster: LocalCluster, client: Client, tenant: str, scratch_dir: Path
+) -> None:
     path = scratch_dir / "data.csv"
     path.write_text("tenant,key,value\n" + "".join(f'{tenant},c{i},"v,{i}"\n' for i in range(300)) + "a,b\n")
-    result = await load(str(path), "--coordinator", client.address)
+    result = await load(
+        str(path), "--coordinator", client.address, "--api-key-file", str(cluster.admin_key_file)
+    )
     assert result.returncode == 0, result.stderr
     assert "loaded 300 keys" in result.stdout and "rejected 1 rows" in result.stdout
     assert (await client.get(tenant, "c7")).value == b"v,7"
