@@ -781,10 +781,10 @@ async def _dev(args: argparse.Namespace) -> None:
         print(f"  temporal UI   {cluster.temporal_server.ui_url}")
         print(f"  logs          {cluster.data_dir / 'logs'}")
         print(f"  admin key     {cluster.admin_key_file} (mode 0600)")
-        print(
-            "the CLI finds the key in .pairdb/admin.key when run from this directory; elsewhere set "
-            f"PAIRDB_API_KEY_FILE={cluster.admin_key_file}"
-        )
+        if cluster.admin_key_file == DEV_ADMIN_KEY_FILE.resolve():
+            print("  the CLI finds the admin key there when run from this directory")
+        else:
+            print(f"  the CLI needs: export PAIRDB_API_KEY_FILE={cluster.admin_key_file}")
         print("try: pairdb put default k v && pairdb get default k   (Ctrl-C stops the cluster)", flush=True)
 
     async def stop() -> None:
