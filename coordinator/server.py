@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 import structlog
 from temporalio.client import Client
 
+from pairdb.coordinator.audit import Auditor
+from pairdb.coordinator.auth_store import AuthStore
+from pairdb.coordinator.authentication import Authenticator
+from pairdb.coordinator.authorization import Authorization
 from pairdb.coordinator.handoff import HintReplayer
 from pairdb.coordinator.hints import (
     DEFAULT_MAX_HINT_WINDOW,
@@ -137,6 +141,14 @@ async def serve(config: CoordinatorConfig) -> None:
     repairs = Repairs(RepairStore(metadata), temporal)
     migrations = Migrations(MigrationStore(metadata), temporal, config.temporal_ui_url, repairs)
     quotas = Quotas(cache, pool)
+    auth = AuthStore(metadata.pool)
+    authenticator = Authenticator(auth, insecure=config.insecure)
+    if config.insecure:
+        log.warning(
+            "INSECURE: authentication is off, every caller is an anonymous admin; "
+            "never run a reachable cluster like this",
+            coordinator_id=config.effective_id,
+        )
     service = CoordinatorService(
         cache,
         metadata,
@@ -146,11 +158,14 @@ async def serve(config: CoordinatorConfig) -> None:
         migrations,
         repairs,
         quotas,
+        auth,
+        authenticator,
     )
     metrics.serve(config.metrics_port, config.host)
     # Room for a full BatchWrite (16 MiB of values plus keys and framing); larger gets RESOURCE_EXHAUSTED.
     server = new_server(
         [("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
+        wrappers=[Authorization(authenticator, Auditor(auth, config.effective_id))],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(service, server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -10,7 +11,9 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from pairdb.coordinator import limits
+from pairdb.coordinator import access, limits
+from pairdb.coordinator.auth_store import CLIENT_ROLES, AuditEvent, AuthStore, KeyRecord
+from pairdb.coordinator.authentication import Authenticator
 from pairdb.coordinator.membership import ChangeOutcome, Membership
 from pairdb.coordinator.metadata import Metadata, TenantInfo
 from pairdb.coordinator.migrations import Migrations
@@ -30,6 +33,7 @@ from pairdb.kernel.migration import TERMINAL, Status
 from pairdb.kernel.repair import DEFAULT_GC_GRACE_SECONDS, DEFAULT_INTERVAL_HOURS, SCHEDULE_ID
 from pairdb.proto import coordinator_pb2 as pb
 from pairdb.proto import coordinator_pb2_grpc
+from pairdb.security.roles import Role
 from pairdb.serving.interception import ServicerContext
 
 log = structlog.get_logger()
@@ -95,8 +99,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         migrations: Migrations,
         repairs: Repairs,
         quotas: Quotas,
+        auth: AuthStore,
+        authenticator: Authenticator,
     ) -> None:
         self._quotas = quotas
+        self._auth = auth
+        self._authenticator = authenticator
         self._migrations = migrations
         self._repairs = repairs
         self._cache = cache
@@ -507,6 +515,90 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             limits.migration_id(request.migration_id), limits.throttle(request.keys_per_second)
         )
         return pb.ThrottleMigrationResponse(success=True, message=message)
+
+    # -- API keys and the audit log ----------------------------------------------------
+
+    @rpc
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: ServicerContext
+    ) -> pb.CreateApiKeyResponse:
+        roles = ", ".join(r.value for r in CLIENT_ROLES)
+        try:
+            role = Role(request.role)
+        except ValueError:
+            raise InvalidArgument(f"role must be one of {roles}, not {request.role!r}") from None
+        if role not in CLIENT_ROLES:
+            raise InvalidArgument(f"role must be one of {roles}, not {request.role!r}")
+        tenant_id: str | None = None
+        if role.tenant_scoped:
+            if not request.tenant_id:
+                raise InvalidArgument(f"a {role} key is for one tenant: name it")
+            tenant_id = limits.tenant_id(request.tenant_id)
+            if await self._cache.tenant(tenant_id) is None:
+                raise NotFound(f"tenant {tenant_id!r} does not exist: create it first")
+        elif request.tenant_id:
+            raise InvalidArgument("an admin key is for the whole cluster: leave the tenant out")
+        if len(request.name) > 200:
+            raise InvalidArgument("a key's name is at most 200 characters")
+        creator = access.current()
+        record, token = await self._auth.create_key(
+            role, tenant_id, request.name, creator.name if creator else ""
+        )
+        log.info("API key created", key_id=record.key_id, role=role.value, tenant_id=tenant_id or "")
+        return pb.CreateApiKeyResponse(key=_api_key(record), api_key=token)
+
+    @rpc
+    async def ListApiKeys(
+        self, request: pb.ListApiKeysRequest, context: ServicerContext
+    ) -> pb.ListApiKeysResponse:
+        return pb.ListApiKeysResponse(keys=[_api_key(k) for k in await self._auth.keys()])
+
+    @rpc
+    async def RevokeApiKey(
+        self, request: pb.RevokeApiKeyRequest, context: ServicerContext
+    ) -> pb.RevokeApiKeyResponse:
+        if not request.key_id:
+            raise InvalidArgument("name the key to revoke (its id, as `pairdb key list` shows)")
+        record = await self._auth.revoke(request.key_id)
+        # At once here; other coordinators drop it within authentication.KEY_TTL.
+        self._authenticator.forget(record.key_id)
+        log.info("API key revoked", key_id=record.key_id)
+        return pb.RevokeApiKeyResponse(key=_api_key(record))
+
+    @rpc
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: ServicerContext
+    ) -> pb.ListAuditEventsResponse:
+        limit = request.limit or 50
+        if limit > 1000:
+            raise InvalidArgument("limit is at most 1000")
+        return pb.ListAuditEventsResponse(events=[_audit_event(e) for e in await self._auth.events(limit)])
+
+
+def _api_key(record: KeyRecord) -> pb.ApiKey:
+    return pb.ApiKey(
+        key_id=record.key_id,
+        name=record.name,
+        role=record.role.value,
+        tenant_id=record.tenant_id or "",
+        created_at=int(record.created_at.timestamp()),
+        created_by=record.created_by,
+        revoked_at=int(record.revoked_at.timestamp()) if record.revoked_at else 0,
+    )
+
+
+def _audit_event(event: AuditEvent) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        id=event.id,
+        at=int(event.at.timestamp() * 1000) if event.at else 0,
+        principal=event.principal,
+        role=event.role,
+        action=event.action,
+        target=json.dumps(event.target, sort_keys=True),
+        outcome=event.outcome,
+        message=event.message,
+        coordinator_id=event.coordinator_id,
+    )
 
 
 def _ring_change(outcome: ChangeOutcome) -> pb.RingChangeResponse:

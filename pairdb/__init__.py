@@ -13,8 +13,10 @@ if TYPE_CHECKING:
         FailedPrecondition,
         InvalidArgument,
         NotFound,
+        PermissionDenied,
         RetryPolicy,
         SyncClient,
+        Unauthenticated,
         Unavailable,
     )
 
@@ -26,8 +28,10 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
     "RetryPolicy",
     "SyncClient",
+    "Unauthenticated",
     "Unavailable",
 ]
 

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +22,15 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pairdb import config, loading, progress
-from pairdb.client import CONSISTENCY, DEFAULT_ADDRESS, Client, ClientError, StartedChange, Tenant
+from pairdb.client import (
+    CONSISTENCY,
+    DEFAULT_ADDRESS,
+    Client,
+    ClientError,
+    StartedChange,
+    Tenant,
+    read_key_file,
+)
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS
 from pairdb.kernel.repair import DEFAULT_INTERVAL_HOURS
 from pairdb.local.processes import GRPC_QUIET, die_with_parent
@@ -42,6 +51,7 @@ DEV_DATA_DIR = Path(".pairdb")
 # Where `pairdb dev` keeps its CA and certificates; client commands run here find the CA there.
 DEV_CERTS_DIR = DEV_DATA_DIR / "certs"
 DEV_CA = DEV_CERTS_DIR / "ca.crt"
+DEV_ADMIN_KEY_FILE = DEV_DATA_DIR / "admin.key"
 
 
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
@@ -49,6 +59,14 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
         "--coordinator",
         default=DEFAULT_ADDRESS,
         help="coordinator address host:port (env PAIRDB_COORDINATOR; default %(default)s)",
+    )
+    # Never the key itself on the command line: `ps` shows it to everyone.
+    p.add_argument(
+        "--api-key-file",
+        default=None,
+        metavar="PATH",
+        help="file holding the API key (env PAIRDB_API_KEY_FILE); the key itself may come from env "
+        f"PAIRDB_API_KEY; default: {DEV_ADMIN_KEY_FILE} when it exists (written by `pairdb dev`)",
     )
     _add_tls_flags(p, "this client (optional; role admin gives the admin role)")
 
@@ -66,8 +84,9 @@ def _add_insecure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--insecure",
         action="store_true",
-        help="allow listening beyond loopback without TLS and authentication, and a remote PostgreSQL "
-        "without sslmode=verify-full (never in production)",
+        help="allow listening beyond loopback without TLS, a remote PostgreSQL without "
+        "sslmode=verify-full, and (coordinator) every caller without credentials as an anonymous "
+        "admin: never in production",
     )
 
 
@@ -559,6 +578,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="create the Temporal Schedule `pairdb-repair` repairing every tenant this often "
         "(default %(default)s; 0: no schedule)",
     )
+    p.add_argument(
+        "--postgres-dsn",
+        default=None,
+        help="PostgreSQL metadata DSN, to make the first admin key (env PAIRDB_POSTGRES_DSN)",
+    )
+    p.add_argument(
+        "--admin-key-file",
+        default=None,
+        metavar="PATH",
+        help="when the cluster has no admin key yet, make one, write it here (mode 0600; never "
+        "overwritten) and use it for the rest of init",
+    )
     _add_client_flags(p)
 
     p = sub.add_parser(
@@ -576,6 +607,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("nodes", help="list storage nodes")
     _add_client_flags(p)
+
+    p = sub.add_parser("key", help="manage API keys (admin)")
+    ksub = p.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    kp = ksub.add_parser(
+        "create",
+        help="create an API key and print it (shown this once)",
+        description="An admin key manages the cluster; a tenant key reads and writes (or, with "
+        "--read-only, only reads) one tenant's data.",
+    )
+    scope = kp.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--admin", action="store_true", help="an admin key: the whole cluster")
+    scope.add_argument("--tenant", default=None, help="a key for this tenant's data")
+    kp.add_argument("--read-only", action="store_true", help="with --tenant: reads only")
+    kp.add_argument("--name", default="", help="what the key is for, shown in `pairdb key list`")
+    _add_client_flags(kp)
+    kp = ksub.add_parser("list", help="list API keys (never their secrets)")
+    _add_client_flags(kp)
+    kp = ksub.add_parser("revoke", help="revoke an API key (at once on this coordinator, within 2 s on all)")
+    kp.add_argument("key_id", metavar="KEY_ID")
+    _add_client_flags(kp)
+
+    p = sub.add_parser("audit", help="show the audit log: admin calls, who made them and how they ended")
+    p.add_argument("--limit", type=int, default=50, help="newest events shown (default %(default)s)")
+    _add_client_flags(p)
     return parser
 
 
@@ -590,8 +645,79 @@ def _limits(tenant: Tenant) -> str:
     return f"{rate}, {quota}{stored}"
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The CLI's key: env PAIRDB_API_KEY, else --api-key-file, else .pairdb/admin.key when present."""
+    if os.environ.get("PAIRDB_API_KEY"):
+        return os.environ["PAIRDB_API_KEY"].strip()
+    path = Path(args.api_key_file) if getattr(args, "api_key_file", None) else None
+    if path is None and DEV_ADMIN_KEY_FILE.is_file():
+        path = DEV_ADMIN_KEY_FILE
+    if path is None:
+        return None
+    try:
+        return read_key_file(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read the API key file {path}: {exc.strerror}") from None
+
+
+async def _init_key(args: argparse.Namespace) -> str | None:
+    """init's key: the first admin key (--postgres-dsn, --admin-key-file), else the CLI's."""
+    if not args.admin_key_file:
+        return _api_key(args)
+    if not args.postgres_dsn:
+        raise UsageError("--admin-key-file needs --postgres-dsn (or PAIRDB_POSTGRES_DSN): the first key "
+                         "is made in PostgreSQL")  # fmt: skip
+    from pairdb.coordinator.first_key import ensure_admin_key
+
+    admin = await ensure_admin_key(args.postgres_dsn, Path(args.admin_key_file))
+    if admin is None:
+        print("an admin key exists already: using the CLI's key (PAIRDB_API_KEY or --api-key-file)")
+        return _api_key(args)
+    if admin.created:
+        print(f"admin key written to {admin.path} (mode 0600): keep it safe, it manages the cluster")
+    return admin.token
+
+
+async def _key(client: Client, args: argparse.Namespace) -> int:
+    if args.key_command == "create":
+        if args.admin and args.read_only:
+            raise UsageError("--read-only goes with --tenant: an admin key is never read-only")
+        role = "admin" if args.admin else ("read-only" if args.read_only else "read-write")
+        created = await client.create_api_key(role, args.tenant or "", args.name)
+        scope = f" on tenant {created.key.tenant_id}" if created.key.tenant_id else ""
+        print(f"created {role} key {created.key.key_id}{scope}; it is shown only this once:", file=sys.stderr)
+        print(created.api_key)
+    elif args.key_command == "list":
+        for k in await client.api_keys():
+            state = f"revoked {_when(k.revoked_at)}" if k.revoked_at else "active"
+            tenant = k.tenant_id or "-"
+            print(
+                f"{k.key_id}\t{k.role}\t{tenant}\t{state}\t{k.name}\t"
+                f"created {_when(k.created_at)} by {k.created_by}"
+            )
+    elif args.key_command == "revoke":
+        revoked = await client.revoke_api_key(args.key_id)
+        print(f"key {revoked.key_id} revoked (other coordinators refuse it within 2 s)")
+    return 0
+
+
+def _when(unix_seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_seconds))
+
+
+async def _audit(client: Client, args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 1000:
+        raise UsageError("--limit must be between 1 and 1000")
+    for e in await client.audit_events(args.limit):
+        at = _when(e.at_ms / 1000)
+        note = f"\t{e.message}" if e.message else ""
+        print(f"{at}\t{e.principal}\t{e.role or '-'}\t{e.action}\t{e.outcome}\t{e.target}{note}")
+    return 0
+
+
 async def _client_command(args: argparse.Namespace) -> int:
-    async with Client(args.coordinator, tls=_client_tls(args)) as client:
+    api_key = await _init_key(args) if args.command == "init" else _api_key(args)
+    async with Client(args.coordinator, tls=_client_tls(args), api_key=api_key) as client:
         if args.command == "put":
             hlc, origin = await client.put(args.tenant, args.key, args.value.encode(), args.consistency)
             print(f"ok version={hlc}@{origin}")
@@ -647,6 +773,10 @@ async def _client_command(args: argparse.Namespace) -> int:
             return await _migration(client, args)
         elif args.command == "load":
             return await _load(client, args)
+        elif args.command == "key":
+            return await _key(client, args)
+        elif args.command == "audit":
+            return await _audit(client, args)
     return 0
 
 
@@ -895,6 +1025,11 @@ async def _dev(args: argparse.Namespace) -> None:
         print(f"  TLS           every hop; CA {cluster.certs_dir / 'ca.crt'}")
         if cluster.certs_dir / "ca.crt" != DEV_CA.resolve():
             print(f"  (from another directory: export PAIRDB_TLS_CA={cluster.certs_dir / 'ca.crt'})")
+        print(f"  admin key     {cluster.admin_key_file} (mode 0600)")
+        if cluster.admin_key_file == DEV_ADMIN_KEY_FILE.resolve():
+            print("  the CLI finds the admin key there when run from this directory")
+        else:
+            print(f"  the CLI needs: export PAIRDB_API_KEY_FILE={cluster.admin_key_file}")
         print("try: pairdb put default k v && pairdb get default k   (Ctrl-C stops the cluster)", flush=True)
 
     async def stop() -> None:

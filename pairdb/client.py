@@ -5,17 +5,18 @@ channel per client, reused by every call; every call has a deadline; calls
 that are safe to repeat are retried on UNAVAILABLE with backoff and jitter;
 refusals surface as ClientError subclasses named after their status.
 
-    async with Client("127.0.0.1:50051") as client:
+    async with Client("127.0.0.1:50051", api_key=os.environ["PAIRDB_API_KEY"]) as client:
         await client.put("default", "greeting", b"hello")
         print((await client.get("default", "greeting")).value)
 
-    with SyncClient("127.0.0.1:50051") as client:
+    with SyncClient("127.0.0.1:50051", api_key=...) as client:
         client.put("default", "greeting", b"hello")
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -77,6 +78,8 @@ FailedPrecondition = _client_error(errors.FailedPrecondition)
 Unavailable = _client_error(errors.Unavailable)
 DeadlineExceeded = _client_error(errors.DeadlineExceeded)
 ResourceExhausted = _client_error(errors.ResourceExhausted)
+Unauthenticated = _client_error(errors.Unauthenticated)
+PermissionDenied = _client_error(errors.PermissionDenied)
 
 _ERRORS: dict[str, type[ClientError]] = {
     face.status: face
@@ -88,6 +91,8 @@ _ERRORS: dict[str, type[ClientError]] = {
         Unavailable,
         DeadlineExceeded,
         ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
     )
 }
 
@@ -229,6 +234,49 @@ class MigrationStatus:
         return self.status in ("completed", "failed", "cancelled", "rolled_back")
 
 
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as listed: never its secret."""
+
+    key_id: str
+    name: str
+    role: str
+    tenant_id: str
+    created_at: int
+    created_by: str
+    revoked_at: int  # 0 while active
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    key: ApiKey
+    # The key to present: shown once, stored nowhere.
+    api_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    id: int
+    at_ms: int
+    principal: str
+    role: str
+    action: str
+    target: str  # the request's fields as JSON
+    outcome: str
+    message: str
+    coordinator_id: str
+
+
+def _api_key(k: pb.ApiKey) -> ApiKey:
+    return ApiKey(k.key_id, k.name, k.role, k.tenant_id, k.created_at, k.created_by, k.revoked_at)
+
+
+def read_key_file(path: str | os.PathLike[str]) -> str:
+    """The API key kept in a file (the first line), as `pairdb init` and `pairdb dev` write it."""
+    with open(path) as f:
+        return f.readline().strip()
+
+
 class Client:
     """An async client of one coordinator.
 
@@ -243,6 +291,9 @@ class Client:
     attempts. Never retried: create_tenant, add_node and the migration controls
     (cancel, rollback, pause, throttle), which are not idempotent or whose
     repetition means something else; pass retry=NO_RETRY to retry nothing.
+
+    api_key (`pdb_...`) goes with every call; without one a secure cluster
+    answers UNAUTHENTICATED.
     """
 
     def __init__(
@@ -252,12 +303,17 @@ class Client:
         retry: RetryPolicy | None = None,
         *,
         tls: TlsFiles | None = None,
+        api_key: str | None = None,
     ) -> None:
         """tls: the cluster CA to check the coordinator's certificate against (and a client certificate
         to present, when given); None talks plaintext, which a coordinator allows on loopback only."""
         self.address = address
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        # Built once: every call passes the same tuple.
+        self._metadata: tuple[tuple[str, str], ...] | None = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else None
+        )
         # RPC attempts made, retries included: what a retry costs, for tests and benchmarks.
         self.attempts = 0
         self._channel = (
@@ -286,7 +342,9 @@ class Client:
         for attempt in range(attempts):
             self.attempts += 1
             try:
-                return await method(request, timeout=max(deadline - loop.time(), 0.0))
+                return await method(
+                    request, timeout=max(deadline - loop.time(), 0.0), metadata=self._metadata
+                )
             except grpc.aio.AioRpcError as exc:
                 error = error_for(exc.code(), exc.details() or "")
             if not isinstance(error, Unavailable) or attempt + 1 == attempts:
@@ -576,6 +634,32 @@ class Client:
         reply = await self._call(self._stub.ListStorageNodes, pb.ListStorageNodesRequest(), retry=True)
         return [Node(n.node_id, f"{n.host}:{n.port}", n.status, n.virtual_nodes) for n in reply.nodes]
 
+    async def create_api_key(self, role: str, tenant_id: str = "", name: str = "") -> CreatedKey:
+        """A new key: role admin (no tenant), read-write or read-only (on tenant_id). Not retried."""
+        r = await self._call(
+            self._stub.CreateApiKey, pb.CreateApiKeyRequest(role=role, tenant_id=tenant_id, name=name)
+        )
+        return CreatedKey(_api_key(r.key), r.api_key)
+
+    async def api_keys(self) -> list[ApiKey]:
+        r = await self._call(self._stub.ListApiKeys, pb.ListApiKeysRequest(), retry=True)
+        return [_api_key(k) for k in r.keys]
+
+    async def revoke_api_key(self, key_id: str) -> ApiKey:
+        """Revoked at once on this coordinator, on the others within seconds. Safe to repeat."""
+        r = await self._call(self._stub.RevokeApiKey, pb.RevokeApiKeyRequest(key_id=key_id), retry=True)
+        return _api_key(r.key)
+
+    async def audit_events(self, limit: int = 50) -> list[AuditEvent]:
+        """The newest audit events, newest first."""
+        r = await self._call(self._stub.ListAuditEvents, pb.ListAuditEventsRequest(limit=limit), retry=True)
+        return [
+            AuditEvent(
+                e.id, e.at, e.principal, e.role, e.action, e.target, e.outcome, e.message, e.coordinator_id
+            )
+            for e in r.events
+        ]
+
 
 class SyncClient:
     """Client's calls, blocking, for scripts and other code without an event loop.
@@ -717,3 +801,15 @@ class SyncClient:
 
     def nodes(self) -> list[Node]:
         return self._run(self._client.nodes())
+
+    def create_api_key(self, role: str, tenant_id: str = "", name: str = "") -> CreatedKey:
+        return self._run(self._client.create_api_key(role, tenant_id, name))
+
+    def api_keys(self) -> list[ApiKey]:
+        return self._run(self._client.api_keys())
+
+    def revoke_api_key(self, key_id: str) -> ApiKey:
+        return self._run(self._client.revoke_api_key(key_id))
+
+    def audit_events(self, limit: int = 50) -> list[AuditEvent]:
+        return self._run(self._client.audit_events(limit))

@@ -28,7 +28,9 @@ from typing import Any
 
 from pairdb.security.secrets import MASK, mask_dsn, mask_secrets
 
-CLIENT_COMMANDS = {"put", "get", "delete", "tenant", "nodes", "node", "migration", "init", "load", "repair"}
+CLIENT_COMMANDS = {
+    "put", "get", "delete", "tenant", "nodes", "node", "migration", "init", "load", "repair", "key", "audit",
+}  # fmt: skip
 _UNSET = object()
 # Options whose values are secrets: never shown, settable from a file (`_FILE`), and passed
 # to child processes through the environment only.

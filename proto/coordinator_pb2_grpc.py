@@ -139,6 +139,26 @@ class CoordinatorServiceStub:
                 request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ThrottleMigrationRequest.SerializeToString,
                 response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ThrottleMigrationResponse.FromString,
                 _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/CreateApiKey',
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/ListApiKeys',
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/RevokeApiKey',
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/pairdb.v1.CoordinatorService/ListAuditEvents',
+                request_serializer=pairdb_dot_proto_dot_coordinator__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -270,6 +290,30 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -377,6 +421,26 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.ThrottleMigration,
                     request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ThrottleMigrationRequest.FromString,
                     response_serializer=pairdb_dot_proto_dot_coordinator__pb2.ThrottleMigrationResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=pairdb_dot_proto_dot_coordinator__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_coordinator__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -946,6 +1010,114 @@ class CoordinatorService:
             '/pairdb.v1.CoordinatorService/ThrottleMigration',
             pairdb_dot_proto_dot_coordinator__pb2.ThrottleMigrationRequest.SerializeToString,
             pairdb_dot_proto_dot_coordinator__pb2.ThrottleMigrationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/CreateApiKey',
+            pairdb_dot_proto_dot_coordinator__pb2.CreateApiKeyRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/ListApiKeys',
+            pairdb_dot_proto_dot_coordinator__pb2.ListApiKeysRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/RevokeApiKey',
+            pairdb_dot_proto_dot_coordinator__pb2.RevokeApiKeyRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.CoordinatorService/ListAuditEvents',
+            pairdb_dot_proto_dot_coordinator__pb2.ListAuditEventsRequest.SerializeToString,
+            pairdb_dot_proto_dot_coordinator__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -305,3 +306,27 @@ async def node_stats(cluster: LocalCluster, node_id: str) -> NodeStats:
         return await client.stats()
     finally:
         await client.close()
+
+
+def credentials(cluster: LocalCluster) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying the cluster's admin key, for calls made without pairdb.client."""
+    return (("authorization", f"Bearer {cluster.admin_key}"),)
+
+
+class _WithCredentials(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return details._replace(metadata=[*(details.metadata or ()), *self._metadata])  # type: ignore[attr-defined,no-any-return]
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
+def authorized(channel: grpc.Channel, cluster: LocalCluster) -> grpc.Channel:
+    """A blocking channel whose every call carries the cluster's admin key."""
+    return grpc.intercept_channel(channel, _WithCredentials(credentials(cluster)))

@@ -60,6 +60,18 @@ class DeadlineExceeded(PairdbError):
     status = "DEADLINE_EXCEEDED"
 
 
+class Unauthenticated(PairdbError):
+    """No credentials, or an unknown, revoked or malformed API key."""
+
+    status = "UNAUTHENTICATED"
+
+
+class PermissionDenied(PairdbError):
+    """Credentials that do not allow this call (another tenant's, read-only, not admin)."""
+
+    status = "PERMISSION_DENIED"
+
+
 KINDS: tuple[type[PairdbError], ...] = (
     InvalidArgument,
     NotFound,
@@ -68,4 +80,6 @@ KINDS: tuple[type[PairdbError], ...] = (
     Unavailable,
     DeadlineExceeded,
     ResourceExhausted,
+    Unauthenticated,
+    PermissionDenied,
 )

@@ -18,6 +18,7 @@ import structlog
 
 from pairdb import config
 from pairdb.client import Client, ClientError, RetryPolicy
+from pairdb.coordinator.first_key import ensure_admin_key
 from pairdb.kernel.migration import TASK_QUEUE
 from pairdb.local.faults import TcpProxy
 from pairdb.local.postgres import EmbeddedPostgres
@@ -108,6 +109,8 @@ class LocalCluster:
     worker_metrics_port: int = field(init=False, default=0)
     worker_sdk_metrics_port: int = field(init=False, default=0)
     dsn: str = field(init=False, default="")
+    # The admin API key (in data_dir/admin.key, mode 0600), made when PostgreSQL is first up.
+    admin_key: str = field(init=False, default="")
     nodes: dict[str, StorageNodeProcess] = field(init=False, default_factory=dict)
     coordinator_procs: list[CoordinatorProcess] = field(init=False, default_factory=list)
 
@@ -190,12 +193,13 @@ class LocalCluster:
 
     def credentials(self) -> dict[str, Any]:
         """What a client of this cluster presents: Client(address, **cluster.credentials())."""
-        return {"tls": self.client_tls()}
+        return {"tls": self.client_tls(), "api_key": self.admin_key}
 
     def cli_env(self) -> dict[str, str]:
         """The environment under which `pairdb` client commands reach this cluster."""
         files = self.client_tls()
-        return {"PAIRDB_TLS_CA": str(files.ca)} if files else {}
+        env = {"PAIRDB_API_KEY_FILE": str(self.admin_key_file)}
+        return {**env, "PAIRDB_TLS_CA": str(files.ca)} if files else env
 
     def connect(self, address: str, timeout: float = 10.0, retry: RetryPolicy | None = None) -> Client:
         """A client of the coordinator at address (one of this cluster's, or a stand-in), with the
@@ -213,12 +217,19 @@ class LocalCluster:
             certs.create_cert(self.certs_dir, name, role, hosts=("127.0.0.1", "localhost"))
         return ["--tls-ca", str(files.ca), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
 
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir / "admin.key"
+
     async def start(self) -> None:
         # Private to this user whatever the umask: the tree holds tenants' data, logs and secrets.
         for path in (self.data_dir, self.data_dir / "logs", self.data_dir / "nodes"):
             await asyncio.to_thread(_private_dir, path)
         await self.postgres.start()
         self.dsn = await self.postgres.ensure_database(DATABASE)
+        admin = await ensure_admin_key(self.dsn, self.admin_key_file, local=True)
+        assert admin is not None  # local: always a key
+        self.admin_key = admin.token
         if self.temporal:
             await self.temporal_server.start()
         for i in range(1, self.storage_nodes + 1):

@@ -32,19 +32,19 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def new_server(
     options: list[tuple[str, int]] | None = None,
-    access: Sequence[Wrapper] = (),
+    wrappers: Sequence[Wrapper] = (),
     maximum_concurrent_rpcs: int | None = None,
 ) -> grpc.aio.Server:
     """A grpc.aio server that counts and times every RPC and refuses malformed requests cleanly.
 
-    access: the server's own checks of who may call what, run inside the metrics wrapper
+    wrappers: the server's own checks of who may call what, run inside the metrics wrapper
     (a refusal is counted with its status) and before the handler.
     maximum_concurrent_rpcs: RPCs beyond this many at once get RESOURCE_EXHAUSTED (None or 0: no bound).
     """
     # The guard goes outermost: it drops an aborted call's traceback (and with it the
     # request every inner frame holds) after the metrics wrapper has seen the status.
     wrapping = WrappingInterceptor(
-        [RequestGuard(), RequestIds(), Timed(), *access], request_guard.deserializer
+        [RequestGuard(), RequestIds(), Timed(), *wrappers], request_guard.deserializer
     )
     return grpc.aio.server(
         interceptors=[wrapping], options=options, maximum_concurrent_rpcs=maximum_concurrent_rpcs or None

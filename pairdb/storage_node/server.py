@@ -76,7 +76,7 @@ async def serve(config: StorageNodeConfig) -> None:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
-        access=[ClusterOnly()] if config.tls else [],
+        wrappers=[ClusterOnly()] if config.tls else [],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     storage_pb2_grpc.add_StorageServiceServicer_to_server(

@@ -10,6 +10,7 @@ from pairdb.kernel.keyspace import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from pairdb.local.cluster import LocalCluster
 from pairdb.proto import coordinator_pb2 as pb
 from pairdb.proto import coordinator_pb2_grpc
+from tests.support import credentials
 
 
 async def total_records(cluster: LocalCluster) -> int:
@@ -56,7 +57,8 @@ async def test_unknown_consistency_level_is_refused(cluster: LocalCluster, tenan
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.WriteKeyValue(
-                pb.WriteKeyValueRequest(tenant_id=tenant, key="k", value=b"v", consistency=9)  # type: ignore[arg-type]
+                pb.WriteKeyValueRequest(tenant_id=tenant, key="k", value=b"v", consistency=9),  # type: ignore[arg-type]
+                metadata=credentials(cluster),
             )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown consistency level 9" in (err.value.details() or "")

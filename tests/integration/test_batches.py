@@ -13,6 +13,7 @@ from pairdb.kernel.keyspace import MAX_BATCH_ITEMS, MAX_BATCH_VALUE_BYTES, MAX_K
 from pairdb.local.cluster import LocalCluster
 from pairdb.proto import coordinator_pb2 as pb
 from pairdb.proto import coordinator_pb2_grpc
+from tests.support import credentials
 
 
 def values(results: list[Value | ClientError]) -> list[bytes | None]:
@@ -69,7 +70,7 @@ async def test_a_batch_over_the_limits_is_refused_whole(cluster: LocalCluster, t
             pb.BatchWriteItem(tenant_id=tenant, key=f"k{i}", value=b"v") for i in range(MAX_BATCH_ITEMS + 1)
         ]
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.BatchWrite(pb.BatchWriteRequest(items=too_many))
+            await stub.BatchWrite(pb.BatchWriteRequest(items=too_many), metadata=credentials(cluster))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert f"at most {MAX_BATCH_ITEMS} items" in (refused.value.details() or "")
         chunk = b"x" * MAX_VALUE_BYTES
@@ -78,12 +79,12 @@ async def test_a_batch_over_the_limits_is_refused_whole(cluster: LocalCluster, t
             for i in range(MAX_BATCH_VALUE_BYTES // MAX_VALUE_BYTES + 1)
         ]
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.BatchWrite(pb.BatchWriteRequest(items=too_big))
+            await stub.BatchWrite(pb.BatchWriteRequest(items=too_big), metadata=credentials(cluster))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "bytes of values" in (refused.value.details() or "")
         reads = [pb.BatchReadItem(tenant_id=tenant, key=f"k{i}") for i in range(MAX_BATCH_ITEMS + 1)]
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.BatchRead(pb.BatchReadRequest(items=reads))
+            await stub.BatchRead(pb.BatchReadRequest(items=reads), metadata=credentials(cluster))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     async with cluster.connect(cluster.coordinator_address) as client:
         # Nothing of a refused batch was written.

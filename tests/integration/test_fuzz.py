@@ -39,6 +39,7 @@ from pairdb.local.cluster import LocalCluster
 from pairdb.local.processes import ManagedProcess, free_port, pairdb_command
 from pairdb.proto import coordinator_pb2, storage_pb2
 from pairdb.storage_node.client import NodeClient
+from tests.support import authorized
 
 OK = grpc.StatusCode.OK
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -199,7 +200,7 @@ async def fuzz_tenant(cluster: LocalCluster) -> str:
 @pytest.fixture(scope="module")
 def coordinator(cluster: LocalCluster, fuzz_tenant: str) -> Iterator[grpc.Channel]:
     with cluster.sync_channel(cluster.coordinator_address, options=CHANNEL_OPTIONS) as channel:
-        yield channel
+        yield authorized(channel, cluster)
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,10 @@ async def test_writes_stalled_in_routing_while_a_node_joined_an_empty_ring_are_d
     ) as cluster:
         c2 = cluster.coordinator_procs[1]
         assert c2.pg_proxy is not None
-        async with cluster.client(0) as client, Client(c2.address, timeout=60, retry=NO_RETRY) as stalled:
+        async with (
+            cluster.client(0) as client,
+            Client(c2.address, timeout=60, retry=NO_RETRY, api_key=cluster.admin_key) as stalled,
+        ):
             c2.pg_proxy.hold()
             writes = {f"k{i}": asyncio.ensure_future(stalled.put("t", f"k{i}", b"early")) for i in range(40)}
             await asyncio.sleep(1)

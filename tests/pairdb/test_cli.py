@@ -71,10 +71,14 @@ def test_dev_cluster_then_put_and_get_from_another_shell(scratch_dir: Path) -> N
         assert password not in banner
         children = psutil.Process(dev.pid).children(recursive=True)
 
-        # Run elsewhere than the cluster's data directory, the CLI is told where its CA is.
+        key_file = scratch_dir / "data" / "admin.key"
+        assert f"admin key     {key_file} (mode 0600)" in banner
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        # Run elsewhere than the cluster's data directory, the CLI is told where its CA and key are.
         env = {
             "PAIRDB_COORDINATOR": f"127.0.0.1:{port}",
             "PAIRDB_TLS_CA": str(scratch_dir / "data/certs/ca.crt"),
+            "PAIRDB_API_KEY_FILE": str(key_file),
         }
         put = run("put", "default", "k", "v", env=env)
         assert put.returncode == 0, put.stderr

@@ -18,6 +18,8 @@ async def pairdb(cluster: LocalCluster, *args: str) -> tuple[int, str]:
         *args,
         "--coordinator",
         cluster.coordinator_address,
+        "--api-key-file",
+        str(cluster.admin_key_file),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, **cluster.cli_env()},
