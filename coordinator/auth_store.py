@@ -77,14 +77,23 @@ def _event(row: asyncpg.Record) -> AuditEvent:
 
 
 async def create_key(
-    conn: Connection, role: Role, tenant_id: str | None, name: str, created_by: str
+    conn: Connection,
+    role: Role,
+    tenant_id: str | None,
+    name: str,
+    created_by: str,
+    *,
+    adopt: api_keys.PresentedKey | None = None,
 ) -> tuple[KeyRecord, str]:
-    """A new key, stored; returns its record and its token (the only time the token exists)."""
+    """A new key, stored; returns its record and its token (the only time the token exists).
+
+    adopt: store this key, made elsewhere (a first admin key handed in as a Docker secret).
+    """
     if role not in CLIENT_ROLES:
         raise ValueError(f"an API key's role is admin, read-write or read-only, not {role}")
     if role.tenant_scoped != (tenant_id is not None):
         raise ValueError("read-write and read-only keys name a tenant; admin keys do not")
-    new = api_keys.generate()
+    new = api_keys.NewKey(adopt.key_id, adopt.secret) if adopt else api_keys.generate()
     row = await conn.fetchrow(
         "INSERT INTO api_keys (key_id, name, role, tenant_id, secret_sha256, created_by)"
         " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",

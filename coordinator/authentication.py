@@ -19,20 +19,18 @@ from collections.abc import Callable
 
 import asyncpg
 import structlog
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from pairdb.coordinator.auth_store import AuthStore, KeyRecord
 from pairdb.kernel.errors import Unauthenticated, Unavailable
 from pairdb.security import api_keys
 from pairdb.security.roles import Principal, Role
+from pairdb.security.tls import peer_principal
 from pairdb.serving.interception import ServicerContext
 
 log = structlog.get_logger()
 
 KEY_TTL = 2.0
 MAX_CACHED_KEYS = 10_000
-MAX_CACHED_CERTS = 1_000
 # PostgreSQL lookups of uncached keys running at once.
 CONCURRENT_LOOKUPS = 4
 ANONYMOUS_ADMIN = Principal("anonymous", Role.ADMIN)
@@ -65,7 +63,6 @@ class Authenticator:
         self._lookups: dict[str, asyncio.Task[KeyRecord | None]] = {}
         self._limit = asyncio.Semaphore(CONCURRENT_LOOKUPS)
         self._forgotten = 0
-        self._certs: dict[bytes, Principal | None] = {}
 
     async def principal(self, context: ServicerContext) -> Principal:
         """The caller; Unauthenticated saying what to pass, or Unavailable when keys cannot be read."""
@@ -135,27 +132,8 @@ class Authenticator:
         self._keys[key_id] = (self._clock() + self._ttl, record)
 
     def _from_certificate(self, context: ServicerContext) -> Principal | None:
-        pems = list(context.auth_context().get("x509_pem_cert") or ())
-        if not pems:
+        """Admin for a client certificate of the cluster CA with role admin (mutual TLS); else None."""
+        holder = peer_principal(context)
+        if holder is None or holder.role is not Role.ADMIN:
             return None
-        pem = pems[0]
-        if pem in self._certs:
-            return self._certs[pem]
-        holder = certificate_principal(pem)
-        if len(self._certs) >= MAX_CACHED_CERTS:
-            self._certs.clear()
-        self._certs[pem] = holder
-        return holder
-
-
-def certificate_principal(pem: bytes) -> Principal | None:
-    """Admin for a certificate whose subject OU is `admin`; None for any other (or unreadable) one."""
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        return None
-    units = {str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)}
-    if Role.ADMIN.value not in units:
-        return None
-    names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    return Principal(f"cert:{names[0] if names else 'admin'}", Role.ADMIN)
+        return Principal(f"cert:{holder.name}", Role.ADMIN)

@@ -32,8 +32,9 @@ class AdminKey:
 async def ensure_admin_key(dsn: str, path: Path, *, local: bool = False) -> AdminKey | None:
     """The admin key in `path`, made first when PostgreSQL holds no active admin key.
 
-    None when an active admin key exists but `path` does not hold one (the
-    caller brings its own). local (a LocalCluster's own data dir): always end
+    A well-formed key already in `path` (made ahead, e.g. a Docker secret) becomes
+    the first admin key. None when an active admin key exists but `path` does not
+    hold one (the caller brings its own). local (a LocalCluster's own data dir): always end
     with a working key in `path`, replacing a stale file.
     """
     conn = await asyncpg.connect(dsn)
@@ -42,6 +43,11 @@ async def ensure_admin_key(dsn: str, path: Path, *, local: bool = False) -> Admi
         existing = await asyncio.to_thread(_read, path)
         if existing is not None:
             if await _active_admin(conn, existing):
+                return AdminKey(existing, path, created=False)
+            adoptable = _well_formed(existing)
+            if adoptable is not None and not await has_active_admin(conn):
+                # Made ahead of the cluster (deploy/make-secrets.sh): the first admin key.
+                await create_key(conn, Role.ADMIN, None, "first admin key", "pairdb init", adopt=adoptable)
                 return AdminKey(existing, path, created=False)
             if not local:
                 raise FailedPrecondition(
@@ -57,10 +63,16 @@ async def ensure_admin_key(dsn: str, path: Path, *, local: bool = False) -> Admi
     return AdminKey(token, path, created=True)
 
 
-async def _active_admin(conn: asyncpg.Connection, token: str) -> bool:
+def _well_formed(token: str) -> api_keys.PresentedKey | None:
     try:
-        presented = api_keys.parse(token)
+        return api_keys.parse(token)
     except api_keys.MalformedKey:
+        return None
+
+
+async def _active_admin(conn: asyncpg.Connection, token: str) -> bool:
+    presented = _well_formed(token)
+    if presented is None:
         return False
     row = await conn.fetchrow(
         "SELECT secret_sha256 FROM api_keys WHERE key_id = $1 AND role = 'admin' AND revoked_at IS NULL",

@@ -76,6 +76,9 @@ class CoordinatorConfig:
     # The cluster CA and this coordinator's certificate (role coordinator): clients reach it over TLS
     # (a client certificate is optional), and it reaches storage nodes with it (mutual TLS).
     tls: TlsFiles | None = None
+    # Mutual TLS for clients too: only holders of a certificate of the CA connect, and one with
+    # role admin needs no API key. (gRPC's Python servers cannot ask for an optional one.)
+    tls_require_client_cert: bool = False
     temporal_access: TemporalAccess = field(default_factory=TemporalAccess)
     # Serve beyond loopback without TLS, and anyone without credentials.
     insecure: bool = False
@@ -172,7 +175,7 @@ async def serve(config: CoordinatorConfig) -> None:
     # Ready only with a live lease and a working PostgreSQL: otherwise it refuses requests anyway.
     health = Health(server, [COORDINATOR_SERVICE], ready=cache.serving)
     if config.tls is not None:
-        tls = ServerTls(config.tls, require_client_cert=False)
+        tls = ServerTls(config.tls, require_client_cert=config.tls_require_client_cert)
         bound = server.add_secure_port(config.address, tls.credentials())
     else:
         bound = server.add_insecure_port(config.address)

@@ -95,12 +95,10 @@ def _add_temporal_access(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temporal-tls-cert", type=Path, default=None, help="client certificate for Temporal")
     p.add_argument("--temporal-tls-key", type=Path, default=None, help="its private key")
     p.add_argument(
-        "--temporal-tls", action="store_true", help="reach Temporal over TLS with the system's trusted roots"
-    )
-    p.add_argument(
-        "--temporal-api-key",
-        default="",
-        help="Temporal API key (Temporal Cloud); visible to ps as a flag: prefer env PAIRDB_TEMPORAL_API_KEY",
+        "--temporal-tls",
+        action="store_true",
+        help="reach Temporal over TLS with the system's trusted roots; an API key (Temporal Cloud) comes "
+        "from env PAIRDB_TEMPORAL_API_KEY or PAIRDB_TEMPORAL_API_KEY_FILE, never a flag",
     )
 
 
@@ -110,8 +108,21 @@ def _temporal_access(args: argparse.Namespace) -> TemporalAccess:
     return TemporalAccess(
         TlsFiles.from_options(args.temporal_tls_ca, args.temporal_tls_cert, args.temporal_tls_key),
         args.temporal_tls,
-        args.temporal_api_key,
+        _secret_from_env("PAIRDB_TEMPORAL_API_KEY"),
     )
+
+
+def _secret_from_env(name: str) -> str:
+    """A secret no flag carries (`ps` shows flags): env NAME, else the file env NAME_FILE names."""
+    if os.environ.get(name):
+        return os.environ[name].strip()
+    path = os.environ.get(name + "_FILE")
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the secret file {path} ({name}_FILE): {exc.strerror}") from None
 
 
 def _client_tls(args: argparse.Namespace) -> TlsFiles | None:
@@ -406,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
         "takes id COORDINATOR_ID-i and metrics port METRICS_PORT+i (default %(default)s)",
     )
     _add_tls_flags(p, "this coordinator (pairdb cert create-node NAME --role coordinator)")
+    p.add_argument(
+        "--tls-require-client-cert",
+        action="store_true",
+        help="clients must present a certificate of the cluster CA (pairdb cert create-client); "
+        "one with role admin needs no API key",
+    )
     _add_insecure(p)
     _add_temporal_access(p)
     _add_max_concurrent_rpcs(p, COORDINATOR_MAX_CONCURRENT_RPCS)
@@ -963,7 +980,7 @@ async def _coordinator_processes(args: argparse.Namespace) -> int:
             "--metrics-port", str(args.metrics_port + i if args.metrics_port else 0),
             "--event-loop", args.event_loop, "--log-level", args.log_level,
             *_passed_on(args, "tls_ca", "tls_cert", "tls_key", "temporal_tls_ca", "temporal_tls_cert",
-                        "temporal_tls_key", "temporal_tls", "insecure"),
+                        "temporal_tls_key", "temporal_tls", "insecure", "tls_require_client_cert"),
         ]  # fmt: skip
 
     stopping = asyncio.Event()
@@ -1135,6 +1152,7 @@ def main(argv: list[str] | None = None) -> int:
                         max_hints_per_node=args.max_hints_per_node,
                         max_hint_window=args.max_hint_window,
                         tls=TlsFiles.from_options(args.tls_ca, args.tls_cert, args.tls_key),
+                        tls_require_client_cert=args.tls_require_client_cert,
                         temporal_access=_temporal_access(args),
                         insecure=args.insecure,
                         max_concurrent_rpcs=args.max_concurrent_rpcs,

@@ -34,7 +34,7 @@ CLIENT_COMMANDS = {
 _UNSET = object()
 # Options whose values are secrets: never shown, settable from a file (`_FILE`), and passed
 # to child processes through the environment only.
-SECRET_OPTIONS = frozenset({"postgres_dsn", "temporal_api_key"})
+SECRET_OPTIONS = frozenset({"postgres_dsn"})
 FILE_SUFFIX = "_FILE"
 
 

@@ -6,7 +6,6 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 
 from pairdb.client import (
@@ -22,7 +21,9 @@ from tests.support import wait_for
 
 @contextlib.asynccontextmanager
 async def keyed(cluster: LocalCluster, api_key: str | None, index: int = 0) -> AsyncIterator[Client]:
-    async with Client(cluster.coordinator_procs[index].address, retry=NO_RETRY, api_key=api_key) as c:
+    async with Client(
+        cluster.coordinator_procs[index].address, retry=NO_RETRY, api_key=api_key, tls=cluster.client_tls()
+    ) as c:
         yield c
 
 
@@ -155,7 +156,9 @@ async def test_a_key_revoked_elsewhere_is_refused_by_every_coordinator_soon(
     other = await cluster.start_coordinator(free_port(), coordinator_id="auth-second")
     try:
         created = await client.create_api_key("read-write", tenant)
-        async with Client(other.address, retry=NO_RETRY, api_key=created.api_key) as there:
+        async with Client(
+            other.address, retry=NO_RETRY, api_key=created.api_key, tls=cluster.client_tls()
+        ) as there:
             await there.put(tenant, "k", b"v")  # the second coordinator caches the key
             await client.revoke_api_key(created.key.key_id)  # on the first
 
@@ -212,6 +215,6 @@ async def test_a_new_key_needs_a_role_and_an_existing_tenant(client: Client) -> 
 async def test_health_stays_open_without_credentials(cluster: LocalCluster) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(cluster.coordinator_address) as channel:
+    async with cluster.aio_channel(cluster.coordinator_address) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert reply.status == health_pb2.HealthCheckResponse.SERVING

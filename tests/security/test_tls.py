@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pairdb.client import Client, ClientError
+from pairdb.client import Client, ClientError, Unavailable
 from pairdb.local.cluster import LocalCluster
 from pairdb.local.processes import free_port
 from pairdb.proto import storage_pb2, storage_pb2_grpc
@@ -24,6 +24,7 @@ from pairdb.security.roles import Role
 from pairdb.security.tls import ChannelTls, TlsFiles, secure_channel
 from pairdb.storage_node.client import NodeClient, StorageError
 from tests.conftest import fresh_dir, local_cluster
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -210,3 +211,39 @@ async def _listening(port: int) -> None:
         writer.close()
         return
     raise AssertionError(f"nothing listens on {port}")
+
+
+async def test_an_admin_client_certificate_is_an_admin_without_a_key(secured: LocalCluster) -> None:
+    """With --tls-require-client-cert, only holders of the CA's certificates connect at all."""
+    mutual = await secured.start_coordinator(
+        free_port(), coordinator_id="mutual", wait=False, extra_args=("--tls-require-client-cert",)
+    )
+    _issue(secured, "alice", Role.ADMIN)
+    ca = secured.certs_dir / certs.CA_CERT
+    alice = TlsFiles(ca, secured.certs_dir / "alice.crt", secured.certs_dir / "alice.key")
+    try:
+        async with Client(mutual.address, timeout=5, tls=alice) as client:
+
+            async def serving() -> bool:
+                try:
+                    return {n.node_id for n in await client.nodes()} >= {"node-1", "node-2", "node-3"}
+                except Unavailable:
+                    return False  # still starting
+
+            await wait_for(serving, 60, "the coordinator to serve an admin certificate")
+        # A cluster process's certificate names no client role: no credentials at the coordinator.
+        worker = TlsFiles(ca, secured.certs_dir / "worker.crt", secured.certs_dir / "worker.key")
+        async with Client(mutual.address, timeout=5, tls=worker) as client:
+            with pytest.raises(ClientError) as no_role:
+                await client.nodes()
+        assert no_role.value.code == grpc.StatusCode.UNAUTHENTICATED
+        # Without a certificate, even the admin key does not get in.
+        async with Client(
+            mutual.address, timeout=5, tls=secured.client_tls(), api_key=secured.admin_key
+        ) as c:
+            with pytest.raises(ClientError) as no_cert:
+                await c.nodes()
+        assert no_cert.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await mutual.process.stop()
+        secured.coordinator_procs.remove(mutual)
