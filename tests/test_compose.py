@@ -10,8 +10,10 @@ No password is in the file: they are Docker secrets, every port is published on
 from __future__ import annotations
 
 import graphlib
+import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,10 @@ import pytest
 import yaml
 
 from pairdb.cli import build_parser
+from pairdb.security import api_keys
+from pairdb.security.roles import Principal, Role
 from pairdb.security.secrets import reveals_secret
+from pairdb.security.tls import principal_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,12 +114,14 @@ def test_no_password_is_written_in_the_file(compose: dict[str, Any]) -> None:
 
 def test_passwords_are_docker_secrets_each_service_mounts(compose: dict[str, Any]) -> None:
     declared = compose["secrets"]
-    assert set(declared) == {
+    assert {
         "postgres_password",
         "pairdb_db_password",
         "pairdb_postgres_dsn",
         "temporal_db_password",
-    }
+        "admin_api_key",
+        "ca_crt",
+    } <= set(declared)
     assert all(s["file"].startswith("./secrets/") for s in declared.values())
     services = compose["services"]
     text = (ROOT / "docker-compose.yml").read_text() + (
@@ -131,12 +138,16 @@ def test_passwords_are_docker_secrets_each_service_mounts(compose: dict[str, Any
     assert "/run/secrets/pairdb_db_password" in text and "/run/secrets/temporal_db_password" in text
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
     assert {"pairdb_db_password", "temporal_db_password"} <= set(services["postgres"]["secrets"])
-    for name in ("coordinator-1", "coordinator-2", "worker"):
+    for name in ("coordinator-1", "coordinator-2", "worker", "init"):
         assert services[name]["environment"]["PAIRDB_POSTGRES_DSN_FILE"] == "/run/secrets/pairdb_postgres_dsn"
-        assert services[name]["secrets"] == ["pairdb_postgres_dsn"]
+        assert "pairdb_postgres_dsn" in services[name]["secrets"]
     # Processes that never talk to PostgreSQL do not get its password.
-    for name in ("storage-1", "storage-2", "storage-3", "init", "temporal-ui", "prometheus"):
-        assert not services[name].get("secrets"), name
+    for name in ("storage-1", "storage-2", "storage-3", "temporal-ui", "prometheus"):
+        assert "pairdb_postgres_dsn" not in services[name].get("secrets", []), name
+    # A private key goes to its holder alone.
+    for name, service in services.items():
+        keys = {secret for secret in service.get("secrets", []) if secret.endswith("_key")}
+        assert keys <= {f"{name.replace('-', '_')}_key", "admin_api_key"}, name
     assert services["temporal"]["secrets"] == ["temporal_db_password"]
 
 
@@ -165,18 +176,55 @@ def test_the_temporal_ui_cannot_change_workflows(compose: dict[str, Any]) -> Non
     assert compose["services"]["temporal-ui"]["environment"]["TEMPORAL_DISABLE_WRITE_ACTIONS"] == "true"
 
 
-def test_make_secrets_writes_private_consistent_files(tmp_path: Path) -> None:
-    target = tmp_path / "secrets"
+def test_every_hop_runs_tls_and_nothing_runs_insecure(compose: dict[str, Any]) -> None:
+    parser = build_parser()
+    for name, service in pairdb_services(compose).items():
+        args = parser.parse_args(service["command"])
+        assert not getattr(args, "insecure", False), name
+        assert args.tls_ca == Path("/run/secrets/ca_crt"), name
+        if args.command in ("storage-node", "coordinator", "worker"):
+            secret = name.replace("-", "_")
+            assert (args.tls_cert, args.tls_key) == (
+                Path(f"/run/secrets/{secret}_crt"),
+                Path(f"/run/secrets/{secret}_key"),
+            ), name
+    declared = compose["secrets"]
+    for name in ("storage-1", "storage-2", "storage-3", "coordinator-1", "coordinator-2", "worker"):
+        secret = name.replace("-", "_")
+        assert declared[f"{secret}_crt"]["file"] == f"./secrets/certs/{name}.crt"
+        assert declared[f"{secret}_key"]["file"] == f"./secrets/certs/{name}.key"
+
+
+def make_secrets(target: Path) -> None:
     subprocess.run(
-        ["sh", str(ROOT / "deploy" / "make-secrets.sh"), str(target)], check=True, capture_output=True
+        ["sh", str(ROOT / "deploy" / "make-secrets.sh"), str(target)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PAIRDB": f"{sys.executable} -m pairdb.cli"},
     )
-    files = {p.name: p for p in target.iterdir()}
+
+
+def test_make_secrets_writes_private_consistent_files(tmp_path: Path, compose: dict[str, Any]) -> None:
+    target = tmp_path / "secrets"
+    make_secrets(target)
+    files = {p.name: p for p in target.iterdir() if p.is_file()}
     assert set(files) == {
         "postgres_password",
         "pairdb_db_password",
         "pairdb_postgres_dsn",
         "temporal_db_password",
+        "admin_api_key",
     }
+    api_keys.parse(files["admin_api_key"].read_text())  # the format pairdb's own keys have
+    # Every certificate the compose file names, issued for its service by one CA.
+    certs_dir = target / "certs"
+    for secret in compose["secrets"].values():
+        if "/certs/" in secret["file"]:
+            assert (tmp_path / secret["file"]).is_file(), secret
+    node = principal_of((certs_dir / "storage-2.crt").read_bytes())
+    assert node == Principal("storage-2", Role.STORAGE_NODE)
+    assert principal_of((certs_dir / "worker.crt").read_bytes()) == Principal("worker", Role.WORKER)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in certs_dir.iterdir())
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files.values())
     password = files["pairdb_db_password"].read_text().strip()
     assert len(password) >= 32 and password != files["temporal_db_password"].read_text().strip()
@@ -184,10 +232,10 @@ def test_make_secrets_writes_private_consistent_files(tmp_path: Path) -> None:
         files["pairdb_postgres_dsn"].read_text() == f"postgresql://pairdb:{password}@postgres:5432/pairdb\n"
     )
     before = {name: p.read_text() for name, p in files.items()}
-    subprocess.run(
-        ["sh", str(ROOT / "deploy" / "make-secrets.sh"), str(target)], check=True, capture_output=True
-    )
+    ca = (certs_dir / "ca.crt").read_bytes()
+    make_secrets(target)
     assert {name: p.read_text() for name, p in files.items()} == before  # kept: the database uses them
+    assert (certs_dir / "ca.crt").read_bytes() == ca
 
 
 def test_storage_nodes_keep_their_data_on_named_volumes(compose: dict[str, Any]) -> None:
