@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from pairdb import config, loading, progress
+from pairdb import config, credentials, loading, progress
 from pairdb.client import (
     CONSISTENCY,
     DEFAULT_ADDRESS,
@@ -29,7 +29,6 @@ from pairdb.client import (
     ClientError,
     StartedChange,
     Tenant,
-    read_key_file,
 )
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS
 from pairdb.kernel.repair import DEFAULT_INTERVAL_HOURS
@@ -47,11 +46,9 @@ if TYPE_CHECKING:
 DEV_COORDINATOR_PORT = 50051
 DEV_STORAGE_BASE_PORT = 7001
 DEV_POSTGRES_PORT = 54329
-DEV_DATA_DIR = Path(".pairdb")
-# Where `pairdb dev` keeps its CA and certificates; client commands run here find the CA there.
-DEV_CERTS_DIR = DEV_DATA_DIR / "certs"
-DEV_CA = DEV_CERTS_DIR / "ca.crt"
-DEV_ADMIN_KEY_FILE = DEV_DATA_DIR / "admin.key"
+# `pairdb dev` keeps its CA, certificates and admin key here; client commands run here find them.
+DEV_DATA_DIR, DEV_CERTS_DIR, DEV_CA = credentials.DEV_DATA_DIR, credentials.DEV_CERTS_DIR, credentials.DEV_CA
+DEV_ADMIN_KEY_FILE = credentials.DEV_ADMIN_KEY_FILE
 
 
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
@@ -126,11 +123,7 @@ def _secret_from_env(name: str) -> str:
 
 
 def _client_tls(args: argparse.Namespace) -> TlsFiles | None:
-    """The CA to check the coordinator by: --tls-ca, else the one `pairdb dev` made here, else none."""
-    files = TlsFiles.from_options(args.tls_ca, args.tls_cert, args.tls_key)
-    if files is None and DEV_CA.is_file():
-        return TlsFiles(DEV_CA)
-    return files
+    return credentials.tls(args.tls_ca, args.tls_cert, args.tls_key)
 
 
 def _add_certs_dir(p: argparse.ArgumentParser) -> None:
@@ -663,18 +656,10 @@ def _limits(tenant: Tenant) -> str:
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
-    """The CLI's key: env PAIRDB_API_KEY, else --api-key-file, else .pairdb/admin.key when present."""
-    if os.environ.get("PAIRDB_API_KEY"):
-        return os.environ["PAIRDB_API_KEY"].strip()
-    path = Path(args.api_key_file) if getattr(args, "api_key_file", None) else None
-    if path is None and DEV_ADMIN_KEY_FILE.is_file():
-        path = DEV_ADMIN_KEY_FILE
-    if path is None:
-        return None
     try:
-        return read_key_file(path)
-    except OSError as exc:
-        raise UsageError(f"cannot read the API key file {path}: {exc.strerror}") from None
+        return credentials.api_key(getattr(args, "api_key_file", None))
+    except credentials.CredentialsError as exc:
+        raise UsageError(str(exc)) from None
 
 
 async def _init_key(args: argparse.Namespace) -> str | None:

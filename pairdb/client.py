@@ -16,7 +16,6 @@ refusals surface as ClientError subclasses named after their status.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -269,12 +268,6 @@ class AuditEvent:
 
 def _api_key(k: pb.ApiKey) -> ApiKey:
     return ApiKey(k.key_id, k.name, k.role, k.tenant_id, k.created_at, k.created_by, k.revoked_at)
-
-
-def read_key_file(path: str | os.PathLike[str]) -> str:
-    """The API key kept in a file (the first line), as `pairdb init` and `pairdb dev` write it."""
-    with open(path) as f:
-        return f.readline().strip()
 
 
 class Client:
