@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from pairdb.client import NO_RETRY, Client, ClientError
+from pairdb.client import NO_RETRY, ClientError
 from pairdb.coordinator.quorum import Consistency, required
 from pairdb.coordinator.ring import Ring
 from pairdb.kernel.keyspace import token
@@ -120,7 +120,7 @@ async def test_writes_stalled_in_routing_while_a_node_joined_an_empty_ring_are_d
         assert c2.pg_proxy is not None
         async with (
             cluster.client(0) as client,
-            Client(c2.address, timeout=60, retry=NO_RETRY, api_key=cluster.admin_key) as stalled,
+            cluster.connect(c2.address, timeout=60, retry=NO_RETRY) as stalled,
         ):
             c2.pg_proxy.hold()
             writes = {f"k{i}": asyncio.ensure_future(stalled.put("t", f"k{i}", b"early")) for i in range(40)}

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 
-from pairdb.client import Client, ClientError
+from pairdb.client import ClientError
 from pairdb.kernel.migration import Phase
 from pairdb.local.cluster import LocalCluster
 from pairdb.local.faults import TcpProxy
@@ -32,7 +32,7 @@ async def test_copy_waits_for_a_held_back_coordinator_until_it_applies_or_its_le
         free_port(), dsn=cluster.dsn.replace(f":{dsn.port}/", f":{proxy.port}/")
     )
     try:
-        async with cluster.client() as client, Client(held.address, api_key=cluster.admin_key) as held_client:
+        async with cluster.client() as client, cluster.connect(held.address) as held_client:
             await client.create_tenant("t", 3)
             await load(client, ["t"], 200)
 
