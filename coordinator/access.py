@@ -51,6 +51,7 @@ RULES: dict[str, Rule] = {
     "GetTenant": Rule(Need.READ, _one),
     "CreateTenant": _ADMIN,
     "UpdateTenant": _ADMIN,
+    "SetTenantLimits": _ADMIN,
     "AddStorageNode": _ADMIN,
     "RemoveStorageNode": _ADMIN,
     "ReplaceStorageNode": _ADMIN,

@@ -6,6 +6,12 @@ costs no query: a key revoked on this coordinator stops working at once
 as briefly, concurrent lookups of one id share one query, and only a few
 lookups run at once, so made-up keys cannot flood PostgreSQL.
 
+Past KEY_TTL a cached key still answers (for up to STALE_LIMIT) while one
+lookup refreshes it in the background: a coordinator whose PostgreSQL is slow
+or gone keeps serving the keys it knows for as long as its lease lets it serve
+at all (the lease, shorter than STALE_LIMIT, is what stops it), and a revoked
+key is refused as soon as that refresh lands.
+
 A certificate whose subject OU is `admin` (TLS with client certificates;
 grpc puts the peer's certificate in the auth context) makes its holder admin.
 Without TLS there is no certificate and only keys count.
@@ -30,6 +36,8 @@ from pairdb.serving.interception import ServicerContext
 log = structlog.get_logger()
 
 KEY_TTL = 2.0
+# Longer than any coordinator lease: past it a key is looked up before it answers.
+STALE_LIMIT = 60.0
 MAX_CACHED_KEYS = 10_000
 # PostgreSQL lookups of uncached keys running at once.
 CONCURRENT_LOOKUPS = 4
@@ -98,11 +106,15 @@ class Authenticator:
 
     async def _record(self, key_id: str) -> KeyRecord | None:
         cached = self._keys.get(key_id)
-        if cached is not None and cached[0] > self._clock():
+        now = self._clock()
+        if cached is not None and cached[0] > now:
             return cached[1]
         lookup = self._lookups.get(key_id)
         if lookup is None:
             lookup = self._lookups[key_id] = asyncio.create_task(self._lookup(key_id, self._forgotten))
+            lookup.add_done_callback(_observed)
+        if cached is not None and now - cached[0] < STALE_LIMIT:
+            return cached[1]  # refreshed in the background
         try:
             # Shielded: one caller giving up does not cancel the others' lookup.
             return await asyncio.shield(lookup)
@@ -137,3 +149,9 @@ class Authenticator:
         if holder is None or holder.role is not Role.ADMIN:
             return None
         return Principal(f"cert:{holder.name}", Role.ADMIN)
+
+
+def _observed(lookup: asyncio.Task[KeyRecord | None]) -> None:
+    """A background refresh that failed is logged, not left as an unretrieved exception."""
+    if not lookup.cancelled() and lookup.exception() is not None:
+        log.warning("API key refresh failed; serving the cached key", error=repr(lookup.exception()))

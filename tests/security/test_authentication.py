@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from pairdb.coordinator.auth_store import KeyRecord
-from pairdb.coordinator.authentication import ANONYMOUS_ADMIN, Authenticator
-from pairdb.kernel.errors import Unauthenticated
+from pairdb.coordinator.authentication import ANONYMOUS_ADMIN, KEY_TTL, STALE_LIMIT, Authenticator
+from pairdb.kernel.errors import Unauthenticated, Unavailable
 from pairdb.security import api_keys
 from pairdb.security.roles import Principal, Role
 
@@ -98,7 +98,44 @@ async def test_a_valid_key_is_its_principal_and_is_looked_up_once_per_ttl() -> N
     assert store.queries == 1
     clock.now += 10
     await auth.principal(Context(token))  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # the refresh runs in the background
     assert store.queries == 2
+
+
+class FailingStore(Store):
+    """A store whose PostgreSQL went away."""
+
+    failing = False
+
+    async def key(self, key_id: str) -> KeyRecord | None:
+        if self.failing:
+            self.queries += 1
+            raise OSError("connection refused")
+        return await super().key(key_id)
+
+
+async def test_a_known_key_outlives_its_ttl_while_postgresql_is_gone_then_must_be_looked_up() -> None:
+    """Serving on a live lease must not hinge on PostgreSQL for keys already known; the lease
+    (shorter than STALE_LIMIT) stops the coordinator in time, and a revocation lands at the first
+    refresh that reaches PostgreSQL."""
+    store, clock = FailingStore(), Clock()
+    token = store.add(Role.READ_WRITE, "a")
+    auth = authenticator(store, clock)
+    await auth.principal(Context(token))  # type: ignore[arg-type]
+    store.failing = True
+    clock.now += KEY_TTL + 1
+    assert (await auth.principal(Context(token))).role is Role.READ_WRITE  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert store.queries == 2  # it tried, failed, and the cached key still answers
+    clock.now += STALE_LIMIT
+    with pytest.raises(Unavailable, match="cannot check the API key"):
+        await auth.principal(Context(token))  # type: ignore[arg-type]
+    # PostgreSQL is back, and the key was revoked meanwhile: the refresh refuses it.
+    store.failing = False
+    record = store.records[api_keys.parse(token).key_id]
+    store.records[record.key_id] = dataclasses.replace(record, revoked_at=record.created_at)
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await auth.principal(Context(token))  # type: ignore[arg-type]
 
 
 async def test_unknown_keys_are_cached_too_and_concurrent_lookups_share_one_query() -> None:

@@ -36,6 +36,9 @@ async def test_copy_waits_for_a_held_back_coordinator_until_it_applies_or_its_le
             await client.create_tenant("t", 3)
             await load(client, ["t"], 200)
 
+            # It knows the client's key before PostgreSQL goes away (keys it never saw it cannot check).
+            await held_client.get("t", "warm")
+
             # 1. Held back briefly: the copy starts only once it has applied the epoch.
             node4 = await cluster.add_storage_node("node-4")
             proxy.block()
