@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -330,3 +331,21 @@ class _WithCredentials(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientI
 def authorized(channel: grpc.Channel, cluster: LocalCluster) -> grpc.Channel:
     """A blocking channel whose every call carries the cluster's admin key."""
     return grpc.intercept_channel(channel, _WithCredentials(credentials(cluster)))
+
+
+async def hints_replayed(cluster: LocalCluster, node_id: str, timeout: float = 60) -> None:
+    """Wait until every write node_id missed while down has reached it (no hint left for it).
+
+    A test that takes a node of the shared session cluster down leaves hints that are replayed
+    later; without this wait, a later test counting records would see them arrive.
+    """
+    conn = await asyncpg.connect(cluster.dsn)
+    try:
+
+        async def replayed() -> bool:
+            left: int = await conn.fetchval("SELECT count(*) FROM hints WHERE node_id = $1", node_id)
+            return left == 0
+
+        await wait_for(replayed, timeout, f"the writes {node_id} missed to be replayed to it")
+    finally:
+        await conn.close()

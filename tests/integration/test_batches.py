@@ -13,7 +13,7 @@ from pairdb.kernel.keyspace import MAX_BATCH_ITEMS, MAX_BATCH_VALUE_BYTES, MAX_K
 from pairdb.local.cluster import LocalCluster
 from pairdb.proto import coordinator_pb2 as pb
 from pairdb.proto import coordinator_pb2_grpc
-from tests.support import credentials
+from tests.support import credentials, hints_replayed
 
 
 def values(results: list[Value | ClientError]) -> list[bytes | None]:
@@ -103,3 +103,4 @@ async def test_with_a_node_down_a_quorum_batch_succeeds_and_an_all_batch_names_i
         assert all(isinstance(r, Unavailable) and "node-2" in r.message for r in refused)
     finally:
         await cluster.restart_storage_node("node-2")
+        await hints_replayed(cluster, "node-2")

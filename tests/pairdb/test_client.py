@@ -14,6 +14,7 @@ import pairdb
 from pairdb.client import NO_RETRY, Client, RetryPolicy
 from pairdb.local.cluster import LocalCluster
 from pairdb.local.processes import free_port
+from tests.support import hints_replayed
 
 FAST = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05)
 
@@ -34,6 +35,7 @@ async def storage_node_down(
             cluster.coordinator_address, timeout=15, retry=RetryPolicy(attempts=100)
         ) as c:
             await c.get(tenant, "any-key", consistency="ALL")  # RF 3 of 3 nodes: asks node_id
+        await hints_replayed(cluster, node_id)
 
 
 async def test_refusals_raise_the_subclass_for_their_status(client: Client, tenant: str) -> None:
