@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pairdb.proto import coordinator_pb2
 from pairdb.security.roles import Principal, Role
 
-SERVICE = "pairdb.v1.CoordinatorService"
+SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
 
 
 class Need(enum.Enum):

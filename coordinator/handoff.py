@@ -21,7 +21,6 @@ once its view is stale.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 
@@ -33,6 +32,7 @@ from pairdb.coordinator.hints import DropReason, HintStore, Settlement, StoredHi
 from pairdb.coordinator.quorum import Consistency
 from pairdb.coordinator.topology import LeaseLapsed, Topology, TopologyCache
 from pairdb.kernel.keyspace import StoredRecord
+from pairdb.serving.loops import stop_task
 from pairdb.storage_node.client import StaleEpoch, StorageError, StoragePool, describe_failure
 
 log = structlog.get_logger()
@@ -67,10 +67,7 @@ class HintReplayer:
         self._task = asyncio.create_task(self._run(), name="hint-replay")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         while True:

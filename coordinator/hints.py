@@ -34,6 +34,7 @@ import structlog
 from pairdb.coordinator.metadata import Connection
 from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.serving import metrics
+from pairdb.serving.loops import stop_task
 from pairdb.storage_node.client import StaleEpoch, StorageError
 
 log = structlog.get_logger()
@@ -175,10 +176,7 @@ class HintStore:
 
     async def stop(self) -> None:
         """Stop flushing, write what is buffered if PostgreSQL takes it promptly, close the pool."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         try:
             async with asyncio.timeout(2):
                 await self.flush()

@@ -29,7 +29,6 @@ the coordinator reloads on every change (SetTenantLimits bumps the epoch).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 import structlog
@@ -39,6 +38,7 @@ from pairdb.coordinator.topology import TopologyCache
 from pairdb.kernel.clocks import boottime
 from pairdb.kernel.errors import ResourceExhausted
 from pairdb.serving import metrics
+from pairdb.serving.loops import stop_task
 from pairdb.storage_node.client import StorageError, StoragePool
 
 log = structlog.get_logger()
@@ -97,10 +97,7 @@ class Quotas:
         self._task = asyncio.create_task(self._run(), name="tenant-usage")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     # -- on each request -------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import structlog
 from temporalio.client import Client
 
+from pairdb.coordinator import access
 from pairdb.coordinator.audit import Auditor
 from pairdb.coordinator.auth_store import AuthStore
 from pairdb.coordinator.authentication import Authenticator
@@ -36,7 +37,7 @@ from pairdb.coordinator.write_path import WritePath
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
 from pairdb.kernel.keyspace import MAX_BATCH_VALUE_BYTES
 from pairdb.kernel.sabotage import from_env as sabotage_from_env
-from pairdb.proto import coordinator_pb2, coordinator_pb2_grpc
+from pairdb.proto import coordinator_pb2_grpc
 from pairdb.security.exposure import check_listen, postgres_warning
 from pairdb.security.temporal_access import TemporalAccess
 from pairdb.security.tls import ChannelTls, ServerTls, TlsFiles
@@ -48,7 +49,7 @@ log = structlog.get_logger()
 
 MAX_REQUEST_BYTES = 2 * MAX_BATCH_VALUE_BYTES
 
-COORDINATOR_SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
+COORDINATOR_SERVICE = access.SERVICE
 
 
 @dataclass(frozen=True)

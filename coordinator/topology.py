@@ -49,6 +49,7 @@ from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock, boottime
 from pairdb.kernel.errors import Unavailable
 from pairdb.kernel.migration import ROUTING, ChangeType, NodeState, Phase
 from pairdb.serving import metrics
+from pairdb.serving.loops import stop_task
 
 log = structlog.get_logger()
 
@@ -291,10 +292,7 @@ class TopologyCache:
         metrics.APPLIED_EPOCH.set(self.applied_epoch)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         for reload in (self._reloading, self._next_reload):
             if reload is not None:
                 reload.cancel()

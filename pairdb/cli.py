@@ -105,21 +105,8 @@ def _temporal_access(args: argparse.Namespace) -> TemporalAccess:
     return TemporalAccess(
         TlsFiles.from_options(args.temporal_tls_ca, args.temporal_tls_cert, args.temporal_tls_key),
         args.temporal_tls,
-        _secret_from_env("PAIRDB_TEMPORAL_API_KEY"),
+        config.secret_from_env("temporal_api_key"),
     )
-
-
-def _secret_from_env(name: str) -> str:
-    """A secret no flag carries (`ps` shows flags): env NAME, else the file env NAME_FILE names."""
-    if os.environ.get(name):
-        return os.environ[name].strip()
-    path = os.environ.get(name + "_FILE")
-    if not path:
-        return ""
-    try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read the secret file {path} ({name}_FILE): {exc.strerror}") from None
 
 
 def _client_tls(args: argparse.Namespace) -> TlsFiles | None:

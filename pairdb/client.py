@@ -80,20 +80,8 @@ ResourceExhausted = _client_error(errors.ResourceExhausted)
 Unauthenticated = _client_error(errors.Unauthenticated)
 PermissionDenied = _client_error(errors.PermissionDenied)
 
-_ERRORS: dict[str, type[ClientError]] = {
-    face.status: face
-    for face in (
-        InvalidArgument,
-        NotFound,
-        AlreadyExists,
-        FailedPrecondition,
-        Unavailable,
-        DeadlineExceeded,
-        ResourceExhausted,
-        Unauthenticated,
-        PermissionDenied,
-    )
-}
+# Every face above, by its status.
+_ERRORS: dict[str, type[ClientError]] = {face.status: face for face in ClientError.__subclasses__()}
 
 
 def error_for(code: grpc.StatusCode, message: str) -> ClientError:

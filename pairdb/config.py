@@ -77,6 +77,17 @@ def shown(dest: str, value: Any) -> Any:
     return mask_secrets(value)
 
 
+def secret_from_env(dest: str) -> str:
+    """A secret no flag takes (`ps` shows flags): env PAIRDB_<DEST>, else the file PAIRDB_<DEST>_FILE
+    names; "" when neither is set."""
+    name = env_name(dest)
+    if os.environ.get(name):
+        return os.environ[name].strip()
+    if os.environ.get(name + FILE_SUFFIX):
+        return _read_secret_file(os.environ[name + FILE_SUFFIX], f"env {name}{FILE_SUFFIX}")
+    return ""
+
+
 def _read_secret_file(path: str, named_by: str) -> str:
     try:
         return Path(path).expanduser().read_text(encoding="utf-8").rstrip("\r\n")

@@ -4,7 +4,6 @@ activities, and the reconciler."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ from pairdb.security.exposure import postgres_warning
 from pairdb.security.temporal_access import TemporalAccess
 from pairdb.security.tls import ChannelTls, TlsFiles
 from pairdb.serving import metrics
+from pairdb.serving.loops import stop_task
 from pairdb.workflows.node_addition import NodeAdditionWorkflow
 from pairdb.workflows.repair import RepairWorkflow
 from pairdb.workflows.ring_change import (
@@ -128,9 +128,7 @@ async def serve(config: WorkerConfig) -> None:
     async with worker:
         await stop.wait()
         log.info("Migration worker stopping")
-    reconciling.cancel()  # a pass in the middle of a barrier is picked up again by any worker
-    with contextlib.suppress(asyncio.CancelledError):
-        await reconciling
+    await stop_task(reconciling)  # a pass in the middle of a barrier is picked up again by any worker
     await ctx.pool.close()
     await metadata.close()
     log.info("Migration worker stopped")

@@ -70,16 +70,3 @@ class PermissionDenied(PairdbError):
     """Credentials that do not allow this call (another tenant's, read-only, not admin)."""
 
     status = "PERMISSION_DENIED"
-
-
-KINDS: tuple[type[PairdbError], ...] = (
-    InvalidArgument,
-    NotFound,
-    AlreadyExists,
-    FailedPrecondition,
-    Unavailable,
-    DeadlineExceeded,
-    ResourceExhausted,
-    Unauthenticated,
-    PermissionDenied,
-)

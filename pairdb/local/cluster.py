@@ -113,6 +113,7 @@ class LocalCluster:
     admin_key: str = field(init=False, default="")
     nodes: dict[str, StorageNodeProcess] = field(init=False, default_factory=dict)
     coordinator_procs: list[CoordinatorProcess] = field(init=False, default_factory=list)
+    _worker_tls: ChannelTls | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -148,13 +149,15 @@ class LocalCluster:
         return TlsFiles(self.certs_dir / certs.CA_CERT, issued.cert, issued.key)
 
     def worker_tls(self) -> ChannelTls | None:
-        """A worker's credentials: what tests and tools reach storage nodes with."""
+        """A worker's credentials: what tests and tools reach storage nodes with (one, shared)."""
         if not self.tls:
             return None
-        self.tls_flags("worker", Role.WORKER)
-        files = self.process_tls("worker")
-        assert files is not None
-        return ChannelTls(files)
+        if self._worker_tls is None:
+            self.tls_flags("worker", Role.WORKER)
+            files = self.process_tls("worker")
+            assert files is not None
+            self._worker_tls = ChannelTls(files)
+        return self._worker_tls
 
     def channel_settings(
         self, node_id: str | None = None, options: Sequence[tuple[str, Any]] = ()

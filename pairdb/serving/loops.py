@@ -8,10 +8,20 @@ own machinery. bench/rpc.py measures both; the servers' flag picks one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has stopped (None: nothing to stop)."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def run(main: Coroutine[Any, Any, T], *, uvloop: bool = False) -> T:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -13,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pairdb.serving import request_guard
 from pairdb.serving.interception import Wrapper, WrappingInterceptor
+from pairdb.serving.loops import stop_task
 from pairdb.serving.metrics import Timed
 from pairdb.serving.request_guard import RequestGuard
 from pairdb.serving.request_ids import RequestIds
@@ -74,10 +74,7 @@ class Health:
         self._task = asyncio.create_task(self._run(interval), name="health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         await self._servicer.enter_graceful_shutdown()
 
     async def _run(self, interval: float) -> None:

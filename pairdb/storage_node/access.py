@@ -14,11 +14,13 @@ from typing import Any
 
 import grpc
 
+from pairdb.proto import storage_pb2
 from pairdb.security.roles import Role
 from pairdb.security.tls import peer_principal
 from pairdb.serving.interception import ServicerContext, Stream, Unary
 
-_SERVICE = "/pairdb.v1.StorageService/"
+SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+_METHOD_PREFIX = f"/{SERVICE}/"
 # Bulk reads and deletes of ranges, and the fence: the migration worker's steps only.
 WORKER_ONLY = frozenset({"ScanRange", "DeleteRange", "PurgeTombstones", "ApplyEntries", "SetFence"})
 _CLUSTER = frozenset({Role.COORDINATOR, Role.WORKER})
@@ -26,9 +28,9 @@ _CLUSTER = frozenset({Role.COORDINATOR, Role.WORKER})
 
 def allowed_roles(method: str) -> frozenset[Role] | None:
     """The roles that may call method; None: any certificate of the CA (health, reflection)."""
-    if not method.startswith(_SERVICE):
+    if not method.startswith(_METHOD_PREFIX):
         return None
-    return frozenset({Role.WORKER}) if method.removeprefix(_SERVICE) in WORKER_ONLY else _CLUSTER
+    return frozenset({Role.WORKER}) if method.removeprefix(_METHOD_PREFIX) in WORKER_ONLY else _CLUSTER
 
 
 class ClusterOnly:

@@ -12,11 +12,12 @@ import structlog
 
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
 from pairdb.kernel.sabotage import from_env as sabotage_from_env
-from pairdb.proto import storage_pb2, storage_pb2_grpc
+from pairdb.proto import storage_pb2_grpc
 from pairdb.security.exposure import check_listen
 from pairdb.security.tls import ServerTls, TlsFiles
 from pairdb.serving import metrics
 from pairdb.serving.server import STORAGE_NODE_MAX_CONCURRENT_RPCS, Health, new_server
+from pairdb.storage_node import access
 from pairdb.storage_node.access import ClusterOnly
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine
@@ -26,7 +27,7 @@ from pairdb.storage_node.service import StorageService
 log = structlog.get_logger()
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+STORAGE_SERVICE = access.SERVICE
 
 
 @dataclass(frozen=True)

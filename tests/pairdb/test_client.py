@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 import pairdb
-from pairdb.client import NO_RETRY, Client, RetryPolicy
+from pairdb.client import NO_RETRY, Client, RetryPolicy, error_for
+from pairdb.kernel import errors
 from pairdb.local.cluster import LocalCluster
 from pairdb.local.processes import free_port
 from tests.support import hints_replayed
@@ -36,6 +37,13 @@ async def storage_node_down(
         ) as c:
             await c.get(tenant, "any-key", consistency="ALL")  # RF 3 of 3 nodes: asks node_id
         await hints_replayed(cluster, node_id)
+
+
+def test_every_kernel_error_has_a_client_face_for_its_status() -> None:
+    for kind in errors.PairdbError.__subclasses__():
+        face = error_for(grpc.StatusCode[kind.status], "m")
+        assert isinstance(face, kind) and isinstance(face, pairdb.ClientError), kind
+    assert type(error_for(grpc.StatusCode.INTERNAL, "m")) is pairdb.ClientError
 
 
 async def test_refusals_raise_the_subclass_for_their_status(client: Client, tenant: str) -> None:

@@ -118,3 +118,20 @@ def test_config_show_masks_every_form_of_dsn(dsn: str, monkeypatch: pytest.Monke
     monkeypatch.setenv("PAIRDB_POSTGRES_DSN", dsn)
     text = config.show(build_parser(), ["worker"], None)
     assert "***" in text and "ss/w" not in text and "secret" not in text and "se cret" not in text
+
+
+def test_a_secret_no_flag_takes_comes_from_env_or_the_file_env_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PAIRDB_TEMPORAL_API_KEY", raising=False)
+    monkeypatch.delenv("PAIRDB_TEMPORAL_API_KEY_FILE", raising=False)
+    assert config.secret_from_env("temporal_api_key") == ""
+    (tmp_path / "key").write_text("from-file\n")
+    monkeypatch.setenv("PAIRDB_TEMPORAL_API_KEY_FILE", str(tmp_path / "key"))
+    assert config.secret_from_env("temporal_api_key") == "from-file"
+    monkeypatch.setenv("PAIRDB_TEMPORAL_API_KEY", "from-env")
+    assert config.secret_from_env("temporal_api_key") == "from-env"
+    monkeypatch.delenv("PAIRDB_TEMPORAL_API_KEY")
+    monkeypatch.setenv("PAIRDB_TEMPORAL_API_KEY_FILE", str(tmp_path / "absent"))
+    with pytest.raises(SystemExit, match="PAIRDB_TEMPORAL_API_KEY_FILE"):
+        config.secret_from_env("temporal_api_key")
