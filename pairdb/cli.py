@@ -1148,7 +1148,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 2
             _configure_logs(resolved, json=True, level=args.log_level)
-            asyncio.run(
+            loops.run(
                 serve_worker(
                     WorkerConfig(
                         args.postgres_dsn,

@@ -3,16 +3,27 @@
 uvloop runs the loop's own work (callbacks, timers, sockets) in C; what it
 saves shows in processes whose time goes to the loop rather than to gRPC's
 own machinery. bench/rpc.py measures both; the servers' flag picks one.
+
+A server also collects garbage less often than CPython's default: every
+request allocates futures, records and protobuf messages that die young and
+almost never form cycles, and with a collection every 700 allocations the
+collector took a third of a coordinator's time on batch reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# Allocations between young collections, then young collections per older one, per oldest one.
+# Measured on this machine (batches of 1,000 keys, RF 3): reads 6,500 -> 10,100 keys/s,
+# writes 16,000 -> 18,800 keys/s, single-key writes and reads +10 %; CPython's default is (700, 10, 10).
+SERVER_GC_THRESHOLDS = (50_000, 50, 100)
 
 
 async def stop_task(task: asyncio.Task[Any] | None) -> None:
@@ -25,6 +36,8 @@ async def stop_task(task: asyncio.Task[Any] | None) -> None:
 
 
 def run(main: Coroutine[Any, Any, T], *, uvloop: bool = False) -> T:
+    """Run a server's main coroutine to its end, on the loop asked for, collecting garbage as a server."""
+    gc.set_threshold(*SERVER_GC_THRESHOLDS)
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if uvloop:
         import uvloop as uv  # imported only when asked for: not every install needs it

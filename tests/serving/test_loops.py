@@ -1,0 +1,36 @@
+"""The loop a server runs on: its own garbage-collection thresholds, uvloop when asked."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from pairdb.serving import loops
+
+
+@pytest.fixture
+def restored_gc() -> Iterator[None]:
+    before = gc.get_threshold()
+    yield
+    gc.set_threshold(*before)
+
+
+async def _thresholds_and_loop() -> tuple[tuple[int, ...], str]:
+    return gc.get_threshold(), type(asyncio.get_running_loop()).__module__
+
+
+@pytest.mark.usefixtures("restored_gc")
+def test_a_server_collects_young_garbage_less_often_than_cpythons_default() -> None:
+    thresholds, _ = loops.run(_thresholds_and_loop())
+    assert thresholds == loops.SERVER_GC_THRESHOLDS
+    assert thresholds[0] > 700
+
+
+@pytest.mark.usefixtures("restored_gc")
+@pytest.mark.parametrize(("uvloop", "module"), [(True, "uvloop"), (False, "asyncio")])
+def test_the_loop_is_uvloop_only_when_asked_for(uvloop: bool, module: str) -> None:
+    _, loop_module = loops.run(_thresholds_and_loop(), uvloop=uvloop)
+    assert loop_module.startswith(module)
