@@ -1,7 +1,8 @@
 """The read path: ask the replicas, return the newest record, but only once it is durable.
 
-A read asks every replica of the read set (replica_reads.py), waits for
-enough answers to meet its level and takes the newest record among them.
+A read asks enough replicas of the read set to meet its level, more only when
+one fails or is slow (replica_reads.py), and takes the newest record among the
+answers.
 Before returning it, it makes that record held at the read's level in every
 set the current phase writes to (blocking read repair, as the write-back
 phase of ABD): otherwise a value a client has seen
@@ -29,7 +30,7 @@ import structlog
 from pairdb.coordinator.batch import one_by_one
 from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan, required
-from pairdb.coordinator.replica_reads import KeyRead
+from pairdb.coordinator.replica_reads import AnswerTimes, KeyRead, first_asks
 from pairdb.coordinator.replication import Replicator
 from pairdb.coordinator.routing import Route, StaleView, route
 from pairdb.coordinator.topology import Topology, TopologyCache
@@ -37,6 +38,7 @@ from pairdb.coordinator.write_path import ROUTE_ATTEMPTS
 from pairdb.kernel.errors import PairdbError, Unavailable
 from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.kernel.sabotage import REPAIR_READ_SET_ONLY
+from pairdb.serving.alarms import Alarms
 from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
 
 log = structlog.get_logger()
@@ -60,6 +62,11 @@ def _is_stale(answer: _Answer, newest: StoredRecord) -> bool:
     return answer is None or answer.order < newest.order
 
 
+def _speculate(reads: list[KeyRead]) -> None:
+    for read in reads:
+        read.speculate()
+
+
 class ReadPath:
     def __init__(
         self,
@@ -74,6 +81,13 @@ class ReadPath:
         self._replicator = replicator
         self._clock = clock
         self._sabotage = sabotage
+        # Whose turn it is to be asked first: reads spread over a key's replicas.
+        self._turn = 0
+        # When to stop waiting for the first asks, from how long answers took lately: single
+        # reads and batches apart (a batch's answers come in calls of hundreds of keys).
+        self._single_times = AnswerTimes(0.05, floor=0.005, ceiling=pool.timeout / 2)
+        self._batch_times = AnswerTimes(0.5, floor=0.005, ceiling=pool.timeout / 2)
+        self._speculation = Alarms()
 
     async def get(self, tenant_id: str, key: str, level: Consistency) -> ReadResult:
         fence = 0
@@ -112,7 +126,9 @@ class ReadPath:
                 except PairdbError as exc:
                     results[i] = exc
                     continue
-                reads.append((i, r, self._ask(r, tenant_id, key)))
+                reads.append((i, r, self._ask(r, tenant_id, key, self._batch_times)))
+            when = asyncio.get_running_loop().time() + self._batch_times.delay
+            self._speculation.at(when, _speculate, [read for _, _, read in reads])
             await asyncio.gather(*(read.decision for _, _, read in reads))
             for i, r, read in reads:
                 try:
@@ -126,20 +142,31 @@ class ReadPath:
             await one_by_one(single, lambda i: self.get(*keys[i], level), results)
         return [r for r in results if r is not None]
 
-    def _ask(self, r: Route, tenant_id: str, key: str) -> KeyRead:
+    def _ask(self, r: Route, tenant_id: str, key: str, times: AnswerTimes) -> KeyRead:
         replicas, topology = r.plan.old, r.topology
+        self._turn += 1
+        preferred: frozenset[str] = frozenset()
+        if topology.future is not None:
+            # Replicas in both sets a write goes to first: what they both hold needs no write-back.
+            writes = r.write_plan()
+            if writes.new is not None:
+                preferred = frozenset(writes.old) & frozenset(writes.new)
         return KeyRead(
             self._pool,
             {n: topology.address(n) for n in replicas},
             topology.epoch,
             tenant_id,
             key,
-            replicas,
+            first_asks(replicas, self._turn, preferred),
             required(r.plan.level, len(replicas)),
+            times,
         )
 
     async def _get(self, r: Route, tenant_id: str, key: str) -> ReadResult:
-        read = self._ask(r, tenant_id, key)
+        read = self._ask(r, tenant_id, key, self._single_times)
+        if read.asked < len(read.replicas):
+            when = asyncio.get_running_loop().time() + self._single_times.delay
+            self._speculation.at(when, read.speculate)
         await read.decision
         return await self._conclude(r, read)
 

@@ -94,6 +94,7 @@ class _Round:
             outcome.acked.add(node)
             self.tally.ack(node)
         else:
+            assert result.current is not None, "a node that did not apply a record says what it holds"
             outcome.newer[node] = result.current
             self.tally.miss(node)
 
@@ -116,7 +117,7 @@ def _joining(plan: ReplicaPlan) -> frozenset[str]:
 # From this many records a send_many calls the nodes directly (a batch); below, through their coalescers.
 DIRECT_CALLS_FROM = 32
 # Records per direct call.
-CALL_ITEMS = 512
+CALL_ITEMS = 1000
 
 
 class Replicator:

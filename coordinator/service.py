@@ -174,7 +174,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
             if isinstance(outcome, PairdbError):
                 _fail(results[i], outcome)
             else:
-                results[i].version.CopyFrom(_version(outcome.version))
+                version = results[i].version
+                version.hlc, version.origin = outcome.version.hlc, outcome.version.origin
                 results[i].acknowledged = outcome.acknowledged
         return pb.BatchWriteResponse(results=results)
 

@@ -105,10 +105,12 @@ class ApplyOutcome(_message.Message):
     def __init__(self, result: _Optional[_Union[ApplyResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
 
 class ApplyManyResponse(_message.Message):
-    __slots__ = ("outcomes",)
+    __slots__ = ("outcomes", "all_applied")
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    ALL_APPLIED_FIELD_NUMBER: _ClassVar[int]
     outcomes: _containers.RepeatedCompositeFieldContainer[ApplyOutcome]
-    def __init__(self, outcomes: _Optional[_Iterable[_Union[ApplyOutcome, _Mapping]]] = ...) -> None: ...
+    all_applied: bool
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[ApplyOutcome, _Mapping]]] = ..., all_applied: _Optional[bool] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("tenant_id", "key", "epoch")

@@ -93,7 +93,12 @@ class Applied:
     """What a storage node did with one record it was sent."""
 
     applied: bool
-    # The version the node holds afterwards: the record's own when applied.
-    current: Version
+    # The version the node holds instead, when it did not apply the record (None when it did:
+    # then it holds the record's own, which the sender knows).
+    current: Version | None
     # Not applied because the node holds this very record already (a repeat, not a loss).
     same: bool = False
+
+
+# What a node answers for a record it applied: one object for all of them (a batch has thousands).
+APPLIED = Applied(True, None)

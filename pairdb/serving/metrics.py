@@ -58,6 +58,12 @@ QUOTA_REFUSALS = Counter(
     "rate (max_ops_per_second) or storage (max_bytes)",
     ["reason"],
 )
+READ_SPARES = Counter(
+    "pairdb_read_spares",
+    "Replicas a read asked beyond the ones its level needs, by reason: slow (the first asked had not "
+    "answered within the p99 of recent answers: speculative retry) or failed (one of them failed)",
+    ["reason"],
+)
 HINTS_STORED = Counter("pairdb_hints_stored", "Hints (writes a replica missed) written to PostgreSQL")
 HINTS_REPLAYED = Counter("pairdb_hints_replayed", "Hints delivered to their node and deleted")
 HINTS_DROPPED = Counter(

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from pairdb.kernel.keyspace import Applied, StoredRecord, Version
+from pairdb.kernel.keyspace import APPLIED, Applied, StoredRecord, Version
 from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.security.tls import ChannelTls, secure_channel
 from pairdb.serving import request_ids
@@ -74,7 +74,9 @@ def _item_error(node_id: str, error: storage_pb2.ItemError) -> StorageError:
 
 
 def _applied(reply: storage_pb2.ApplyResponse) -> Applied:
-    return Applied(reply.applied, Version(reply.current.hlc, reply.current.origin), reply.same)
+    if reply.applied:
+        return APPLIED
+    return Applied(False, Version(reply.current.hlc, reply.current.origin), reply.same)
 
 
 # Bytes an item adds to a call, beyond its key and value: version, flags, framing.
@@ -180,6 +182,8 @@ class NodeClient:
         """apply_many of records already in wire form (a batch sent to several replicas encodes once)."""
         request = storage_pb2.ApplyManyRequest(records=messages, epoch=epoch)
         reply = await self._call(self._stub.ApplyMany, request, timeout or self.timeout)
+        if reply.all_applied:
+            return [APPLIED] * len(messages)
         return [
             _item_error(self.node_id, o.error) if o.HasField("error") else _applied(o.result)
             for o in reply.outcomes

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import lmdb
 
-from pairdb.kernel.keyspace import TOKEN_MAX, Applied, StoredRecord, Version, in_range, token
+from pairdb.kernel.keyspace import APPLIED, TOKEN_MAX, Applied, StoredRecord, Version, in_range, token
 
 __all__ = [
     "Applied",
@@ -273,7 +273,7 @@ class Engine:
                     keys += 1
                     size += len(record.value)
                     usage.add(db_key, len(record.value), 1)
-                applied.append(Applied(True, record.version))
+                applied.append(APPLIED)
             txn.put(_COUNTERS_KEY, _COUNTERS.pack(keys, size, tombstones), db=self._meta)
             self._add_usage(txn, usage)
         return applied

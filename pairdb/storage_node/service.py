@@ -64,6 +64,9 @@ def _check_record(record: AnyRecord) -> str | None:
 
 
 def _fill_applied(reply: storage_pb2.ApplyResponse, result: Applied) -> None:
+    if result.current is None:  # applied: the sender knows the version, the record's own
+        reply.applied = True
+        return
     reply.applied = result.applied
     reply.current.hlc, reply.current.origin = result.current.hlc, result.current.origin
     reply.same = result.same
@@ -176,19 +179,24 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
     ) -> storage_pb2.ApplyManyResponse:
         await self._check_epoch(request.epoch, context)
         await self._check_count(len(request.records), context)
-        outcomes = [storage_pb2.ApplyOutcome() for _ in request.records]
+        refusals: dict[int, tuple[grpc.StatusCode, str]] = {}
         accepted: list[int] = []
         for i, message in enumerate(request.records):
             refusal = self._refusal(message)
             if refusal:
-                outcomes[i].error.code, outcomes[i].error.message = refusal[0].value[0], refusal[1]
+                refusals[i] = refusal
             else:
                 accepted.append(i)
         # One group commit (one fsync) for every accepted record of the call.
         results = await self._committer.apply([from_proto(request.records[i]) for i in accepted])
+        self._load.served(len(request.records))
+        if not refusals and all(result.applied for result in results):
+            return storage_pb2.ApplyManyResponse(all_applied=True)
+        outcomes = [storage_pb2.ApplyOutcome() for _ in request.records]
+        for i, (code, why) in refusals.items():
+            outcomes[i].error.code, outcomes[i].error.message = code.value[0], why
         for i, result in zip(accepted, results, strict=True):
             _fill_applied(outcomes[i].result, result)
-        self._load.served(len(outcomes))
         return storage_pb2.ApplyManyResponse(outcomes=outcomes)
 
     async def Get(self, request: storage_pb2.GetRequest, context: ServicerContext) -> storage_pb2.GetResponse:

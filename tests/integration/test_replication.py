@@ -9,7 +9,7 @@ import pytest
 
 from pairdb.client import Client, ClientError
 from pairdb.local.cluster import LocalCluster
-from tests.support import wait_for
+from tests.support import scrape, wait_for
 
 
 async def test_put_get_delete_round_trip_at_quorum(client: Client, tenant: str) -> None:
@@ -95,6 +95,28 @@ async def test_a_killed_node_does_not_stop_quorum_and_keeps_what_it_acknowledged
         await wait_for(caught_up, timeout=15, what="node-3 to catch up on the write it missed")
     finally:
         await node3.close()
+
+
+async def test_a_read_asks_the_third_replica_when_one_it_asked_first_is_slow(
+    cluster: LocalCluster, client: Client, tenant: str
+) -> None:
+    values = {f"spare-{i}": f"value-{i}".encode() for i in range(30)}
+    for key, value in values.items():
+        await client.put(tenant, key, value, consistency="ALL")
+    port = cluster.coordinator_procs[0].metrics_port
+
+    async def spares(reason: str) -> float:
+        return (await scrape(port)).get(f'pairdb_read_spares_total{{reason="{reason}"}}', 0.0)
+
+    before = await spares("slow")
+    cluster.nodes["node-3"].process.pause()  # frozen, connections open: it never answers
+    try:
+        for key, value in values.items():
+            assert (await client.get(tenant, key)).value == value
+    finally:
+        cluster.nodes["node-3"].process.resume()
+    # Reads that asked node-3 first asked the third replica once the p99 of recent answers passed.
+    assert await spares("slow") > before
 
 
 async def test_writes_acknowledged_by_a_node_survive_its_kill_9(cluster: LocalCluster, tenant: str) -> None:

@@ -53,6 +53,34 @@ async def test_apply_many_refuses_a_bad_record_alone_and_applies_the_rest(addres
         await client.close()
 
 
+async def test_a_call_whose_records_were_all_applied_is_answered_by_one_flag(address: str) -> None:
+    first = [rec(f"all-{i}") for i in range(3)]
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = storage_pb2_grpc.StorageServiceStub(channel)
+        reply = await stub.ApplyMany(storage_pb2.ApplyManyRequest(records=[*map(to_proto, first)], epoch=1))
+        assert reply.all_applied and not reply.outcomes
+        # One of them again: not every record applied, so each gets its own outcome.
+        again = await stub.ApplyMany(
+            storage_pb2.ApplyManyRequest(records=[to_proto(first[0]), to_proto(rec("all-new"))], epoch=1)
+        )
+    assert not again.all_applied
+    repeat, new = again.outcomes
+    assert (repeat.result.applied, repeat.result.same) == (False, True)
+    assert (repeat.result.current.hlc, repeat.result.current.origin) == (
+        first[0].version.hlc,
+        first[0].version.origin,
+    )
+    assert new.result.applied
+    client = NodeClient("coalesced", address)
+    try:
+        outcomes = await client.apply_many([rec("all-x"), rec("all-y")])
+        assert [(o.applied, o.current) for o in outcomes if not isinstance(o, StorageError)] == [
+            (True, None)
+        ] * 2
+    finally:
+        await client.close()
+
+
 async def test_concurrent_writes_through_one_client_share_calls_yet_fail_alone(address: str) -> None:
     client = NodeClient("coalesced", address, caps=Caps(in_flight=1))
     try:
