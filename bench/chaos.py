@@ -18,10 +18,11 @@ cutover until it has landed); "the joining node" is the node added, removed
 or replacing. Every
 third schedule writes only, so its replicas are checked before any read has
 repaired them. Every operation is recorded with its real-time interval; after
-the cluster converges the harness reads every key once more and the checker
+the faults heal the harness reads every key once more and the checker
 (bench/checker.py) judges the whole history per key: linearizable, nothing
 lost, nothing resurrected, no stale read, durable on a quorum, no migration
-stuck. Exit status 1 on any violation, with the seed and the offending keys'
+stuck; then, after a second repair, that every replica holds what the final
+reads returned. Exit status 1 on any violation, with the seed and the offending keys'
 histories.
 """
 
@@ -735,9 +736,13 @@ class Schedule:
             finals = {key: await _final_read(clients, history, key, i) for i, key in enumerate(by_key)}
             for key, ops in history.by_key().items():
                 check_key(key, ops, verdict, durability.get(key))
-            # Convergence: after the final reads (and their repair), every replica, the ones the
-            # ring change added included, holds what they returned.
-            await asyncio.sleep(1)
+            # Convergence: after the final reads, the hints and an anti-entropy repair, every replica,
+            # the ones the ring change added included, holds what the reads returned. (A read asks a
+            # quorum and repairs only the replicas it asked; the repair is what reaches the others.)
+            if self.repair:
+                await self._repair(clients)
+            else:
+                await asyncio.sleep(1)
             for key, final in finals.items():
                 if final.version is None or final.version == (0, 0) or key in verdict.evidence:
                     continue
