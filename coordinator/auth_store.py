@@ -83,7 +83,7 @@ async def create_key(
     name: str,
     created_by: str,
     *,
-    adopt: api_keys.PresentedKey | None = None,
+    adopt: api_keys.KeyParts | None = None,
 ) -> tuple[KeyRecord, str]:
     """A new key, stored; returns its record and its token (the only time the token exists).
 
@@ -93,7 +93,7 @@ async def create_key(
         raise ValueError(f"an API key's role is admin, read-write or read-only, not {role}")
     if role.tenant_scoped != (tenant_id is not None):
         raise ValueError("read-write and read-only keys name a tenant; admin keys do not")
-    new = api_keys.NewKey(adopt.key_id, adopt.secret) if adopt else api_keys.generate()
+    new = adopt or api_keys.generate()
     row = await conn.fetchrow(
         "INSERT INTO api_keys (key_id, name, role, tenant_id, secret_sha256, created_by)"
         " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",

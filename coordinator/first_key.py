@@ -63,7 +63,7 @@ async def ensure_admin_key(dsn: str, path: Path, *, local: bool = False) -> Admi
     return AdminKey(token, path, created=True)
 
 
-def _well_formed(token: str) -> api_keys.PresentedKey | None:
+def _well_formed(token: str) -> api_keys.KeyParts | None:
     try:
         return api_keys.parse(token)
     except api_keys.MalformedKey:

@@ -146,11 +146,9 @@ class ReadPath:
         replicas, topology = r.plan.old, r.topology
         self._turn += 1
         preferred: frozenset[str] = frozenset()
-        if topology.future is not None:
+        if r.writes.new is not None:
             # Replicas in both sets a write goes to first: what they both hold needs no write-back.
-            writes = r.write_plan()
-            if writes.new is not None:
-                preferred = frozenset(writes.old) & frozenset(writes.new)
+            preferred = frozenset(r.writes.old) & frozenset(r.writes.new)
         return KeyRead(
             self._pool,
             {n: topology.address(n) for n in replicas},
@@ -196,7 +194,7 @@ class ReadPath:
 
     async def _make_durable(self, r: Route, newest: StoredRecord, answers: dict[str, _Answer]) -> None:
         """Write newest back until it is held at the read's level in every set the phase writes to."""
-        plan = r.write_plan()
+        plan = r.writes
         if REPAIR_READ_SET_ONLY in self._sabotage:
             plan = ReplicaPlan(r.plan.level, r.plan.old)
         holding = {n for n, a in answers.items() if a is not None and a.order >= newest.order}

@@ -92,6 +92,7 @@ class KeyRead:
         loop = asyncio.get_running_loop()
         self.decision: asyncio.Future[None] = loop.create_future()
         self._pool, self._addresses, self._epoch, self._times = pool, addresses, epoch, times
+        self._loop = loop  # kept: on Python 3.11 each get_running_loop() is a getpid() system call
         self._asked_at = loop.time()
         self._spares = list(reversed(self.replicas[need:]))
         for node in self.replicas[:need]:
@@ -120,7 +121,7 @@ class KeyRead:
         exc = None if ask.cancelled() else ask.exception()
         failed = exc is not None or ask.cancelled()
         if not failed:
-            self._times.add(asyncio.get_running_loop().time() - self._asked_at)
+            self._times.add(self._loop.time() - self._asked_at)
         if self.decision.done():
             return  # a late answer: the read path drains it
         node = self.late.pop(ask)

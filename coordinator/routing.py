@@ -27,12 +27,10 @@ class Route:
     token: int
     rf: int
     plan: ReplicaPlan
-
+    # Where a write of this key goes now: also where a read makes the value it returns durable.
+    # The plan itself for a write, and for a read while no ring change is in flight.
+    writes: ReplicaPlan
     tenant_id: str = ""
-
-    def write_plan(self) -> ReplicaPlan:
-        """Where a write of this key goes now: also where a read makes the value it returns durable."""
-        return plan(self.topology, self.token, self.rf, self.plan.level, write=True, tenant_id=self.tenant_id)
 
 
 def plan(
@@ -70,4 +68,7 @@ async def route(
             f"tenant {tenant_id!r} has replication factor {tenant.replication_factor} but the ring "
             f"has {len(p.old)} active node(s); add storage nodes"
         )
-    return Route(topology, t, tenant.replication_factor, p, tenant_id)
+    writes = p
+    if not write and topology.future is not None:
+        writes = plan(topology, t, tenant.replication_factor, level, write=True, tenant_id=tenant_id)
+    return Route(topology, t, tenant.replication_factor, p, writes, tenant_id)

@@ -27,15 +27,9 @@ class MalformedKey(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class PresentedKey:
-    """A key as a caller presents it, split into its id and its secret."""
+class KeyParts:
+    """A key split into its id and its secret: as generate() made it, or as a caller presents it."""
 
-    key_id: str
-    secret: str
-
-
-@dataclass(frozen=True, slots=True)
-class NewKey:
     key_id: str
     secret: str
 
@@ -49,15 +43,15 @@ class NewKey:
         return digest(self.secret)
 
 
-def generate() -> NewKey:
-    return NewKey(secrets.token_hex(_KEY_ID_BYTES), secrets.token_urlsafe(_SECRET_BYTES))
+def generate() -> KeyParts:
+    return KeyParts(secrets.token_hex(_KEY_ID_BYTES), secrets.token_urlsafe(_SECRET_BYTES))
 
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def parse(token: str) -> PresentedKey:
+def parse(token: str) -> KeyParts:
     """The key's id and secret; MalformedKey saying what is wrong otherwise."""
     token = token.strip()
     prefix, _, rest = token.partition("_")
@@ -69,9 +63,9 @@ def parse(token: str) -> PresentedKey:
     # token_urlsafe(32) is 43 characters; anything much shorter was cut off.
     if len(secret) < 43 or len(secret) > 128:
         raise MalformedKey("the API key's secret is truncated or too long")
-    return PresentedKey(key_id, secret)
+    return KeyParts(key_id, secret)
 
 
-def verify(presented: PresentedKey, secret_sha256: str) -> bool:
+def verify(presented: KeyParts, secret_sha256: str) -> bool:
     """True when presented's secret hashes to the stored digest (constant-time compare)."""
     return hmac.compare_digest(digest(presented.secret).encode(), secret_sha256.encode())

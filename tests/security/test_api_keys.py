@@ -18,12 +18,12 @@ def test_a_key_names_its_id_and_carries_a_long_random_secret() -> None:
 def test_a_presented_key_parses_back_and_verifies_against_its_digest_only() -> None:
     new = api_keys.generate()
     presented = api_keys.parse(f"  {new.token}\n")
-    assert presented == api_keys.PresentedKey(new.key_id, new.secret)
+    assert presented == api_keys.KeyParts(new.key_id, new.secret)
     assert api_keys.verify(presented, new.secret_sha256)
     assert not api_keys.verify(presented, api_keys.generate().secret_sha256)
     # One character off (never the one it was: a random secret ends in "A" one time in 64).
     other = "B" if new.secret.endswith("A") else "A"
-    assert not api_keys.verify(api_keys.PresentedKey(new.key_id, new.secret[:-1] + other), new.secret_sha256)
+    assert not api_keys.verify(api_keys.KeyParts(new.key_id, new.secret[:-1] + other), new.secret_sha256)
 
 
 def test_a_secret_with_underscores_still_parses() -> None:
