@@ -4,6 +4,11 @@ Per node and per kind (writes, reads) there is one sender. A request that
 finds a free call slot goes out at once, alone: no delay is added while the
 node is idle. Requests arriving while calls are in flight queue up and leave
 together in the next call, within caps on items and bytes (natural batching).
+While most requests find a call already out (many callers at once), a call
+waits a short linger before it leaves, so that the requests of the next
+moments share it: a fast node (reads) otherwise answers each call before a
+second request arrived, and every request paid for a call of its own. One
+caller at a time never finds a call out, so it never waits.
 The node commits a call's writes in one group commit, so a burst of concurrent
 writes costs one round trip and one fsync instead of one each; and the
 per-call cost of gRPC in Python, which dominates a small request, is paid once.
@@ -40,6 +45,12 @@ class Caps:
     # Calls in flight at once. One measured fastest (bench/rpc.py): the next call fills while
     # the current one is out, so calls grow with the load and their fixed cost is paid less often.
     in_flight: int = 1
+    # How long a call waits for company while most requests find a call out (0: never).
+    linger: float = 0.002
+
+
+# Weight of the newest submission in the moving share of submissions that found a call out.
+_BUSY_WEIGHT = 0.125
 
 
 @dataclass(slots=True)
@@ -64,6 +75,8 @@ class Coalescer(Generic[Item, Result]):
         self._caps = caps
         self._queue: deque[_Pending[Item, Result]] = deque()
         self._in_flight = 0
+        # Moving share of submissions that found every call slot taken: many callers at once.
+        self._busy = 0.0
         self._calls: set[asyncio.Task[None]] = set()
         # Every item's deadline, behind one loop timer (a timer per item costs more than the call).
         self._deadlines = Alarms()
@@ -72,6 +85,8 @@ class Coalescer(Generic[Item, Result]):
         """Queue one item; its future resolves with the node's answer for it, or fails."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
+        busy = 1.0 if self._in_flight >= self._caps.in_flight else 0.0
+        self._busy += (busy - self._busy) * _BUSY_WEIGHT
         deadline = loop.time() + timeout
         self._queue.append(_Pending(value, epoch, size, deadline, future))
         self._deadlines.at(deadline, self._expire, future)
@@ -89,11 +104,8 @@ class Coalescer(Generic[Item, Result]):
 
     def _dispatch(self) -> None:
         while self._queue and self._in_flight < self._caps.in_flight:
-            call = self._take()
-            if not call:
-                return
             self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._run(call))
+            task = asyncio.get_running_loop().create_task(self._run())
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
@@ -117,8 +129,17 @@ class Coalescer(Generic[Item, Result]):
         self._queue.extendleft(reversed(other_epochs))
         return call
 
-    async def _run(self, call: list[_Pending[Item, Result]]) -> None:
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        linger = self._caps.linger
+        if linger and self._busy > 0.5 and len(self._queue) < self._caps.items:
+            await asyncio.sleep(linger)
+        # Taken now, not at dispatch: what arrived meanwhile leaves in this call.
+        call = self._take()
+        if not call:
+            self._in_flight -= 1
+            self._dispatch()
+            return
         try:
             timeout = max(p.deadline for p in call) - loop.time()
             results = await self._send(call[0].epoch, [p.value for p in call], timeout)

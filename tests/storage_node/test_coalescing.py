@@ -45,8 +45,9 @@ class Node:
         call.answer.set_result([item.upper() for item in call.items])
 
 
-def coalescer(node: Node, **caps: int) -> Coalescer[str, str]:
-    return Coalescer(node.send, Expired, Caps(**caps))
+def coalescer(node: Node, linger: float = 0.0, **caps: int) -> Coalescer[str, str]:
+    """A coalescer sending to node; without a linger unless asked (the tests of it ask)."""
+    return Coalescer(node.send, Expired, Caps(linger=linger, **caps))
 
 
 async def settle() -> None:
@@ -192,3 +193,30 @@ async def test_closing_cancels_the_items_of_calls_in_flight() -> None:
     await settle()
     await c.close()
     assert future.cancelled()
+
+
+async def test_one_caller_at_a_time_never_waits_for_company() -> None:
+    node = Node()
+    c = coalescer(node, linger=10.0)
+    for i in range(30):
+        future = c.submit(f"k{i}", epoch=1, size=1, timeout=5)
+        await settle()
+        assert len(node.calls) == i + 1, "each request went out at once"
+        node.echo(i)
+        assert await future == f"K{i}"
+
+
+async def test_while_most_requests_find_a_call_out_the_next_call_waits_for_the_linger() -> None:
+    node = Node()
+    c = coalescer(node, linger=0.05)
+    futures = [c.submit("first", epoch=1, size=1, timeout=5)]
+    await settle()
+    futures += [c.submit(f"a{i}", epoch=1, size=1, timeout=5) for i in range(20)]  # all find "first" out
+    node.echo(0)
+    await settle()
+    assert len(node.calls) == 1  # the next call lingers: many callers at once
+    futures += [c.submit(f"b{i}", epoch=1, size=1, timeout=5) for i in range(5)]
+    await asyncio.sleep(0.1)
+    assert len(node.calls) == 2 and len(node.calls[1].items) == 25  # those that came meanwhile joined
+    node.echo(1)
+    assert len(await asyncio.gather(*futures)) == 26
