@@ -97,6 +97,8 @@ class Coalescer(Generic[Item, Result]):
         for task in list(self._calls):
             task.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
+        while self._queue:  # not sent yet (a call lingering for company takes its items late)
+            self._queue.popleft().future.cancel()
 
     def _expire(self, future: asyncio.Future[Result]) -> None:
         if not future.done():

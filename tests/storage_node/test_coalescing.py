@@ -220,3 +220,15 @@ async def test_while_most_requests_find_a_call_out_the_next_call_waits_for_the_l
     assert len(node.calls) == 2 and len(node.calls[1].items) == 25  # those that came meanwhile joined
     node.echo(1)
     assert len(await asyncio.gather(*futures)) == 26
+
+
+async def test_closing_cancels_the_items_a_lingering_call_had_not_taken_yet() -> None:
+    node = Node()
+    c = coalescer(node, linger=10.0)
+    c.submit("first", epoch=1, size=1, timeout=5)
+    await settle()
+    waiting = [c.submit(f"a{i}", epoch=1, size=1, timeout=5) for i in range(20)]
+    node.echo(0)
+    await settle()  # the next call lingers, holding nothing yet
+    await c.close()
+    assert all(f.cancelled() for f in waiting)
