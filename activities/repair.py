@@ -63,6 +63,8 @@ SCAN_BATCH = 1000
 APPLY_BATCH = 500
 # A node that does not answer a digest or scan in this long is left out of the range (unreachable).
 SCAN_TIMEOUT = 60.0
+# How long a step waits for the nodes' channels to be up before asking them (a node just restarted).
+CONNECT_SECONDS = 3.0
 HEARTBEAT_SECONDS = 5.0
 # Ranges repaired at once within a step.
 PARALLEL_RANGES = 4
@@ -174,6 +176,8 @@ class RepairSteps:
             r for r in await self._ctx.repairs.plan(chunk.repair_id, chunk.range_indexes) if not r.repaired
         ]
         nodes = [self._ctx.node(topology, n) for n in sorted(topology.ring.node_ids)]
+        # A node that is down stays unreachable, found by the calls; one that just came back answers.
+        await asyncio.gather(*(node.connected(CONNECT_SECONDS) for node in nodes))
         pace = Pace(chunk.throttle_keys_per_second, nodes)
         slots = asyncio.Semaphore(PARALLEL_RANGES)
 

@@ -149,6 +149,19 @@ class NodeClient:
     def _expired(self) -> StorageError:
         return StorageError(self.node_id, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
+    async def connected(self, timeout: float) -> bool:
+        """Wait until the channel to the node is up, at most timeout; whether it is.
+
+        A channel that lost its node retries with a backoff (up to a second here) and fails calls
+        at once meanwhile: background work that is about to ask a node that just came back waits
+        for it here instead of finding it unreachable.
+        """
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def _call(self, method: Callable[..., Awaitable[Any]], request: object, timeout: float) -> Any:
         try:
             return await method(request, timeout=timeout, metadata=request_ids.outgoing())
