@@ -114,6 +114,17 @@ def _joining(plan: ReplicaPlan) -> frozenset[str]:
     return frozenset(plan.new or ()) - frozenset(plan.old)
 
 
+@functools.lru_cache(maxsize=4096)
+def _patient(plan: ReplicaPlan) -> frozenset[str]:
+    """The joining nodes whose answers the plan needs only when another replica fails.
+
+    Their sends wait for company in the coalescer (a few large calls to a node
+    that only follows along); a write still waits for them when it must.
+    """
+    joining = _joining(plan)
+    return joining if joining and plan.satisfied(set(plan.targets) - joining) else frozenset()
+
+
 # From this many records a send_many calls the nodes directly (a batch); below, through their coalescers.
 DIRECT_CALLS_FROM = 32
 # Records per direct call.
@@ -178,13 +189,14 @@ class Replicator:
                     sends[asyncio.ensure_future(call)] = (node, [r for r, _ in chunk])
         else:
             for round_ in rounds:
+                patient = _patient(round_.delivery.plan)
                 for node in round_.delivery.plan.targets:
                     if node not in round_.outcome.acked:
                         client = self._pool.node(node, topology.address(node))
-                        sends[client.submit_apply(round_.delivery.record, epoch=topology.epoch)] = (
-                            node,
-                            [round_],
+                        send = client.submit_apply(
+                            round_.delivery.record, epoch=topology.epoch, patient=node in patient
                         )
+                        sends[send] = (node, [round_])
         for _, part in sends.values():
             for round_ in part:
                 round_.expected += 1

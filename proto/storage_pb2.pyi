@@ -235,10 +235,12 @@ class DeleteRangeRequest(_message.Message):
     def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., epoch: _Optional[int] = ..., tenants: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteRangeResponse(_message.Message):
-    __slots__ = ("deleted",)
+    __slots__ = ("deleted", "load")
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     deleted: int
-    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+    load: NodeLoad
+    def __init__(self, deleted: _Optional[int] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ...) -> None: ...
 
 class PurgeTombstonesRequest(_message.Message):
     __slots__ = ("range", "epoch", "cutoffs", "repaired_at")

@@ -169,11 +169,16 @@ class NodeClient:
             raise _error(self.node_id, exc) from None
 
     def submit_apply(
-        self, record: StoredRecord, *, epoch: int = 0, timeout: float | None = None
+        self, record: StoredRecord, *, epoch: int = 0, timeout: float | None = None, patient: bool = False
     ) -> asyncio.Future[Applied]:
-        """Apply one record, coalesced with concurrent ones; a future rather than a task, to stay cheap."""
+        """Apply one record, coalesced with concurrent ones; a future rather than a task, to stay cheap.
+
+        patient: the caller does not wait for this answer unless another replica fails (coalescing.py).
+        """
         size = len(record.value) + len(record.key) + len(record.tenant_id) + _ITEM_OVERHEAD
-        return self._writes.submit(record, epoch=epoch, size=size, timeout=timeout or self.timeout)
+        return self._writes.submit(
+            record, epoch=epoch, size=size, timeout=timeout or self.timeout, patient=patient
+        )
 
     async def apply(self, record: StoredRecord, *, epoch: int = 0, timeout: float | None = None) -> Applied:
         return await self.submit_apply(record, epoch=epoch, timeout=timeout)
@@ -334,6 +339,8 @@ class NodeClient:
             range=storage_pb2.TokenRange(start=start, end=end), epoch=epoch, tenants=sorted(tenants)
         )
         reply = await self._call(self._stub.DeleteRange, request, timeout or 30 * self.timeout)
+        if reply.HasField("load"):
+            self._heard(reply.load)
         return int(reply.deleted)
 
     async def purge_tombstones(

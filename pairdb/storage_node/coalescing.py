@@ -9,6 +9,10 @@ waits a short linger before it leaves, so that the requests of the next
 moments share it: a fast node (reads) otherwise answers each call before a
 second request arrived, and every request paid for a call of its own. One
 caller at a time never finds a call out, so it never waits.
+Items nobody waits for (a dual write to a joining node when the old replicas'
+acknowledgements suffice) wait longer, up to a patient linger, as long as no
+item somebody waits for joins them: the node that only follows along gets a
+few large calls instead of one per moment, for the same records.
 The node commits a call's writes in one group commit, so a burst of concurrent
 writes costs one round trip and one fsync instead of one each; and the
 per-call cost of gRPC in Python, which dominates a small request, is paid once.
@@ -47,6 +51,8 @@ class Caps:
     in_flight: int = 1
     # How long a call waits for company while most requests find a call out (0: never).
     linger: float = 0.002
+    # How long a call of patient items only waits for company (0: no longer than linger).
+    patient_linger: float = 0.05
 
 
 # Weight of the newest submission in the moving share of submissions that found a call out.
@@ -60,6 +66,7 @@ class _Pending(Generic[Item, Result]):
     size: int
     deadline: float
     future: asyncio.Future[Result]
+    patient: bool
 
 
 class Coalescer(Generic[Item, Result]):
@@ -78,18 +85,27 @@ class Coalescer(Generic[Item, Result]):
         # Moving share of submissions that found every call slot taken: many callers at once.
         self._busy = 0.0
         self._calls: set[asyncio.Task[None]] = set()
+        # Resolved to end the patient wait of a call: an item somebody waits for came, or a full call.
+        self._wake: asyncio.Future[None] | None = None
         # Every item's deadline, behind one loop timer (a timer per item costs more than the call).
         self._deadlines = Alarms()
 
-    def submit(self, value: Item, *, epoch: int, size: int, timeout: float) -> asyncio.Future[Result]:
-        """Queue one item; its future resolves with the node's answer for it, or fails."""
+    def submit(
+        self, value: Item, *, epoch: int, size: int, timeout: float, patient: bool = False
+    ) -> asyncio.Future[Result]:
+        """Queue one item; its future resolves with the node's answer for it, or fails.
+
+        patient: nobody waits for this answer unless something else fails (see the module's doc).
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         busy = 1.0 if self._in_flight >= self._caps.in_flight else 0.0
         self._busy += (busy - self._busy) * _BUSY_WEIGHT
         deadline = loop.time() + timeout
-        self._queue.append(_Pending(value, epoch, size, deadline, future))
+        self._queue.append(_Pending(value, epoch, size, deadline, future, patient))
         self._deadlines.at(deadline, self._expire, future)
+        if self._wake is not None and (not patient or len(self._queue) >= self._caps.items):
+            _resolve(self._wake)
         self._dispatch()
         return future
 
@@ -110,6 +126,20 @@ class Coalescer(Generic[Item, Result]):
             task = asyncio.get_running_loop().create_task(self._run())
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
+
+    async def _wait_patiently(self) -> None:
+        """Up to patient_linger, until an item somebody waits for arrives or the call is full."""
+        loop = asyncio.get_running_loop()
+        if self._wake is None:
+            self._wake = loop.create_future()
+        wake = self._wake
+        timer = loop.call_later(self._caps.patient_linger, _resolve, wake)
+        try:
+            await asyncio.shield(wake)  # shared with any other waiting call: a cancel is ours alone
+        finally:
+            timer.cancel()
+            if self._wake is wake:
+                self._wake = None
 
     def _take(self) -> list[_Pending[Item, Result]]:
         """The next call: queued items of the oldest item's epoch, in order, within the caps."""
@@ -133,9 +163,12 @@ class Coalescer(Generic[Item, Result]):
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        linger = self._caps.linger
-        if linger and self._busy > 0.5 and len(self._queue) < self._caps.items:
-            await asyncio.sleep(linger)
+        caps = self._caps
+        if len(self._queue) < caps.items:  # a full call never waits for company
+            if caps.patient_linger and self._queue and all(p.patient for p in self._queue):
+                await self._wait_patiently()
+            elif caps.linger and self._busy > 0.5:
+                await asyncio.sleep(caps.linger)
         # Taken now, not at dispatch: what arrived meanwhile leaves in this call.
         call = self._take()
         if not call:
@@ -156,6 +189,11 @@ class Coalescer(Generic[Item, Result]):
         finally:
             self._in_flight -= 1
             self._dispatch()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _settle(pending: _Pending[Item, Result], outcome: Result | BaseException) -> None:

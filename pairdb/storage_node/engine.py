@@ -298,37 +298,45 @@ class Engine:
 
         With tenants, only their records: the others in the range stay.
         """
+        return self.delete_slice(start, end, tenants)[0]
+
+    def delete_slice(
+        self,
+        start: int,
+        end: int,
+        tenants: frozenset[str] = frozenset(),
+        *,
+        limit: int = 0,
+        after: bytes | None = None,
+    ) -> tuple[int, bytes | None]:
+        """delete_range over the first limit records (0: all) of (start, end] past after; one commit.
+
+        Returns how many were removed and the key to go on after, None once the range is done.
+        """
         wanted = {t.encode() for t in tenants}
-        deleted = 0
+        doomed: list[tuple[bytes, bytes]] = []
         usage = _UsageChange()
         with self._env.begin(write=True) as txn:
             keys, size, tombstones = self._counters(txn)
-            cursor = txn.cursor(db=self._records)
-            for lo, hi in _segments(start, end):
-                if not cursor.set_range(_TOKEN.pack(lo)):
-                    continue
-                while True:
-                    db_key = cursor.key()
-                    if _TOKEN.unpack_from(db_key)[0] > hi:
-                        break
-                    if wanted and _tenant_of(db_key) not in wanted:
-                        if not cursor.next():
-                            break
-                        continue
-                    old = _decode(db_key, cursor.value())
-                    if old.tombstone:
-                        tombstones -= 1
-                    else:
-                        keys -= 1
-                        size -= len(old.value)
-                        usage.add(db_key, len(old.value), -1)
-                    deleted += 1
-                    # delete() moves the cursor to the next record.
-                    if not cursor.delete() or cursor.key() == b"":
-                        break
+            last: bytes | None = None
+            for visited, (db_key, db_value) in enumerate(self._walk(txn, start, end, after), 1):
+                if not wanted or _tenant_of(db_key) in wanted:
+                    doomed.append((db_key, db_value))
+                if visited == limit:
+                    last = db_key
+                    break
+            for db_key, db_value in doomed:
+                old = _decode(db_key, db_value)
+                if old.tombstone:
+                    tombstones -= 1
+                else:
+                    keys -= 1
+                    size -= len(old.value)
+                    usage.add(db_key, len(old.value), -1)
+                txn.delete(db_key, db=self._records)
             txn.put(_COUNTERS_KEY, _COUNTERS.pack(keys, size, tombstones), db=self._meta)
             self._add_usage(txn, usage)
-        return deleted
+        return len(doomed), last
 
     def purge_tombstones(self, start: int, end: int, cutoffs: Mapping[str, int], repaired_at: int = 0) -> int:
         """Remove the tombstones of (start, end] older than their tenant's cutoff hlc; one durable commit.

@@ -3,8 +3,9 @@
 A copy must yield to client traffic (as CockroachDB's admission control makes
 rebalancing "elastic" work). The node knows two things the copy cannot see:
 how many client reads and writes it serves, and how late its event loop runs
-(the scheduling delay: above a few milliseconds, requests wait for CPU, be it
-taken by this process or by the machine's others). Both ride on every reply to
+(the scheduling delay, on average: above a few milliseconds, requests wait for
+CPU, be it taken by this process or by the machine's others; an average, so
+that one pause of the collector does not read as a busy node). Both ride on every reply to
 a copy's ScanRange and ApplyBatch (proto/storage.proto, NodeLoad).
 """
 
@@ -15,7 +16,7 @@ import time
 
 from pairdb.proto import storage_pb2
 
-# The meter's window: client ops are counted, and the worst delay kept, per window,
+# The meter's window: client ops are counted, and the delay averaged, per window,
 # and a report is of the last full window (or the current one, when it is worse). Short, so
 # a copy learns within a second that the clients left.
 WINDOW_SECONDS = 0.5
@@ -27,7 +28,8 @@ class LoadMeter:
     def __init__(self) -> None:
         self._window_start = time.monotonic()
         self._ops = self._last_ops = 0
-        self._delay = self._last_delay = 0.0
+        self._delay_sum, self._delays = 0.0, 0  # this window's samples
+        self._last_delay = 0.0
         self._last_span = WINDOW_SECONDS
         self._task: asyncio.Task[None] | None = None
 
@@ -48,7 +50,7 @@ class LoadMeter:
         self._roll()
         return storage_pb2.NodeLoad(
             client_ops_per_second=max(self._last_ops / self._last_span, self._ops / WINDOW_SECONDS),
-            scheduling_delay_ms=max(self._last_delay, self._delay) * 1e3,
+            scheduling_delay_ms=max(self._last_delay, self._mean_delay()) * 1e3,
         )
 
     def _roll(self) -> None:
@@ -60,12 +62,17 @@ class LoadMeter:
             # A whole window passed unseen: nothing was served in it.
             self._last_ops, self._last_delay, self._last_span = 0, 0.0, WINDOW_SECONDS
         else:
-            self._last_ops, self._last_delay, self._last_span = self._ops, self._delay, span
-        self._ops, self._delay, self._window_start = 0, 0.0, now
+            self._last_ops, self._last_delay, self._last_span = self._ops, self._mean_delay(), span
+        self._ops, self._delay_sum, self._delays, self._window_start = 0, 0.0, 0, now
+
+    def _mean_delay(self) -> float:
+        return self._delay_sum / self._delays if self._delays else 0.0
 
     async def _sample(self) -> None:
         while True:
             due = time.monotonic() + TICK_SECONDS
             await asyncio.sleep(TICK_SECONDS)
+            late = max(time.monotonic() - due, 0.0)
             self._roll()
-            self._delay = max(self._delay, time.monotonic() - due)
+            self._delay_sum += late
+            self._delays += 1

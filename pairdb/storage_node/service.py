@@ -11,7 +11,10 @@ otherwise win over every later write of its key.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import functools
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -25,6 +28,8 @@ from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine, MalformedEntries, unpack_entries
 from pairdb.storage_node.load import LoadMeter
 from pairdb.storage_node.wire import from_proto, to_proto
+
+T = TypeVar("T")
 
 log = structlog.get_logger()
 
@@ -93,6 +98,14 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         self._clock = clock or WallClock()
         # Raised here first, then on disk: from the moment SetFence starts, stale requests are refused.
         self._fence = engine.fence()
+        # Scans, digests and counts for copies and repairs, one at a time: each holds Python's GIL
+        # between records, and several at once starve the loop that serves the clients.
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background-reads")
+
+    async def _in_background(self, work: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._background, functools.partial(work, *args, **kwargs)
+        )
 
     async def _check_epoch(self, epoch: int, context: ServicerContext) -> None:
         if epoch and epoch < self._fence and not self._skip_fence:
@@ -248,7 +261,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         after: bytes | None = None
         if request.entries:
             while True:
-                entries, count, after = await asyncio.to_thread(
+                entries, count, after = await self._in_background(
                     self._engine.scan_entries,
                     start,
                     end,
@@ -263,7 +276,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
                 if after is None:
                     return
         while True:
-            records, after = await asyncio.to_thread(
+            records, after = await self._in_background(
                 self._engine.scan,
                 start,
                 end,
@@ -290,9 +303,9 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         await self._check_epoch(request.epoch, context)
         start, end, tenants = request.range.start, request.range.end, frozenset(request.tenants)
         if request.count_only and not tenants:
-            count = await asyncio.to_thread(self._engine.count, start, end)
+            count = await self._in_background(self._engine.count, start, end)
             return storage_pb2.RangeDigestResponse(count=count)
-        digest, count = await asyncio.to_thread(self._engine.digest, start, end, tenants)
+        digest, count = await self._in_background(self._engine.digest, start, end, tenants)
         return storage_pb2.RangeDigestResponse(
             digest=b"" if request.count_only else digest, count=count, load=self._load.report()
         )
@@ -314,7 +327,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             tenants=sorted(tenants) or None,
             deleted=deleted,
         )
-        return storage_pb2.DeleteRangeResponse(deleted=deleted)
+        return storage_pb2.DeleteRangeResponse(deleted=deleted, load=self._load.report())
 
     async def PurgeTombstones(
         self, request: storage_pb2.PurgeTombstonesRequest, context: ServicerContext

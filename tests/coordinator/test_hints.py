@@ -100,7 +100,7 @@ class Node:
         self.calls.append(call)
         return call
 
-    def submit_apply(self, record: StoredRecord, *, epoch: int) -> asyncio.Future[Any]:
+    def submit_apply(self, record: StoredRecord, *, epoch: int, patient: bool = False) -> asyncio.Future[Any]:
         return self._call()
 
     def apply_encoded(self, messages: Sequence[Any], *, epoch: int) -> asyncio.Future[Any]:

@@ -232,3 +232,48 @@ async def test_closing_cancels_the_items_a_lingering_call_had_not_taken_yet() ->
     await settle()  # the next call lingers, holding nothing yet
     await c.close()
     assert all(f.cancelled() for f in waiting)
+
+
+async def test_items_nobody_waits_for_wait_up_to_the_patient_linger_for_company() -> None:
+    node = Node()
+    c = Coalescer(node.send, Expired, Caps(linger=0.0, patient_linger=0.05))
+    futures = [c.submit("p0", epoch=1, size=1, timeout=5, patient=True)]
+    await settle()
+    assert node.calls == [], "a patient item does not leave at once, even to an idle node"
+    futures += [c.submit(f"p{i}", epoch=1, size=1, timeout=5, patient=True) for i in range(1, 10)]
+    await asyncio.sleep(0.1)
+    assert [len(call.items) for call in node.calls] == [10]  # one call for all of them
+    node.echo(0)
+    assert await asyncio.gather(*futures) == [f"P{i}" for i in range(10)]
+
+
+async def test_an_item_somebody_waits_for_ends_the_patient_wait_at_once() -> None:
+    node = Node()
+    c = Coalescer(node.send, Expired, Caps(linger=0.0, patient_linger=10.0))
+    c.submit("patient", epoch=1, size=1, timeout=5, patient=True)
+    await settle()
+    assert node.calls == []
+    waited_for = c.submit("urgent", epoch=1, size=1, timeout=5)
+    await settle()
+    assert [call.items for call in node.calls] == [["patient", "urgent"]]
+    node.echo(0)
+    assert await waited_for == "URGENT"
+
+
+async def test_a_full_call_of_patient_items_leaves_without_waiting_longer() -> None:
+    node = Node()
+    c = Coalescer(node.send, Expired, Caps(linger=0.0, patient_linger=10.0, items=4))
+    for i in range(4):
+        c.submit(f"p{i}", epoch=1, size=1, timeout=5, patient=True)
+    await settle()
+    assert [len(call.items) for call in node.calls] == [4]
+
+
+async def test_closing_cancels_patient_items_still_waiting_for_company() -> None:
+    node = Node()
+    c = Coalescer(node.send, Expired, Caps(linger=0.0, patient_linger=10.0))
+    waiting = [c.submit(f"p{i}", epoch=1, size=1, timeout=5, patient=True) for i in range(3)]
+    await settle()
+    await c.close()
+    assert all(f.cancelled() for f in waiting)
+    assert node.calls == []

@@ -21,15 +21,16 @@ from pairdb.storage_node.load import WINDOW_SECONDS, LoadMeter
 from tests.support import now_version, start_node
 
 
-async def test_the_meter_sees_a_loop_that_ran_late() -> None:
+async def test_the_meter_sees_a_loop_kept_late_on_average() -> None:
     meter = LoadMeter()
     meter.start()
     try:
-        await asyncio.sleep(0.05)
-        assert meter.report().scheduling_delay_ms < 100
-        time.sleep(0.2)  # noqa: ASYNC251 - the loop is blocked on purpose: as if the CPU were taken
-        await asyncio.sleep(0.05)
-        assert meter.report().scheduling_delay_ms >= 150
+        await asyncio.sleep(0.1)
+        assert meter.report().scheduling_delay_ms < 10  # an idle loop runs its timers on time
+        for _ in range(8):
+            time.sleep(0.05)  # noqa: ASYNC251 - the loop is blocked on purpose: as if the CPU were taken
+            await asyncio.sleep(0)
+        assert meter.report().scheduling_delay_ms >= 20
     finally:
         await meter.stop()
 
@@ -66,3 +67,10 @@ async def test_a_copys_calls_carry_the_client_traffic_and_are_not_counted_in_it(
     heard = client.load.at
     await client.apply_batch(copied[:1])
     assert client.load.at > heard
+
+
+async def test_a_cleanups_deletes_carry_the_client_traffic_too(client: NodeClient) -> None:
+    await client.apply(StoredRecord("t", "k", b"v", now_version()))
+    assert client.load is None  # a client write's reply carries nothing
+    assert await client.delete_range(0, 0) == 1
+    assert client.load is not None and client.load.client_ops_per_second > 0
