@@ -9,6 +9,7 @@ import structlog
 from temporalio import activity
 
 from pairdb.activities.context import StepContext, heartbeat
+from pairdb.activities.pace import Pace
 from pairdb.coordinator.movement import RangeMove
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.migration import ChangeType, MigrationRef, NodeState, Phase, Status
@@ -76,15 +77,20 @@ class CleanupSteps:
         return deleted
 
     async def _drop(self, topology: Topology, drops: Drops) -> int:
+        # Deleting is background work too: paced by the nodes' client traffic, as a copy is.
+        pace = Pace(0, [self._ctx.node(topology, n) for n in sorted(drops)])
+
         async def drop(node_id: str, by_tenants: dict[frozenset[str], list[tuple[int, int]]]) -> int:
             # One node's deletes run one after another (its writer takes one at a time anyway).
             node, count = self._ctx.node(topology, node_id), 0
             for tenants, ranges in by_tenants.items():
                 for start, end in ranges if ranges == [(0, 0)] else adjoined(ranges):
-                    count += await node.delete_range(
+                    deleted = await node.delete_range(
                         start, end, tenants=tenants, epoch=topology.epoch, timeout=120
                     )
+                    count += deleted
                     heartbeat()
+                    await pace.take(deleted)  # the next delete waits for what this one cost
             return count
 
         return sum(await asyncio.gather(*(drop(n, by) for n, by in sorted(drops.items()))))

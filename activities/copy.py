@@ -41,7 +41,7 @@ from temporalio.exceptions import ApplicationError
 
 from pairdb.activities import merge
 from pairdb.activities.context import StepContext
-from pairdb.activities.pace import Pace
+from pairdb.activities.pace import Pace, PaceState
 from pairdb.coordinator.metadata import MigrationRow, PlannedRange
 from pairdb.coordinator.movement import RangeMove
 from pairdb.coordinator.quorum import Consistency, required
@@ -85,9 +85,9 @@ def _holders(topology: Topology, node_id: str, planned: PlannedRange) -> set[str
 class CopySteps:
     def __init__(self, ctx: StepContext) -> None:
         self._ctx = ctx
-        # The rate each migration's last copy step ended at, so the next starts there rather than
-        # at full speed. Only a hint: a step on another worker starts afresh.
-        self._rates: dict[str, float] = {}
+        # Where each migration's last copy step left its pace, so the next goes on from there rather
+        # than at full speed. Only a hint: a step on another worker starts afresh.
+        self._paces: dict[str, PaceState] = {}
 
     async def _moving(self, migration_id: str) -> tuple[MigrationRow, Topology]:
         row = await self._ctx.migration(migration_id)
@@ -150,19 +150,12 @@ class CopySteps:
         row, topology = await self._moving(chunk.migration_id)
         plan = await self._ctx.store.plan(chunk.migration_id, chunk.range_indexes)
         todo = [p for p in plan if not p.copied]  # checkpointed ranges are never copied twice
-        targets = {_target_id(row, p): self._target(topology, row, p) for p in todo}
-        sources = sorted({s for p in todo for s in p.sources} - row.dead - set(targets))
-        pace = Pace(
-            chunk.throttle_keys_per_second,
-            [*targets.values(), *(self._ctx.node(topology, s) for s in sources)],
-            start=self._rates.get(chunk.migration_id),
-        )
-        slots = asyncio.Semaphore(PARALLEL_RANGES)
+        pace = self._pace(chunk, topology, row, todo)
 
         async def copy_one(planned: PlannedRange) -> None:
             target_id = _target_id(row, planned)
-            target = targets[target_id]
-            async with slots:
+            target = self._target(topology, row, planned)
+            async with pace.turn():
 
                 async def stream(sources: list[str]) -> tuple[int, int]:
                     if _holders(topology, target_id, planned) == set(topology.tenants):
@@ -182,7 +175,7 @@ class CopySteps:
         try:
             await asyncio.gather(*(copy_one(p) for p in todo))
         finally:
-            self._rates[chunk.migration_id] = pace.rate
+            self._paces[chunk.migration_id] = pace.state
         return await self._report(chunk.migration_id)
 
     @activity.defn(name="verify_ranges")
@@ -194,17 +187,36 @@ class CopySteps:
         passes when every old record is on the target at the same or a newer version.
         """
         row, topology = await self._moving(chunk.migration_id)
-        slots = asyncio.Semaphore(PARALLEL_RANGES)
+        plan = await self._ctx.store.plan(chunk.migration_id, chunk.range_indexes)
+        todo = [p for p in plan if not p.verified]
+        # Paced as the copy is: a range's digests read it on the target and a quorum of sources.
+        pace = self._pace(chunk, topology, row, todo)
 
         async def verify_one(planned: PlannedRange) -> int:
-            async with slots:
+            async with pace.turn():
+                await pace.take(max(planned.keys_estimate, 1))
                 recopied = await self._verify_range(topology, row, planned)
                 await self._ctx.store.mark_verified(chunk.migration_id, planned.index)
                 activity.heartbeat()
                 return recopied
 
-        plan = await self._ctx.store.plan(chunk.migration_id, chunk.range_indexes)
-        return sum(await asyncio.gather(*(verify_one(p) for p in plan if not p.verified)))
+        try:
+            return sum(await asyncio.gather(*(verify_one(p) for p in todo)))
+        finally:
+            self._paces[chunk.migration_id] = pace.state
+
+    def _pace(
+        self, chunk: CopyChunk, topology: Topology, row: MigrationRow, todo: list[PlannedRange]
+    ) -> Pace:
+        """The step's pace, heeding the nodes it reads and writes, from where the last step left it."""
+        targets = {_target_id(row, p): self._target(topology, row, p) for p in todo}
+        sources = sorted({s for p in todo for s in p.sources} - row.dead - set(targets))
+        return Pace(
+            chunk.throttle_keys_per_second,
+            [*targets.values(), *(self._ctx.node(topology, s) for s in sources)],
+            start=self._paces.get(chunk.migration_id),
+            parallel=PARALLEL_RANGES,
+        )
 
     def _target(self, topology: Topology, row: MigrationRow, planned: PlannedRange) -> NodeClient:
         return self._ctx.target(topology, row, _target_id(row, planned))

@@ -4,19 +4,23 @@ A copy is background work: on a node that serves clients it competes with
 them for CPU and for the disk. So it paces itself from what the nodes it talks
 to say of their client traffic on every reply (storage_node/load.py): while no
 node has client traffic to speak of, the copy runs at the ceiling (no limit
-without a throttle); while clients are busy, its rate follows the nodes'
-scheduling delay, additive increase and multiplicative decrease as TCP does,
-never under a floor so that it always finishes. The same idea as CockroachDB's
-elastic admission control, which slows rebalancing when the Go scheduler's
-latency rises. (The increase is multiplicative too, so a copy that yielded is
-back at speed within seconds of the clients going quiet.)
+without a throttle); while clients are busy, it runs as TCP sends: from a
+modest rate, growing by a quarter each adjustment while the nodes' scheduling
+delay stays low (slow start), halving when it rises, and after the first
+halving growing by a fixed step only (congestion avoidance); never under a
+floor, so that it always finishes. The same idea as CockroachDB's elastic
+admission control, which slows rebalancing when the Go scheduler's latency
+rises. A copy whose clients leave is back at the ceiling at the next
+adjustment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 
 import structlog
 from temporalio import activity
@@ -28,9 +32,12 @@ log = structlog.get_logger()
 # Client ops per second on a node under which the copy does not yield to them.
 QUIET_CLIENT_OPS = 50.0
 # A node whose event loop runs this late has requests waiting for CPU: the copy slows down.
-BUSY_DELAY_MS = 5.0
+# (CockroachDB's elastic work yields at 1 ms of scheduler latency; a Python loop is coarser.)
+BUSY_DELAY_MS = 1.0
 # The copy never goes slower than this (keys/s), however busy the clients: it must end.
 FLOOR_KEYS_PER_SECOND = 500.0
+# The rate a copy starts yielding from when it finds the clients busy (it may have gone far faster).
+YIELD_START_KEYS_PER_SECOND = 1000.0
 # How often the rate follows the nodes' reports, and how old a report may be to count. The
 # first adjustment comes sooner: a copy step may be over in well under a second.
 ADJUST_SECONDS = 0.25
@@ -38,8 +45,12 @@ FIRST_ADJUST_SECONDS = 0.1
 FRESH_SECONDS = 2.0
 # Records per batch while the copy yields: a client write never waits long behind a copy's commit.
 YIELDING_BATCH = 200
-# While clients are busy but the nodes keep up, each adjustment raises the rate by a quarter and this.
-INCREASE_KEYS_PER_SECOND = 500.0
+# Ranges copied (or verified) at once while the copy yields. A node scans and digests in threads
+# that hold Python's GIL between records: many at once starve the loop that serves the clients.
+YIELDING_RANGES = 2
+# While clients are busy but the nodes keep up, each adjustment raises the rate by a quarter until
+# it first had to halve, by this after.
+INCREASE_KEYS_PER_SECOND = 250.0
 
 
 class Throttle:
@@ -80,6 +91,15 @@ class Throttle:
             wait -= step
 
 
+@dataclass(frozen=True)
+class PaceState:
+    """Where a pace got to: a copy is many steps, and each goes on from where the last one was."""
+
+    rate: float
+    yielding: bool
+    halved: bool
+
+
 class Pace:
     """The copy's rate: at most ceiling keys/s (0: no ceiling), lowered while the nodes' clients are busy."""
 
@@ -89,35 +109,62 @@ class Pace:
         nodes: Sequence[NodeClient],
         *,
         adaptive: bool = True,
-        start: float | None = None,
+        start: PaceState | None = None,
+        parallel: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """start: the rate a previous step of the same copy ended at (a copy is many steps)."""
+        """start: the state a previous step of the same copy ended in; parallel: ranges at once, at most."""
         self.ceiling = float(ceiling)
+        self._parallel = parallel
+        self._active = 0  # ranges that hold a turn
+        self._turns = asyncio.Condition()
         self._nodes = nodes
         self._adaptive = adaptive
         self._clock = clock
-        self._bucket = Throttle(self.ceiling if start is None else start)
+        self._yielding = start is not None and start.yielding
+        # Once the rate had to halve, it grows by a fixed step only.
+        self._halved = start is not None and start.halved
+        rate = start.rate if start is not None and start.yielding else self.ceiling
+        self._bucket = Throttle(min(rate, self.ceiling) if self.ceiling else rate)
         self._adjusted = clock()
         self._wait = FIRST_ADJUST_SECONDS
-        self._yielding = False
-        self._taken = 0  # keys since the last adjustment: the rate the copy really went at
 
     @property
     def rate(self) -> float:
         """The rate in force, keys/s; 0 means none."""
         return self._bucket.rate
 
+    @property
+    def state(self) -> PaceState:
+        return PaceState(self.rate, self._yielding, self._halved)
+
     def batch(self, n: int) -> int:
         """How many records the next batch may hold, n at most: fewer while the copy yields."""
         return min(n, YIELDING_BATCH) if self._yielding else n
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """A range's turn: parallel ranges at once, YIELDING_RANGES while the copy yields."""
+        async with self._turns:
+            await self._turns.wait_for(
+                lambda: (
+                    self._active
+                    < (min(self._parallel, YIELDING_RANGES) if self._yielding else self._parallel)
+                )
+            )
+            self._active += 1
+        try:
+            yield
+        finally:
+            async with self._turns:
+                self._active -= 1
+                self._turns.notify_all()
 
     async def take(self, n: int) -> None:
         """Wait until n more keys may be copied."""
         if self._adaptive:
             self.follow(self._clock())
         await self._bucket.take(n)
-        self._taken += n
 
     def follow(self, now: float) -> None:
         """Set the rate by the nodes' reports (at most every ADJUST_SECONDS, the first time sooner)."""
@@ -127,27 +174,32 @@ class Pace:
         if not loads:
             return  # nothing heard yet: keep the rate
         busy = [load for load in loads if load.client_ops_per_second >= QUIET_CLIENT_OPS]
-        went = self._taken / (now - self._adjusted)
-        self._adjusted, self._taken, self._wait = now, 0, ADJUST_SECONDS
+        self._adjusted, self._wait = now, ADJUST_SECONDS
         if not busy:
             self._bucket.set_rate(self.ceiling)  # nobody to yield to
             if self._yielding:
                 self._yielding = False
                 log.info("No client traffic on the copy's nodes; copying at full pace", ceiling=self.ceiling)
             return
+        delay = max(load.scheduling_delay_ms for load in busy)
         if not self._yielding:
             self._yielding = True
             log.info(
                 "Clients are busy on the copy's nodes; the copy yields to them",
                 client_ops_per_second=round(max(load.client_ops_per_second for load in busy)),
-                scheduling_delay_ms=round(max(load.scheduling_delay_ms for load in busy), 1),
+                scheduling_delay_ms=round(delay, 1),
             )
-        # Without a rate in force, start from the one the copy really went at.
-        current = self._bucket.rate or max(went, FLOOR_KEYS_PER_SECOND)
-        if max(load.scheduling_delay_ms for load in busy) > BUSY_DELAY_MS:
-            rate = max(FLOOR_KEYS_PER_SECOND, current / 2)
+            # From a modest rate, whatever it went at alone (an unlimited copy has no rate at all).
+            current = min(self._bucket.rate or YIELD_START_KEYS_PER_SECOND, YIELD_START_KEYS_PER_SECOND)
         else:
-            rate = current * 1.25 + INCREASE_KEYS_PER_SECOND
+            current = self._bucket.rate
+        if delay > BUSY_DELAY_MS:
+            rate = max(FLOOR_KEYS_PER_SECOND, current / 2)
+            self._halved = True
+        elif self._halved:
+            rate = current + INCREASE_KEYS_PER_SECOND
+        else:
+            rate = current * 1.25
         if self.ceiling:
             rate = min(rate, self.ceiling)
         self._bucket.set_rate(rate)

@@ -188,7 +188,10 @@ class RingChangeWorkflow(Steering):
         for chunk in chunks:
             self._raise_if_stopped()
             await self._activity(
-                CopySteps.verify_ranges, CopyChunk(s.migration_id, chunk), COPY_STEP, stoppable=True
+                CopySteps.verify_ranges,
+                CopyChunk(s.migration_id, chunk, s.throttle_keys_per_second),
+                COPY_STEP,
+                stoppable=True,
             )
 
     async def _hold_at_cutover(self, hold: bool) -> None:

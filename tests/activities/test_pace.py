@@ -6,6 +6,7 @@ connected) whose last reported load the tests set, as replies would.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,7 +19,10 @@ from pairdb.activities.pace import (
     FRESH_SECONDS,
     INCREASE_KEYS_PER_SECOND,
     QUIET_CLIENT_OPS,
+    YIELD_START_KEYS_PER_SECOND,
+    YIELDING_RANGES,
     Pace,
+    PaceState,
     Throttle,
 )
 from pairdb.storage_node.client import NodeClient, NodeLoad
@@ -34,6 +38,11 @@ async def nodes() -> AsyncIterator[list[NodeClient]]:
     yield clients
     for client in clients:
         await client.close()
+
+
+def yielding(rate: float, *, halved: bool = False) -> PaceState:
+    """The state a previous step left a yielding pace in."""
+    return PaceState(rate, yielding=True, halved=halved)
 
 
 def report(node: NodeClient, ops: float, delay_ms: float, at: float) -> None:
@@ -82,34 +91,55 @@ async def test_without_client_traffic_the_copy_runs_at_the_ceiling(nodes: list[N
 async def test_busy_clients_on_a_late_node_halve_the_rate_down_to_the_floor(nodes: list[NodeClient]) -> None:
     report(nodes[0], BUSY, ON_TIME, 0.0)
     report(nodes[1], BUSY, LATE, 0.0)
-    rates = steps(Pace(0, nodes, start=8 * FLOOR_KEYS_PER_SECOND, clock=lambda: 0.0), 0.0, 6)
+    rates = steps(Pace(0, nodes, start=yielding(8 * FLOOR_KEYS_PER_SECOND), clock=lambda: 0.0), 0.0, 6)
     assert rates[:3] == [4 * FLOOR_KEYS_PER_SECOND, 2 * FLOOR_KEYS_PER_SECOND, FLOOR_KEYS_PER_SECOND]
     assert rates[3:] == [FLOOR_KEYS_PER_SECOND] * 3
 
 
-async def test_a_copy_without_a_limit_starts_yielding_from_the_rate_it_really_went_at(
+async def test_a_copy_that_finds_the_clients_busy_starts_yielding_from_a_modest_rate(
     nodes: list[NodeClient],
 ) -> None:
     pace = Pace(0, nodes, clock=lambda: 0.0)
-    await pace.take(6000)  # unlimited: no wait
-    report(nodes[0], BUSY, LATE, 1.0)
-    pace.follow(1.0)  # 6,000 keys in its first second
-    assert pace.rate == 3000
+    await pace.take(60_000)  # unlimited: no wait, however fast it goes alone
+    report(nodes[0], BUSY, ON_TIME, 1.0)
+    pace.follow(1.0)
+    assert pace.rate == YIELD_START_KEYS_PER_SECOND * 1.25
 
 
-async def test_busy_clients_on_nodes_that_keep_up_let_the_rate_grow_to_the_ceiling(
+async def test_busy_clients_on_nodes_that_keep_up_let_the_rate_grow_by_a_quarter_to_the_ceiling(
     nodes: list[NodeClient],
 ) -> None:
     ceiling = 5000
     for node in nodes:
         report(node, BUSY, ON_TIME, 0.0)
-    pace = Pace(ceiling, nodes, start=FLOOR_KEYS_PER_SECOND, clock=lambda: 0.0)
-    rates = steps(pace, 0.0, 6)
+    pace = Pace(ceiling, nodes, start=yielding(FLOOR_KEYS_PER_SECOND), clock=lambda: 0.0)
+    rates = steps(pace, 0.0, 12)
     expected = [FLOOR_KEYS_PER_SECOND]
-    while len(expected) <= 6:
-        expected.append(min(ceiling, expected[-1] * 1.25 + INCREASE_KEYS_PER_SECOND))
+    while len(expected) <= 12:
+        expected.append(min(ceiling, expected[-1] * 1.25))
     assert rates == expected[1:]
     assert rates[-1] == ceiling
+
+
+async def test_once_the_rate_had_to_halve_it_grows_by_a_fixed_step(nodes: list[NodeClient]) -> None:
+    report(nodes[0], BUSY, LATE, 0.0)
+    pace = Pace(0, nodes, start=yielding(8000), clock=lambda: 0.0)
+    assert steps(pace, 0.0, 1) == [4000]
+    report(nodes[0], BUSY, ON_TIME, 0.0)
+    assert steps(pace, 1.0, 3) == [4000 + i * INCREASE_KEYS_PER_SECOND for i in (1, 2, 3)]
+
+
+async def test_a_copy_step_goes_on_from_where_the_last_one_left_its_pace(nodes: list[NodeClient]) -> None:
+    report(nodes[0], BUSY, LATE, 0.0)
+    first = Pace(0, nodes, start=yielding(8000), clock=lambda: 0.0)
+    steps(first, 0.0, 1)
+    second = Pace(0, nodes, start=first.state, clock=lambda: 0.0)
+    assert second.rate == 4000 and second.batch(10_000) < 10_000  # still yielding, small batches
+    report(nodes[0], BUSY, ON_TIME, 0.0)
+    assert steps(second, 1.0, 1) == [4000 + INCREASE_KEYS_PER_SECOND]  # still past its first halving
+    # A step after one that had nobody to yield to starts at the ceiling; a lowered ceiling holds.
+    assert Pace(7000, nodes, start=PaceState(7000, yielding=False, halved=False)).rate == 7000
+    assert Pace(3000, nodes, start=yielding(4000)).rate == 3000
 
 
 async def test_when_the_clients_leave_the_copy_goes_back_to_full_speed(nodes: list[NodeClient]) -> None:
@@ -123,7 +153,7 @@ async def test_when_the_clients_leave_the_copy_goes_back_to_full_speed(nodes: li
 
 
 async def test_old_or_missing_reports_change_nothing(nodes: list[NodeClient]) -> None:
-    pace = Pace(0, nodes, start=FLOOR_KEYS_PER_SECOND, clock=lambda: 0.0)
+    pace = Pace(0, nodes, start=yielding(FLOOR_KEYS_PER_SECOND), clock=lambda: 0.0)
     pace.follow(ADJUST_SECONDS)  # nothing heard yet
     assert pace.rate == FLOOR_KEYS_PER_SECOND
     report(nodes[0], 0.0, ON_TIME, 0.0)  # quiet, but long ago
@@ -150,4 +180,24 @@ async def test_a_copy_step_yields_soon_after_it_starts_not_a_whole_period_later(
     pace.follow(FIRST_ADJUST_SECONDS / 2)
     assert pace.rate == 0
     pace.follow(FIRST_ADJUST_SECONDS)
-    assert pace.rate == 1000 / FIRST_ADJUST_SECONDS / 2
+    assert pace.rate == YIELD_START_KEYS_PER_SECOND / 2
+
+
+async def test_while_the_copy_yields_only_a_few_ranges_go_at_once(nodes: list[NodeClient]) -> None:
+    running, most = 0, 0
+
+    async def copy_one(pace: Pace) -> None:
+        nonlocal running, most
+        async with pace.turn():
+            running += 1
+            most = max(most, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+
+    alone = Pace(0, nodes, parallel=16)
+    await asyncio.gather(*(copy_one(alone) for _ in range(40)))
+    assert most == 16  # nobody to yield to: every range the step allows
+    most = 0
+    yielding_pace = Pace(0, nodes, start=yielding(FLOOR_KEYS_PER_SECOND), parallel=16)
+    await asyncio.gather(*(copy_one(yielding_pace) for _ in range(40)))
+    assert most == YIELDING_RANGES
