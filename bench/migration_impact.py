@@ -7,12 +7,19 @@ Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] 
    worker) with one RF 3 tenant holding ``--keys`` keys of 100 bytes (loaded
    through BatchWrite).
 2. Steady: ``--concurrency`` clients, half writing and half reading (QUORUM),
-   for ``--seconds``: ops/s, p50 and p99 latency.
+   for ``--seconds``: ops/s, p50 and p99 latency. Each client sends its next
+   request when the last one is answered: the load saturates the machine.
 3. During: the same load while node-4 is added, from AddStorageNode until the
-   migration completed (its status polled every 0.5 s): the same figures, and
+   migration completed (its status polled every 0.5 s; node-4's process was
+   started a second before, as an operator starts it): the same figures, and
    their ratios to the steady ones. The copy yields to the clients
    (activities/pace.py), so it takes longer than on an idle cluster.
-4. Nearly empty: a second cluster whose tenant holds 100 keys; the seconds from
+4. Steps 1-3 again on a fresh cluster under a load that leaves the machine
+   headroom, as a production cluster has: the clients offer ``--offered``
+   (a share of the saturating run's steady ops/s) at fixed intervals, and a
+   latency counts from when a request was due, not sent (a client that falls
+   behind shows it as latency, not as fewer requests).
+5. Nearly empty: a cluster whose tenant holds 100 keys; the seconds from
    AddStorageNode until ``completed`` (the fixed cost of an addition).
 
 With ``--operation repair``, step 3 is two anti-entropy repairs under the same
@@ -46,7 +53,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from bench.rebalance import TENANT, load_pairdb, say
 from bench.rpc import percentile
 from pairdb.client import Client
-from pairdb.local.cluster import LocalCluster
+from pairdb.local.cluster import LocalCluster, StorageNodeProcess
 from pairdb.serving import logs
 
 VALUE_BYTES = 100
@@ -62,20 +69,36 @@ class Window:
 
 
 class Load:
-    """Clients keeping requests in flight, half writes and half reads; latencies of completed ones."""
+    """Clients sending requests, half writes and half reads; latencies of completed ones.
 
-    def __init__(self, client: Client, keys: int, concurrency: int) -> None:
+    rate None: each client sends its next request as soon as the last one was
+    answered (a closed loop: it saturates the machine). A rate in ops/s: the
+    clients send at fixed intervals that add up to it, and a latency counts from
+    when the request was due.
+    """
+
+    def __init__(self, client: Client, keys: int, concurrency: int, rate: float | None = None) -> None:
         self._client, self._keys = client, keys
         self._stop = asyncio.Event()
         self._latencies: list[tuple[float, float]] = []  # (end, seconds)
-        self._tasks = [asyncio.create_task(self._run(w)) for w in range(concurrency)]
+        interval = concurrency / rate if rate else 0.0
+        self._tasks = [
+            asyncio.create_task(self._run(w, interval, w * interval / concurrency))
+            for w in range(concurrency)
+        ]
 
-    async def _run(self, w: int) -> None:
+    async def _run(self, w: int, interval: float, offset: float) -> None:
         value = os.urandom(VALUE_BYTES)
         i = 0
+        due = time.perf_counter() + offset
         while not self._stop.is_set():
             key = f"k{(w * 7919 + i * 104729) % self._keys:08d}"
-            started = time.perf_counter()
+            if interval:
+                if (wait := due - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
+                started, due = due, due + interval
+            else:
+                started = time.perf_counter()
             if i % 2:
                 await self._client.put(TENANT, key, value)
             else:
@@ -108,9 +131,8 @@ async def completed(client: Client, migration_id: str, what: str, poll: float) -
         raise RuntimeError(f"the {what} ended {status.status}: {status.error}")
 
 
-async def add_node_and_wait(cluster: LocalCluster, client: Client, poll: float) -> float:
-    """Add node-4; the seconds until its migration completed."""
-    node4 = await cluster.add_storage_node("node-4")
+async def add_node_and_wait(client: Client, node4: StorageNodeProcess, poll: float) -> float:
+    """Add node-4 (its process is up); the seconds from AddStorageNode until its migration completed."""
     started = time.perf_counter()
     added = await client.add_node("node-4", "127.0.0.1", node4.port)
     await completed(client, added.migration_id, "node addition", poll)
@@ -150,45 +172,78 @@ async def start_cluster(workdir: Path, keys: int) -> LocalCluster:
     return cluster
 
 
+async def addition_under_load(
+    workdir: Path, args: argparse.Namespace, rate: float | None
+) -> tuple[Window, Window, float]:
+    """A loaded cluster: the steady window, the window of an addition of node-4, the addition's seconds."""
+    say(f"starting a cluster with {args.keys:,} keys ...")
+    cluster = await start_cluster(workdir, args.keys)
+    try:
+        async with cluster.client() as client:
+            load = Load(client, args.keys, args.concurrency, rate)
+            await asyncio.sleep(2)  # warm-up
+            start = time.perf_counter()
+            await asyncio.sleep(args.seconds)
+            steady = load.window("steady", start, time.perf_counter())
+            # The operator starts the node's process first (on a machine of its own, usually): its
+            # start-up is not the addition's.
+            node4 = await cluster.add_storage_node("node-4")
+            await asyncio.sleep(1)
+            say("adding node-4 under load ...")
+            start = time.perf_counter()
+            # Each status poll is a Temporal query: poll as an operator would, not 20 times a second.
+            duration = await add_node_and_wait(client, node4, poll=0.5)
+            during = load.window("during the addition", start, time.perf_counter())
+            await load.stop()
+    finally:
+        await cluster.stop()
+    return steady, during, duration
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> None:
     main_task = asyncio.current_task()
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     what = "a node addition" if args.operation == "addition" else "anti-entropy repairs"
     print(f"pairdb migration impact: client traffic before and during {what}")
-    print(f"load    : {args.concurrency} requests in flight, half QUORUM writes, half QUORUM reads, RF 3")
+    print(f"load    : {args.concurrency} clients, half QUORUM writes, half QUORUM reads, RF 3")
     print(flush=True)
-    say(f"starting a cluster with {args.keys:,} keys ...")
-    cluster = await start_cluster(workdir / "loaded", args.keys)
-    try:
-        async with cluster.client() as client:
-            load = Load(client, args.keys, args.concurrency)
-            await asyncio.sleep(2)  # warm-up
-            start = time.perf_counter()
-            await asyncio.sleep(args.seconds)
-            steady = load.window("steady", start, time.perf_counter())
-            if args.operation == "repair":
+    if args.operation == "repair":
+        say(f"starting a cluster with {args.keys:,} keys ...")
+        cluster = await start_cluster(workdir / "loaded", args.keys)
+        try:
+            async with cluster.client() as client:
+                load = Load(client, args.keys, args.concurrency)
+                await asyncio.sleep(2)  # warm-up
+                start = time.perf_counter()
+                await asyncio.sleep(args.seconds)
+                steady = load.window("steady", start, time.perf_counter())
                 windows = await repairs_under_load(cluster, client, load)
                 await load.stop()
-                _report(steady, windows)
-                return
-            say("adding node-4 under load ...")
-            start = time.perf_counter()
-            # Each status poll is a Temporal query: poll as an operator would, not 20 times a second.
-            duration = await add_node_and_wait(cluster, client, poll=0.5)
-            during = load.window("during the addition", start, time.perf_counter())
-            await load.stop()
-    finally:
-        await cluster.stop()
+        finally:
+            await cluster.stop()
+        _report(steady, windows)
+        return
+
+    saturated = await addition_under_load(workdir / "saturated", args, None)
+    rate = args.offered * saturated[0].ops_per_second
+    say(f"again, the clients offering {rate:,.0f} ops/s ({args.offered:.0%} of the saturating load) ...")
+    headroom = await addition_under_load(workdir / "headroom", args, rate)
     say(f"starting a cluster with {EMPTY_KEYS} keys ...")
     empty = await start_cluster(workdir / "empty", EMPTY_KEYS)
     try:
         async with empty.client() as client:
-            empty_seconds = await add_node_and_wait(empty, client, poll=0.05)
+            node4 = await empty.add_storage_node("node-4")
+            empty_seconds = await add_node_and_wait(client, node4, poll=0.05)
     finally:
         await empty.stop()
 
-    _report(steady, [(during, duration)])
+    print("saturating load (each client sends when answered):")
+    _report(saturated[0], [(saturated[1], saturated[2])])
+    print(
+        f"load with headroom ({rate:,.0f} ops/s offered, {args.offered:.0%} of the saturating steady rate):"
+    )
+    _report(headroom[0], [(headroom[1], headroom[2])])
     print(f"addition to a nearly empty cluster ({EMPTY_KEYS} keys): {empty_seconds:.2f} s")
 
 
@@ -213,14 +268,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--concurrency", type=int, default=32, help="requests in flight (default %(default)s)"
     )
     parser.add_argument(
+        "--offered",
+        type=float,
+        default=0.6,
+        help="the headroom run's load, a share of the saturating steady ops/s (default %(default)s)",
+    )
+    parser.add_argument(
         "--operation",
         choices=["addition", "repair"],
         default="addition",
         help="what runs under the load (default %(default)s)",
     )
     args = parser.parse_args(argv)
-    if args.keys < EMPTY_KEYS or args.seconds <= 0 or args.concurrency < 1:
-        parser.error(f"--keys at least {EMPTY_KEYS}, --seconds positive, --concurrency at least 1")
+    if args.keys < EMPTY_KEYS or args.seconds <= 0 or args.concurrency < 1 or not 0 < args.offered <= 1:
+        parser.error(
+            f"--keys at least {EMPTY_KEYS}, --seconds positive, --concurrency at least 1, --offered in (0, 1]"
+        )
     return args
 
 
