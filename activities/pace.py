@@ -31,8 +31,8 @@ log = structlog.get_logger()
 
 # Client ops per second on a node under which the copy does not yield to them.
 QUIET_CLIENT_OPS = 50.0
-# A node whose event loop runs this late has requests waiting for CPU: the copy slows down.
-# (CockroachDB's elastic work yields at 1 ms of scheduler latency; a Python loop is coarser.)
+# A node whose event loop runs this late on average has requests waiting for CPU: the copy slows
+# down. (CockroachDB's elastic work yields at 1 ms of scheduler latency too.)
 BUSY_DELAY_MS = 1.0
 # The copy never goes slower than this (keys/s), however busy the clients: it must end.
 FLOOR_KEYS_PER_SECOND = 500.0
@@ -45,8 +45,8 @@ FIRST_ADJUST_SECONDS = 0.1
 FRESH_SECONDS = 2.0
 # Records per batch while the copy yields: a client write never waits long behind a copy's commit.
 YIELDING_BATCH = 200
-# Ranges copied (or verified) at once while the copy yields. A node scans and digests in threads
-# that hold Python's GIL between records: many at once starve the loop that serves the clients.
+# Ranges copied (or verified) at once while the copy yields: each keeps a scan or a digest going on
+# its nodes, work that holds Python's GIL between records while the nodes' loops serve clients.
 YIELDING_RANGES = 2
 # While clients are busy but the nodes keep up, each adjustment raises the rate by a quarter until
 # it first had to halve, by this after.

@@ -21,7 +21,9 @@ async def test_a_client_write_commits_between_the_slices_of_a_big_deletion(tmp_p
         doomed = [StoredRecord("old", f"k{i}", b"v", Version(10 << 16, 1)) for i in range(20 * DELETE_SLICE)]
         engine.apply_many(doomed)
         deleting = asyncio.ensure_future(committer.delete_range(0, 0, frozenset({"old"})))
-        while engine.stats().keys == len(doomed):  # the first slice is being deleted
+        for _ in range(5000):  # until the first slice is committed (the engine's thread, not ours)
+            if engine.stats().keys < len(doomed):
+                break
             await asyncio.sleep(0.001)
         await committer.apply([StoredRecord("t", "k", b"v", Version(20 << 16, 1))])
         assert not deleting.done(), "the write did not wait for the whole range"
