@@ -189,7 +189,8 @@ class CopySteps:
         row, topology = await self._moving(chunk.migration_id)
         plan = await self._ctx.store.plan(chunk.migration_id, chunk.range_indexes)
         todo = [p for p in plan if not p.verified]
-        # Paced as the copy is: a range's digests read it on the target and a quorum of sources.
+        # Yields to clients as the copy does: a range's digests read it on the target and a quorum of
+        # sources. (The operator's throttle is of keys copied: the workflow leaves it out here.)
         pace = self._pace(chunk, topology, row, todo)
 
         async def verify_one(planned: PlannedRange) -> int:

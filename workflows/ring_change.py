@@ -187,11 +187,9 @@ class RingChangeWorkflow(Steering):
             self._publish()
         for chunk in chunks:
             self._raise_if_stopped()
+            # Without the throttle (it limits the keys copied), but yielding to clients as the copy does.
             await self._activity(
-                CopySteps.verify_ranges,
-                CopyChunk(s.migration_id, chunk, s.throttle_keys_per_second),
-                COPY_STEP,
-                stoppable=True,
+                CopySteps.verify_ranges, CopyChunk(s.migration_id, chunk), COPY_STEP, stoppable=True
             )
 
     async def _hold_at_cutover(self, hold: bool) -> None:
