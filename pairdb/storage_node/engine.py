@@ -84,10 +84,29 @@ class TenantUsage:
 
 
 class _UsageChange:
-    """How a write transaction changes each tenant's usage, added to the counters as it commits."""
+    """How a write transaction changes the node's counters and each tenant's usage, added as it commits."""
 
     def __init__(self) -> None:
+        self.keys = self.size = self.tombstones = 0
         self.by_tenant: dict[bytes, list[int]] = {}
+
+    def came(self, db_key: bytes, record: StoredRecord) -> None:
+        """record is stored under db_key now."""
+        if record.tombstone:
+            self.tombstones += 1
+        else:
+            self.keys += 1
+            self.size += len(record.value)
+            self.add(db_key, len(record.value), 1)
+
+    def went(self, db_key: bytes, record: StoredRecord) -> None:
+        """record, stored under db_key, is gone (deleted or replaced)."""
+        if record.tombstone:
+            self.tombstones -= 1
+        else:
+            self.keys -= 1
+            self.size -= len(record.value)
+            self.add(db_key, len(record.value), -1)
 
     def add(self, db_key: bytes, value_bytes: int, sign: int) -> None:
         tenant = _tenant_of(db_key)
@@ -251,7 +270,6 @@ class Engine:
         applied: list[Applied] = []
         usage = _UsageChange()
         with self._env.begin(write=True) as txn:
-            keys, size, tombstones = self._counters(txn)
             for record in records:
                 db_key = encode_key(record.tenant_id, record.key)
                 current = txn.get(db_key, db=self._records)
@@ -260,21 +278,10 @@ class Engine:
                     if not record.newer_than(old):
                         applied.append(Applied(False, old.version, same=record.order == old.order))
                         continue
-                    if old.tombstone:
-                        tombstones -= 1
-                    else:
-                        keys -= 1
-                        size -= len(old.value)
-                        usage.add(db_key, len(old.value), -1)
+                    usage.went(db_key, old)
                 txn.put(db_key, _encode_value(record), db=self._records)
-                if record.tombstone:
-                    tombstones += 1
-                else:
-                    keys += 1
-                    size += len(record.value)
-                    usage.add(db_key, len(record.value), 1)
+                usage.came(db_key, record)
                 applied.append(APPLIED)
-            txn.put(_COUNTERS_KEY, _COUNTERS.pack(keys, size, tombstones), db=self._meta)
             self._add_usage(txn, usage)
         return applied
 
@@ -317,7 +324,6 @@ class Engine:
         doomed: list[tuple[bytes, bytes]] = []
         usage = _UsageChange()
         with self._env.begin(write=True) as txn:
-            keys, size, tombstones = self._counters(txn)
             last: bytes | None = None
             for visited, (db_key, db_value) in enumerate(self._walk(txn, start, end, after), 1):
                 if not wanted or _tenant_of(db_key) in wanted:
@@ -326,15 +332,8 @@ class Engine:
                     last = db_key
                     break
             for db_key, db_value in doomed:
-                old = _decode(db_key, db_value)
-                if old.tombstone:
-                    tombstones -= 1
-                else:
-                    keys -= 1
-                    size -= len(old.value)
-                    usage.add(db_key, len(old.value), -1)
+                usage.went(db_key, _decode(db_key, db_value))
                 txn.delete(db_key, db=self._records)
-            txn.put(_COUNTERS_KEY, _COUNTERS.pack(keys, size, tombstones), db=self._meta)
             self._add_usage(txn, usage)
         return len(doomed), last
 
@@ -349,8 +348,8 @@ class Engine:
         """
         wanted = {t.encode(): cutoff for t, cutoff in cutoffs.items()}
         purged = 0
+        usage = _UsageChange()
         with self._env.begin(write=True) as txn:
-            keys, size, tombstones = self._counters(txn)
             cursor = txn.cursor(db=self._records)
             for lo, hi in _segments(start, end) if wanted else []:
                 if not cursor.set_range(_TOKEN.pack(lo)):
@@ -366,12 +365,12 @@ class Engine:
                         if not cursor.next():
                             break
                         continue
-                    tombstones -= 1
+                    usage.tombstones -= 1
                     purged += 1
                     # delete() moves the cursor to the next record.
                     if not cursor.delete() or cursor.key() == b"":
                         break
-            txn.put(_COUNTERS_KEY, _COUNTERS.pack(keys, size, tombstones), db=self._meta)
+            self._add_usage(txn, usage)
             raw = txn.get(_PURGED_KEY, db=self._meta)
             total = (0 if raw is None else _U64.unpack(raw)[0]) + purged
             txn.put(_PURGED_KEY, _U64.pack(total), db=self._meta)
@@ -472,6 +471,10 @@ class Engine:
         return out
 
     def _add_usage(self, txn: lmdb.Transaction, usage: _UsageChange) -> None:
+        """Add a transaction's change to the node's counters and to each tenant's usage."""
+        keys, size, tombstones = self._counters(txn)
+        counters = (keys + usage.keys, size + usage.size, tombstones + usage.tombstones)
+        txn.put(_COUNTERS_KEY, _COUNTERS.pack(*counters), db=self._meta)
         for tenant, (keys, size) in usage.by_tenant.items():
             if not keys and not size:
                 continue
