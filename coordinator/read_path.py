@@ -27,10 +27,11 @@ from typing import Any
 
 import structlog
 
+from pairdb.coordinator.answer_times import AnswerTimes
 from pairdb.coordinator.batch import one_by_one
 from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan, required
-from pairdb.coordinator.replica_reads import AnswerTimes, KeyRead, first_asks
+from pairdb.coordinator.replica_reads import KeyRead, first_asks
 from pairdb.coordinator.replication import Replicator
 from pairdb.coordinator.routing import Route, StaleView, route
 from pairdb.coordinator.topology import Topology, TopologyCache
@@ -205,7 +206,10 @@ class ReadPath:
                 self._later(r.topology, self._repair(r.topology, newest, stale))
             return
         # Replicas that answered with something older get it too, even when the plan is met without them.
-        outcome = await self._replicator.send(r.topology, plan, newest, holding=holding, newer_counts=True)
+        # A client waits already, and a write-back means a replica lagged: no send waits for company.
+        outcome = await self._replicator.send(
+            r.topology, plan, newest, holding=holding, newer_counts=True, patient=False
+        )
         if outcome.stale is not None:
             raise outcome.stale
         if not plan.satisfied(outcome.acked):

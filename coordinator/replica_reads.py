@@ -21,37 +21,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Sequence
 
+from pairdb.coordinator.answer_times import AnswerTimes
 from pairdb.kernel.keyspace import StoredRecord
 from pairdb.serving import metrics
 from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
 
 Answer = StoredRecord | None
-
-
-class AnswerTimes:
-    """How long replicas took to answer lately; its p99 is how long a read waits before asking spares."""
-
-    __slots__ = ("_ceiling", "_count", "_every", "_floor", "_samples", "_window", "delay")
-
-    def __init__(
-        self, initial: float, *, floor: float, ceiling: float, window: int = 1024, every: int = 128
-    ) -> None:
-        self.delay = initial
-        self._floor, self._ceiling = floor, ceiling
-        self._window, self._every = window, every
-        self._samples: list[float] = []
-        self._count = 0
-
-    def add(self, seconds: float) -> None:
-        if len(self._samples) < self._window:
-            self._samples.append(seconds)
-        else:
-            self._samples[self._count % self._window] = seconds
-        self._count += 1
-        if self._count % self._every == 0:
-            ordered = sorted(self._samples)
-            p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-            self.delay = min(self._ceiling, max(self._floor, p99))
 
 
 def first_asks(replicas: Sequence[str], turn: int, preferred: Collection[str] = ()) -> tuple[str, ...]:

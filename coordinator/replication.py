@@ -13,6 +13,12 @@ a barrier waits for them like for the request itself.
 A send that fails because the replica could not take the record then, on time
 or late, leaves a hint (hints.py) that is replayed once the replica is back.
 Hints are taken after the answers are counted and never change an outcome.
+
+A dual write to a joining node whose answer the plan can do without waits in
+that node's coalescer for company (patient). A write still undecided after
+what most writes take lately (p90), or one whose other replica failed, needs
+that answer after all: it hurries the patient sends, so a slow old replica
+costs one round trip to the joining node, not the patient linger.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from pairdb.coordinator.answer_times import AnswerTimes
 from pairdb.coordinator.hints import HintStore, hintable
 from pairdb.coordinator.quorum import ReplicaPlan, Tally
 from pairdb.coordinator.topology import Topology, TopologyCache
@@ -129,6 +136,10 @@ def _patient(plan: ReplicaPlan) -> frozenset[str]:
 DIRECT_CALLS_FROM = 32
 # Records per direct call.
 CALL_ITEMS = 1000
+# The share of writes decided without their patient sends' answers: the others hurry them, and
+# none waits longer than HURRY_AT_MOST_AFTER seconds before it does.
+HURRY_AFTER_QUANTILE = 0.9
+HURRY_AT_MOST_AFTER = 0.5
 
 
 class Replicator:
@@ -136,6 +147,10 @@ class Replicator:
         self._cache = cache
         self._pool = pool
         self._hints = hints
+        # How long coalesced sends took to decide lately: a write undecided for longer hurries.
+        self._decided = AnswerTimes(
+            0.01, floor=0.002, ceiling=HURRY_AT_MOST_AFTER, quantile=HURRY_AFTER_QUANTILE
+        )
 
     async def send(
         self,
@@ -146,14 +161,21 @@ class Replicator:
         holding: Collection[str] = (),
         newer_counts: bool = False,
         dual_write: bool = False,
+        patient: bool = True,
     ) -> Outcome:
         """Send record to every target of plan but those `holding` it already.
 
         newer_counts: a replica holding a newer record acknowledges (a read's write-back).
         dual_write: count sends to nodes only the future ring has, for the dual-write metrics.
+        patient: joining nodes the plan can do without may wait for company (not when a client
+        waits already, as for a read's write-back).
         """
         [outcome] = await self.send_many(
-            topology, [Delivery(plan, record, holding)], newer_counts=newer_counts, dual_write=dual_write
+            topology,
+            [Delivery(plan, record, holding)],
+            newer_counts=newer_counts,
+            dual_write=dual_write,
+            patient=patient,
         )
         return outcome
 
@@ -164,6 +186,7 @@ class Replicator:
         *,
         newer_counts: bool = False,
         dual_write: bool = False,
+        patient: bool = True,
     ) -> list[Outcome]:
         """send() for many records at once: one outcome each, back when every one is decided.
 
@@ -172,9 +195,13 @@ class Replicator:
         straight to each node in calls of up to CALL_ITEMS records. Either way
         each record is decided on its own answers.
         """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         rounds = [_Round(d, newer_counts) for d in deliveries]
         sends: dict[asyncio.Future[Any], tuple[str, list[_Round]]] = {}
-        if len(rounds) >= DIRECT_CALLS_FROM:
+        waiting: set[str] = set()  # nodes with patient sends of ours
+        coalesced = len(rounds) < DIRECT_CALLS_FROM
+        if not coalesced:
             per_node: dict[str, list[tuple[_Round, storage_pb2.Record]]] = {}
             for round_ in rounds:
                 message = to_proto(round_.delivery.record)  # encoded once for all its replicas
@@ -189,14 +216,16 @@ class Replicator:
                     sends[asyncio.ensure_future(call)] = (node, [r for r, _ in chunk])
         else:
             for round_ in rounds:
-                patient = _patient(round_.delivery.plan)
+                can_wait = _patient(round_.delivery.plan) if patient else frozenset()
                 for node in round_.delivery.plan.targets:
                     if node not in round_.outcome.acked:
                         client = self._pool.node(node, topology.address(node))
                         send = client.submit_apply(
-                            round_.delivery.record, epoch=topology.epoch, patient=node in patient
+                            round_.delivery.record, epoch=topology.epoch, patient=node in can_wait
                         )
                         sends[send] = (node, [round_])
+                        if node in can_wait:
+                            waiting.add(node)
         for _, part in sends.values():
             for round_ in part:
                 round_.expected += 1
@@ -207,7 +236,12 @@ class Replicator:
                 round_.decided = True
             else:
                 undecided += 1
-        all_decided: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        all_decided: asyncio.Future[None] = loop.create_future()
+
+        def hurry() -> None:
+            for node in waiting:
+                self._pool.node(node, topology.address(node)).hurry_applies()
+            waiting.clear()
 
         def answered(send: asyncio.Future[Any]) -> None:
             nonlocal undecided
@@ -225,6 +259,8 @@ class Replicator:
                 if round_.decide():
                     round_.decided = True
                     undecided -= 1
+                elif waiting and node not in waiting and node not in round_.outcome.acked:
+                    hurry()  # a replica it counted on failed: the patient answers are needed now
             if not undecided and not all_decided.done():
                 all_decided.set_result(None)
             if self._hints is not None:
@@ -232,10 +268,15 @@ class Replicator:
 
         for send in sends:
             send.add_done_callback(answered)
+        timer = loop.call_later(self._decided.delay, hurry) if waiting and undecided else None
         try:
             if undecided:
                 await all_decided
+            if coalesced:
+                self._decided.add(loop.time() - started)
         finally:
+            if timer is not None:
+                timer.cancel()
             for send in sends:
                 if not send.done():
                     # Still writing by this epoch's view: a barrier waits for it too.

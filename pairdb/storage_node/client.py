@@ -180,6 +180,10 @@ class NodeClient:
             record, epoch=epoch, size=size, timeout=timeout or self.timeout, patient=patient
         )
 
+    def hurry_applies(self) -> None:
+        """Send the patient applies waiting for company now: a write waits for one of them after all."""
+        self._writes.hurry()
+
     async def apply(self, record: StoredRecord, *, epoch: int = 0, timeout: float | None = None) -> Applied:
         return await self.submit_apply(record, epoch=epoch, timeout=timeout)
 

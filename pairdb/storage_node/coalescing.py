@@ -12,7 +12,9 @@ caller at a time never finds a call out, so it never waits.
 Items nobody waits for (a dual write to a joining node when the old replicas'
 acknowledgements suffice) wait longer, up to a patient linger, as long as no
 item somebody waits for joins them: the node that only follows along gets a
-few large calls instead of one per moment, for the same records.
+few large calls instead of one per moment, for the same records. Once a
+caller does wait for them after all (an acknowledgement it counted on is slow
+or failed), it hurries them: they leave in the next call.
 The node commits a call's writes in one group commit, so a burst of concurrent
 writes costs one round trip and one fsync instead of one each; and the
 per-call cost of gRPC in Python, which dominates a small request, is paid once.
@@ -108,6 +110,13 @@ class Coalescer(Generic[Item, Result]):
             _resolve(self._wake)
         self._dispatch()
         return future
+
+    def hurry(self) -> None:
+        """Somebody now waits for the queued patient items (a replica it counted on is slow): send them."""
+        for pending in self._queue:
+            pending.patient = False
+        if self._wake is not None:
+            _resolve(self._wake)
 
     async def close(self) -> None:
         for task in list(self._calls):

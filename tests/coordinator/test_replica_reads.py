@@ -11,7 +11,8 @@ from typing import Any, cast
 
 import grpc
 
-from pairdb.coordinator.replica_reads import AnswerTimes, KeyRead, first_asks
+from pairdb.coordinator.answer_times import AnswerTimes
+from pairdb.coordinator.replica_reads import KeyRead, first_asks
 from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.storage_node.client import StorageError, StoragePool
 

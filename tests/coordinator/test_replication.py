@@ -1,9 +1,10 @@
-"""Which sends of a write nobody waits for: the joining node's, while the other replicas suffice.
+"""Which sends of a write nobody waits for (the joining node's, while the other replicas suffice), and
+when a write hurries them after all.
 
 Unit tests of coordinator/replication.py against recording nodes (no gRPC):
 the flag they check is what lets a node's coalescer hold those sends for
 company (storage_node/coalescing.py), so a dual write costs the joining node
-a few large calls instead of one per moment.
+a few large calls instead of one per moment; a hurry sends them at once.
 """
 
 from __future__ import annotations
@@ -33,21 +34,39 @@ APPLIED = Applied(True, Version(1 << 16, 1))
 
 
 class Node:
-    """Answers every write at once; remembers whether each was sent as patient."""
+    """Answers a write at once, or (patient) when hurried, or (silent) never, or (failing) with an error.
 
-    def __init__(self) -> None:
+    Remembers whether each write was sent as patient, and whether it was hurried.
+    """
+
+    def __init__(self, behaviour: str = "") -> None:
+        self.behaviour = behaviour
         self.patient: list[bool] = []
+        self.hurried = False
+        self._held: list[asyncio.Future[Any]] = []
 
     def submit_apply(self, record: StoredRecord, *, epoch: int, patient: bool = False) -> asyncio.Future[Any]:
         self.patient.append(patient)
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        answer.set_result(APPLIED)
+        if self.behaviour == "failing":
+            answer.set_exception(ConnectionError("node down"))
+        elif self.behaviour == "silent" or (patient and self.behaviour == "patient"):
+            self._held.append(answer)
+        else:
+            answer.set_result(APPLIED)
         return answer
+
+    def hurry_applies(self) -> None:
+        self.hurried = True
+        if self.behaviour == "patient":
+            for answer in self._held:
+                answer.set_result(APPLIED)
+            self._held.clear()
 
 
 class Pool:
-    def __init__(self) -> None:
-        self.nodes = {n: Node() for n in NODES}
+    def __init__(self, **behaviours: str) -> None:
+        self.nodes = {n: Node(behaviours.get(n, "")) for n in NODES}
 
     def node(self, node_id: str, address: str) -> Node:
         return self.nodes[node_id]
@@ -85,3 +104,44 @@ async def test_only_sends_to_joining_nodes_the_plan_can_do_without_are_patient(
     plan: ReplicaPlan, patient: set[str]
 ) -> None:
     assert await patient_sends(plan) == patient
+
+
+async def test_a_read_write_back_sends_nothing_patient() -> None:
+    # A client waits already, and a write-back means a replica lagged.
+    pool = Pool()
+    plan = ReplicaPlan(Consistency.QUORUM, ("a", "b", "c"), ("a", "b", "d"))
+    await Replicator(Cache(), pool).send(TOPOLOGY, plan, RECORD, patient=False)  # type: ignore[arg-type]
+    assert not any(any(node.patient) for node in pool.nodes.values())
+
+
+ADDITION = ReplicaPlan(Consistency.QUORUM, ("a", "b", "c"), ("a", "b", "d"))
+
+
+async def test_a_write_whose_shared_replica_is_slow_hurries_the_joining_nodes_send() -> None:
+    # b never answers: the future set's QUORUM needs d after all. d answers only when hurried, which
+    # the write does once it took longer than most writes lately.
+    pool = Pool(b="silent", d="patient")
+    replicator = Replicator(Cache(), pool)  # type: ignore[arg-type]
+    outcome = await asyncio.wait_for(replicator.send(TOPOLOGY, ADDITION, RECORD, dual_write=True), 10)
+    assert pool.nodes["d"].hurried
+    assert outcome.acked == {"a", "c", "d"}
+    assert ADDITION.satisfied(outcome.acked)
+
+
+async def test_a_write_whose_shared_replica_fails_hurries_at_once() -> None:
+    pool = Pool(b="failing", d="patient")
+    replicator = Replicator(Cache(), pool)  # type: ignore[arg-type]
+    replicator._decided.delay = 3600.0  # only the failure can hurry it
+    outcome = await asyncio.wait_for(replicator.send(TOPOLOGY, ADDITION, RECORD, dual_write=True), 10)
+    assert pool.nodes["d"].hurried
+    assert ADDITION.satisfied(outcome.acked)
+    assert "b" in outcome.failed
+
+
+async def test_a_write_its_old_replicas_decide_does_not_hurry() -> None:
+    pool = Pool(d="patient")
+    replicator = Replicator(Cache(), pool)  # type: ignore[arg-type]
+    outcome = await replicator.send(TOPOLOGY, ADDITION, RECORD, dual_write=True)
+    assert ADDITION.satisfied(outcome.acked) and "d" not in outcome.acked
+    await asyncio.sleep(replicator._decided.delay * 2)  # past when it would have hurried
+    assert not pool.nodes["d"].hurried

@@ -260,6 +260,25 @@ async def test_an_item_somebody_waits_for_ends_the_patient_wait_at_once() -> Non
     assert await waited_for == "URGENT"
 
 
+async def test_hurried_patient_items_leave_at_once_and_do_not_wait_again() -> None:
+    node = Node()
+    c = Coalescer(node.send, Expired, Caps(linger=0.0, patient_linger=10.0, in_flight=1))
+    first = c.submit("p0", epoch=1, size=1, timeout=5, patient=True)
+    await settle()
+    assert node.calls == []
+    c.hurry()  # a write waits for it after all
+    await settle()
+    assert [call.items for call in node.calls] == [["p0"]]
+    # Queued behind the call in flight when hurried: they leave as soon as it is answered.
+    behind = c.submit("p1", epoch=1, size=1, timeout=5, patient=True)
+    c.hurry()
+    node.echo(0)
+    await settle()
+    assert [call.items for call in node.calls] == [["p0"], ["p1"]]
+    node.echo(1)
+    assert [await first, await behind] == ["P0", "P1"]
+
+
 async def test_a_full_call_of_patient_items_leaves_without_waiting_longer() -> None:
     node = Node()
     c = Coalescer(node.send, Expired, Caps(linger=0.0, patient_linger=10.0, items=4))
