@@ -37,7 +37,7 @@ from pairdb.security.certs import CertError
 from pairdb.security.exposure import Exposed
 from pairdb.security.secrets import mask_dsn, mask_secrets
 from pairdb.security.tls import TlsError, TlsFiles
-from pairdb.serving import logs, loops
+from pairdb.serving import logs, loops, priority
 from pairdb.serving.server import COORDINATOR_MAX_CONCURRENT_RPCS, STORAGE_NODE_MAX_CONCURRENT_RPCS
 
 if TYPE_CHECKING:
@@ -431,6 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="port of the Temporal SDK's own Prometheus metrics (default: off)",
+    )
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=priority.BACKGROUND_NICE,
+        help="lower the worker's CPU priority by this much (default %(default)s): its copies and "
+        "verifications are background work, and on a machine it shares with storage nodes or "
+        "coordinators the clients' requests come first; 0 keeps the priority it was started with",
     )
     _add_tls_flags(p, "this worker (pairdb cert create-node NAME --role worker)")
     _add_insecure(p)
@@ -1158,6 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
                         tls=TlsFiles.from_options(args.tls_ca, args.tls_cert, args.tls_key),
                         temporal_access=_temporal_access(args),
                         insecure=args.insecure,
+                        nice=args.nice,
                     )
                 )
             )

@@ -24,7 +24,7 @@ from pairdb.kernel.sabotage import from_env as sabotage_from_env
 from pairdb.security.exposure import postgres_warning
 from pairdb.security.temporal_access import TemporalAccess
 from pairdb.security.tls import ChannelTls, TlsFiles
-from pairdb.serving import metrics
+from pairdb.serving import metrics, priority
 from pairdb.serving.loops import stop_task
 from pairdb.workflows.node_addition import NodeAdditionWorkflow
 from pairdb.workflows.repair import RepairWorkflow
@@ -59,6 +59,8 @@ class WorkerConfig:
     temporal_access: TemporalAccess = field(default_factory=TemporalAccess)
     # Reach a remote PostgreSQL without a verifying sslmode anyway.
     insecure: bool = False
+    # Added niceness (CPU priority) of the process: a worker's work is background work.
+    nice: int = priority.BACKGROUND_NICE
 
 
 def build_worker(client: Client, ctx: StepContext) -> Worker:
@@ -91,6 +93,7 @@ def build_worker(client: Client, ctx: StepContext) -> Worker:
 
 
 async def serve(config: WorkerConfig) -> None:
+    priority.lower(config.nice)  # before the SDK starts its threads
     warning = postgres_warning(config.postgres_dsn, insecure=config.insecure)
     metadata = await Metadata.connect(config.postgres_dsn)
     ctx = StepContext.create(

@@ -33,6 +33,7 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 
 from pairdb.local.processes import free_port, open_private_log
+from pairdb.serving import priority
 
 __all__ = ["SEARCH_ATTRIBUTES", "TemporalDevServer", "temporal_binary"]
 
@@ -285,7 +286,10 @@ class TemporalDevServer:
         ]
         for name, kind in SEARCH_ATTRIBUTES.items():
             args += ["--search-attribute", f"{name}={kind}"]
-        return args
+        # A deployed Temporal runs on machines of its own; here it shares the CPUs with the cluster's
+        # nodes and coordinators, and runs niced like the other background work (serving/priority.py).
+        nice = shutil.which("nice")
+        return [nice, "-n", str(priority.BACKGROUND_NICE), *args] if nice else args
 
     async def _reap(self, deadline: float) -> None:
         """Collect the exit status of a previous server that was killed or died on its own."""

@@ -237,7 +237,14 @@ def _overlap(s1: int, e1: int, s2: int, e2: int) -> bool:
 
 
 class Engine:
-    def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE, *, readonly: bool = False) -> None:
+        """readonly: reads only, beside the node's own engine in another process (background.py)."""
+        self.path = path
+        if readonly:
+            self._env = lmdb.open(str(path), map_size=map_size, max_dbs=2, readonly=True, readahead=False)
+            self._records = self._env.open_db(b"records", create=False)
+            self._meta = self._env.open_db(b"meta", create=False)
+            return
         # The node's data is its tenants' values: readable by its own user only.
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         # sync/metasync on: a committed transaction is on disk, so an

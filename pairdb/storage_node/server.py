@@ -19,6 +19,7 @@ from pairdb.serving import metrics
 from pairdb.serving.server import STORAGE_NODE_MAX_CONCURRENT_RPCS, Health, new_server
 from pairdb.storage_node import access
 from pairdb.storage_node.access import ClusterOnly
+from pairdb.storage_node.background import ReaderProcess
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine
 from pairdb.storage_node.load import LoadMeter
@@ -80,18 +81,19 @@ async def serve(config: StorageNodeConfig) -> None:
         wrappers=[ClusterOnly()] if config.tls else [],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
-    storage_pb2_grpc.add_StorageServiceServicer_to_server(
-        StorageService(
-            config.node_id,
-            engine,
-            committer,
-            max_clock_offset_ms=config.max_clock_offset_ms,
-            clock=WallClock.from_env(),
-            sabotage=sabotage,
-            load=load,
-        ),
-        server,
+    background = ReaderProcess(config.data_dir)
+    await background.start()
+    service = StorageService(
+        config.node_id,
+        engine,
+        committer,
+        max_clock_offset_ms=config.max_clock_offset_ms,
+        clock=WallClock.from_env(),
+        sabotage=sabotage,
+        load=load,
+        background=background,
     )
+    storage_pb2_grpc.add_StorageServiceServicer_to_server(service, server)
     health = Health(server, [STORAGE_SERVICE], ready=lambda: True)
     # Read from the engine's counters on each scrape (a short LMDB read transaction).
     metrics.STORAGE_KEYS.set_function(lambda: engine.stats().keys)
@@ -131,6 +133,7 @@ async def serve(config: StorageNodeConfig) -> None:
     log.info("Storage node stopping", node_id=config.node_id)
     await health.stop()
     await server.stop(grace=5)
+    await service.close()
     await committer.stop()
     await load.stop()
     engine.close()

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import structlog
@@ -24,6 +24,7 @@ from pairdb.kernel.keyspace import MAX_KEY_BYTES, MAX_TENANT_ID_BYTES, MAX_VALUE
 from pairdb.kernel.sabotage import SKIP_FENCE
 from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.serving.interception import ServicerContext
+from pairdb.storage_node.background import BackgroundReads, ReaderThread
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine, MalformedEntries, unpack_entries
 from pairdb.storage_node.load import LoadMeter
@@ -87,7 +88,10 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         clock: WallClock | None = None,
         sabotage: frozenset[str] = frozenset(),
         load: LoadMeter | None = None,
+        background: BackgroundReads | None = None,
     ) -> None:
+        """background: where scans, digests and counts for copies and repairs run (background.py);
+        by default on a thread of this process."""
         self._node_id = node_id
         # Client traffic is counted here; the copy's calls carry the count back to it.
         self._load = load or LoadMeter()
@@ -98,14 +102,13 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         self._clock = clock or WallClock()
         # Raised here first, then on disk: from the moment SetFence starts, stale requests are refused.
         self._fence = engine.fence()
-        # Scans, digests and counts for copies and repairs, one at a time: each holds Python's GIL
-        # between records, and several at once starve the loop that serves the clients.
-        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background-reads")
+        self._background = background or ReaderThread(engine)
+        # Scans of whole records (not packed entries) for older callers, one at a time.
+        self._scans = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-scans")
 
-    async def _in_background(self, work: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._background, functools.partial(work, *args, **kwargs)
-        )
+    async def close(self) -> None:
+        await self._background.close()
+        self._scans.shutdown(wait=False, cancel_futures=True)
 
     async def _check_epoch(self, epoch: int, context: ServicerContext) -> None:
         if epoch and epoch < self._fence and not self._skip_fence:
@@ -261,8 +264,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         after: bytes | None = None
         if request.entries:
             while True:
-                entries, count, after = await self._in_background(
-                    self._engine.scan_entries,
+                entries, count, after = await self._background.scan_entries(
                     start,
                     end,
                     limit=batch_size,
@@ -276,13 +278,16 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
                 if after is None:
                     return
         while True:
-            records, after = await self._in_background(
-                self._engine.scan,
-                start,
-                end,
-                limit=batch_size,
-                after=after,
-                include_tombstones=request.include_tombstones,
+            records, after = await asyncio.get_running_loop().run_in_executor(
+                self._scans,
+                functools.partial(
+                    self._engine.scan,
+                    start,
+                    end,
+                    limit=batch_size,
+                    after=after,
+                    include_tombstones=request.include_tombstones,
+                ),
             )
             batch: list[storage_pb2.Record] = []
             size = 0
@@ -303,9 +308,9 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         await self._check_epoch(request.epoch, context)
         start, end, tenants = request.range.start, request.range.end, frozenset(request.tenants)
         if request.count_only and not tenants:
-            count = await self._in_background(self._engine.count, start, end)
+            count = await self._background.count(start, end)
             return storage_pb2.RangeDigestResponse(count=count)
-        digest, count = await self._in_background(self._engine.digest, start, end, tenants)
+        digest, count = await self._background.digest(start, end, tenants)
         return storage_pb2.RangeDigestResponse(
             digest=b"" if request.count_only else digest, count=count, load=self._load.report()
         )

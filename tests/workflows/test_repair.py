@@ -9,8 +9,10 @@ repair runs, and the storage nodes are asked directly whether they agree.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,6 +21,7 @@ from pairdb.client import Client, ClientError
 from pairdb.kernel.repair import SCHEDULE_ID
 from pairdb.kernel.sabotage import PURGE_WITHOUT_EVERY_REPLICA, SABOTAGE_ENV
 from pairdb.local.cluster import LocalCluster
+from pairdb.serving.priority import BACKGROUND_NICE
 from tests.conftest import local_cluster
 from tests.support import divergent, node_stats, temporal_cli, wait_ended, wait_for, wait_phase
 
@@ -252,3 +255,30 @@ async def test_a_repair_waits_while_the_ring_changes_then_finishes_on_the_new_ri
         ended = await wait_ended(client, started.migration_id)
         assert (ended.status, ended.error) == ("completed", "")
         assert await divergent(cluster, {"moving": 3}) == []
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def test_background_work_runs_at_a_lower_cpu_priority_than_the_clients_requests(
+    repair_cluster: LocalCluster,
+) -> None:
+    # The worker (copies, verifications, repairs), Temporal (here on the cluster's own CPUs) and each
+    # storage node's background reader yield the CPU to the nodes and coordinators serving clients.
+    async with repair_cluster.client() as client:
+        assert await repair(client) == ("completed", "")  # every node's reader has answered a digest
+    assert repair_cluster.worker is not None and repair_cluster.worker.pid is not None
+    assert repair_cluster.temporal_server.pid is not None
+    serving = _nice(os.getpid())
+    assert _nice(repair_cluster.worker.pid) == serving + BACKGROUND_NICE
+    assert _nice(repair_cluster.temporal_server.pid) == serving + BACKGROUND_NICE
+    for node_id in NODES:
+        pid = repair_cluster.nodes[node_id].process.pid
+        assert pid is not None and _nice(pid) == serving
+        readers = _children(pid)
+        assert len(readers) == 1 and _nice(readers[0]) == serving + BACKGROUND_NICE
