@@ -14,6 +14,10 @@ Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] 
    started a second before, as an operator starts it): the same figures, and
    their ratios to the steady ones. The copy yields to the clients
    (activities/pace.py), so it takes longer than on an idle cluster.
+   After: the same load for ``--seconds`` once the addition completed. Every
+   process shares this machine's cores, so a 4th storage node adds processes
+   and replica calls but no CPU: after / steady is what the 4-node cluster
+   costs here with no migration running, part of what "during" shows.
 4. Steps 1-3 again on a fresh cluster under a load that leaves the machine
    headroom, as a production cluster has: the clients offer ``--offered``
    (a share of the saturating run's steady ops/s) at fixed intervals, and a
@@ -174,8 +178,9 @@ async def start_cluster(workdir: Path, keys: int) -> LocalCluster:
 
 async def addition_under_load(
     workdir: Path, args: argparse.Namespace, rate: float | None
-) -> tuple[Window, Window, float]:
-    """A loaded cluster: the steady window, the window of an addition of node-4, the addition's seconds."""
+) -> tuple[Window, list[tuple[Window, float | None]]]:
+    """A loaded cluster: the steady window; the window of an addition of node-4 (and its seconds), and
+    a window after it, node-4 in the ring and nothing else running."""
     say(f"starting a cluster with {args.keys:,} keys ...")
     cluster = await start_cluster(workdir, args.keys)
     try:
@@ -194,10 +199,13 @@ async def addition_under_load(
             # Each status poll is a Temporal query: poll as an operator would, not 20 times a second.
             duration = await add_node_and_wait(client, node4, poll=0.5)
             during = load.window("during the addition", start, time.perf_counter())
+            start = time.perf_counter()
+            await asyncio.sleep(args.seconds)
+            after = load.window("after it (4 nodes)", start, time.perf_counter())
             await load.stop()
     finally:
         await cluster.stop()
-    return steady, during, duration
+    return steady, [(during, duration), (after, None)]
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
@@ -239,24 +247,31 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         await empty.stop()
 
     print("saturating load (each client sends when answered):")
-    _report(saturated[0], [(saturated[1], saturated[2])])
+    _report(*saturated)
     print(
         f"load with headroom ({rate:,.0f} ops/s offered, {args.offered:.0%} of the saturating steady rate):"
     )
-    _report(headroom[0], [(headroom[1], headroom[2])])
+    _report(*headroom)
+    print(
+        "(after it: the same load once the addition completed. Every process shares this machine's\n"
+        " cores: a 4th storage node adds processes and replica calls, not CPUs, as it would on a machine\n"
+        " of its own. after / steady is what the 4-node cluster costs here with no migration running.)"
+    )
     print(f"addition to a nearly empty cluster ({EMPTY_KEYS} keys): {empty_seconds:.2f} s")
 
 
-def _report(steady: Window, windows: list[tuple[Window, float]]) -> None:
+def _report(steady: Window, windows: Sequence[tuple[Window, float | None]]) -> None:
+    """Each window next to the steady one; seconds: how long its operation took (None: a plain window)."""
     print(f"{'window':<22} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7}")
     print("-" * 53)
     for w in (steady, *(w for w, _ in windows)):
         print(f"{w.label:<22} | {w.ops_per_second:>8,.0f} | {w.p50_ms:>7.2f} | {w.p99_ms:>7.2f}")
     print()
     for w, seconds in windows:
+        took = f" (it took {seconds:.1f} s)" if seconds is not None else ""
         print(
             f"{w.label} / steady: throughput {w.ops_per_second / steady.ops_per_second:.2f}x, "
-            f"p99 {w.p99_ms / steady.p99_ms:.2f}x (it took {seconds:.1f} s)"
+            f"p99 {w.p99_ms / steady.p99_ms:.2f}x{took}"
         )
 
 
