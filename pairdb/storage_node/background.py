@@ -26,7 +26,7 @@ import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -44,50 +44,48 @@ class BackgroundReadFailed(Exception):
     """The read failed in the child (its message says why), or the child died twice in a row."""
 
 
-class BackgroundReads(Protocol):
+class BackgroundReads:
+    """The reads, typed; a subclass says where they run (_read: an engine method, by name)."""
+
+    async def _read(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
     async def scan_entries(
         self, start: int, end: int, *, limit: int, max_bytes: int, after: bytes | None
-    ) -> tuple[bytes, int, bytes | None]: ...
+    ) -> tuple[bytes, int, bytes | None]:
+        result: tuple[bytes, int, bytes | None] = await self._read(
+            "scan_entries", start, end, limit=limit, max_bytes=max_bytes, after=after
+        )
+        return result
 
-    async def digest(self, start: int, end: int, tenants: frozenset[str]) -> tuple[bytes, int]: ...
+    async def digest(self, start: int, end: int, tenants: frozenset[str]) -> tuple[bytes, int]:
+        result: tuple[bytes, int] = await self._read("digest", start, end, tenants)
+        return result
 
-    async def count(self, start: int, end: int) -> int: ...
+    async def count(self, start: int, end: int) -> int:
+        result: int = await self._read("count", start, end)
+        return result
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        pass
 
 
-class ReaderThread:
+class ReaderThread(BackgroundReads):
     """Background reads on one thread of this process: several at once would starve its loop."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="background-reads")
 
-    async def _run(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+    async def _read(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         work = functools.partial(getattr(self._engine, method), *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._thread, work)
-
-    async def scan_entries(
-        self, start: int, end: int, *, limit: int, max_bytes: int, after: bytes | None
-    ) -> tuple[bytes, int, bytes | None]:
-        result: tuple[bytes, int, bytes | None] = await self._run(
-            "scan_entries", start, end, limit=limit, max_bytes=max_bytes, after=after
-        )
-        return result
-
-    async def digest(self, start: int, end: int, tenants: frozenset[str]) -> tuple[bytes, int]:
-        result: tuple[bytes, int] = await self._run("digest", start, end, tenants)
-        return result
-
-    async def count(self, start: int, end: int) -> int:
-        result: int = await self._run("count", start, end)
-        return result
 
     async def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
 
 
-class ReaderProcess:
+class ReaderProcess(BackgroundReads):
     """Background reads in a child process over the node's LMDB directory, at a lower CPU priority."""
 
     def __init__(self, data_dir: Path, nice: int = priority.BACKGROUND_NICE) -> None:
@@ -95,22 +93,6 @@ class ReaderProcess:
         self._nice = nice
         self._child: asyncio.subprocess.Process | None = None
         self._turn = asyncio.Lock()  # one request at a time: answers come back in order
-
-    async def scan_entries(
-        self, start: int, end: int, *, limit: int, max_bytes: int, after: bytes | None
-    ) -> tuple[bytes, int, bytes | None]:
-        result: tuple[bytes, int, bytes | None] = await self._call(
-            "scan_entries", start, end, limit=limit, max_bytes=max_bytes, after=after
-        )
-        return result
-
-    async def digest(self, start: int, end: int, tenants: frozenset[str]) -> tuple[bytes, int]:
-        result: tuple[bytes, int] = await self._call("digest", start, end, tenants)
-        return result
-
-    async def count(self, start: int, end: int) -> int:
-        result: int = await self._call("count", start, end)
-        return result
 
     async def start(self) -> None:
         """Start the child now: its start-up (an interpreter, ~0.15 s of CPU) is not the first copy's."""
@@ -121,7 +103,7 @@ class ReaderProcess:
         async with self._turn:
             await self._stop()
 
-    async def _call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+    async def _read(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         request = pickle.dumps((method, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         async with self._turn:
             for attempt in (1, 2):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -24,7 +24,7 @@ from pairdb.kernel.keyspace import MAX_KEY_BYTES, MAX_TENANT_ID_BYTES, MAX_VALUE
 from pairdb.kernel.sabotage import SKIP_FENCE
 from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.serving.interception import ServicerContext
-from pairdb.storage_node.background import BackgroundReads, ReaderThread
+from pairdb.storage_node.background import BackgroundReadFailed, BackgroundReads, ReaderThread
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine, MalformedEntries, unpack_entries
 from pairdb.storage_node.load import LoadMeter
@@ -105,6 +105,14 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         self._background = background or ReaderThread(engine)
         # Scans of whole records (not packed entries) for older callers, one at a time.
         self._scans = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-scans")
+
+    async def _read_in_background(self, read: Awaitable[T], context: ServicerContext) -> T:
+        """The read's result; a failed one (its reader process died twice over) is UNAVAILABLE: retry."""
+        try:
+            return await read
+        except BackgroundReadFailed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"storage node {self._node_id}: {exc}; retry")
+            raise  # abort raised already
 
     async def close(self) -> None:
         await self._background.close()
@@ -264,12 +272,11 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         after: bytes | None = None
         if request.entries:
             while True:
-                entries, count, after = await self._background.scan_entries(
-                    start,
-                    end,
-                    limit=batch_size,
-                    max_bytes=MAX_SCAN_BATCH_BYTES,
-                    after=after,
+                entries, count, after = await self._read_in_background(
+                    self._background.scan_entries(
+                        start, end, limit=batch_size, max_bytes=MAX_SCAN_BATCH_BYTES, after=after
+                    ),
+                    context,
                 )
                 if count:
                     yield storage_pb2.ScanRangeBatch(
@@ -308,9 +315,9 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         await self._check_epoch(request.epoch, context)
         start, end, tenants = request.range.start, request.range.end, frozenset(request.tenants)
         if request.count_only and not tenants:
-            count = await self._background.count(start, end)
+            count = await self._read_in_background(self._background.count(start, end), context)
             return storage_pb2.RangeDigestResponse(count=count)
-        digest, count = await self._background.digest(start, end, tenants)
+        digest, count = await self._read_in_background(self._background.digest(start, end, tenants), context)
         return storage_pb2.RangeDigestResponse(
             digest=b"" if request.count_only else digest, count=count, load=self._load.report()
         )

@@ -11,13 +11,19 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from pairdb.kernel.keyspace import TOKEN_MAX, Version
+from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.serving.priority import BACKGROUND_NICE
-from pairdb.storage_node.background import BackgroundReadFailed, ReaderProcess, ReaderThread
+from pairdb.serving.server import new_server
+from pairdb.storage_node.background import BackgroundReadFailed, BackgroundReads, ReaderProcess, ReaderThread
+from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine, StoredRecord
+from pairdb.storage_node.service import StorageService
 
 HALF = TOKEN_MAX // 2
 
@@ -90,10 +96,10 @@ async def test_a_read_cancelled_midway_does_not_hand_its_answer_to_the_next(
 
 async def test_the_child_serves_reads_only(reader: ReaderProcess) -> None:
     with pytest.raises(BackgroundReadFailed, match="not a background read"):
-        await reader._call("delete_range", 0, 0)
+        await reader._read("delete_range", 0, 0)
     # A read that fails in the child fails with its reason; the child goes on serving.
     with pytest.raises(BackgroundReadFailed, match="TypeError"):
-        await reader._call("count", "not a token", 0)
+        await reader._read("count", "not a token", 0)
     assert await reader.count(0, 0) == 300
 
 
@@ -111,3 +117,33 @@ async def test_the_in_process_fallback_answers_the_same(engine: Engine) -> None:
         assert await thread.count(0, 0) == engine.count(0, 0)
     finally:
         await thread.close()
+
+
+class DeadReader(BackgroundReads):
+    async def _read(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        raise BackgroundReadFailed("the background reader died twice in a row")
+
+
+async def test_a_failed_background_read_is_unavailable_to_the_caller(engine: Engine) -> None:
+    committer = GroupCommitter(engine)
+    committer.start()
+    server = new_server()
+    service = StorageService("n1", engine, committer, background=DeadReader())
+    storage_pb2_grpc.add_StorageServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = storage_pb2_grpc.StorageServiceStub(channel)
+            whole = storage_pb2.TokenRange(start=0, end=0)
+            with pytest.raises(grpc.aio.AioRpcError) as digest:
+                await stub.RangeDigest(storage_pb2.RangeDigestRequest(range=whole))
+            with pytest.raises(grpc.aio.AioRpcError) as scan:
+                async for _ in stub.ScanRange(storage_pb2.ScanRangeRequest(range=whole, entries=True)):
+                    pass
+        for failed in (digest.value, scan.value):
+            assert failed.code() == grpc.StatusCode.UNAVAILABLE
+            assert "died twice in a row; retry" in (failed.details() or "")
+    finally:
+        await server.stop(None)
+        await committer.stop()
