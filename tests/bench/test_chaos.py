@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from bench.chaos import Schedule
+import shutil
+from pathlib import Path
+
+from bench.chaos import Result, Schedule
 from pairdb.kernel.migration import Phase, Status
 from pairdb.kernel.sabotage import SKIP_REVERSION
 from pairdb.local.cluster import LocalCluster
@@ -43,6 +46,11 @@ async def test_a_replacement_of_a_dead_node_while_a_survivor_is_killed_loses_not
     assert result.verdict.ok, result.verdict.lines[:10]
 
 
+def discard_kept_logs(result: Result) -> None:
+    """A schedule with violations keeps its directory for a post-mortem; these violations were wanted."""
+    shutil.rmtree(Path(result.log_dir).parent, ignore_errors=True)
+
+
 async def wipe_two_replicas(cluster: LocalCluster) -> None:
     """A broken cleanup: it drops everything from node-4 and node-1, as if it got its ranges wrong."""
     for node_id in ("node-4", "node-1"):
@@ -68,6 +76,7 @@ async def test_the_checker_reports_writes_lost_from_their_replicas_before_any_re
     assert result.migrations == [Status.COMPLETED]
     assert len(result.verdict.lost) > 50
     assert any("before any read repaired it" in line for line in result.verdict.lost)
+    discard_kept_logs(result)
 
 
 async def test_the_checker_reports_writes_lost_to_clock_skew_when_they_are_not_versioned_again() -> None:
@@ -84,3 +93,4 @@ async def test_the_checker_reports_writes_lost_to_clock_skew_when_they_are_not_v
     ).run()
     verdict = result.verdict
     assert verdict.lost or verdict.stale_reads or verdict.nonlinearizable, verdict.lines[:5]
+    discard_kept_logs(result)

@@ -23,7 +23,7 @@ from pairdb.security import certs
 from pairdb.security.roles import Role
 from pairdb.security.tls import ChannelTls, TlsFiles, secure_channel
 from pairdb.storage_node.client import NodeClient, StorageError
-from tests.conftest import fresh_dir, local_cluster
+from tests.conftest import local_cluster
 from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -65,7 +65,9 @@ async def test_clients_reach_the_coordinator_only_over_tls(secured: LocalCluster
     assert refused.value.code == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_a_storage_node_lets_in_only_the_cluster_processes(secured: LocalCluster) -> None:
+async def test_a_storage_node_lets_in_only_the_cluster_processes(
+    secured: LocalCluster, scratch_dir: Path
+) -> None:
     node = secured.nodes["node-1"]
     # No certificate at all: plaintext, or TLS without a client certificate.
     async with grpc.aio.insecure_channel(node.address) as channel:
@@ -77,7 +79,7 @@ async def test_a_storage_node_lets_in_only_the_cluster_processes(secured: LocalC
         await _node_stub(secured, "node-1", anonymous).Stats(storage_pb2.StatsRequest(), timeout=3)
     assert no_cert.value.code() == grpc.StatusCode.UNAVAILABLE
     # A worker certificate of another CA.
-    other = _foreign_ca(fresh_dir("foreign-ca"))
+    other = _foreign_ca(scratch_dir / "foreign-ca")
     foreign = ChannelTls(TlsFiles(other / certs.CA_CERT, other / "worker.crt", other / "worker.key"))
     with pytest.raises(grpc.aio.AioRpcError) as wrong_ca:
         await _node_stub(secured, "node-1", foreign).Stats(storage_pb2.StatsRequest(), timeout=3)
@@ -117,9 +119,11 @@ async def test_only_the_worker_may_scan_or_delete_ranges_or_move_the_fence(secur
     assert unnamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_a_node_without_a_certificate_of_the_cluster_cannot_join(secured: LocalCluster) -> None:
+async def test_a_node_without_a_certificate_of_the_cluster_cannot_join(
+    secured: LocalCluster, scratch_dir: Path
+) -> None:
     """The rogue-node join: `pairdb node add n9 ATTACKER:PORT` is refused, nothing moves to it."""
-    rogue_dir = fresh_dir("rogue")
+    rogue_dir = scratch_dir
     other = _foreign_ca(rogue_dir / "certs")
     certs.create_cert(other, "n9", Role.STORAGE_NODE, hosts=("127.0.0.1",))
     async with secured.client() as client:
