@@ -1,4 +1,4 @@
-"""Background reads, out of the way of the clients: a copy's scans, a verification's digests, counts.
+"""Background reads, out of the way of the clients: scans for copies, digests for verification, counts.
 
 Such a read walks thousands of records in Python. In the node's own process
 it holds the GIL from record to record, and each time the event loop serving
@@ -31,12 +31,12 @@ from typing import Any
 import structlog
 
 from pairdb.serving import priority
-from pairdb.storage_node.engine import Engine
+from pairdb.storage_node.engine import Engine, StoredRecord
 
 log = structlog.get_logger()
 
 # The reads a child serves (the engine's methods of those names).
-_READS = frozenset({"scan_entries", "digest", "count"})
+_READS = frozenset({"scan", "scan_entries", "digest", "count"})
 _LENGTH = struct.Struct(">Q")
 
 
@@ -49,6 +49,14 @@ class BackgroundReads:
 
     async def _read(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
+
+    async def scan(
+        self, start: int, end: int, *, limit: int, after: bytes | None, include_tombstones: bool
+    ) -> tuple[list[StoredRecord], bytes | None]:
+        result: tuple[list[StoredRecord], bytes | None] = await self._read(
+            "scan", start, end, limit=limit, after=after, include_tombstones=include_tombstones
+        )
+        return result
 
     async def scan_entries(
         self, start: int, end: int, *, limit: int, max_bytes: int, after: bytes | None

@@ -10,10 +10,7 @@ otherwise win over every later write of its key.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
@@ -103,8 +100,6 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         # Raised here first, then on disk: from the moment SetFence starts, stale requests are refused.
         self._fence = engine.fence()
         self._background = background or ReaderThread(engine)
-        # Scans of whole records (not packed entries) for older callers, one at a time.
-        self._scans = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-scans")
 
     async def _read_in_background(self, read: Awaitable[T], context: ServicerContext) -> T:
         """The read's result; a failed one (its reader process died twice over) is UNAVAILABLE: retry."""
@@ -116,7 +111,6 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
 
     async def close(self) -> None:
         await self._background.close()
-        self._scans.shutdown(wait=False, cancel_futures=True)
 
     async def _check_epoch(self, epoch: int, context: ServicerContext) -> None:
         if epoch and epoch < self._fence and not self._skip_fence:
@@ -285,16 +279,11 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
                 if after is None:
                     return
         while True:
-            records, after = await asyncio.get_running_loop().run_in_executor(
-                self._scans,
-                functools.partial(
-                    self._engine.scan,
-                    start,
-                    end,
-                    limit=batch_size,
-                    after=after,
-                    include_tombstones=request.include_tombstones,
+            records, after = await self._read_in_background(
+                self._background.scan(
+                    start, end, limit=batch_size, after=after, include_tombstones=request.include_tombstones
                 ),
+                context,
             )
             batch: list[storage_pb2.Record] = []
             size = 0

@@ -60,6 +60,8 @@ async def test_the_child_answers_as_the_engine_does(engine: Engine, reader: Read
         assert first == engine.scan_entries(start, end, limit=50, max_bytes=1 << 20, after=None)
         following = await reader.scan_entries(start, end, limit=50, max_bytes=1 << 20, after=first[2])
         assert following == engine.scan_entries(start, end, limit=50, max_bytes=1 << 20, after=first[2])
+        records = await reader.scan(start, end, limit=50, after=None, include_tombstones=False)
+        assert records == engine.scan(start, end, limit=50, after=None, include_tombstones=False)
     assert await reader.digest(0, 0, frozenset({"other"})) == engine.digest(0, 0, frozenset({"other"}))
 
 
