@@ -28,9 +28,10 @@ it; heartbeats only say the activity is alive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -40,15 +41,18 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from pairdb.activities import merge
+from pairdb.activities.checkpoints import Checkpoints
 from pairdb.activities.context import StepContext
 from pairdb.activities.pace import Pace, PaceState
 from pairdb.coordinator.metadata import MigrationRow, PlannedRange
+from pairdb.coordinator.migration_store import CopiedRange
 from pairdb.coordinator.movement import RangeMove
 from pairdb.coordinator.quorum import Consistency, required
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.keyspace import StoredRecord
 from pairdb.kernel.migration import CopyChunk, CopyPlan, MigrationRef, Progress, chunked
 from pairdb.serving import metrics
+from pairdb.serving.loops import gather_all
 from pairdb.storage_node.client import NodeClient, StorageError, describe_failure
 
 log = structlog.get_logger()
@@ -57,12 +61,19 @@ APPLY_BATCH = 500
 # Apply batches in flight to a target while the merge prepares the next.
 APPLY_IN_FLIGHT = 3
 SCAN_BATCH = 1000
-# Packed entries per forwarded batch (a scan message and an ApplyEntries call each).
+# Packed entries per forwarded batch (an ApplyEntries call each), and at most these bytes.
 ENTRY_BATCH = 2000
+FORWARD_BYTES = 1024 * 1024
+# A packed entry's bytes besides its value: lengths, token, tenant, key, version.
+ENTRY_OVERHEAD = 64
 SCAN_TIMEOUT = 300.0
 VERIFY_ATTEMPTS = 3
 # Ranges copied at once within a chunk: overlaps one range's streaming with another's apply.
 PARALLEL_RANGES = 16
+# Ranges one digest call may ask a node for: small ranges cost more per call than per key.
+GROUP_RANGES = 64
+# Ranges one count call may ask a node for (a count reads no value).
+ESTIMATE_RANGES = 1000
 
 T = TypeVar("T")
 
@@ -106,23 +117,8 @@ class CopySteps:
         row, topology = await self._moving(migration_id)
         movement = topology.movement()
         assert movement is not None
-        slots = asyncio.Semaphore(PARALLEL_RANGES)
-
-        async def estimate(move: RangeMove) -> int:
-            async with slots:
-                for source in move.sources:
-                    if source in row.dead:
-                        continue
-                    try:
-                        return await self._ctx.node(topology, source).count_range(
-                            move.start, move.end, epoch=topology.epoch
-                        )
-                    except StorageError:
-                        continue
-                return 0
-
         moves = movement.moves()
-        keys = await asyncio.gather(*(estimate(move) for move in moves))
+        keys = await self._estimates(topology, row, moves)
         planned = [
             (move.start, move.end, list(move.sources), target, estimate)
             for move, estimate in zip(moves, keys, strict=True)
@@ -144,6 +140,35 @@ class CopySteps:
         )
         return CopyPlan(totals["ranges_total"], totals["keys_total"], chunks)
 
+    async def _estimates(self, topology: Topology, row: MigrationRow, moves: list[RangeMove]) -> list[int]:
+        """Each move's key count on its first live source that answers (0 if none): a call per source."""
+        counts: dict[int, int] = {}
+        live = [[s for s in move.sources if s not in row.dead] for move in moves]
+        tried = [0] * len(moves)  # sources of each move that failed to answer
+        while len(counts) < len(moves):
+            asks: dict[str, list[int]] = defaultdict(list)
+            for i in range(len(moves)):
+                if i not in counts and tried[i] >= len(live[i]):
+                    counts[i] = 0
+                elif i not in counts:
+                    asks[live[i][tried[i]]].append(i)
+
+            async def ask(source: str, indexes: list[int]) -> None:
+                node = self._ctx.node(topology, source)
+                try:
+                    for at in range(0, len(indexes), ESTIMATE_RANGES):
+                        part = indexes[at : at + ESTIMATE_RANGES]
+                        ranges = [(moves[i].start, moves[i].end) for i in part]
+                        counts.update(
+                            zip(part, await node.count_ranges(ranges, epoch=topology.epoch), strict=True)
+                        )
+                except StorageError:
+                    for i in indexes:
+                        tried[i] += i not in counts
+
+            await asyncio.gather(*(ask(source, indexes) for source, indexes in asks.items()))
+        return [counts[i] for i in range(len(moves))]
+
     @activity.defn(name="copy_ranges")
     async def copy_ranges(self, chunk: CopyChunk) -> Progress:
         """Copy a chunk of planned ranges to their targets, skipping those already copied."""
@@ -152,28 +177,47 @@ class CopySteps:
         todo = [p for p in plan if not p.copied]  # checkpointed ranges are never copied twice
         pace = self._pace(chunk, topology, row, todo)
 
-        async def copy_one(planned: PlannedRange) -> None:
-            target_id = _target_id(row, planned)
-            target = self._target(topology, row, planned)
+        def forwarded(planned: PlannedRange) -> bool:
+            # The target replicates the range for every tenant: its bytes can go as they are.
+            return _holders(topology, _target_id(row, planned), planned) == set(topology.tenants)
+
+        async def copy_group(group: list[PlannedRange]) -> None:
+            """Ranges of one route (target and sources), forwarded in one stream; or one range, merged."""
+            first = group[0]
+            target = self._target(topology, row, first)
             async with pace.turn():
 
-                async def stream(sources: list[str]) -> tuple[int, int]:
-                    if _holders(topology, target_id, planned) == set(topology.tenants):
-                        source = self._ctx.node(topology, sources[0])
-                        moved = await self._forward(target, source, planned, pace, topology.epoch)
-                        metrics.COPY_RANGES.labels("forwarded").inc()
-                        return moved
-                    old = self._old_view(topology, target_id, planned, sources)
-                    moved = await self._apply(target, old, pace, topology.epoch)
-                    metrics.COPY_RANGES.labels("merged").inc()
-                    return moved
+                async def forward(sources: list[str]) -> dict[int, tuple[int, int]]:
+                    source = self._ctx.node(topology, sources[0])
+                    return await self._forward(target, source, group, pace, topology.epoch)
 
-                keys, size = await self._from_quorum(topology, row, target, planned, stream)
-                await self._ctx.store.mark_copied(chunk.migration_id, planned.index, keys, size)
+                async def merge(sources: list[str]) -> dict[int, tuple[int, int]]:
+                    old = self._old_view(topology, target.node_id, first, sources)
+                    return {first.index: await self._apply(target, old, pace, topology.epoch)}
+
+                how = "forwarded" if forwarded(first) else "merged"
+                moved = await self._from_quorum(
+                    topology, row, target, first, forward if how == "forwarded" else merge
+                )
+                metrics.COPY_RANGES.labels(how).inc(len(group))
+                for planned in group:
+                    copied.add(CopiedRange(planned.index, *moved[planned.index]))
                 activity.heartbeat()
 
+        routes: dict[tuple[str, tuple[str, ...]], list[PlannedRange]] = defaultdict(list)
+        for planned in filter(forwarded, todo):
+            routes[_target_id(row, planned), tuple(planned.sources)].append(planned)
+        # Ranges go together only up to about one call's bytes: measured with 16 KiB values, one range
+        # per stream cost the joining node half the CPU of ~30 ranges per stream.
+        entry_bytes = await self._entry_bytes(topology, {p.sources[0] for p in todo} - row.dead)
+        per_group = max(1, min(pace.batch(ENTRY_BATCH), FORWARD_BYTES // entry_bytes))
+        groups = [g for ranges in routes.values() for g in _groups(ranges, per_group)]
+        groups += [[planned] for planned in todo if not forwarded(planned)]
         try:
-            await asyncio.gather(*(copy_one(p) for p in todo))
+            async with Checkpoints(
+                functools.partial(self._ctx.store.mark_copied, chunk.migration_id)
+            ) as copied:
+                await gather_all(copy_group(g) for g in groups)
         finally:
             self._paces[chunk.migration_id] = pace.state
         return await self._report(chunk.migration_id)
@@ -193,16 +237,30 @@ class CopySteps:
         # sources. (The operator's throttle is of keys copied: the workflow leaves it out here.)
         pace = self._pace(chunk, topology, row, todo)
 
+        async def verify_group(group: list[PlannedRange]) -> int:
+            async with pace.turn():
+                await pace.take(max(sum(p.keys_estimate for p in group), 1))
+                agreed = await self._digests_agree(topology, row, group)
+                for planned in group:
+                    if planned.index in agreed:
+                        verified.add(planned.index)
+                activity.heartbeat()
+            return sum(await gather_all(verify_one(p) for p in group if p.index not in agreed))
+
         async def verify_one(planned: PlannedRange) -> int:
             async with pace.turn():
                 await pace.take(max(planned.keys_estimate, 1))
                 recopied = await self._verify_range(topology, row, planned)
-                await self._ctx.store.mark_verified(chunk.migration_id, planned.index)
+                verified.add(planned.index)
                 activity.heartbeat()
                 return recopied
 
         try:
-            return sum(await asyncio.gather(*(verify_one(p) for p in todo)))
+            async with Checkpoints(
+                functools.partial(self._ctx.store.mark_verified, chunk.migration_id)
+            ) as verified:
+                groups = _groups(todo, pace.batch(ENTRY_BATCH))
+                return sum(await gather_all(verify_group(g) for g in groups))
         finally:
             self._paces[chunk.migration_id] = pace.state
 
@@ -223,10 +281,8 @@ class CopySteps:
         return self._ctx.target(topology, row, _target_id(row, planned))
 
     async def _verify_range(self, topology: Topology, row: MigrationRow, planned: PlannedRange) -> int:
-        """Check one range, copying what its target lacks again; how many times it had to."""
+        """Check one range in full, copying what its target lacks again; how many times it had to."""
         target = self._target(topology, row, planned)
-        if await self._digests_agree(topology, row, target, planned):
-            return 0
         for attempt in range(VERIFY_ATTEMPTS):
             if await self._matches(topology, row, target, planned):
                 return attempt
@@ -285,25 +341,37 @@ class CopySteps:
         return await self._from_quorum(topology, row, target, planned, run)
 
     async def _digests_agree(
-        self, topology: Topology, row: MigrationRow, target: NodeClient, planned: PlannedRange
-    ) -> bool:
-        """Fast path: a quorum of old replicas and the target report one and the same digest.
+        self, topology: Topology, row: MigrationRow, group: list[PlannedRange]
+    ) -> set[int]:
+        """The fast path: the ranges for which a quorum of old replicas and the target report one digest.
 
         Then the merged old view is that very set of (key, version), without
         streaming a record. Anything else (a lagging replica, writes in flight,
-        tenants the target does not replicate) takes the full comparison.
+        tenants the target does not replicate, a node that failed to answer)
+        takes the full comparison. Each node digests all of its ranges in one call.
         """
-        survivors = [s for s in planned.sources if s not in row.dead and s != target.node_id]
-        quorum = survivors[: required(Consistency.QUORUM, len(survivors))]
-        epoch = topology.epoch
-        nodes = [*(self._ctx.node(topology, s) for s in quorum), target]
-        try:
-            digests = await asyncio.gather(
-                *(node.range_digest(planned.start, planned.end, epoch=epoch) for node in nodes)
-            )
-        except StorageError:
-            return False
-        return len(set(digests)) == 1
+        asked: dict[int, list[str]] = {}
+        ranges: dict[str, list[PlannedRange]] = defaultdict(list)
+        for planned in group:
+            target = _target_id(row, planned)
+            survivors = [s for s in planned.sources if s not in row.dead and s != target]
+            asked[planned.index] = [*survivors[: required(Consistency.QUORUM, len(survivors))], target]
+            for node_id in asked[planned.index]:
+                ranges[node_id].append(planned)
+        digests: dict[tuple[str, int], tuple[bytes, int]] = {}
+
+        async def ask(node_id: str, theirs: list[PlannedRange]) -> None:
+            node = self._ctx.target(topology, row, node_id)
+            with contextlib.suppress(StorageError):  # its ranges take the full comparison
+                answers = await node.range_digests([(p.start, p.end) for p in theirs], epoch=topology.epoch)
+                digests.update(((node_id, p.index), d) for p, d in zip(theirs, answers, strict=True))
+
+        await asyncio.gather(*(ask(node_id, theirs) for node_id, theirs in ranges.items()))
+        return {
+            index
+            for index, nodes in asked.items()
+            if all((n, index) in digests for n in nodes) and len({digests[n, index] for n in nodes}) == 1
+        }
 
     def _old_view(
         self, topology: Topology, target_id: str, planned: PlannedRange, sources: list[str]
@@ -366,27 +434,55 @@ class CopySteps:
                     error=failures[exc.node_id],
                 )
 
-    async def _forward(
-        self, target: NodeClient, source: NodeClient, planned: PlannedRange, pace: Pace, epoch: int
-    ) -> tuple[int, int]:
-        """The range's packed entries, scanned on source, passed on to the target untouched.
+    async def _entry_bytes(self, topology: Topology, sources: set[str]) -> int:
+        """About how many bytes a record packs to on these nodes, from the first that answers."""
+        for source in sorted(sources):
+            with contextlib.suppress(StorageError):
+                stats = await self._ctx.node(topology, source).stats()
+                return stats.bytes // max(stats.keys, 1) + ENTRY_OVERHEAD
+        return ENTRY_OVERHEAD
 
-        One source may have missed writes the others hold: verification finds and copies them.
+    async def _forward(
+        self, target: NodeClient, source: NodeClient, group: list[PlannedRange], pace: Pace, epoch: int
+    ) -> dict[int, tuple[int, int]]:
+        """The ranges' packed entries, scanned on source in one stream, passed on to the target untouched.
+
+        Small ranges' batches go together into one ApplyEntries call (one commit
+        on the target). Returns each range's keys and bytes. One source may have
+        missed writes the others hold: verification finds and copies them.
         """
-        scan = source.scan_entries(
-            planned.start, planned.end, batch_size=pace.batch(ENTRY_BATCH), epoch=epoch, timeout=SCAN_TIMEOUT
+        moved = {planned.index: (0, 0) for planned in group}
+        scan = source.scan_entries_many(
+            [(p.start, p.end) for p in group],
+            batch_size=pace.batch(ENTRY_BATCH),
+            epoch=epoch,
+            timeout=SCAN_TIMEOUT,
         )
-        return await self._pipelined(
-            (
-                (
+
+        async def sends() -> AsyncIterator[tuple[int, int, Callable[[], Awaitable[object]]]]:
+            pending: list[bytes] = []
+            count = size = 0
+            async for at, entries, n in scan:
+                keys, nbytes = moved[group[at].index]
+                moved[group[at].index] = (keys + n, nbytes + len(entries))
+                pending.append(entries)
+                count, size = count + n, size + len(entries)
+                if count >= pace.batch(ENTRY_BATCH) or size >= FORWARD_BYTES:
+                    yield (
+                        count,
+                        size,
+                        functools.partial(target.apply_entries, b"".join(pending), epoch=epoch, timeout=30),
+                    )
+                    pending, count, size = [], 0, 0
+            if pending:
+                yield (
                     count,
-                    len(entries),
-                    functools.partial(target.apply_entries, entries, epoch=epoch, timeout=30),
+                    size,
+                    functools.partial(target.apply_entries, b"".join(pending), epoch=epoch, timeout=30),
                 )
-                async for entries, count in scan
-            ),
-            pace,
-        )
+
+        await self._pipelined(sends(), pace)
+        return moved
 
     async def _apply(
         self,
@@ -454,6 +550,19 @@ class CopySteps:
         payload = {**progress.__dict__, "percent": round(progress.percent, 2), "copy_started_at": started}
         await self._ctx.store.save_progress(migration_id, payload, datetime.now(UTC) + timedelta(seconds=eta))
         return progress
+
+
+def _groups(todo: list[PlannedRange], keys: int) -> list[list[PlannedRange]]:
+    """The ranges in groups of about keys keys (a bigger range alone), for one call per node each."""
+    groups: list[list[PlannedRange]] = []
+    size = 0
+    for planned in todo:
+        if not groups or size + planned.keys_estimate > keys or len(groups[-1]) >= GROUP_RANGES:
+            groups.append([])
+            size = 0
+        groups[-1].append(planned)
+        size += planned.keys_estimate
+    return groups
 
 
 def _quorum_met(answered: list[str], members: list[str]) -> bool:

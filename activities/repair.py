@@ -25,6 +25,7 @@ mid-step stops it (the workflow waits, then goes on from its checkpoints).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -34,9 +35,10 @@ import structlog
 from temporalio import activity
 
 from pairdb.activities import merge
+from pairdb.activities.checkpoints import Checkpoints
 from pairdb.activities.context import StepContext
 from pairdb.activities.pace import Pace
-from pairdb.coordinator.repair_store import RepairRange
+from pairdb.coordinator.repair_store import RepairedRange, RepairRange
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.keyspace import TOKEN_MAX
 from pairdb.kernel.migration import Progress, Status, chunked
@@ -51,6 +53,7 @@ from pairdb.kernel.repair import (
 )
 from pairdb.kernel.sabotage import PURGE_WITHOUT_EVERY_REPLICA
 from pairdb.serving import metrics
+from pairdb.serving.loops import gather_all, stop_task
 from pairdb.storage_node.client import NodeClient, StaleEpoch, StorageError, describe_failure
 
 log = structlog.get_logger()
@@ -184,29 +187,30 @@ class RepairSteps:
         async def repair_one(planned: RepairRange) -> None:
             async with slots:
                 outcome = await self._repair_range(topology, planned, tenants, graces, pace)
-                await self._ctx.repairs.mark_repaired(
-                    chunk.repair_id,
-                    planned.index,
-                    streamed=outcome.streamed,
-                    scanned=outcome.scanned,
-                    purged=outcome.purged,
-                    unreachable=sorted(outcome.unreachable),
+                repaired.add(
+                    RepairedRange(
+                        planned.index,
+                        streamed=outcome.streamed,
+                        scanned=outcome.scanned,
+                        purged=outcome.purged,
+                        unreachable=sorted(outcome.unreachable),
+                    )
                 )
                 kind = "incomplete" if outcome.unreachable else "repaired" if outcome.differed else "in_sync"
                 metrics.REPAIR_RANGES.labels(kind).inc()
 
-        tasks = [asyncio.ensure_future(repair_one(r)) for r in todo]
         # A digest of a big range, or a node slow to answer, takes longer than the heartbeat timeout.
         beating = asyncio.ensure_future(_heartbeat_every(HEARTBEAT_SECONDS))
         try:
-            await asyncio.gather(*tasks)
+            async with Checkpoints(
+                functools.partial(self._ctx.repairs.mark_repaired, chunk.repair_id)
+            ) as repaired:
+                await gather_all(repair_one(r) for r in todo)
         except StaleEpoch:
             # A ring change began under this step: what finished is checkpointed, the rest waits.
             return await self._waiting(chunk.repair_id, await self._ctx.topology())
         finally:
-            for task in [*tasks, beating]:
-                task.cancel()
-            await asyncio.gather(*tasks, beating, return_exceptions=True)
+            await stop_task(beating)
         return RepairStep(await self._report(chunk.repair_id))
 
     @activity.defn(name="finish_repair")

@@ -25,6 +25,15 @@ from pairdb.kernel.migration import ChangeType, NodeAdditionInput, NodeState, Ph
 from pairdb.serving import request_ids
 
 
+@dataclass(frozen=True, slots=True)
+class CopiedRange:
+    """A planned range copied to its target: its checkpoint."""
+
+    index: int
+    keys: int
+    size: int
+
+
 def _migration(row: asyncpg.Record) -> MigrationRow:
     progress = row["progress"]
     return MigrationRow(
@@ -250,21 +259,19 @@ class MigrationStore:
             )
         return [_range(r) for r in rows]
 
-    async def mark_copied(self, migration_id: str, index: int, keys: int, size: int) -> None:
-        await self._pool.execute(
+    async def mark_copied(self, migration_id: str, ranges: Sequence[CopiedRange]) -> None:
+        """Checkpoint copied ranges, in one transaction (activities/checkpoints.py batches them)."""
+        await self._pool.executemany(
             "UPDATE copy_ranges SET copied = true, copies = copies + 1, keys = $3, bytes = $4"
             " WHERE migration_id = $1 AND range_index = $2",
-            migration_id,
-            index,
-            keys,
-            size,
+            [(migration_id, r.index, r.keys, r.size) for r in ranges],
         )
 
-    async def mark_verified(self, migration_id: str, index: int) -> None:
+    async def mark_verified(self, migration_id: str, indexes: Sequence[int]) -> None:
         await self._pool.execute(
-            "UPDATE copy_ranges SET verified = true WHERE migration_id = $1 AND range_index = $2",
+            "UPDATE copy_ranges SET verified = true WHERE migration_id = $1 AND range_index = ANY($2::int[])",
             migration_id,
-            index,
+            list(indexes),
         )
 
     async def totals(self, migration_id: str) -> dict[str, int]:

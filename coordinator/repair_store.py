@@ -30,6 +30,18 @@ class RepairRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RepairedRange:
+    """A range repaired: its checkpoint and what it took."""
+
+    index: int
+    streamed: int
+    scanned: int
+    purged: int
+    # Replicas that could not be reached: the range is repaired but not complete.
+    unreachable: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
 class RepairRange:
     index: int
     start: int
@@ -174,26 +186,23 @@ class RepairStore:
             )
         return [_range(r) for r in rows]
 
-    async def mark_repaired(
-        self,
-        repair_id: str,
-        index: int,
-        *,
-        streamed: int,
-        scanned: int,
-        purged: int,
-        unreachable: Sequence[str],
-    ) -> None:
-        await self._pool.execute(
+    async def mark_repaired(self, repair_id: str, ranges: Sequence[RepairedRange]) -> None:
+        """Checkpoint repaired ranges, in one transaction (activities/checkpoints.py batches them)."""
+        await self._pool.executemany(
             "UPDATE repair_ranges SET repaired = true, complete = $3, streamed = $4, scanned = $5,"
             " purged = $6, unreachable = $7 WHERE repair_id = $1 AND range_index = $2",
-            repair_id,
-            index,
-            not unreachable,
-            streamed,
-            scanned,
-            purged,
-            sorted(unreachable),
+            [
+                (
+                    repair_id,
+                    r.index,
+                    not r.unreachable,
+                    r.streamed,
+                    r.scanned,
+                    r.purged,
+                    sorted(r.unreachable),
+                )
+                for r in ranges
+            ],
         )
 
     async def totals(self, repair_id: str) -> dict[str, int]:

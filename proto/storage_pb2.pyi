@@ -161,30 +161,34 @@ class GetManyResponse(_message.Message):
     def __init__(self, outcomes: _Optional[_Iterable[_Union[GetOutcome, _Mapping]]] = ...) -> None: ...
 
 class ScanRangeRequest(_message.Message):
-    __slots__ = ("range", "batch_size", "include_tombstones", "epoch", "entries")
+    __slots__ = ("range", "batch_size", "include_tombstones", "epoch", "entries", "ranges")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
     range: TokenRange
     batch_size: int
     include_tombstones: bool
     epoch: int
     entries: bool
-    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_tombstones: _Optional[bool] = ..., epoch: _Optional[int] = ..., entries: _Optional[bool] = ...) -> None: ...
+    ranges: _containers.RepeatedCompositeFieldContainer[TokenRange]
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_tombstones: _Optional[bool] = ..., epoch: _Optional[int] = ..., entries: _Optional[bool] = ..., ranges: _Optional[_Iterable[_Union[TokenRange, _Mapping]]] = ...) -> None: ...
 
 class ScanRangeBatch(_message.Message):
-    __slots__ = ("records", "load", "entries", "entry_count")
+    __slots__ = ("records", "load", "entries", "entry_count", "range")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     ENTRY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[Record]
     load: NodeLoad
     entries: bytes
     entry_count: int
-    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., entries: _Optional[bytes] = ..., entry_count: _Optional[int] = ...) -> None: ...
+    range: int
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., entries: _Optional[bytes] = ..., entry_count: _Optional[int] = ..., range: _Optional[int] = ...) -> None: ...
 
 class ApplyEntriesRequest(_message.Message):
     __slots__ = ("entries", "epoch")
@@ -223,6 +227,26 @@ class RangeDigestResponse(_message.Message):
     count: int
     load: NodeLoad
     def __init__(self, digest: _Optional[bytes] = ..., count: _Optional[int] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ...) -> None: ...
+
+class RangeDigestsRequest(_message.Message):
+    __slots__ = ("ranges", "epoch", "count_only", "tenants")
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    COUNT_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    ranges: _containers.RepeatedCompositeFieldContainer[TokenRange]
+    epoch: int
+    count_only: bool
+    tenants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ranges: _Optional[_Iterable[_Union[TokenRange, _Mapping]]] = ..., epoch: _Optional[int] = ..., count_only: _Optional[bool] = ..., tenants: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RangeDigestsResponse(_message.Message):
+    __slots__ = ("ranges", "load")
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    ranges: _containers.RepeatedCompositeFieldContainer[RangeDigestResponse]
+    load: NodeLoad
+    def __init__(self, ranges: _Optional[_Iterable[_Union[RangeDigestResponse, _Mapping]]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ...) -> None: ...
 
 class DeleteRangeRequest(_message.Message):
     __slots__ = ("range", "epoch", "tenants")

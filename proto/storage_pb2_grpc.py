@@ -74,6 +74,11 @@ class StorageServiceStub:
                 request_serializer=pairdb_dot_proto_dot_storage__pb2.RangeDigestRequest.SerializeToString,
                 response_deserializer=pairdb_dot_proto_dot_storage__pb2.RangeDigestResponse.FromString,
                 _registered_method=True)
+        self.RangeDigests = channel.unary_unary(
+                '/pairdb.v1.StorageService/RangeDigests',
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.RangeDigestsRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.RangeDigestsResponse.FromString,
+                _registered_method=True)
         self.DeleteRange = channel.unary_unary(
                 '/pairdb.v1.StorageService/DeleteRange',
                 request_serializer=pairdb_dot_proto_dot_storage__pb2.DeleteRangeRequest.SerializeToString,
@@ -147,6 +152,12 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RangeDigests(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteRange(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -213,6 +224,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.RangeDigest,
                     request_deserializer=pairdb_dot_proto_dot_storage__pb2.RangeDigestRequest.FromString,
                     response_serializer=pairdb_dot_proto_dot_storage__pb2.RangeDigestResponse.SerializeToString,
+            ),
+            'RangeDigests': grpc.unary_unary_rpc_method_handler(
+                    servicer.RangeDigests,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.RangeDigestsRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.RangeDigestsResponse.SerializeToString,
             ),
             'DeleteRange': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteRange,
@@ -451,6 +467,33 @@ class StorageService:
             '/pairdb.v1.StorageService/RangeDigest',
             pairdb_dot_proto_dot_storage__pb2.RangeDigestRequest.SerializeToString,
             pairdb_dot_proto_dot_storage__pb2.RangeDigestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RangeDigests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.StorageService/RangeDigests',
+            pairdb_dot_proto_dot_storage__pb2.RangeDigestsRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.RangeDigestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

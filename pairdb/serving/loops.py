@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -33,6 +33,20 @@ async def stop_task(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """Await them together; the first to fail cancels the others, waits for them, and is raised.
+
+    (asyncio.gather leaves the others running on; a TaskGroup raises an ExceptionGroup.)
+    """
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def run(main: Coroutine[Any, Any, T], *, uvloop: bool = False) -> T:

@@ -24,6 +24,7 @@ import functools
 import pickle
 import struct
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from pairdb.storage_node.engine import Engine, StoredRecord
 log = structlog.get_logger()
 
 # The reads a child serves (the engine's methods of those names).
-_READS = frozenset({"scan", "scan_entries", "digest", "count"})
+_READS = frozenset({"scan", "scan_entries_many", "digests", "counts"})
 _LENGTH = struct.Struct(">Q")
 
 
@@ -58,20 +59,28 @@ class BackgroundReads:
         )
         return result
 
-    async def scan_entries(
-        self, start: int, end: int, *, limit: int, max_bytes: int, after: bytes | None
-    ) -> tuple[bytes, int, bytes | None]:
-        result: tuple[bytes, int, bytes | None] = await self._read(
-            "scan_entries", start, end, limit=limit, max_bytes=max_bytes, after=after
+    async def scan_entries_many(
+        self,
+        ranges: Sequence[tuple[int, int]],
+        *,
+        limit: int,
+        max_bytes: int,
+        at: int,
+        after: bytes | None,
+    ) -> tuple[list[tuple[int, bytes, int]], tuple[int, bytes | None] | None]:
+        result: tuple[list[tuple[int, bytes, int]], tuple[int, bytes | None] | None] = await self._read(
+            "scan_entries_many", list(ranges), limit=limit, max_bytes=max_bytes, at=at, after=after
         )
         return result
 
-    async def digest(self, start: int, end: int, tenants: frozenset[str]) -> tuple[bytes, int]:
-        result: tuple[bytes, int] = await self._read("digest", start, end, tenants)
+    async def digests(
+        self, ranges: Sequence[tuple[int, int]], tenants: frozenset[str]
+    ) -> list[tuple[bytes, int]]:
+        result: list[tuple[bytes, int]] = await self._read("digests", list(ranges), tenants)
         return result
 
-    async def count(self, start: int, end: int) -> int:
-        result: int = await self._read("count", start, end)
+    async def counts(self, ranges: Sequence[tuple[int, int]]) -> list[int]:
+        result: list[int] = await self._read("counts", list(ranges))
         return result
 
     async def close(self) -> None:

@@ -284,6 +284,28 @@ class NodeClient:
         async for batch in self._scan(request, timeout):
             yield batch.entries, batch.entry_count
 
+    async def scan_entries_many(
+        self,
+        ranges: Sequence[tuple[int, int]],
+        *,
+        batch_size: int = 0,
+        epoch: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[tuple[int, bytes, int]]:
+        """scan_entries of each (start, end] in turn, in one call: (position in ranges, entries, count).
+
+        A batch holds entries of one range; a range with none has no batch.
+        """
+        request = storage_pb2.ScanRangeRequest(
+            ranges=[storage_pb2.TokenRange(start=start, end=end) for start, end in ranges],
+            batch_size=batch_size,
+            include_tombstones=True,
+            epoch=epoch,
+            entries=True,
+        )
+        async for batch in self._scan(request, timeout):
+            yield batch.range, batch.entries, batch.entry_count
+
     async def _scan(
         self, request: storage_pb2.ScanRangeRequest, timeout: float | None
     ) -> AsyncIterator[storage_pb2.ScanRangeBatch]:
@@ -311,6 +333,13 @@ class NodeClient:
         reply = await self._call(self._stub.RangeDigest, request, timeout or 10 * self.timeout)
         return int(reply.count)
 
+    async def count_ranges(
+        self, ranges: Sequence[tuple[int, int]], *, epoch: int = 0, timeout: float | None = None
+    ) -> list[int]:
+        """count_range of each (start, end], in one call (nodes before RangeDigests answer UNIMPLEMENTED)."""
+        reply = await self._digests(ranges, (), epoch, timeout, count_only=True)
+        return [int(r.count) for r in reply.ranges]
+
     async def range_digest(
         self,
         start: int,
@@ -328,6 +357,40 @@ class NodeClient:
         if reply.HasField("load"):
             self._heard(reply.load)
         return bytes(reply.digest), int(reply.count)
+
+    async def range_digests(
+        self,
+        ranges: Sequence[tuple[int, int]],
+        *,
+        tenants: Iterable[str] = (),
+        epoch: int = 0,
+        timeout: float | None = None,
+    ) -> list[tuple[bytes, int]]:
+        """range_digest of each (start, end], in one call."""
+        reply = await self._digests(ranges, tenants, epoch, timeout, count_only=False)
+        return [(bytes(r.digest), int(r.count)) for r in reply.ranges]
+
+    async def _digests(
+        self,
+        ranges: Sequence[tuple[int, int]],
+        tenants: Iterable[str],
+        epoch: int,
+        timeout: float | None,
+        *,
+        count_only: bool,
+    ) -> storage_pb2.RangeDigestsResponse:
+        request = storage_pb2.RangeDigestsRequest(
+            ranges=[storage_pb2.TokenRange(start=start, end=end) for start, end in ranges],
+            epoch=epoch,
+            count_only=count_only,
+            tenants=sorted(tenants),
+        )
+        # A digest reads every value of its ranges: far longer than a point read may take.
+        reply: storage_pb2.RangeDigestsResponse = await self._call(
+            self._stub.RangeDigests, request, timeout or 10 * self.timeout
+        )
+        self._heard(reply.load)
+        return reply
 
     async def delete_range(
         self,

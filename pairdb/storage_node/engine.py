@@ -231,6 +231,18 @@ def _segments(start: int, end: int) -> list[tuple[int, int]]:
     return [*parts, (0, end)]
 
 
+def _count(cursor: lmdb.Cursor, start: int, end: int) -> int:
+    count = 0
+    for lo, hi in _segments(start, end):
+        if not cursor.set_range(_TOKEN.pack(lo)):
+            continue
+        for db_key in cursor.iternext(keys=True, values=False):
+            if _TOKEN.unpack_from(db_key)[0] > hi:
+                break
+            count += 1
+    return count
+
+
 def _overlap(s1: int, e1: int, s2: int, e2: int) -> bool:
     """Whether ring ranges (s1, e1] and (s2, e2] share a token: then one holds the other's end."""
     return in_range(e1, s2, e2) or in_range(e2, s1, e1)
@@ -436,19 +448,43 @@ class Engine:
                     return bytes(out), count, db_key
         return bytes(out), count, None
 
+    def scan_entries_many(
+        self,
+        ranges: Sequence[tuple[int, int]],
+        *,
+        limit: int,
+        max_bytes: int,
+        at: int = 0,
+        after: bytes | None = None,
+    ) -> tuple[list[tuple[int, bytes, int]], tuple[int, bytes | None] | None]:
+        """scan_entries over ranges[at:] (from after in ranges[at]), up to limit entries or max_bytes in all.
+
+        Returns (position, entries, how many) for each range with entries, and
+        where to go on: (position, resume key or None), or None once every range is done.
+        """
+        pieces: list[tuple[int, bytes, int]] = []
+        left, room = limit, max_bytes
+        for position in range(at, len(ranges)):
+            start, end = ranges[position]
+            entries, count, resume = self.scan_entries(
+                start, end, limit=left, max_bytes=room, after=after if position == at else None
+            )
+            if count:
+                pieces.append((position, entries, count))
+            left, room = left - count, room - len(entries)
+            if resume is not None:  # the limit or max_bytes was reached in this range
+                return pieces, (position, resume)
+        return pieces, None
+
     def count(self, start: int, end: int) -> int:
         """How many records (tombstones included) are in (start, end]; no value is read."""
-        count = 0
+        return self.counts([(start, end)])[0]
+
+    def counts(self, ranges: Sequence[tuple[int, int]]) -> list[int]:
+        """count() of each range, in one read transaction."""
         with self._env.begin() as txn:
             cursor = txn.cursor(db=self._records)
-            for lo, hi in _segments(start, end):
-                if not cursor.set_range(_TOKEN.pack(lo)):
-                    continue
-                for db_key in cursor.iternext(keys=True, values=False):
-                    if _TOKEN.unpack_from(db_key)[0] > hi:
-                        break
-                    count += 1
-        return count
+            return [_count(cursor, start, end) for start, end in ranges]
 
     def digest(self, start: int, end: int, tenants: frozenset[str] = frozenset()) -> tuple[bytes, int]:
         """A hash of every record in (start, end] (key, version and content), and their count.
@@ -456,8 +492,15 @@ class Engine:
         The content counts: replicas holding one version with different values differ.
         With tenants, only their records count (replica sets differ between replication factors).
         """
+        return self.digests([(start, end)], tenants)[0]
+
+    def digests(
+        self, ranges: Sequence[tuple[int, int]], tenants: frozenset[str] = frozenset()
+    ) -> list[tuple[bytes, int]]:
+        """digest() of each range, in one read transaction."""
+        wanted = frozenset(t.encode() for t in tenants)
         with self._env.begin() as txn:
-            return _digest(self._walk(txn, start, end, None), frozenset(t.encode() for t in tenants))
+            return [_digest(self._walk(txn, start, end, None), wanted) for start, end in ranges]
 
     def stats(self) -> Stats:
         with self._env.begin() as txn:

@@ -37,6 +37,8 @@ MAX_APPLY_BATCH = 10_000
 # Value bytes per streamed scan message: far under the 64 MB message limit, even with the
 # one 1 MB value that crosses it and 10,000 keys of under 400 bytes each.
 MAX_SCAN_BATCH_BYTES = 16 * 1024 * 1024
+# Ranges one RangeDigests or ScanRange call may ask for.
+MAX_RANGES = 10_000
 # Trailing metadata of an ABORTED refusal: the fence the request ran into.
 FENCE_METADATA = "pairdb-fence"
 
@@ -258,26 +260,39 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         self, request: storage_pb2.ScanRangeRequest, context: ServicerContext
     ) -> AsyncIterator[storage_pb2.ScanRangeBatch]:
         await self._check_epoch(request.epoch, context)
+        ranges = [(r.start, r.end) for r in request.ranges]
+        if ranges and not request.entries:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "several ranges are scanned as entries only"
+            )
+        if len(ranges) > MAX_RANGES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"ask for at most {MAX_RANGES} ranges, not {len(ranges)}"
+            )
         # An unset range reads as (0, 0], the whole ring: streaming every tenant out is asked for by name.
-        if not request.HasField("range"):
+        if not ranges and not request.HasField("range"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "range is required")
         batch_size = min(request.batch_size or DEFAULT_SCAN_BATCH, MAX_SCAN_BATCH)
-        start, end = request.range.start, request.range.end
-        after: bytes | None = None
         if request.entries:
-            while True:
-                entries, count, after = await self._read_in_background(
-                    self._background.scan_entries(
-                        start, end, limit=batch_size, max_bytes=MAX_SCAN_BATCH_BYTES, after=after
+            position: tuple[int, bytes | None] | None = (0, None)
+            while position is not None:
+                pieces, position = await self._read_in_background(
+                    self._background.scan_entries_many(
+                        ranges or [(request.range.start, request.range.end)],
+                        limit=batch_size,
+                        max_bytes=MAX_SCAN_BATCH_BYTES,
+                        at=position[0],
+                        after=position[1],
                     ),
                     context,
                 )
-                if count:
+                for at, entries, count in pieces:
                     yield storage_pb2.ScanRangeBatch(
-                        entries=entries, entry_count=count, load=self._load.report()
+                        entries=entries, entry_count=count, range=at, load=self._load.report()
                     )
-                if after is None:
-                    return
+            return
+        start, end = request.range.start, request.range.end
+        after: bytes | None = None
         while True:
             records, after = await self._read_in_background(
                 self._background.scan(
@@ -302,14 +317,40 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         self, request: storage_pb2.RangeDigestRequest, context: ServicerContext
     ) -> storage_pb2.RangeDigestResponse:
         await self._check_epoch(request.epoch, context)
-        start, end, tenants = request.range.start, request.range.end, frozenset(request.tenants)
-        if request.count_only and not tenants:
-            count = await self._read_in_background(self._background.count(start, end), context)
-            return storage_pb2.RangeDigestResponse(count=count)
-        digest, count = await self._read_in_background(self._background.digest(start, end, tenants), context)
-        return storage_pb2.RangeDigestResponse(
-            digest=b"" if request.count_only else digest, count=count, load=self._load.report()
-        )
+        ranges = [(request.range.start, request.range.end)]
+        (reply,) = await self._digests(ranges, request.count_only, frozenset(request.tenants), context)
+        reply.load.CopyFrom(self._load.report())
+        return reply
+
+    async def RangeDigests(
+        self, request: storage_pb2.RangeDigestsRequest, context: ServicerContext
+    ) -> storage_pb2.RangeDigestsResponse:
+        await self._check_epoch(request.epoch, context)
+        if not 0 < len(request.ranges) <= MAX_RANGES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"ask for 1 to {MAX_RANGES} ranges at a time, not {len(request.ranges)}",
+            )
+        ranges = [(r.start, r.end) for r in request.ranges]
+        replies = await self._digests(ranges, request.count_only, frozenset(request.tenants), context)
+        return storage_pb2.RangeDigestsResponse(ranges=replies, load=self._load.report())
+
+    async def _digests(
+        self,
+        ranges: list[tuple[int, int]],
+        count_only: bool,
+        tenants: frozenset[str],
+        context: ServicerContext,
+    ) -> list[storage_pb2.RangeDigestResponse]:
+        """Each range's digest and count (only its count, read without values, when that is all asked)."""
+        if count_only and not tenants:
+            counts = await self._read_in_background(self._background.counts(ranges), context)
+            return [storage_pb2.RangeDigestResponse(count=count) for count in counts]
+        digests = await self._read_in_background(self._background.digests(ranges, tenants), context)
+        return [
+            storage_pb2.RangeDigestResponse(digest=b"" if count_only else digest, count=count)
+            for digest, count in digests
+        ]
 
     async def DeleteRange(
         self, request: storage_pb2.DeleteRangeRequest, context: ServicerContext

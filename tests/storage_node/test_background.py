@@ -53,47 +53,50 @@ def _nice(pid: int) -> int:
 
 
 async def test_the_child_answers_as_the_engine_does(engine: Engine, reader: ReaderProcess) -> None:
-    for start, end in ((0, 0), (0, HALF), (HALF, 0)):
-        assert await reader.digest(start, end, frozenset()) == engine.digest(start, end)
-        assert await reader.count(start, end) == engine.count(start, end)
-        first = await reader.scan_entries(start, end, limit=50, max_bytes=1 << 20, after=None)
-        assert first == engine.scan_entries(start, end, limit=50, max_bytes=1 << 20, after=None)
-        following = await reader.scan_entries(start, end, limit=50, max_bytes=1 << 20, after=first[2])
-        assert following == engine.scan_entries(start, end, limit=50, max_bytes=1 << 20, after=first[2])
+    ranges = [(0, 0), (0, HALF), (HALF, 0)]
+    assert await reader.digests(ranges, frozenset()) == [engine.digest(s, e) for s, e in ranges]
+    assert await reader.counts(ranges) == [engine.count(s, e) for s, e in ranges]
+    first = await reader.scan_entries_many(ranges, limit=50, max_bytes=1 << 20, at=0, after=None)
+    assert first == engine.scan_entries_many(ranges, limit=50, max_bytes=1 << 20)
+    assert first[1] is not None
+    at, after = first[1]
+    following = await reader.scan_entries_many(ranges, limit=50, max_bytes=1 << 20, at=at, after=after)
+    assert following == engine.scan_entries_many(ranges, limit=50, max_bytes=1 << 20, at=at, after=after)
+    for start, end in ranges:
         records = await reader.scan(start, end, limit=50, after=None, include_tombstones=False)
         assert records == engine.scan(start, end, limit=50, after=None, include_tombstones=False)
-    assert await reader.digest(0, 0, frozenset({"other"})) == engine.digest(0, 0, frozenset({"other"}))
+    assert await reader.digests([(0, 0)], frozenset({"other"})) == [engine.digest(0, 0, frozenset({"other"}))]
 
 
 async def test_the_child_sees_writes_committed_after_it_started(
     engine: Engine, reader: ReaderProcess
 ) -> None:
-    before = await reader.count(0, 0)
+    before = (await reader.counts([(0, 0)]))[0]
     engine.apply_many([StoredRecord("t", "new", b"x", Version(10_000, 1))])
-    assert await reader.count(0, 0) == before + 1
+    assert (await reader.counts([(0, 0)]))[0] == before + 1
 
 
 async def test_the_child_runs_at_a_lower_cpu_priority(reader: ReaderProcess) -> None:
-    await reader.count(0, 0)  # it lowers its priority once started, before its first answer
+    await reader.counts([(0, 0)])  # it lowers its priority once started, before its first answer
     assert _nice(_pid(reader)) == _nice(os.getpid()) + BACKGROUND_NICE
 
 
 async def test_a_child_that_died_is_replaced_on_the_next_read(engine: Engine, reader: ReaderProcess) -> None:
     first = _pid(reader)
     os.kill(first, signal.SIGKILL)
-    assert await reader.count(0, 0) == engine.count(0, 0)
+    assert (await reader.counts([(0, 0)]))[0] == engine.count(0, 0)
     assert _pid(reader) != first
 
 
 async def test_a_read_cancelled_midway_does_not_hand_its_answer_to_the_next(
     engine: Engine, reader: ReaderProcess
 ) -> None:
-    read = asyncio.ensure_future(reader.digest(0, 0, frozenset()))
+    read = asyncio.ensure_future(reader.digests([(0, 0)], frozenset()))
     await asyncio.sleep(0)  # the request is on its way
     read.cancel()
     with pytest.raises(asyncio.CancelledError):
         await read
-    assert await reader.count(0, HALF) == engine.count(0, HALF)
+    assert (await reader.counts([(0, HALF)]))[0] == engine.count(0, HALF)
 
 
 async def test_the_child_serves_reads_only(reader: ReaderProcess) -> None:
@@ -101,8 +104,8 @@ async def test_the_child_serves_reads_only(reader: ReaderProcess) -> None:
         await reader._read("delete_range", 0, 0)
     # A read that fails in the child fails with its reason; the child goes on serving.
     with pytest.raises(BackgroundReadFailed, match="TypeError"):
-        await reader._read("count", "not a token", 0)
-    assert await reader.count(0, 0) == 300
+        await reader._read("counts", [("not a token", 0)])
+    assert (await reader.counts([(0, 0)]))[0] == 300
 
 
 async def test_closing_ends_the_child(reader: ReaderProcess) -> None:
@@ -115,8 +118,8 @@ async def test_closing_ends_the_child(reader: ReaderProcess) -> None:
 async def test_the_in_process_fallback_answers_the_same(engine: Engine) -> None:
     thread = ReaderThread(engine)
     try:
-        assert await thread.digest(0, HALF, frozenset()) == engine.digest(0, HALF)
-        assert await thread.count(0, 0) == engine.count(0, 0)
+        assert await thread.digests([(0, HALF)], frozenset()) == [engine.digest(0, HALF)]
+        assert await thread.counts([(0, 0)]) == [engine.count(0, 0)]
     finally:
         await thread.close()
 

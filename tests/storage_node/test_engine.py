@@ -230,6 +230,32 @@ def test_scan_entries_packs_exactly_what_scan_returns(engine: Engine, limit: int
         assert unpacked == _scan_all(engine, start, end, 1000)
 
 
+@pytest.mark.parametrize(("limit", "max_bytes"), [(1, 1 << 20), (7, 1 << 20), (1000, 1 << 20), (1000, 100)])
+def test_many_ranges_scan_as_each_range_would_one_after_the_other(
+    engine: Engine, limit: int, max_bytes: int
+) -> None:
+    records = _fill(engine)
+    tokens = sorted(r.token for r in records)
+    ranges = [
+        (tokens[100], tokens[300]),
+        (tokens[300], tokens[301]),
+        (tokens[5], tokens[5] + 1),
+        (tokens[400], tokens[50]),
+    ]
+    scanned: list[list[StoredRecord]] = [[] for _ in ranges]
+    position: tuple[int, bytes | None] | None = (0, None)
+    while position is not None:
+        pieces, position = engine.scan_entries_many(
+            ranges, limit=limit, max_bytes=max_bytes, at=position[0], after=position[1]
+        )
+        assert sum(count for _, _, count in pieces) <= limit
+        for at, entries, count in pieces:
+            assert len(unpack_entries(entries)) == count > 0
+            scanned[at] += unpack_entries(entries)
+    assert scanned == [_scan_all(engine, start, end, 1000) for start, end in ranges]
+    assert scanned[2] == []  # no record in it: no piece
+
+
 def test_unpacking_refuses_entries_cut_short_or_malformed(engine: Engine) -> None:
     engine.apply_records([rec("k", 10)])
     entries, _, _ = engine.scan_entries(0, 0, limit=10, max_bytes=1 << 20)

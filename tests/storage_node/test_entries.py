@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pairdb.kernel.keyspace import Version
+from pairdb.kernel.keyspace import Version, in_range
 from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.storage_node.client import NodeClient, StaleEpoch, StorageError
 from pairdb.storage_node.engine import Engine, StoredRecord
@@ -67,6 +67,34 @@ async def test_a_range_moves_as_entries_and_the_newest_version_of_each_key_stays
     assert applied == 99  # all but k1, newer where it lands
     expected = {r.key: r for r in records} | {"k1": rec("k1", 99, b"newer here")}
     assert {k: await joining.client.get("t", k) for k in expected} == expected
+
+
+async def test_many_ranges_stream_in_one_call_each_batch_naming_its_range(nodes: tuple[Node, Node]) -> None:
+    source, joining = nodes
+    records = [rec(f"k{i}", 20) for i in range(100)]
+    await source.client.apply_batch(records)
+    tokens = sorted(r.token for r in records)
+    ranges = [(tokens[10], tokens[40]), (tokens[40], tokens[41]), (tokens[90], tokens[5])]
+    moved = [0] * len(ranges)
+    async for at, entries, count in source.client.scan_entries_many(ranges, batch_size=7):
+        assert count <= 7
+        moved[at] += await joining.client.apply_entries(entries)
+    assert moved == [30, 1, 15]  # (t90, t5] wraps: t91..t99 and t0..t5
+    assert await joining.client.get("t", records[0].key) == (
+        records[0] if any(in_range(records[0].token, s, e) for s, e in ranges) else None
+    )
+
+
+async def test_several_ranges_are_scanned_as_entries_only(nodes: tuple[Node, Node]) -> None:
+    source, _ = nodes
+    async with grpc.aio.insecure_channel(source.address) as channel:
+        stub = storage_pb2_grpc.StorageServiceStub(channel)
+        request = storage_pb2.ScanRangeRequest(ranges=[storage_pb2.TokenRange(start=0, end=5)])
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in stub.ScanRange(request):
+                pass
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "entries only" in (refused.value.details() or "")
 
 
 async def test_malformed_entries_are_refused_whole(nodes: tuple[Node, Node]) -> None:

@@ -41,6 +41,7 @@ async def test_every_data_request_routed_by_an_older_epoch_than_the_fence_is_ref
         "apply_batch": node.apply_batch([rec("k", now_version())], epoch=4),
         "get": node.get("t", "k", epoch=4),
         "range_digest": node.range_digest(0, 0, epoch=4),
+        "range_digests": node.range_digests([(0, 0)], epoch=4),
         "delete_range": node.delete_range(0, 0, epoch=4),
     }
     for name, call in refusals.items():

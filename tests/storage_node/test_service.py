@@ -10,6 +10,7 @@ from pairdb.local.cluster import LocalCluster
 from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.storage_node.client import NodeClient, StorageError
 from pairdb.storage_node.engine import StoredRecord
+from pairdb.storage_node.service import MAX_RANGES
 
 
 @pytest.fixture
@@ -65,6 +66,32 @@ async def test_range_digest_and_delete_range(node: NodeClient) -> None:
     assert await node.delete_range(t - 1, t) >= 1
     assert await node.get(tenant, "k0") is None
     assert await node.get(tenant, "k1") is not None or in_range(token(tenant, "k1"), t - 1, t)
+
+
+async def test_many_ranges_digested_in_one_call_answer_as_one_call_each(node: NodeClient) -> None:
+    tenant = "svc-digests"
+    await node.apply_batch([rec(tenant, f"k{i}", 10, b"v" * i) for i in range(200)])
+    step = TOKEN_MAX // 7
+    ranges = [(i * step, (i + 1) * step) for i in range(7)] + [(TOKEN_MAX - 5, 3), (0, 0)]
+    assert await node.range_digests(ranges) == [await node.range_digest(s, e) for s, e in ranges]
+    assert await node.range_digests(ranges, tenants=[tenant]) == [
+        await node.range_digest(s, e, tenants=[tenant]) for s, e in ranges
+    ]
+    assert await node.count_ranges(ranges) == [await node.count_range(s, e) for s, e in ranges]
+
+
+async def test_a_digest_call_asks_for_one_to_ten_thousand_ranges(cluster: LocalCluster) -> None:
+    channel = cluster.aio_channel(cluster.nodes["node-1"].address, "node-1")
+    stub = storage_pb2_grpc.StorageServiceStub(channel)
+    too_many = [storage_pb2.TokenRange(start=i, end=i + 1) for i in range(MAX_RANGES + 1)]
+    try:
+        for ranges in ([], too_many):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.RangeDigests(storage_pb2.RangeDigestsRequest(ranges=ranges))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"1 to {MAX_RANGES} ranges" in (err.value.details() or "")
+    finally:
+        await channel.close(None)
 
 
 async def test_invalid_records_are_refused_whole(cluster: LocalCluster, node: NodeClient) -> None:
