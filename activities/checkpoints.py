@@ -13,6 +13,7 @@ step allows; the step ends only once all of its checkpoints are written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Generic, TypeVar
@@ -61,7 +62,5 @@ class Checkpoints(Generic[T]):
                 self._writer.cancel()
             return
         # The step failed: still record the ranges it finished, but its own error is the one raised.
-        try:
+        with contextlib.suppress(Exception):
             await self.flush()
-        except Exception:  # the step's own error is the one raised
-            pass

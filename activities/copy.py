@@ -70,7 +70,8 @@ SCAN_TIMEOUT = 300.0
 VERIFY_ATTEMPTS = 3
 # Ranges copied at once within a chunk: overlaps one range's streaming with another's apply.
 PARALLEL_RANGES = 16
-# Ranges one digest call may ask a node for: small ranges cost more per call than per key.
+# Ranges per group, copied in one stream or digested in one call per node: a small range cost
+# more per call than per key.
 GROUP_RANGES = 64
 # Ranges one count call may ask a node for (a count reads no value).
 ESTIMATE_RANGES = 1000
@@ -209,9 +210,11 @@ class CopySteps:
             routes[_target_id(row, planned), tuple(planned.sources)].append(planned)
         # Ranges go together only up to about one call's bytes: measured with 16 KiB values, one range
         # per stream cost the joining node half the CPU of ~30 ranges per stream.
-        entry_bytes = await self._entry_bytes(topology, {p.sources[0] for p in todo} - row.dead)
-        per_group = max(1, min(pace.batch(ENTRY_BATCH), FORWARD_BYTES // entry_bytes))
-        groups = [g for ranges in routes.values() for g in _groups(ranges, per_group)]
+        groups: list[list[PlannedRange]] = []
+        if routes:
+            entry_bytes = await self._entry_bytes(topology, {p.sources[0] for p in todo} - row.dead)
+            per_group = max(1, min(pace.batch(ENTRY_BATCH), FORWARD_BYTES // entry_bytes))
+            groups = [g for ranges in routes.values() for g in _groups(ranges, per_group)]
         groups += [[planned] for planned in todo if not forwarded(planned)]
         try:
             async with Checkpoints(
@@ -462,24 +465,21 @@ class CopySteps:
         async def sends() -> AsyncIterator[tuple[int, int, Callable[[], Awaitable[object]]]]:
             pending: list[bytes] = []
             count = size = 0
+
+            def send() -> tuple[int, int, Callable[[], Awaitable[object]]]:
+                joined = b"".join(pending)
+                return count, size, functools.partial(target.apply_entries, joined, epoch=epoch, timeout=30)
+
             async for at, entries, n in scan:
                 keys, nbytes = moved[group[at].index]
                 moved[group[at].index] = (keys + n, nbytes + len(entries))
                 pending.append(entries)
                 count, size = count + n, size + len(entries)
                 if count >= pace.batch(ENTRY_BATCH) or size >= FORWARD_BYTES:
-                    yield (
-                        count,
-                        size,
-                        functools.partial(target.apply_entries, b"".join(pending), epoch=epoch, timeout=30),
-                    )
+                    yield send()
                     pending, count, size = [], 0, 0
             if pending:
-                yield (
-                    count,
-                    size,
-                    functools.partial(target.apply_entries, b"".join(pending), epoch=epoch, timeout=30),
-                )
+                yield send()
 
         await self._pipelined(sends(), pace)
         return moved
