@@ -32,7 +32,7 @@ import contextlib
 import functools
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -178,11 +178,15 @@ class CopySteps:
         todo = [p for p in plan if not p.copied]  # checkpointed ranges are never copied twice
         pace = self._pace(chunk, topology, row, todo)
 
-        def forwarded(planned: PlannedRange) -> bool:
-            # The target replicates the range for every tenant: its bytes can go as they are.
-            return _holders(topology, _target_id(row, planned), planned) == set(topology.tenants)
+        # A target that replicates a range for every tenant takes its bytes as they are (forwarded);
+        # one that holds some tenants only gets the old replicas' merged records of those (merged).
+        forwarded: list[PlannedRange] = []
+        merged: list[PlannedRange] = []
+        for planned in todo:
+            whole = _holders(topology, _target_id(row, planned), planned) == set(topology.tenants)
+            (forwarded if whole else merged).append(planned)
 
-        async def copy_group(group: list[PlannedRange]) -> None:
+        async def copy_group(group: list[PlannedRange], how: str) -> None:
             """Ranges of one route (target and sources), forwarded in one stream; or one range, merged."""
             first = group[0]
             target = self._target(topology, row, first)
@@ -196,7 +200,6 @@ class CopySteps:
                     old = self._old_view(topology, target.node_id, first, sources)
                     return {first.index: await self._apply(target, old, pace, topology.epoch)}
 
-                how = "forwarded" if forwarded(first) else "merged"
                 moved = await self._from_quorum(
                     topology, row, target, first, forward if how == "forwarded" else merge
                 )
@@ -206,21 +209,24 @@ class CopySteps:
                 activity.heartbeat()
 
         routes: dict[tuple[str, tuple[str, ...]], list[PlannedRange]] = defaultdict(list)
-        for planned in filter(forwarded, todo):
+        for planned in forwarded:
             routes[_target_id(row, planned), tuple(planned.sources)].append(planned)
         # Ranges go together only up to about one call's bytes: measured with 16 KiB values, one range
         # per stream cost the joining node half the CPU of ~30 ranges per stream.
-        groups: list[list[PlannedRange]] = []
+        groups: list[tuple[list[PlannedRange], str]] = []
         if routes:
-            entry_bytes = await self._entry_bytes(topology, {p.sources[0] for p in todo} - row.dead)
-            per_group = max(1, min(pace.batch(ENTRY_BATCH), FORWARD_BYTES // entry_bytes))
-            groups = [g for ranges in routes.values() for g in _groups(ranges, per_group)]
-        groups += [[planned] for planned in todo if not forwarded(planned)]
+            entry_bytes = await self._entry_bytes(topology, {p.sources[0] for p in forwarded} - row.dead)
+            per_group = max(1, min(pace.turn_keys(ENTRY_BATCH), FORWARD_BYTES // entry_bytes))
+            groups = [(g, "forwarded") for ranges in routes.values() for g in _groups(ranges, per_group)]
+        groups += [([planned], "merged") for planned in merged]
+
+        async def checkpoint(ranges: Sequence[CopiedRange]) -> None:
+            await self._ctx.store.mark_copied(chunk.migration_id, ranges)
+            await self._report(chunk.migration_id)  # the operator sees progress as ranges finish
+
         try:
-            async with Checkpoints(
-                functools.partial(self._ctx.store.mark_copied, chunk.migration_id)
-            ) as copied:
-                await gather_all(copy_group(g) for g in groups)
+            async with Checkpoints(checkpoint) as copied:
+                await gather_all(copy_group(g, how) for g, how in groups)
         finally:
             self._paces[chunk.migration_id] = pace.state
         return await self._report(chunk.migration_id)
@@ -262,7 +268,7 @@ class CopySteps:
             async with Checkpoints(
                 functools.partial(self._ctx.store.mark_verified, chunk.migration_id)
             ) as verified:
-                groups = _groups(todo, pace.batch(ENTRY_BATCH))
+                groups = _groups(todo, pace.turn_keys(ENTRY_BATCH))
                 return sum(await gather_all(verify_group(g) for g in groups))
         finally:
             self._paces[chunk.migration_id] = pace.state

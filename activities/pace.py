@@ -142,16 +142,26 @@ class Pace:
         """How many records the next batch may hold, n at most: fewer while the copy yields."""
         return min(n, YIELDING_BATCH) if self._yielding else n
 
+    def turn_keys(self, n: int) -> int:
+        """How many keys one turn may take on, n at most: about a second's worth at the rate in force.
+
+        A turn checkpoints what it did when it ends: a throttled or yielding copy
+        whose turns took many seconds each would show the operator no progress
+        for that long, and a retried step would do all of it again.
+        """
+        n = self.batch(n)
+        if self.rate > 0:
+            n = min(n, max(1, int(self.rate / self._turns_at_once())))
+        return n
+
+    def _turns_at_once(self) -> int:
+        return min(self._parallel, YIELDING_RANGES) if self._yielding else self._parallel
+
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
         """A range's turn: parallel ranges at once, YIELDING_RANGES while the copy yields."""
         async with self._turns:
-            await self._turns.wait_for(
-                lambda: (
-                    self._active
-                    < (min(self._parallel, YIELDING_RANGES) if self._yielding else self._parallel)
-                )
-            )
+            await self._turns.wait_for(lambda: self._active < self._turns_at_once())
             self._active += 1
         try:
             yield

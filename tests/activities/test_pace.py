@@ -20,6 +20,7 @@ from pairdb.activities.pace import (
     INCREASE_KEYS_PER_SECOND,
     QUIET_CLIENT_OPS,
     YIELD_START_KEYS_PER_SECOND,
+    YIELDING_BATCH,
     YIELDING_RANGES,
     Pace,
     PaceState,
@@ -201,3 +202,15 @@ async def test_while_the_copy_yields_only_a_few_ranges_go_at_once(nodes: list[No
     yielding_pace = Pace(0, nodes, start=yielding(FLOOR_KEYS_PER_SECOND), parallel=16)
     await asyncio.gather(*(copy_one(yielding_pace) for _ in range(40)))
     assert most == YIELDING_RANGES
+
+
+async def test_a_turn_takes_on_about_a_second_of_keys_at_the_rate_in_force(nodes: list[NodeClient]) -> None:
+    # Nothing to heed: a turn takes as much as asked.
+    assert Pace(0, nodes, parallel=16).turn_keys(2000) == 2000
+    # Throttled to 320 keys/s over 16 turns at once: 20 keys each, one checkpoint a second per turn.
+    assert Pace(320, nodes, parallel=16).turn_keys(2000) == 20
+    # Yielding at the floor: YIELDING_RANGES turns at once share it.
+    pace = Pace(0, nodes, start=yielding(FLOOR_KEYS_PER_SECOND), parallel=16)
+    assert pace.turn_keys(2000) == min(YIELDING_BATCH, int(FLOOR_KEYS_PER_SECOND / YIELDING_RANGES))
+    # Never none.
+    assert Pace(1, nodes, parallel=16).turn_keys(2000) == 1
