@@ -34,7 +34,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import structlog
 from temporalio import activity
@@ -73,6 +73,8 @@ PARALLEL_RANGES = 16
 # Ranges per group, copied in one stream or digested in one call per node: a small range cost
 # more per call than per key.
 GROUP_RANGES = 64
+# How a range reaches its target (see copy_ranges); also the copy metrics' label.
+How = Literal["forwarded", "merged"]
 # Ranges one count call may ask a node for (a count reads no value).
 ESTIMATE_RANGES = 1000
 
@@ -186,7 +188,7 @@ class CopySteps:
             whole = _holders(topology, _target_id(row, planned), planned) == set(topology.tenants)
             (forwarded if whole else merged).append(planned)
 
-        async def copy_group(group: list[PlannedRange], how: str) -> None:
+        async def copy_group(group: list[PlannedRange], how: How) -> None:
             """Ranges of one route (target and sources), forwarded in one stream; or one range, merged."""
             first = group[0]
             target = self._target(topology, row, first)
@@ -213,7 +215,7 @@ class CopySteps:
             routes[_target_id(row, planned), tuple(planned.sources)].append(planned)
         # Ranges go together only up to about one call's bytes: measured with 16 KiB values, one range
         # per stream cost the joining node half the CPU of ~30 ranges per stream.
-        groups: list[tuple[list[PlannedRange], str]] = []
+        groups: list[tuple[list[PlannedRange], How]] = []
         if routes:
             entry_bytes = await self._entry_bytes(topology, {p.sources[0] for p in forwarded} - row.dead)
             per_group = max(1, min(pace.turn_keys(ENTRY_BATCH), FORWARD_BYTES // entry_bytes))
