@@ -25,9 +25,9 @@ mid-step stops it (the workflow waits, then goes on from its checkpoints).
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -199,12 +199,14 @@ class RepairSteps:
                 kind = "incomplete" if outcome.unreachable else "repaired" if outcome.differed else "in_sync"
                 metrics.REPAIR_RANGES.labels(kind).inc()
 
+        async def checkpoint(ranges: Sequence[RepairedRange]) -> None:
+            await self._ctx.repairs.mark_repaired(chunk.repair_id, ranges)
+            await self._report(chunk.repair_id)  # the operator sees progress as ranges finish
+
         # A digest of a big range, or a node slow to answer, takes longer than the heartbeat timeout.
         beating = asyncio.ensure_future(_heartbeat_every(HEARTBEAT_SECONDS))
         try:
-            async with Checkpoints(
-                functools.partial(self._ctx.repairs.mark_repaired, chunk.repair_id)
-            ) as repaired:
+            async with Checkpoints(checkpoint) as repaired:
                 await gather_all(repair_one(r) for r in todo)
         except StaleEpoch:
             # A ring change began under this step: what finished is checkpointed, the rest waits.

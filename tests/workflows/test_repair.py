@@ -196,6 +196,30 @@ async def test_without_the_every_replica_rule_the_delete_comes_back(repair_clust
         await cluster.start_worker()
 
 
+async def test_a_repair_shows_progress_as_its_ranges_finish_not_only_when_a_step_ends(
+    repair_cluster: LocalCluster,
+) -> None:
+    """An operator watching a repair (`pairdb migrations`, the Temporal UI) sees it move.
+
+    A small repair is one step; its progress used to be saved only when the step
+    ended, so it jumped from none to all of its ranges.
+    """
+    async with repair_cluster.client() as client:
+        await client.create_tenant("watched", 3)
+        written = [("watched", f"k{i}", b"v") for i in range(1000)]
+        assert all(isinstance(r, tuple) for r in await client.put_many(written, "ALL"))
+        started = await client.repair("watched", throttle_keys_per_second=500)
+
+        async def some_done() -> bool:
+            status = await client.migration(started.migration_id)
+            return 0 < status.ranges_done < status.ranges_total
+
+        await wait_for(some_done, 60, "some of the repair's ranges done, not all")
+        await client.throttle_migration(started.migration_id, 0)
+        ended = await wait_ended(client, started.migration_id, timeout=120)
+        assert (ended.status, ended.error, ended.ranges_done) == ("completed", "", ended.ranges_total)
+
+
 async def test_the_repair_schedule_is_a_temporal_schedule_operators_can_see_and_retime(
     repair_cluster: LocalCluster,
 ) -> None:
