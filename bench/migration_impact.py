@@ -1,7 +1,7 @@
 """What a node addition (or a repair) costs the clients of a live cluster, and an addition at the least.
 
 Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] [--concurrency 32]
-                                                 [--operation addition|repair]
+                                                 [--quiet-seconds 90] [--operation addition|repair]
 
 1. A LocalCluster (PostgreSQL, Temporal, 3 storage nodes, a coordinator, a
    worker) with one RF 3 tenant holding ``--keys`` keys of 100 bytes (loaded
@@ -9,7 +9,11 @@ Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] 
 2. Steady: ``--concurrency`` clients, half writing and half reading (QUORUM),
    for ``--seconds``: ops/s, p50 and p99 latency. Each client sends its next
    request when the last one is answered: the load saturates the machine.
-3. During: the same load while node-4 is added, from AddStorageNode until the
+3. Quiet: the same load for ``--quiet-seconds`` (about as long as an
+   addition under load takes), nothing else running: quiet / steady is how
+   far a long window's figures stray from a short one's on this machine by
+   itself, the yardstick for the ratios below.
+   During: the same load while node-4 is added, from AddStorageNode until the
    migration completed (its status polled every 0.5 s; node-4's process was
    started a second before, as an operator starts it): the same figures, and
    their ratios to the steady ones. The copy yields to the clients
@@ -190,6 +194,14 @@ async def addition_under_load(
             start = time.perf_counter()
             await asyncio.sleep(args.seconds)
             steady = load.window("steady", start, time.perf_counter())
+            windows: list[tuple[Window, float | None]] = []
+            if args.quiet_seconds:
+                # The same load for about as long as an addition takes, nothing else running: how far a
+                # long window's p99 strays from the steady one's on this machine by itself.
+                say(f"the same load for {args.quiet_seconds:.0f} s more, nothing else running ...")
+                start = time.perf_counter()
+                await asyncio.sleep(args.quiet_seconds)
+                windows.append((load.window("quiet (no change)", start, time.perf_counter()), None))
             # The operator starts the node's process first (on a machine of its own, usually): its
             # start-up is not the addition's.
             node4 = await cluster.add_storage_node("node-4")
@@ -205,7 +217,7 @@ async def addition_under_load(
             await load.stop()
     finally:
         await cluster.stop()
-    return steady, [(during, duration), (after, None)]
+    return steady, [*windows, (during, duration), (after, None)]
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
@@ -255,7 +267,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     print(
         "(after it: the same load once the addition completed. Every process shares this machine's\n"
         " cores: a 4th storage node adds processes and replica calls, not CPUs, as it would on a machine\n"
-        " of its own. after / steady is what the 4-node cluster costs here with no migration running.)"
+        " of its own. after / steady is what the 4-node cluster costs here with no migration running.\n"
+        " quiet: the same load on the 3 nodes for --quiet-seconds before the addition, nothing else\n"
+        " running; quiet / steady is how far a long window strays from a short one here by itself.)"
     )
     print(f"addition to a nearly empty cluster ({EMPTY_KEYS} keys): {empty_seconds:.2f} s")
 
@@ -289,15 +303,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the headroom run's load, a share of the saturating steady ops/s (default %(default)s)",
     )
     parser.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=90.0,
+        help="a window with nothing running before each addition, as long as an addition under load "
+        "takes here; 0 skips it (default %(default)s)",
+    )
+    parser.add_argument(
         "--operation",
         choices=["addition", "repair"],
         default="addition",
         help="what runs under the load (default %(default)s)",
     )
     args = parser.parse_args(argv)
-    if args.keys < EMPTY_KEYS or args.seconds <= 0 or args.concurrency < 1 or not 0 < args.offered <= 1:
+    if (
+        args.keys < EMPTY_KEYS
+        or args.seconds <= 0
+        or args.quiet_seconds < 0
+        or args.concurrency < 1
+        or not 0 < args.offered <= 1
+    ):
         parser.error(
-            f"--keys at least {EMPTY_KEYS}, --seconds positive, --concurrency at least 1, --offered in (0, 1]"
+            f"--keys at least {EMPTY_KEYS}, --seconds positive, --quiet-seconds not negative, "
+            "--concurrency at least 1, --offered in (0, 1]"
         )
     return args
 
