@@ -66,6 +66,7 @@ from pairdb.serving import logs
 
 VALUE_BYTES = 100
 EMPTY_KEYS = 100
+QUIET = "quiet (no change)"
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ async def addition_under_load(
                 say(f"the same load for {args.quiet_seconds:.0f} s more, nothing else running ...")
                 start = time.perf_counter()
                 await asyncio.sleep(args.quiet_seconds)
-                windows.append((load.window("quiet (no change)", start, time.perf_counter()), None))
+                windows.append((load.window(QUIET, start, time.perf_counter()), None))
             # The operator starts the node's process first (on a machine of its own, usually): its
             # start-up is not the addition's.
             node4 = await cluster.add_storage_node("node-4")
@@ -269,7 +270,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         " cores: a 4th storage node adds processes and replica calls, not CPUs, as it would on a machine\n"
         " of its own. after / steady is what the 4-node cluster costs here with no migration running.\n"
         " quiet: the same load on the 3 nodes for --quiet-seconds before the addition, nothing else\n"
-        " running; quiet / steady is how far a long window strays from a short one here by itself.)"
+        " running; quiet / steady is how far a long window strays from a short one here by itself,\n"
+        " and during / quiet compares the addition with a window as long, on the same cluster.)"
     )
     print(f"addition to a nearly empty cluster ({EMPTY_KEYS} keys): {empty_seconds:.2f} s")
 
@@ -283,10 +285,16 @@ def _report(steady: Window, windows: Sequence[tuple[Window, float | None]]) -> N
     print()
     for w, seconds in windows:
         took = f" (it took {seconds:.1f} s)" if seconds is not None else ""
-        print(
-            f"{w.label} / steady: throughput {w.ops_per_second / steady.ops_per_second:.2f}x, "
-            f"p99 {w.p99_ms / steady.p99_ms:.2f}x{took}"
-        )
+        print(f"{w.label} / steady: {_ratios(w, steady)}{took}")
+    quiet = next((w for w, _ in windows if w.label == QUIET), None)
+    if quiet is not None:
+        for w, seconds in windows:
+            if seconds is not None:  # an operation's window, as long as the quiet one
+                print(f"{w.label} / quiet: {_ratios(w, quiet)}")
+
+
+def _ratios(w: Window, base: Window) -> str:
+    return f"throughput {w.ops_per_second / base.ops_per_second:.2f}x, p99 {w.p99_ms / base.p99_ms:.2f}x"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
