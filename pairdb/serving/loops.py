@@ -12,8 +12,8 @@ often, though: grpc.aio's server leaves a small reference cycle behind every
 call it answers (its method lookup's closure and the call details it holds,
 ~6 objects), so a young collection always has garbage to free, and its pause
 grows with the threshold: at 50,000 a coordinator under 440 requests/s
-stopped for 60-115 ms every ~18 s, a stall every request in flight waited
-out (storage nodes likewise, every ~40 s).
+stopped for 74-86 ms every ~18 s, a stall every request in flight waited
+out (storage nodes for 57-115 ms every ~40 s).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ T = TypeVar("T")
 # Allocations between young collections, then young collections per older one, per oldest one.
 # CPython's default is (700, 10, 10). Measured on this machine (batches of 1,000 keys, RF 3), against
 # it: reads 6,500 -> 10,100 keys/s, writes 16,000 -> 18,800 keys/s, single-key writes and reads +10 %.
-# 10,000 rather than 50,000: young pauses of 11-17 ms instead of 60-115 ms, at the same throughput
+# 10,000 rather than 50,000: young pauses of 11-17 ms instead of 57-115 ms, at the same throughput
 # (bench/rpc.py, alternating runs).
 SERVER_GC_THRESHOLDS = (10_000, 50, 100)
 
