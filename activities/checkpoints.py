@@ -8,6 +8,8 @@ one writer writes everything queued since its last write in one go (natural
 batching, as the coordinator's replica calls: no delay while idle). A
 checkpoint lost to a crash only means the range is done again, which every
 step allows; the step ends only once all of its checkpoints are written.
+What should follow each write (a step's progress for the operator) is `then`,
+so progress moves as ranges finish, not only when a step ends.
 """
 
 from __future__ import annotations
@@ -24,8 +26,13 @@ T = TypeVar("T")
 class Checkpoints(Generic[T]):
     """Queue checkpoints with add(); `async with` writes what is left on the way out."""
 
-    def __init__(self, write: Callable[[Sequence[T]], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        write: Callable[[Sequence[T]], Awaitable[None]],
+        then: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         self._write = write
+        self._then = then
         self._queued: list[T] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -47,6 +54,8 @@ class Checkpoints(Generic[T]):
         while self._queued:
             batch, self._queued = self._queued, []
             await self._write(batch)
+            if self._then is not None:
+                await self._then()
 
     async def __aenter__(self) -> Checkpoints[T]:
         return self

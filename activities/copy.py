@@ -32,7 +32,7 @@ import contextlib
 import functools
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
 
@@ -136,12 +136,12 @@ class CopySteps:
             "Copy planned",
             migration_id=migration_id,
             node_id=row.node_id,
-            ranges=totals["ranges_total"],
-            keys=totals["keys_total"],
+            ranges=totals.ranges_total,
+            keys=totals.keys_total,
             targets=sorted({target for *_, target, _ in planned}),
             steps=len(chunks),
         )
-        return CopyPlan(totals["ranges_total"], totals["keys_total"], chunks)
+        return CopyPlan(totals.ranges_total, totals.keys_total, chunks)
 
     async def _estimates(self, topology: Topology, row: MigrationRow, moves: list[RangeMove]) -> list[int]:
         """Each move's key count on its first live source that answers (0 if none): a call per source."""
@@ -222,12 +222,11 @@ class CopySteps:
             groups = [(g, "forwarded") for ranges in routes.values() for g in _groups(ranges, per_group)]
         groups += [([planned], "merged") for planned in merged]
 
-        async def checkpoint(ranges: Sequence[CopiedRange]) -> None:
-            await self._ctx.store.mark_copied(chunk.migration_id, ranges)
-            await self._report(chunk.migration_id)  # the operator sees progress as ranges finish
-
         try:
-            async with Checkpoints(checkpoint) as copied:
+            async with Checkpoints(
+                functools.partial(self._ctx.store.mark_copied, chunk.migration_id),
+                then=functools.partial(self._report, chunk.migration_id),
+            ) as copied:
                 await gather_all(copy_group(g, how) for g, how in groups)
         finally:
             self._paces[chunk.migration_id] = pace.state
@@ -540,18 +539,17 @@ class CopySteps:
 
     async def _report(self, migration_id: str) -> Progress:
         totals = await self._ctx.store.totals(migration_id)
-        row = await self._ctx.migration(migration_id)
-        started = row.progress.get("copy_started_at") or time.time()
-        elapsed = max(time.time() - float(started), 1e-3)
-        rate = totals["keys_copied"] / elapsed
-        remaining = max(totals["keys_total"] - totals["keys_copied"], 0)
+        started = totals.started_at or time.time()
+        elapsed = max(time.time() - started, 1e-3)
+        rate = totals.keys_copied / elapsed
+        remaining = max(totals.keys_total - totals.keys_copied, 0)
         eta = remaining / rate if rate > 0 else 0.0
         progress = Progress(
-            keys_copied=totals["keys_copied"],
-            keys_total=max(totals["keys_total"], totals["keys_copied"]),
-            bytes_copied=totals["bytes_copied"],
-            ranges_done=totals["ranges_done"],
-            ranges_total=totals["ranges_total"],
+            keys_copied=totals.keys_copied,
+            keys_total=max(totals.keys_total, totals.keys_copied),
+            bytes_copied=totals.bytes_copied,
+            ranges_done=totals.ranges_done,
+            ranges_total=totals.ranges_total,
             keys_per_second=round(rate, 1),
             eta_seconds=round(eta, 1),
         )

@@ -25,9 +25,9 @@ mid-step stops it (the workflow waits, then goes on from its checkpoints).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -160,9 +160,7 @@ class RepairSteps:
         plan = await self._ctx.repairs.plan(ref.repair_id)
         totals = await self._ctx.repairs.totals(ref.repair_id)
         await self._ctx.repairs.save_progress(ref.repair_id, {"repair_started_at": time.time()}, None)
-        return RepairPlan(
-            totals["ranges_total"], totals["keys_total"], chunked([p.keys_estimate for p in plan])
-        )
+        return RepairPlan(totals.ranges_total, totals.keys_total, chunked([p.keys_estimate for p in plan]))
 
     @activity.defn(name="repair_ranges")
     async def repair_ranges(self, chunk: RepairChunk) -> RepairStep:
@@ -199,14 +197,13 @@ class RepairSteps:
                 kind = "incomplete" if outcome.unreachable else "repaired" if outcome.differed else "in_sync"
                 metrics.REPAIR_RANGES.labels(kind).inc()
 
-        async def checkpoint(ranges: Sequence[RepairedRange]) -> None:
-            await self._ctx.repairs.mark_repaired(chunk.repair_id, ranges)
-            await self._report(chunk.repair_id)  # the operator sees progress as ranges finish
-
         # A digest of a big range, or a node slow to answer, takes longer than the heartbeat timeout.
         beating = asyncio.ensure_future(_heartbeat_every(HEARTBEAT_SECONDS))
         try:
-            async with Checkpoints(checkpoint) as repaired:
+            async with Checkpoints(
+                functools.partial(self._ctx.repairs.mark_repaired, chunk.repair_id),
+                then=functools.partial(self._report, chunk.repair_id),
+            ) as repaired:
                 await gather_all(repair_one(r) for r in todo)
         except StaleEpoch:
             # A ring change began under this step: what finished is checkpointed, the rest waits.
@@ -221,11 +218,11 @@ class RepairSteps:
         status, error = finish.status, finish.error
         if status == Status.COMPLETED:
             totals = await self._ctx.repairs.totals(finish.repair_id)
-            if totals["ranges_incomplete"]:
+            if totals.ranges_incomplete:
                 missing = ", ".join(await self._ctx.repairs.unreachable(finish.repair_id))
                 status = Status.FAILED
                 error = (
-                    f"{totals['ranges_incomplete']} of {totals['ranges_total']} ranges could not reach every "
+                    f"{totals.ranges_incomplete} of {totals.ranges_total} ranges could not reach every "
                     f"replica ({missing}): they were synced among the others and keep their tombstones; "
                     "repair again once every node answers"
                 )
@@ -384,19 +381,17 @@ class RepairSteps:
 
     async def _report(self, repair_id: str, waiting_for: str = "") -> Progress:
         totals = await self._ctx.repairs.totals(repair_id)
-        row = await self._ctx.repairs.get(repair_id)
-        assert row is not None
-        started = float(row.progress.get("repair_started_at") or time.time())
+        started = totals.started_at or time.time()
         elapsed = max(time.time() - started, 1e-3)
-        rate = totals["keys_done"] / elapsed
-        remaining = max(totals["keys_total"] - totals["keys_done"], 0)
+        rate = totals.keys_done / elapsed
+        remaining = max(totals.keys_total - totals.keys_done, 0)
         eta = remaining / rate if rate > 0 else 0.0
         progress = Progress(
-            keys_copied=totals["keys_done"],
-            keys_total=totals["keys_total"],
+            keys_copied=totals.keys_done,
+            keys_total=totals.keys_total,
             bytes_copied=0,
-            ranges_done=totals["ranges_done"],
-            ranges_total=totals["ranges_total"],
+            ranges_done=totals.ranges_done,
+            ranges_total=totals.ranges_total,
             keys_per_second=round(rate, 1),
             eta_seconds=round(eta, 1),
         )
@@ -404,10 +399,10 @@ class RepairSteps:
             **progress.__dict__,
             "percent": round(progress.percent, 2),
             "repair_started_at": started,
-            "streamed": totals["streamed"],
-            "scanned": totals["scanned"],
-            "purged": totals["purged"],
-            "ranges_incomplete": totals["ranges_incomplete"],
+            "streamed": totals.streamed,
+            "scanned": totals.scanned,
+            "purged": totals.purged,
+            "ranges_incomplete": totals.ranges_incomplete,
             "waiting_for": waiting_for,
         }
         await self._ctx.repairs.save_progress(repair_id, payload, datetime.now(UTC) + timedelta(seconds=eta))

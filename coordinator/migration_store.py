@@ -34,6 +34,19 @@ class CopiedRange:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class CopyTotals:
+    """A migration's planned ranges summed, with when its copy began (None before that)."""
+
+    ranges_total: int
+    ranges_done: int
+    keys_copied: int
+    bytes_copied: int
+    keys_total: int
+    ranges_verified: int
+    started_at: float | None
+
+
 def _migration(row: asyncpg.Record) -> MigrationRow:
     progress = row["progress"]
     return MigrationRow(
@@ -274,14 +287,19 @@ class MigrationStore:
             list(indexes),
         )
 
-    async def totals(self, migration_id: str) -> dict[str, int]:
+    async def totals(self, migration_id: str) -> CopyTotals:
+        # The start time comes in the same query: progress is saved after every batch of checkpoints.
         row = await self._pool.fetchrow(
             "SELECT count(*) AS ranges_total, count(*) FILTER (WHERE copied) AS ranges_done,"
             " coalesce(sum(keys), 0) AS keys_copied, coalesce(sum(bytes), 0) AS bytes_copied,"
             " coalesce(sum(keys_estimate), 0) AS keys_total,"
-            " count(*) FILTER (WHERE verified) AS ranges_verified"
+            " count(*) FILTER (WHERE verified) AS ranges_verified,"
+            " (SELECT (progress->>'copy_started_at')::float8 FROM migrations WHERE migration_id = $1)"
+            " AS started_at"
             " FROM copy_ranges WHERE migration_id = $1",
             migration_id,
         )
         assert row is not None
-        return {k: int(v) for k, v in dict(row).items()}
+        started_at = row["started_at"]
+        counts = {k: int(v) for k, v in dict(row).items() if k != "started_at"}
+        return CopyTotals(**counts, started_at=started_at)

@@ -42,6 +42,21 @@ class RepairedRange:
 
 
 @dataclass(frozen=True, slots=True)
+class RepairTotals:
+    """A repair's ranges summed, with when its first step began (None before that)."""
+
+    ranges_total: int
+    ranges_done: int
+    ranges_incomplete: int
+    keys_total: int
+    keys_done: int
+    streamed: int
+    scanned: int
+    purged: int
+    started_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class RepairRange:
     index: int
     start: int
@@ -205,19 +220,24 @@ class RepairStore:
             ],
         )
 
-    async def totals(self, repair_id: str) -> dict[str, int]:
+    async def totals(self, repair_id: str) -> RepairTotals:
+        # The start time comes in the same query: progress is saved after every batch of checkpoints.
         row = await self._pool.fetchrow(
             "SELECT count(*) AS ranges_total, count(*) FILTER (WHERE repaired) AS ranges_done,"
             " count(*) FILTER (WHERE repaired AND NOT complete) AS ranges_incomplete,"
             " coalesce(sum(keys_estimate), 0) AS keys_total,"
             " coalesce(sum(keys_estimate) FILTER (WHERE repaired), 0) AS keys_done,"
             " coalesce(sum(streamed), 0) AS streamed, coalesce(sum(scanned), 0) AS scanned,"
-            " coalesce(sum(purged), 0) AS purged"
+            " coalesce(sum(purged), 0) AS purged,"
+            " (SELECT (progress->>'repair_started_at')::float8 FROM repairs WHERE repair_id = $1)"
+            " AS started_at"
             " FROM repair_ranges WHERE repair_id = $1",
             repair_id,
         )
         assert row is not None
-        return {k: int(v) for k, v in dict(row).items()}
+        started_at = row["started_at"]
+        counts = {k: int(v) for k, v in dict(row).items() if k != "started_at"}
+        return RepairTotals(**counts, started_at=started_at)
 
     async def unreachable(self, repair_id: str) -> list[str]:
         """The replicas some range of the repair could not reach."""

@@ -38,6 +38,25 @@ async def test_checkpoints_queued_during_a_write_go_together_in_the_next_one() -
     assert store.writes == [[1], [2, 3, 4]]
 
 
+async def test_what_follows_a_write_runs_after_each_write_not_only_at_the_end() -> None:
+    store = Store()
+    store.gate.clear()
+    seen: list[int] = []
+
+    async def report() -> None:
+        seen.append(sum(len(batch) for batch in store.writes))  # what is written when it runs
+
+    async with Checkpoints(store.write, then=report) as checkpoints:
+        checkpoints.add(1)
+        await asyncio.sleep(0)
+        checkpoints.add(2)
+        checkpoints.add(3)
+        store.gate.set()
+        await asyncio.sleep(0.01)
+        assert seen == [1, 3]  # the operator saw the first range before the block ended
+    assert seen == [1, 3]
+
+
 async def test_leaving_the_block_writes_every_checkpoint_first() -> None:
     store = Store()
     async with Checkpoints(store.write) as checkpoints:

@@ -18,6 +18,7 @@ from pairdb.activities import repair
 from pairdb.activities.context import StepContext
 from pairdb.activities.repair import RING_SIZE, RepairSteps, pieces, split
 from pairdb.coordinator.metadata import Metadata
+from pairdb.coordinator.repair_store import RepairTotals
 from pairdb.coordinator.ring import Ring
 from pairdb.coordinator.topology import Topology
 from pairdb.kernel.keyspace import TOKEN_MAX, in_range, token
@@ -86,7 +87,7 @@ async def steps(cluster: LocalCluster) -> AsyncIterator[RepairSteps]:
     await metadata.close()
 
 
-async def run_repair(steps: RepairSteps, repair_id: str) -> dict[str, int]:
+async def run_repair(steps: RepairSteps, repair_id: str) -> RepairTotals:
     env = ActivityEnvironment()
     await steps._ctx.repairs.begin(repair_id, "", "test")
     plan = await env.run(steps.plan_repair, RepairRef(repair_id))
@@ -114,9 +115,9 @@ async def test_only_the_records_a_replica_lacks_are_read_and_sent(
 
     assert await divergent(cluster, {"t": 3}) == []
     # Each newer record went to the two replicas that lacked it, and nothing else did.
-    assert totals["streamed"] == 2 * len(newer)
+    assert totals.streamed == 2 * len(newer)
     # Narrowed down to small pieces: far fewer records read than the ranges hold.
-    assert 0 < totals["scanned"] < 3000 // 10, totals
+    assert 0 < totals.scanned < 3000 // 10, totals
     for node in ("node-2", "node-3"):
         client = cluster.nodes[node].client()
         try:
@@ -133,7 +134,7 @@ async def test_a_repeated_step_finds_its_ranges_done_and_sends_nothing(
     env = ActivityEnvironment()
     plan = await steps._ctx.repairs.plan("repair-twice")
     again = await env.run(steps.repair_ranges, RepairChunk("repair-twice", [p.index for p in plan]))
-    assert again.progress.ranges_done == totals["ranges_total"]
+    assert again.progress.ranges_done == totals.ranges_total
     assert await steps._ctx.repairs.totals("repair-twice") == totals
 
 
