@@ -66,7 +66,6 @@ from pairdb.serving import logs
 
 VALUE_BYTES = 100
 EMPTY_KEYS = 100
-QUIET = "quiet (no change)"
 
 
 @dataclass(frozen=True)
@@ -181,9 +180,17 @@ async def start_cluster(workdir: Path, keys: int) -> LocalCluster:
     return cluster
 
 
-async def addition_under_load(
-    workdir: Path, args: argparse.Namespace, rate: float | None
-) -> tuple[Window, list[tuple[Window, float | None]]]:
+@dataclass(frozen=True)
+class Observed:
+    """A loaded cluster's windows: steady first, then each with its operation's seconds (None: plain);
+    quiet, when measured, is also among them."""
+
+    steady: Window
+    windows: Sequence[tuple[Window, float | None]]
+    quiet: Window | None = None
+
+
+async def addition_under_load(workdir: Path, args: argparse.Namespace, rate: float | None) -> Observed:
     """A loaded cluster: the steady window; the window of an addition of node-4 (and its seconds), and
     a window after it, node-4 in the ring and nothing else running."""
     say(f"starting a cluster with {args.keys:,} keys ...")
@@ -195,14 +202,14 @@ async def addition_under_load(
             start = time.perf_counter()
             await asyncio.sleep(args.seconds)
             steady = load.window("steady", start, time.perf_counter())
-            windows: list[tuple[Window, float | None]] = []
+            quiet: Window | None = None
             if args.quiet_seconds:
                 # The same load for about as long as an addition takes, nothing else running: how far a
                 # long window's p99 strays from the steady one's on this machine by itself.
                 say(f"the same load for {args.quiet_seconds:.0f} s more, nothing else running ...")
                 start = time.perf_counter()
                 await asyncio.sleep(args.quiet_seconds)
-                windows.append((load.window(QUIET, start, time.perf_counter()), None))
+                quiet = load.window("quiet (no change)", start, time.perf_counter())
             # The operator starts the node's process first (on a machine of its own, usually): its
             # start-up is not the addition's.
             node4 = await cluster.add_storage_node("node-4")
@@ -218,7 +225,8 @@ async def addition_under_load(
             await load.stop()
     finally:
         await cluster.stop()
-    return steady, [*windows, (during, duration), (after, None)]
+    windows: list[tuple[Window, float | None]] = [(during, duration), (after, None)]
+    return Observed(steady, [(quiet, None), *windows] if quiet else windows, quiet)
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
@@ -243,11 +251,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
                 await load.stop()
         finally:
             await cluster.stop()
-        _report(steady, windows)
+        _report(Observed(steady, windows))
         return
 
     saturated = await addition_under_load(workdir / "saturated", args, None)
-    rate = args.offered * saturated[0].ops_per_second
+    rate = args.offered * saturated.steady.ops_per_second
     say(f"again, the clients offering {rate:,.0f} ops/s ({args.offered:.0%} of the saturating load) ...")
     headroom = await addition_under_load(workdir / "headroom", args, rate)
     say(f"starting a cluster with {EMPTY_KEYS} keys ...")
@@ -260,11 +268,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         await empty.stop()
 
     print("saturating load (each client sends when answered):")
-    _report(*saturated)
+    _report(saturated)
     print(
         f"load with headroom ({rate:,.0f} ops/s offered, {args.offered:.0%} of the saturating steady rate):"
     )
-    _report(*headroom)
+    _report(headroom)
     print(
         "(after it: the same load once the addition completed. Every process shares this machine's\n"
         " cores: a 4th storage node adds processes and replica calls, not CPUs, as it would on a machine\n"
@@ -276,8 +284,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     print(f"addition to a nearly empty cluster ({EMPTY_KEYS} keys): {empty_seconds:.2f} s")
 
 
-def _report(steady: Window, windows: Sequence[tuple[Window, float | None]]) -> None:
-    """Each window next to the steady one; seconds: how long its operation took (None: a plain window)."""
+def _report(observed: Observed) -> None:
+    """Each window next to the steady one (and an operation's next to the quiet one, if measured)."""
+    steady, windows = observed.steady, observed.windows
     print(f"{'window':<22} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7}")
     print("-" * 53)
     for w in (steady, *(w for w, _ in windows)):
@@ -286,11 +295,10 @@ def _report(steady: Window, windows: Sequence[tuple[Window, float | None]]) -> N
     for w, seconds in windows:
         took = f" (it took {seconds:.1f} s)" if seconds is not None else ""
         print(f"{w.label} / steady: {_ratios(w, steady)}{took}")
-    quiet = next((w for w, _ in windows if w.label == QUIET), None)
-    if quiet is not None:
+    if observed.quiet is not None:
         for w, seconds in windows:
             if seconds is not None:  # an operation's window, as long as the quiet one
-                print(f"{w.label} / quiet: {_ratios(w, quiet)}")
+                print(f"{w.label} / quiet: {_ratios(w, observed.quiet)}")
 
 
 def _ratios(w: Window, base: Window) -> str:
