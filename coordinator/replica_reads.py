@@ -55,9 +55,12 @@ class KeyRead:
         key: str,
         replicas: Sequence[str],
         need: int,
-        times: AnswerTimes,
+        times: AnswerTimes | None,
     ) -> None:
-        """replicas: in the order to ask them (first_asks); the first `need` are asked now."""
+        """replicas: in the order to ask them (first_asks); the first `need` are asked now.
+
+        times: where each answer's time goes; None when the caller times the read as a whole.
+        """
         self.tenant_id, self.key, self.need = tenant_id, key, need
         self.replicas = tuple(replicas)
         self.answers: dict[str, Answer] = {}
@@ -95,7 +98,7 @@ class KeyRead:
     def _answered(self, ask: asyncio.Future[Answer]) -> None:
         exc = None if ask.cancelled() else ask.exception()
         failed = exc is not None or ask.cancelled()
-        if not failed:
+        if not failed and self._times is not None:
             self._times.add(self._loop.time() - self._asked_at)
         if self.decision.done():
             return  # a late answer: the read path drains it
