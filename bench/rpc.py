@@ -19,7 +19,10 @@ keeps one request in flight), 100-byte payloads, loopback only:
 (d) pairdb: ``Client.put_many`` and ``get_many`` of 1,000 keys per call, 4 calls
     in flight, in keys per second.
 
-Each pairdb figure is printed as a share of (a) and of (b). Latencies are
+Each pairdb figure is printed as a share of (a) and of (b), and with the CPU time
+each process (this client, the coordinator, each storage node) spent per key in
+its measured window: their sum against this machine's cores bounds the rate any
+run here could reach at that cost. Latencies are
 ``time.perf_counter`` around each call. Any failed request aborts the run: a
 rate with errors in it is not one to quote.
 """
@@ -41,11 +44,12 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import psutil
 
 from pairdb.client import ClientError
 from pairdb.local.cluster import LocalCluster
@@ -79,10 +83,21 @@ class Result:
     p50_ms: float
     p99_ms: float
     keys_per_op: int = 1
+    # CPU seconds per key each measured process spent in the window, by role; empty if not measured.
+    cpu_per_key: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def keys_per_second(self) -> float:
         return self.ops_per_second * self.keys_per_op
+
+    @property
+    def cpu_bound_keys_per_second(self) -> float:
+        """The rate this machine's cores could carry at this CPU cost per key, were they all busy."""
+        return len(os.sched_getaffinity(0)) / sum(self.cpu_per_key.values())
+
+
+def _cpu_seconds(processes: Mapping[str, psutil.Process]) -> dict[str, float]:
+    return {role: sum(p.cpu_times()[:2]) for role, p in processes.items()}
 
 
 # --------------------------------------------------------------------------- no-work servers (children)
@@ -167,12 +182,28 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-async def measure(label: str, op: Op, seconds: float, concurrency: int, keys_per_op: int = 1) -> Result:
-    """Run op from `concurrency` tasks for a warm-up plus `seconds`; count only the measured window."""
+async def measure(
+    label: str,
+    op: Op,
+    seconds: float,
+    concurrency: int,
+    keys_per_op: int = 1,
+    processes: Mapping[str, psutil.Process] | None = None,
+) -> Result:
+    """Run op from `concurrency` tasks for a warm-up plus `seconds`; count only the measured window.
+
+    processes: by role, those whose CPU time over the window is reported per key.
+    """
     print(f"measuring {label} ...", file=sys.stderr, flush=True)
     window_start = time.perf_counter() + WARMUP_SECONDS
     deadline = window_start + seconds
     latencies: list[float] = []
+    cpu: list[dict[str, float]] = []  # CPU times at the window's start and at its end
+
+    async def meter() -> None:
+        for at in (window_start, deadline):
+            await asyncio.sleep(at - time.perf_counter())
+            cpu.append(_cpu_seconds(processes or {}))
 
     async def worker(w: int) -> None:
         i = 0
@@ -188,15 +219,19 @@ async def measure(label: str, op: Op, seconds: float, concurrency: int, keys_per
     async with asyncio.TaskGroup() as group:
         for w in range(concurrency):
             group.create_task(worker(w))
+        if processes:
+            group.create_task(meter())
     if not latencies:
         raise RuntimeError(f"{label}: no request completed in the measured window")
     latencies.sort()
+    keys = len(latencies) * keys_per_op
     return Result(
         label,
         len(latencies) / seconds,
         percentile(latencies, 0.50) * 1e3,
         percentile(latencies, 0.99) * 1e3,
         keys_per_op,
+        {role: (cpu[1][role] - cpu[0][role]) / keys for role in cpu[0]} if cpu else {},
     )
 
 
@@ -262,6 +297,7 @@ async def bench_coordinator(args: argparse.Namespace, workdir: Path) -> list[Res
         await cluster.start()
         async with cluster.connect(cluster.coordinator_address, timeout=REQUEST_TIMEOUT) as client:
             await client.create_tenant(TENANT, REPLICATION_FACTOR)
+            processes = _processes(cluster)
             value = os.urandom(PAYLOAD_BYTES)
             written: list[str] = []
 
@@ -277,12 +313,10 @@ async def bench_coordinator(args: argparse.Namespace, workdir: Path) -> list[Res
                 if not got.found or got.value != value:
                     raise RuntimeError(f"read of {key!r} did not return the value written")
 
-            writes = await measure(
-                "coordinator WriteKeyValue (RF 3, QUORUM)", write, args.seconds, args.concurrency
-            )
-            reads = await measure(
-                "coordinator ReadKeyValue (RF 3, QUORUM)", read, args.seconds, args.concurrency
-            )
+            label = "coordinator WriteKeyValue (RF 3, QUORUM)"
+            writes = await measure(label, write, args.seconds, args.concurrency, processes=processes)
+            label = "coordinator ReadKeyValue (RF 3, QUORUM)"
+            reads = await measure(label, read, args.seconds, args.concurrency, processes=processes)
 
             async def batch_write(w: int, i: int) -> None:
                 items: list[tuple[str, str, bytes | None]] = [
@@ -300,12 +334,28 @@ async def bench_coordinator(args: argparse.Namespace, workdir: Path) -> list[Res
                         raise RuntimeError(f"a batch read did not return the value written: {got}")
 
             label = f"BatchWrite, {BATCH_KEYS:,} keys per call"
-            batch_writes = await measure(label, batch_write, args.seconds, BATCH_CONCURRENCY, BATCH_KEYS)
+            batch_writes = await measure(
+                label, batch_write, args.seconds, BATCH_CONCURRENCY, BATCH_KEYS, processes
+            )
             label = f"BatchRead, {BATCH_KEYS:,} keys per call"
-            batch_reads = await measure(label, batch_read, args.seconds, BATCH_CONCURRENCY, BATCH_KEYS)
+            batch_reads = await measure(
+                label, batch_read, args.seconds, BATCH_CONCURRENCY, BATCH_KEYS, processes
+            )
             return [writes, reads, batch_writes, batch_reads]
     finally:
         await cluster.stop()
+
+
+def _processes(cluster: LocalCluster) -> dict[str, psutil.Process]:
+    """This client, the coordinator and each storage node, by role (their background readers idle here)."""
+    processes = {"client": psutil.Process()}
+    for role, managed in [
+        ("coordinator", cluster.coordinator_procs[0].process),
+        *((node_id, node.process) for node_id, node in sorted(cluster.nodes.items())),
+    ]:
+        assert managed.pid is not None, f"{role} is not running"
+        processes[role] = psutil.Process(managed.pid)
+    return processes
 
 
 # --------------------------------------------------------------------------- report
@@ -320,6 +370,23 @@ def render(results: Sequence[Result]) -> str:
             f"{r.label:<{width}} | {r.ops_per_second:>9,.0f} | {r.keys_per_second:>9,.0f} | "
             f"{r.p50_ms:>7.2f} | {r.p99_ms:>7.2f}"
         )
+    return "\n".join(lines)
+
+
+def render_cpu(results: Sequence[Result]) -> str:
+    """CPU microseconds per key by process, their sum, and the rate the cores could carry at that cost."""
+    measured = [r for r in results if r.cpu_per_key]
+    if not measured:
+        return ""
+    roles = list(measured[0].cpu_per_key)
+    width = max(len("CPU us per key"), *(len(r.label) for r in measured))
+    head = f"{'CPU us per key':<{width}} | " + " | ".join(f"{role:>11}" for role in roles)
+    head += f" | {'all':>6} | {'cores allow':>11}"
+    lines = [head, "-" * len(head)]
+    for r in measured:
+        cells = " | ".join(f"{r.cpu_per_key[role] * 1e6:>11.1f}" for role in roles)
+        total = sum(r.cpu_per_key.values()) * 1e6
+        lines.append(f"{r.label:<{width}} | {cells} | {total:>6.0f} | {r.cpu_bound_keys_per_second:>9,.0f}/s")
     return "\n".join(lines)
 
 
@@ -346,6 +413,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     )
     pairdb = await bench_coordinator(args, workdir)
     print(render([echo, plumbing, *pairdb]))
+    print()
+    print(render_cpu(pairdb))
+    print(
+        f"(cores allow: {len(os.sched_getaffinity(0))} cores / the CPU seconds all of these processes spent "
+        "per key: the most keys/s this machine could carry at that cost, were nothing else running)"
+    )
     print()
     for r in pairdb:
         print(
