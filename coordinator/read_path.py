@@ -145,6 +145,7 @@ class ReadPath:
             await asyncio.gather(*(read.decision for read in asks))
             if asks:
                 self._batch_times.add(loop.time() - started)
+                asks.clear()  # the alarm, when it rings, has no decided read of it to go through
             for i, r, read in reads:
                 try:
                     results[i] = await self._conclude(r, read)
@@ -166,7 +167,7 @@ class ReadPath:
             preferred = frozenset(r.writes.old) & frozenset(r.writes.new)
         return KeyRead(
             self._pool,
-            {n: topology.address(n) for n in replicas},
+            topology.addresses,
             topology.epoch,
             tenant_id,
             key,

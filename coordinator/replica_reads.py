@@ -19,7 +19,7 @@ answers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from pairdb.coordinator.answer_times import AnswerTimes
 from pairdb.kernel.keyspace import StoredRecord
@@ -32,7 +32,8 @@ Answer = StoredRecord | None
 def first_asks(replicas: Sequence[str], turn: int, preferred: Collection[str] = ()) -> tuple[str, ...]:
     """The replicas in the order they are asked: preferred ones first, each group rotated by turn."""
     n = len(replicas)
-    rotated = tuple(replicas[(turn + i) % n] for i in range(n)) if n else ()
+    at = turn % n if n else 0
+    rotated = tuple(replicas[at:]) + tuple(replicas[:at])  # slices: every read of a batch does this
     if not preferred:
         return rotated
     return tuple(r for r in rotated if r in preferred) + tuple(r for r in rotated if r not in preferred)
@@ -49,7 +50,7 @@ class KeyRead:
     def __init__(
         self,
         pool: StoragePool,
-        addresses: dict[str, str],
+        addresses: Mapping[str, str],
         epoch: int,
         tenant_id: str,
         key: str,

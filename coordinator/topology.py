@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -111,7 +112,12 @@ class Topology:
         )
 
     def address(self, node_id: str) -> str:
-        return self.nodes[node_id].address
+        return self.addresses[node_id]
+
+    @functools.cached_property
+    def addresses(self) -> Mapping[str, str]:
+        """Each node's address, worked out once per view: every replica call looks one up."""
+        return {node_id: info.address for node_id, info in self.nodes.items()}
 
     def rf_after(self, tenant_id: str, rf: int) -> int:
         """The tenant's replication factor once the in-flight change completes."""
