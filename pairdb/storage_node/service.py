@@ -52,11 +52,7 @@ def _check_key(tenant_id: str, key: str) -> str | None:
     return None
 
 
-# A record as a request carries it, or as packed entries (ApplyEntries) decode to.
-AnyRecord = storage_pb2.Record | StoredRecord
-
-
-def _check_record(record: AnyRecord) -> str | None:
+def _check_record(record: StoredRecord) -> str | None:
     """Why a record cannot be stored, or None. Coordinators check too; a node trusts no caller."""
     problem = _check_key(record.tenant_id, record.key)
     if problem:
@@ -123,8 +119,8 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
                 trailing_metadata=((FENCE_METADATA, str(self._fence)),),
             )
 
-    def _check_clock(self, record: AnyRecord) -> str | None:
-        ahead = (record.version.hlc >> 16) - self._clock.now_ms()
+    def _check_clock(self, record: StoredRecord, now_ms: int) -> str | None:
+        ahead = (record.version.hlc >> 16) - now_ms
         if ahead > self._max_offset_ms:
             return (
                 f"version {record.version.hlc >> 16}.{record.version.hlc & 0xFFFF}@{record.version.origin} "
@@ -133,22 +129,23 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             )
         return None
 
-    def _refusal(self, record: AnyRecord) -> tuple[grpc.StatusCode, str] | None:
-        """Why one record is refused (and with which status), or None."""
+    def _refusal(self, record: StoredRecord, now_ms: int) -> tuple[grpc.StatusCode, str] | None:
+        """Why one record is refused (and with which status), or None; now_ms: this node's clock."""
         problem = _check_record(record)
         if problem:
             return grpc.StatusCode.INVALID_ARGUMENT, problem
-        problem = self._check_clock(record)
+        problem = self._check_clock(record, now_ms)
         if problem:
             return grpc.StatusCode.FAILED_PRECONDITION, problem
         return None
 
     async def _check_records(
-        self, records: Sequence[AnyRecord], context: ServicerContext, *, batch: bool
+        self, records: Sequence[StoredRecord], context: ServicerContext, *, batch: bool
     ) -> None:
         """Refuse the whole request if any record is malformed or from the future: nothing half-written."""
-        for i, message in enumerate(records):
-            refusal = self._refusal(message)
+        now_ms = self._clock.now_ms()  # a call's records arrived together: one reading of the clock
+        for i, record in enumerate(records):
+            refusal = self._refusal(record, now_ms)
             if refusal:
                 code, problem = refusal
                 await context.abort(code, f"record {i}: {problem}" if batch else problem)
@@ -163,8 +160,9 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         self, request: storage_pb2.ApplyRequest, context: ServicerContext
     ) -> storage_pb2.ApplyResponse:
         await self._check_epoch(request.epoch, context)
-        await self._check_records([request.record], context, batch=False)
-        [result] = await self._committer.apply([from_proto(request.record)])
+        record = from_proto(request.record)
+        await self._check_records([record], context, batch=False)
+        [result] = await self._committer.apply([record])
         self._load.served(1)
         reply = storage_pb2.ApplyResponse()
         _fill_applied(reply, result)
@@ -175,8 +173,9 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
     ) -> storage_pb2.ApplyBatchResponse:
         await self._check_epoch(request.epoch, context)
         await self._check_count(len(request.records), context)
-        await self._check_records(request.records, context, batch=True)
-        results = await self._committer.apply([from_proto(r) for r in request.records])
+        records = [from_proto(r) for r in request.records]
+        await self._check_records(records, context, batch=True)
+        results = await self._committer.apply(records)
         return storage_pb2.ApplyBatchResponse(applied=[r.applied for r in results], load=self._load.report())
 
     async def ApplyEntries(
@@ -201,14 +200,16 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         await self._check_count(len(request.records), context)
         refusals: dict[int, tuple[grpc.StatusCode, str]] = {}
         accepted: list[int] = []
-        for i, message in enumerate(request.records):
-            refusal = self._refusal(message)
+        records = [from_proto(m) for m in request.records]  # each message's fields read once
+        now_ms = self._clock.now_ms()
+        for i, record in enumerate(records):
+            refusal = self._refusal(record, now_ms)
             if refusal:
                 refusals[i] = refusal
             else:
                 accepted.append(i)
         # One group commit (one fsync) for every accepted record of the call.
-        results = await self._committer.apply([from_proto(request.records[i]) for i in accepted])
+        results = await self._committer.apply(records if not refusals else [records[i] for i in accepted])
         self._load.served(len(request.records))
         if not refusals and all(result.applied for result in results):
             return storage_pb2.ApplyManyResponse(all_applied=True)
