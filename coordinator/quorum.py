@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Consistency(enum.IntEnum):
@@ -38,6 +38,14 @@ class ReplicaPlan:
     old: tuple[str, ...]
     # The future ring's set while a ring change is in flight, else None.
     new: tuple[str, ...] | None = None
+    # Plans key the caches below, looked up several times per record: hashed once.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.level, self.old, self.new)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -71,43 +79,67 @@ class ReplicaPlan:
         return "; ".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a Tally needs of a plan: per set, answers needed and size; per node, the sets it is in."""
+
+    need: tuple[int, ...]
+    sizes: tuple[int, ...]
+    member_of: dict[str, tuple[int, ...]]
+    # Sets short of their level with no answer yet, and sets out of reach before any miss.
+    short: int
+    out_of_reach: int
+
+
 @functools.lru_cache(maxsize=4096)
-def _shape(plan: ReplicaPlan) -> tuple[tuple[int, ...], tuple[int, ...], dict[str, tuple[int, ...]]]:
-    """Per set: answers needed and size; per node: the sets it is in. Plans repeat: cached."""
+def _shape(plan: ReplicaPlan) -> _Shape:
+    """The plan's shape for counting answers. Plans repeat: cached."""
     need = tuple(required(plan.level, len(s)) for s in plan.sets)
     sizes = tuple(len(s) for s in plan.sets)
     member_of = {n: tuple(i for i, s in enumerate(plan.sets) if n in s) for n in plan.targets}
-    return need, sizes, member_of
+    short = sum(1 for n in need if n > 0)
+    out_of_reach = sum(1 for size, n in zip(sizes, need, strict=True) if size < n)
+    return _Shape(need, sizes, member_of, short, out_of_reach)
 
 
 class Tally:
-    """Answers counted against a plan as they arrive: satisfied() and still_possible(), incrementally."""
+    """Answers counted against a plan as they arrive: satisfied() and still_possible(), incrementally.
 
-    __slots__ = ("_acks", "_member_of", "_misses", "_need", "_sizes")
+    met and possible are asked after every answer of every record (three per record of a batch):
+    counts of the sets still short and of those out of reach keep them O(1).
+    """
+
+    __slots__ = ("_acks", "_member_of", "_misses", "_need", "_out_of_reach", "_short", "_sizes")
 
     def __init__(self, plan: ReplicaPlan, holding: Iterable[str] = ()) -> None:
-        self._need, self._sizes, self._member_of = _shape(plan)
+        shape = _shape(plan)
+        self._need, self._sizes, self._member_of = shape.need, shape.sizes, shape.member_of
         self._acks = [0] * len(self._need)
         self._misses = [0] * len(self._need)
+        self._short, self._out_of_reach = shape.short, shape.out_of_reach
         for node in holding:
             self.ack(node)
 
     def ack(self, node: str) -> None:
         for i in self._member_of.get(node, ()):
             self._acks[i] += 1
+            if self._acks[i] == self._need[i]:
+                self._short -= 1
 
     def miss(self, node: str) -> None:
         """node failed, or holds something newer: it will not acknowledge."""
         for i in self._member_of.get(node, ()):
             self._misses[i] += 1
+            if self._sizes[i] - self._misses[i] == self._need[i] - 1:
+                self._out_of_reach += 1
 
     @property
     def met(self) -> bool:
-        return all(a >= n for a, n in zip(self._acks, self._need, strict=True))
+        return self._short == 0
 
     @property
     def possible(self) -> bool:
-        return all(size - m >= n for size, m, n in zip(self._sizes, self._misses, self._need, strict=True))
+        return self._out_of_reach == 0
 
 
 def unfenced_quorum(sets: Iterable[tuple[str, ...]], fenced: Collection[str]) -> tuple[str, ...] | None:

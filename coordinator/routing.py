@@ -8,6 +8,7 @@ or new.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan
@@ -38,7 +39,7 @@ def plan(
 ) -> ReplicaPlan:
     old = topology.ring.replicas(t, rf)
     if topology.future is None or topology.phase is None:
-        return ReplicaPlan(level, old)
+        return _steady_plan(level, old)
     new = topology.future.replicas(t, topology.rf_after(tenant_id, rf))
     routing = ROUTING[topology.phase]
     if not write:
@@ -48,6 +49,13 @@ def plan(
     if routing.writes is Writes.OLD or old == new:
         return ReplicaPlan(level, old)
     return ReplicaPlan(level, old, new)
+
+
+@functools.lru_cache(maxsize=4096)
+def _steady_plan(level: Consistency, replicas: tuple[str, ...]) -> ReplicaPlan:
+    """A plan with no ring change in flight. A ring has a few hundred replica sets and every request
+    asks for one: one plan object each, and the caches keyed by plans (quorum.py) find it at once."""
+    return ReplicaPlan(level, replicas)
 
 
 async def route(
