@@ -160,7 +160,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> pb.BatchWriteResponse:
         limits.batch(len(request.items), sum(len(item.value) for item in request.items))
         level = limits.consistency(request.consistency)
-        results = [pb.BatchWriteResult() for _ in request.items]
+        # Results added in place: built apart, the response copied every one of them in.
+        response = pb.BatchWriteResponse()
+        results = [response.results.add() for _ in request.items]
         writes: list[Write] = []
         valid: list[int] = []
         for i, item in enumerate(request.items):
@@ -171,19 +173,21 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 _fail(results[i], exc)
         writes, valid = self._within_limits(writes, valid, results)
         for i, outcome in zip(valid, await self._writes.put_many(writes, level), strict=True):
+            result = results[i]
             if isinstance(outcome, PairdbError):
-                _fail(results[i], outcome)
+                _fail(result, outcome)
             else:
-                version = results[i].version
+                version = result.version
                 version.hlc, version.origin = outcome.version.hlc, outcome.version.origin
-                results[i].acknowledged = outcome.acknowledged
-        return pb.BatchWriteResponse(results=results)
+                result.acknowledged = outcome.acknowledged
+        return response
 
     @rpc
     async def BatchRead(self, request: pb.BatchReadRequest, context: ServicerContext) -> pb.BatchReadResponse:
         limits.batch(len(request.items))
         level = limits.consistency(request.consistency)
-        results = [pb.BatchReadResult() for _ in request.items]
+        response = pb.BatchReadResponse()
+        results = [response.results.add() for _ in request.items]
         keys: list[tuple[str, str]] = []
         valid: list[int] = []
         for i, item in enumerate(request.items):
@@ -196,12 +200,16 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         kept = [(k, i) for k, i in zip(keys, valid, strict=True) if k[0] in admitted]
         keys, valid = [k for k, _ in kept], [i for _, i in kept]
         for i, outcome in zip(valid, await self._reads.get_many(keys, level), strict=True):
+            result = results[i]
             if isinstance(outcome, PairdbError):
-                _fail(results[i], outcome)
+                _fail(result, outcome)
             else:
-                results[i].found, results[i].value = outcome.found, outcome.value
-                results[i].version.CopyFrom(_version(outcome.version))
-        return pb.BatchReadResponse(results=results)
+                result.found, result.value = outcome.found, outcome.value
+                version = result.version
+                version.SetInParent()  # present even when empty, as a single read's is
+                if outcome.version is not None:
+                    version.hlc, version.origin = outcome.version.hlc, outcome.version.origin
+        return response
 
     def _admitted(
         self,
