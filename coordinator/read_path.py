@@ -31,7 +31,7 @@ from pairdb.coordinator.answer_times import AnswerTimes
 from pairdb.coordinator.batch import one_by_one
 from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan, required
-from pairdb.coordinator.replica_reads import KeyRead, first_asks
+from pairdb.coordinator.replica_reads import Countdown, KeyRead, first_asks
 from pairdb.coordinator.replication import Replicator
 from pairdb.coordinator.routing import Route, StaleView, route
 from pairdb.coordinator.topology import Topology, TopologyCache
@@ -128,6 +128,9 @@ class ReadPath:
         single: list[int] = []
         with self._cache.pin() as topology:
             reads: list[tuple[int, Route, KeyRead]] = []
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            batch = Countdown(loop)
             for i, (tenant_id, key) in enumerate(keys):
                 try:
                     r = await route(self._cache, topology, tenant_id, key, level, write=False)
@@ -137,12 +140,11 @@ class ReadPath:
                 except PairdbError as exc:
                     results[i] = exc
                     continue
-                reads.append((i, r, self._ask(r, tenant_id, key, None)))
-            loop = asyncio.get_running_loop()
-            started = loop.time()
+                reads.append((i, r, self._ask(r, tenant_id, key, None, batch)))
+            batch.all_made()
             asks = [read for _, _, read in reads]
             self._speculation.at(started + self._batch_times.delay, _speculate, asks)
-            await asyncio.gather(*(read.decision for read in asks))
+            await batch.done
             if asks:
                 self._batch_times.add(loop.time() - started)
                 asks.clear()  # the alarm, when it rings, has no decided read of it to go through
@@ -158,7 +160,9 @@ class ReadPath:
             await one_by_one(single, lambda i: self.get(*keys[i], level), results)
         return [r for r in results if r is not None]
 
-    def _ask(self, r: Route, tenant_id: str, key: str, times: AnswerTimes | None) -> KeyRead:
+    def _ask(
+        self, r: Route, tenant_id: str, key: str, times: AnswerTimes | None, batch: Countdown | None = None
+    ) -> KeyRead:
         replicas, topology = r.plan.old, r.topology
         self._turn += 1
         preferred: frozenset[str] = frozenset()
@@ -174,6 +178,7 @@ class ReadPath:
             first_asks(replicas, self._turn, preferred),
             required(r.plan.level, len(replicas)),
             times,
+            batch,
         )
 
     async def _get(self, r: Route, tenant_id: str, key: str) -> ReadResult:

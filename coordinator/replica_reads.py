@@ -39,6 +39,31 @@ def first_asks(replicas: Sequence[str], turn: int, preferred: Collection[str] = 
     return tuple(r for r in rotated if r in preferred) + tuple(r for r in rotated if r not in preferred)
 
 
+class Countdown:
+    """The reads of one batch still undecided; `done` resolves once none is.
+
+    Each read tells it when decided, a plain call: gathering a batch's decisions
+    as futures cost a scheduled callback per key.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.done: asyncio.Future[None] = loop.create_future()
+        self._left = 1  # held until every read of the batch is made: one may be decided as it is
+
+    def add(self) -> None:
+        self._left += 1
+
+    def one_decided(self) -> None:
+        self._left -= 1
+        if not self._left:
+            self.done.set_result(None)
+
+    def all_made(self) -> None:
+        """Every read of the batch is made."""
+        self.one_decided()
+
+
 class KeyRead:
     """The asks of one key's read, and the answers taken so far.
 
@@ -57,10 +82,12 @@ class KeyRead:
         replicas: Sequence[str],
         need: int,
         times: AnswerTimes | None,
+        batch: Countdown | None = None,
     ) -> None:
         """replicas: in the order to ask them (first_asks); the first `need` are asked now.
 
         times: where each answer's time goes; None when the caller times the read as a whole.
+        batch: the countdown of the batch this read is one of, told once it is decided.
         """
         self.tenant_id, self.key, self.need = tenant_id, key, need
         self.replicas = tuple(replicas)
@@ -68,10 +95,14 @@ class KeyRead:
         self.failed: dict[str, str] = {}
         self.stale: StaleEpoch | None = None
         self.late: dict[asyncio.Future[Answer], str] = {}
-        loop = asyncio.get_running_loop()
+        # On Python 3.11 each get_running_loop() is a getpid() system call: a batch's reads share one.
+        loop = batch.loop if batch is not None else asyncio.get_running_loop()
+        self._batch = batch
+        if batch is not None:
+            batch.add()
         self.decision: asyncio.Future[None] = loop.create_future()
         self._pool, self._addresses, self._epoch, self._times = pool, addresses, epoch, times
-        self._loop = loop  # kept: on Python 3.11 each get_running_loop() is a getpid() system call
+        self._loop = loop
         self._asked_at = loop.time()
         self._spares = list(reversed(self.replicas[need:]))
         for node in self.replicas[:need]:
@@ -121,3 +152,5 @@ class KeyRead:
         possible = len(self.replicas) - len(self.failed)
         if self.stale is not None or len(self.answers) >= self.need or possible < self.need:
             self.decision.set_result(None)
+            if self._batch is not None:
+                self._batch.one_decided()
