@@ -713,7 +713,7 @@ class Schedule:
                 held = (
                     None
                     if record is None
-                    else ((record.version.hlc, record.version.origin), *record.order[1:])
+                    else ((record.version.hlc, record.version.origin), record.tombstone, record.value)
                 )
                 if (held is None and not purgeable(wanted, later)) or (held is not None and held < wanted):
                     lacking.append(node)

@@ -218,8 +218,14 @@ class ReadPath:
         plan = r.writes
         if REPAIR_READ_SET_ONLY in self._sabotage:
             plan = ReplicaPlan(r.plan.level, r.plan.old)
-        holding = {n for n, a in answers.items() if a is not None and a.order >= newest.order}
-        stale = [n for n, a in answers.items() if _is_stale(a, newest)]
+        top = newest.order
+        holding: set[str] = set()
+        stale: list[str] = []  # answered nothing, or something older
+        for n, a in answers.items():  # each answer's order worked out once
+            if a is not None and a.order >= top:
+                holding.add(n)
+            else:
+                stale.append(n)
         if plan.satisfied(holding):
             # Durable already, the common case: no write-back, only the stale answers repaired.
             if stale:

@@ -68,14 +68,16 @@ class StoredRecord:
         return token(self.tenant_id, self.key)
 
     @property
-    def order(self) -> tuple[Version, bool, bytes]:
+    def order(self) -> tuple[int, int, bool, bytes]:
         """What decides which of two records of one key wins: the version, then the content.
 
         Two writers that issued one version (a reused origin, a clock stepped
         back) must not leave replicas apart for good, so equal versions are
         ordered by content: every replica keeps the same one, whatever arrived first.
+        The version's fields stand in it flat, as Version orders them (hlc, then origin):
+        plain tuples compare without a Python call, and every write and read compares.
         """
-        return (self.version, self.tombstone, self.value)
+        return (self.version.hlc, self.version.origin, self.tombstone, self.value)
 
     def newer_than(self, other: StoredRecord | None) -> bool:
         return other is None or self.order > other.order
