@@ -31,8 +31,8 @@ from pairdb.coordinator.answer_times import AnswerTimes
 from pairdb.coordinator.batch import one_by_one
 from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan, required
-from pairdb.coordinator.replica_reads import Countdown, KeyRead, first_asks
-from pairdb.coordinator.replication import Replicator
+from pairdb.coordinator.replica_reads import Countdown, DirectGets, KeyRead, first_asks
+from pairdb.coordinator.replication import DIRECT_CALLS_FROM, Replicator
 from pairdb.coordinator.routing import Route, StaleView, route
 from pairdb.coordinator.topology import Topology, TopologyCache
 from pairdb.coordinator.write_path import ROUTE_ATTEMPTS
@@ -41,6 +41,7 @@ from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.kernel.sabotage import REPAIR_READ_SET_ONLY
 from pairdb.serving.alarms import Alarms
 from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
+from pairdb.storage_node.coalescing import Caps
 
 log = structlog.get_logger()
 
@@ -131,6 +132,13 @@ class ReadPath:
             loop = asyncio.get_running_loop()
             started = loop.time()
             batch = Countdown(loop)
+            # Enough keys to be a batch of their own: first asks go in direct calls, as a batch write's,
+            # of as many keys as a node's coalescer puts in one (its reply grows with the values read).
+            direct = (
+                DirectGets(self._pool, topology.epoch, Caps().items)
+                if len(keys) >= DIRECT_CALLS_FROM
+                else None
+            )
             for i, (tenant_id, key) in enumerate(keys):
                 try:
                     r = await route(self._cache, topology, tenant_id, key, level, write=False)
@@ -140,11 +148,17 @@ class ReadPath:
                 except PairdbError as exc:
                     results[i] = exc
                     continue
-                reads.append((i, r, self._ask(r, tenant_id, key, None, batch)))
+                reads.append((i, r, self._ask(r, tenant_id, key, None, batch, direct)))
+            calls = direct.send() if direct is not None else []
             batch.all_made()
             asks = [read for _, _, read in reads]
             self._speculation.at(started + self._batch_times.delay, _speculate, asks)
-            await batch.done
+            try:
+                await batch.done
+            finally:
+                for call in calls:
+                    if not call.done():
+                        self._cache.track(topology.epoch, call)  # decided by spares: it still runs
             if asks:
                 self._batch_times.add(loop.time() - started)
                 asks.clear()  # the alarm, when it rings, has no decided read of it to go through
@@ -161,7 +175,13 @@ class ReadPath:
         return [r for r in results if r is not None]
 
     def _ask(
-        self, r: Route, tenant_id: str, key: str, times: AnswerTimes | None, batch: Countdown | None = None
+        self,
+        r: Route,
+        tenant_id: str,
+        key: str,
+        times: AnswerTimes | None,
+        batch: Countdown | None = None,
+        direct: DirectGets | None = None,
     ) -> KeyRead:
         replicas, topology = r.plan.old, r.topology
         self._turn += 1
@@ -170,7 +190,7 @@ class ReadPath:
             # Replicas in both sets a write goes to first: what they both hold needs no write-back.
             preferred = frozenset(r.writes.old) & frozenset(r.writes.new)
         return KeyRead(
-            self._pool,
+            direct or self._pool,
             topology.addresses,
             topology.epoch,
             tenant_id,

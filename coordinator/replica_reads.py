@@ -24,7 +24,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pairdb.coordinator.answer_times import AnswerTimes
 from pairdb.kernel.keyspace import StoredRecord
 from pairdb.serving import metrics
-from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
+from pairdb.storage_node.client import NodeClient, StaleEpoch, StorageError, StoragePool, describe_failure
 
 Answer = StoredRecord | None
 
@@ -64,6 +64,78 @@ class Countdown:
         self.one_decided()
 
 
+class DirectGets:
+    """The first asks of a batch's reads, sent to each node in direct GetMany calls.
+
+    A batch is a coalesced unit already (as a batch write's sends are): its asks
+    skip the nodes' coalescers and go in calls of up to `call_items` keys once every
+    read is made (send()). An ask made after that, a spare, goes through the
+    pool as a single read's does. Each ask is still a future of its own, so a read
+    takes its answers the same way whichever path they came by.
+    """
+
+    def __init__(self, pool: StoragePool, epoch: int, call_items: int) -> None:
+        self._pool, self._epoch, self._call_items = pool, epoch, call_items
+        self._asks: dict[str, _NodeAsks] = {}
+        self._sent = False
+
+    def node(self, node_id: str, address: str) -> _NodeAsks | NodeClient:
+        if self._sent:
+            return self._pool.node(node_id, address)
+        asks = self._asks.get(node_id)
+        if asks is None:
+            asks = self._asks[node_id] = _NodeAsks(self._pool.node(node_id, address))
+        return asks
+
+    def send(self) -> list[asyncio.Future[None]]:
+        """Send every ask made so far; the calls, each settling its asks' futures as it ends."""
+        self._sent = True
+        calls: list[asyncio.Future[None]] = []
+        for asks in self._asks.values():
+            for at in range(0, len(asks.keys), self._call_items):
+                part = slice(at, at + self._call_items)
+                calls.append(asyncio.ensure_future(asks.send(part, self._epoch)))
+        return calls
+
+
+class _NodeAsks:
+    """One node's share of a batch's first asks."""
+
+    def __init__(self, client: NodeClient) -> None:
+        self._client = client
+        self.keys: list[tuple[str, str]] = []
+        self._futures: list[asyncio.Future[Answer]] = []
+
+    def submit_get(self, tenant_id: str, key: str, *, epoch: int) -> asyncio.Future[Answer]:
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.keys.append((tenant_id, key))
+        self._futures.append(future)
+        return future
+
+    async def send(self, part: slice, epoch: int) -> None:
+        futures = self._futures[part]
+        try:
+            results = await self._client.get_many(self.keys[part], epoch=epoch)
+        except BaseException as exc:  # the whole call failed (or was cancelled): each ask with it
+            for future in futures:
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for future, result in zip(futures, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, StorageError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
 class KeyRead:
     """The asks of one key's read, and the answers taken so far.
 
@@ -74,7 +146,7 @@ class KeyRead:
 
     def __init__(
         self,
-        pool: StoragePool,
+        pool: StoragePool | DirectGets,
         addresses: Mapping[str, str],
         epoch: int,
         tenant_id: str,

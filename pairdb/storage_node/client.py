@@ -234,6 +234,12 @@ class NodeClient:
     ) -> StoredRecord | None:
         return await self.submit_get(tenant_id, key, epoch=epoch, timeout=timeout)
 
+    async def get_many(
+        self, keys: list[tuple[str, str]], *, epoch: int = 0, timeout: float | None = None
+    ) -> list[StoredRecord | StorageError | None]:
+        """Many keys in one call (GetMany), not through the coalescer: each record, None, or its error."""
+        return await self._get_many(epoch, keys, timeout or self.timeout)
+
     async def _get_many(
         self, epoch: int, keys: list[tuple[str, str]], timeout: float
     ) -> list[StoredRecord | StorageError | None]:

@@ -41,6 +41,10 @@ class Node:
         self.asks.append(ask)
         return ask
 
+    async def get_many(self, keys: list[tuple[str, str]], *, epoch: int) -> list[StoredRecord | None]:
+        """A batch's direct call: answered, key by key, when the test answers."""
+        return list(await asyncio.gather(*(self.submit_get(t, k, epoch=epoch) for t, k in keys)))
+
 
 class Pool:
     timeout = 10.0

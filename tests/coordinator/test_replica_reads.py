@@ -12,7 +12,7 @@ from typing import Any, cast
 import grpc
 
 from pairdb.coordinator.answer_times import AnswerTimes
-from pairdb.coordinator.replica_reads import KeyRead, first_asks
+from pairdb.coordinator.replica_reads import DirectGets, KeyRead, first_asks
 from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.storage_node.client import StorageError, StoragePool
 
@@ -23,11 +23,22 @@ class Node:
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         self.asks: list[asyncio.Future[StoredRecord | None]] = []
+        # Direct calls (GetMany): the keys of each, and what the node answers them with.
+        self.calls: list[list[tuple[str, str]]] = []
+        self.answer: list[StoredRecord | StorageError | None] | StorageError = []
 
     def submit_get(self, tenant_id: str, key: str, *, epoch: int) -> asyncio.Future[StoredRecord | None]:
         ask: asyncio.Future[StoredRecord | None] = asyncio.get_running_loop().create_future()
         self.asks.append(ask)
         return ask
+
+    async def get_many(
+        self, keys: list[tuple[str, str]], *, epoch: int
+    ) -> list[StoredRecord | StorageError | None]:
+        self.calls.append(keys)
+        if isinstance(self.answer, StorageError):
+            raise self.answer
+        return self.answer or [RECORD] * len(keys)
 
 
 class Pool:
@@ -130,3 +141,47 @@ def test_the_wait_before_asking_spares_follows_the_p99_of_recent_answers_within_
     for _ in range(100):
         t.add(5.0)
     assert t.delay == 1.0  # nor above the ceiling
+
+
+def batch_reads(pool: Pool, keys: int, call_items: int = 1000) -> tuple[DirectGets, list[KeyRead]]:
+    direct = DirectGets(cast(StoragePool, cast(Any, pool)), 7, call_items)
+    addresses = {n: f"{n}:1" for n in ("a", "b", "c")}
+    reads = [KeyRead(direct, addresses, 7, "t", f"k{i}", ("a", "b", "c"), 2, None) for i in range(keys)]
+    return direct, reads
+
+
+async def test_a_batch_asks_each_node_for_its_keys_in_direct_calls_not_one_by_one() -> None:
+    pool = Pool("a", "b", "c")
+    direct, reads = batch_reads(pool, 250, call_items=100)
+    assert pool.asked() == []  # nothing leaves before every read of the batch is made
+    await asyncio.gather(*direct.send())
+    await settle()
+    assert [len(c) for c in pool.nodes["a"].calls] == [100, 100, 50]
+    assert [len(c) for c in pool.nodes["b"].calls] == [100, 100, 50]
+    assert pool.nodes["c"].calls == []  # the spare replica is not asked
+    assert all(r.decision.done() and r.answers == {"a": RECORD, "b": RECORD} for r in reads)
+
+
+async def test_a_direct_call_that_fails_fails_its_asks_and_each_read_asks_a_spare_the_usual_way() -> None:
+    pool = Pool("a", "b", "c")
+    pool.nodes["a"].answer = StorageError("a", grpc.StatusCode.UNAVAILABLE, "down")
+    direct, reads = batch_reads(pool, 40)
+    await asyncio.gather(*direct.send())
+    await settle()
+    assert all("UNAVAILABLE" in r.failed["a"] for r in reads)
+    assert len(pool.nodes["c"].asks) == 40 and pool.nodes["c"].calls == []  # spares: one by one
+    for ask in pool.nodes["c"].asks:
+        ask.set_result(RECORD)
+    await settle()
+    assert all(r.decision.done() and set(r.answers) == {"b", "c"} for r in reads)
+
+
+async def test_an_error_for_one_key_of_a_direct_call_fails_only_that_keys_ask() -> None:
+    pool = Pool("a", "b", "c")
+    refused = StorageError("a", grpc.StatusCode.INVALID_ARGUMENT, "key too long")
+    pool.nodes["a"].answer = [RECORD, refused, RECORD]
+    direct, reads = batch_reads(pool, 3)
+    await asyncio.gather(*direct.send())
+    await settle()
+    assert [set(r.answers) for r in reads] == [{"a", "b"}, {"b"}, {"a", "b"}]
+    assert "key too long" in reads[1].failed["a"] and len(pool.nodes["c"].asks) == 1
