@@ -27,8 +27,9 @@ from pairdb.kernel.errors import (
     InvalidArgument,
     NotFound,
     PairdbError,
+    ResourceExhausted,
 )
-from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, Version
+from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, MAX_BATCH_VALUE_BYTES, Version
 from pairdb.kernel.migration import TERMINAL, Status
 from pairdb.kernel.repair import DEFAULT_GC_GRACE_SECONDS, DEFAULT_INTERVAL_HOURS, SCHEDULE_ID
 from pairdb.proto import coordinator_pb2 as pb
@@ -199,11 +200,18 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         admitted = self._admitted([tenant for tenant, _ in keys], valid, results)
         kept = [(k, i) for k, i in zip(keys, valid, strict=True) if k[0] in admitted]
         keys, valid = [k for k, _ in kept], [i for _, i in kept]
+        size = 0
         for i, outcome in zip(valid, await self._reads.get_many(keys, level), strict=True):
             result = results[i]
             if isinstance(outcome, PairdbError):
                 _fail(result, outcome)
+            elif size and size + len(outcome.value) > MAX_BATCH_VALUE_BYTES:
+                # A reply carries a batch's worth of values, as a BatchWrite request does.
+                full = f"this reply is full ({MAX_BATCH_VALUE_BYTES // (1024 * 1024)} MiB of values)"
+                _fail(result, ResourceExhausted(f"{full}: read the key again"))
+                result.deferred = True
             else:
+                size += len(outcome.value)
                 result.found, result.value = outcome.found, outcome.value
                 version = result.version
                 version.SetInParent()  # present even when empty, as a single read's is

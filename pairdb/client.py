@@ -37,6 +37,9 @@ T = TypeVar("T")
 Item = TypeVar("Item")
 CONSISTENCY = {"ONE": pb.ONE, "QUORUM": pb.QUORUM, "ALL": pb.ALL}
 _CHANNEL_OPTIONS = [
+    # A BatchRead reply carries up to a batch's worth of values (MAX_BATCH_VALUE_BYTES), as
+    # the coordinator takes a BatchWrite request of up to twice that.
+    ("grpc.max_receive_message_length", 2 * MAX_BATCH_VALUE_BYTES),
     # A restarted coordinator should be found again quickly, not after gRPC's
     # default reconnect backoff of up to two minutes.
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -395,20 +398,27 @@ class Client:
         self, keys: Sequence[tuple[str, str]], consistency: str = "QUORUM"
     ) -> list[Value | ClientError]:
         """Read many (tenant_id, key) pairs: each one's Value, or the error it failed with."""
-        results: list[Value | ClientError] = []
-        for chunk in _chunks(keys, lambda _: 0):
-            request = pb.BatchReadRequest(
-                items=[pb.BatchReadItem(tenant_id=t, key=k) for t, k in chunk],
-                consistency=CONSISTENCY[consistency],
-            )
-            reply = await self._call(self._stub.BatchRead, request, retry=True)
-            results.extend(
-                _item_error(r.code, r.error)
-                if r.code
-                else Value(r.found, r.value, (r.version.hlc, r.version.origin))
-                for r in reply.results
-            )
-        return results
+        results: list[Value | ClientError | None] = [None] * len(keys)
+        todo = list(range(len(keys)))
+        while todo:
+            deferred: list[int] = []  # left out of a full reply: read again in the next call
+            for chunk in _chunks(todo, lambda _: 0):
+                request = pb.BatchReadRequest(
+                    items=[pb.BatchReadItem(tenant_id=keys[i][0], key=keys[i][1]) for i in chunk],
+                    consistency=CONSISTENCY[consistency],
+                )
+                reply = await self._call(self._stub.BatchRead, request, retry=True)
+                for i, r in zip(chunk, reply.results, strict=True):
+                    if r.deferred:
+                        deferred.append(i)
+                    elif r.code:
+                        results[i] = _item_error(r.code, r.error)
+                    else:
+                        results[i] = Value(r.found, r.value, (r.version.hlc, r.version.origin))
+            if len(deferred) == len(todo):
+                raise ResourceExhausted(grpc.StatusCode.RESOURCE_EXHAUSTED, "a BatchRead returned no value")
+            todo = deferred
+        return [r for r in results if r is not None]
 
     async def create_tenant(
         self,

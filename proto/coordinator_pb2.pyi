@@ -139,18 +139,20 @@ class BatchReadRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[BatchReadItem, _Mapping]]] = ..., consistency: _Optional[_Union[Consistency, str]] = ...) -> None: ...
 
 class BatchReadResult(_message.Message):
-    __slots__ = ("code", "error", "found", "value", "version")
+    __slots__ = ("code", "error", "found", "value", "version", "deferred")
     CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFERRED_FIELD_NUMBER: _ClassVar[int]
     code: int
     error: str
     found: bool
     value: bytes
     version: WriteVersion
-    def __init__(self, code: _Optional[int] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., value: _Optional[bytes] = ..., version: _Optional[_Union[WriteVersion, _Mapping]] = ...) -> None: ...
+    deferred: bool
+    def __init__(self, code: _Optional[int] = ..., error: _Optional[str] = ..., found: _Optional[bool] = ..., value: _Optional[bytes] = ..., version: _Optional[_Union[WriteVersion, _Mapping]] = ..., deferred: _Optional[bool] = ...) -> None: ...
 
 class BatchReadResponse(_message.Message):
     __slots__ = ("results",)

@@ -243,18 +243,29 @@ class NodeClient:
     async def _get_many(
         self, epoch: int, keys: list[tuple[str, str]], timeout: float
     ) -> list[StoredRecord | StorageError | None]:
-        request = storage_pb2.GetManyRequest(
-            keys=[storage_pb2.RecordKey(tenant_id=t, key=k) for t, k in keys], epoch=epoch
-        )
-        reply = await self._call(self._stub.GetMany, request, timeout)
-        return [
-            _item_error(self.node_id, o.error)
-            if o.HasField("error")
-            else from_proto(o.result.record)
-            if o.result.found
-            else None
-            for o in reply.outcomes
-        ]
+        results: list[StoredRecord | StorageError | None] = []
+        deadline = time.monotonic() + timeout
+        while len(results) < len(keys):
+            # A node answers only as many keys as fit one reply: the rest are asked again.
+            request = storage_pb2.GetManyRequest(
+                keys=[storage_pb2.RecordKey(tenant_id=t, key=k) for t, k in keys[len(results) :]], epoch=epoch
+            )
+            reply = await self._call(self._stub.GetMany, request, max(deadline - time.monotonic(), 0.001))
+            if not reply.outcomes or len(results) + len(reply.outcomes) > len(keys):
+                raise StorageError(
+                    self.node_id,
+                    grpc.StatusCode.INTERNAL,
+                    f"GetMany answered {len(reply.outcomes)} of {len(keys) - len(results)} keys",
+                )
+            results.extend(
+                _item_error(self.node_id, o.error)
+                if o.HasField("error")
+                else from_proto(o.result.record)
+                if o.result.found
+                else None
+                for o in reply.outcomes
+            )
+        return results
 
     async def scan_range(
         self,

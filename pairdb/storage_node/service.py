@@ -39,6 +39,9 @@ MAX_APPLY_BATCH = 10_000
 MAX_SCAN_BATCH_BYTES = 16 * 1024 * 1024
 # Ranges one RangeDigests or ScanRange call may ask for.
 MAX_RANGES = 10_000
+# Values a GetMany reply carries at most before it leaves the remaining keys out: a reply stays
+# well inside the message limit (server.py) however large the values read.
+MAX_GET_MANY_REPLY_BYTES = 32 * 1024 * 1024
 # Trailing metadata of an ABORTED refusal: the fence the request ran into.
 FENCE_METADATA = "pairdb-fence"
 
@@ -235,15 +238,20 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
     ) -> storage_pb2.GetManyResponse:
         await self._check_epoch(request.epoch, context)
         await self._check_count(len(request.keys), context)
-        outcomes = [storage_pb2.GetOutcome() for _ in request.keys]
-        for outcome, k in zip(outcomes, request.keys, strict=True):
+        reply = storage_pb2.GetManyResponse()
+        size = 0
+        for k in request.keys:
+            if size >= MAX_GET_MANY_REPLY_BYTES:
+                break  # the caller asks again for the keys left out (NodeClient.get_many)
+            outcome = reply.outcomes.add()
             problem = _check_key(k.tenant_id, k.key)
             if problem:
                 outcome.error.code, outcome.error.message = grpc.StatusCode.INVALID_ARGUMENT.value[0], problem
             else:
                 self._read_into(outcome.result, k.tenant_id, k.key)
-        self._load.served(len(outcomes))
-        return storage_pb2.GetManyResponse(outcomes=outcomes)
+                size += len(outcome.result.record.value)
+        self._load.served(len(reply.outcomes))
+        return reply
 
     def _read_into(self, reply: storage_pb2.GetResponse, tenant_id: str, key: str) -> None:
         # An LMDB point read is a memory-mapped lookup of a few microseconds:

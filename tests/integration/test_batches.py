@@ -91,6 +91,18 @@ async def test_a_batch_over_the_limits_is_refused_whole(cluster: LocalCluster, t
         assert values(await client.get_many([(tenant, "k0"), (tenant, "big0")])) == [None, None]
 
 
+async def test_a_batch_read_of_more_values_than_one_reply_carries_returns_every_value(
+    client: Client, tenant: str
+) -> None:
+    # 60 MiB of values: more than a coordinator's reply to a batch carries, and more than a
+    # storage node's reply to one call. Each is cut short and asked again for the rest.
+    values_written = [bytes([i]) * MAX_VALUE_BYTES for i in range(60)]
+    items = [(tenant, f"large-{i}", v) for i, v in enumerate(values_written)]
+    assert all(isinstance(v, tuple) for v in await client.put_many(items))
+    read = await client.get_many([(tenant, f"large-{i}") for i in range(60)])
+    assert values(read) == values_written
+
+
 async def test_with_a_node_down_a_quorum_batch_succeeds_and_an_all_batch_names_it(
     cluster: LocalCluster, client: Client, tenant: str
 ) -> None:

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from pairdb.proto import storage_pb2, storage_pb2_grpc
+from pairdb.storage_node import service
 from pairdb.storage_node.client import NodeClient, StaleEpoch, StorageError
 from pairdb.storage_node.coalescing import Caps
 from pairdb.storage_node.engine import StoredRecord
@@ -113,5 +114,26 @@ async def test_a_fenced_call_refuses_every_record_in_it_as_stale(address: str) -
         )
         assert all(isinstance(r, StaleEpoch) for r in reads)
         assert await client.get("t", "k0", epoch=5) is None
+    finally:
+        await client.close()
+
+
+async def test_a_get_many_reply_stops_at_its_size_and_the_client_asks_again_for_the_rest(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "MAX_GET_MANY_REPLY_BYTES", 250)  # two 100-byte values and a third
+    records = [rec(f"big-{i}", bytes([i]) * 100) for i in range(7)]
+    client = NodeClient("coalesced", address)
+    try:
+        await client.apply_many(records, epoch=1)
+        keys = [("t", r.key) for r in records] + [("t", "missing")]
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = storage_pb2_grpc.StorageServiceStub(channel)
+            request = storage_pb2.GetManyRequest(
+                keys=[storage_pb2.RecordKey(tenant_id=t, key=k) for t, k in keys], epoch=1
+            )
+            reply = await stub.GetMany(request)
+        assert len(reply.outcomes) == 3  # its values passed 250 bytes: the rest is left out
+        assert await client.get_many(keys, epoch=1) == [*records, None]  # in four calls
     finally:
         await client.close()
