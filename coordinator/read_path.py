@@ -135,7 +135,7 @@ class ReadPath:
             # Enough keys to be a batch of their own: first asks go in direct calls, as a batch write's,
             # of as many keys as a node's coalescer puts in one (its reply grows with the values read).
             direct = (
-                DirectGets(self._pool, topology.epoch, Caps().items)
+                DirectGets(self._pool, topology.epoch, Caps().items, loop)
                 if len(keys) >= DIRECT_CALLS_FROM
                 else None
             )

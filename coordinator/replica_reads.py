@@ -74,8 +74,10 @@ class DirectGets:
     takes its answers the same way whichever path they came by.
     """
 
-    def __init__(self, pool: StoragePool, epoch: int, call_items: int) -> None:
-        self._pool, self._epoch, self._call_items = pool, epoch, call_items
+    def __init__(
+        self, pool: StoragePool, epoch: int, call_items: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._pool, self._epoch, self._call_items, self._loop = pool, epoch, call_items, loop
         self._asks: dict[str, _NodeAsks] = {}
         self._sent = False
 
@@ -84,7 +86,7 @@ class DirectGets:
             return self._pool.node(node_id, address)
         asks = self._asks.get(node_id)
         if asks is None:
-            asks = self._asks[node_id] = _NodeAsks(self._pool.node(node_id, address))
+            asks = self._asks[node_id] = _NodeAsks(self._pool.node(node_id, address), self._loop)
         return asks
 
     def send(self) -> list[asyncio.Future[None]]:
@@ -101,13 +103,13 @@ class DirectGets:
 class _NodeAsks:
     """One node's share of a batch's first asks."""
 
-    def __init__(self, client: NodeClient) -> None:
-        self._client = client
+    def __init__(self, client: NodeClient, loop: asyncio.AbstractEventLoop) -> None:
+        self._client, self._loop = client, loop
         self.keys: list[tuple[str, str]] = []
         self._futures: list[asyncio.Future[Answer]] = []
 
     def submit_get(self, tenant_id: str, key: str, *, epoch: int) -> asyncio.Future[Answer]:
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Answer] = self._loop.create_future()
         self.keys.append((tenant_id, key))
         self._futures.append(future)
         return future

@@ -144,7 +144,7 @@ def test_the_wait_before_asking_spares_follows_the_p99_of_recent_answers_within_
 
 
 def batch_reads(pool: Pool, keys: int, call_items: int = 1000) -> tuple[DirectGets, list[KeyRead]]:
-    direct = DirectGets(cast(StoragePool, cast(Any, pool)), 7, call_items)
+    direct = DirectGets(cast(StoragePool, cast(Any, pool)), 7, call_items, asyncio.get_running_loop())
     addresses = {n: f"{n}:1" for n in ("a", "b", "c")}
     reads = [KeyRead(direct, addresses, 7, "t", f"k{i}", ("a", "b", "c"), 2, None) for i in range(keys)]
     return direct, reads
