@@ -182,8 +182,8 @@ async def start_cluster(workdir: Path, keys: int) -> LocalCluster:
 
 @dataclass(frozen=True)
 class Observed:
-    """A loaded cluster's windows: steady first, then each with its operation's seconds (None: plain);
-    quiet, when measured, is also among them."""
+    """A loaded cluster's windows: steady, quiet (when measured: the same load, nothing running), then
+    each later window with its operation's seconds (None: plain)."""
 
     steady: Window
     windows: Sequence[tuple[Window, float | None]]
@@ -225,8 +225,7 @@ async def addition_under_load(workdir: Path, args: argparse.Namespace, rate: flo
             await load.stop()
     finally:
         await cluster.stop()
-    windows: list[tuple[Window, float | None]] = [(during, duration), (after, None)]
-    return Observed(steady, [(quiet, None), *windows] if quiet else windows, quiet)
+    return Observed(steady, [(during, duration), (after, None)], quiet)
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
@@ -286,19 +285,21 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
 
 def _report(observed: Observed) -> None:
     """Each window next to the steady one (and an operation's next to the quiet one, if measured)."""
-    steady, windows = observed.steady, observed.windows
+    steady, quiet = observed.steady, observed.quiet
+    later: list[tuple[Window, float | None]] = [(quiet, None)] if quiet is not None else []
+    later += observed.windows
     print(f"{'window':<22} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7}")
     print("-" * 53)
-    for w in (steady, *(w for w, _ in windows)):
+    for w in (steady, *(w for w, _ in later)):
         print(f"{w.label:<22} | {w.ops_per_second:>8,.0f} | {w.p50_ms:>7.2f} | {w.p99_ms:>7.2f}")
     print()
-    for w, seconds in windows:
+    for w, seconds in later:
         took = f" (it took {seconds:.1f} s)" if seconds is not None else ""
         print(f"{w.label} / steady: {_ratios(w, steady)}{took}")
-    if observed.quiet is not None:
-        for w, seconds in windows:
+    if quiet is not None:
+        for w, seconds in observed.windows:
             if seconds is not None:  # an operation's window, as long as the quiet one
-                print(f"{w.label} / quiet: {_ratios(w, observed.quiet)}")
+                print(f"{w.label} / quiet: {_ratios(w, quiet)}")
 
 
 def _ratios(w: Window, base: Window) -> str:
