@@ -142,16 +142,24 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             return grpc.StatusCode.FAILED_PRECONDITION, problem
         return None
 
+    def _refusals(self, records: Sequence[StoredRecord]) -> dict[int, tuple[grpc.StatusCode, str]]:
+        """Each refused record's index, with its status and why."""
+        now_ms = self._clock.now_ms()  # a call's records arrived together: one reading of the clock
+        refusals = {}
+        for i, record in enumerate(records):
+            refusal = self._refusal(record, now_ms)
+            if refusal:
+                refusals[i] = refusal
+        return refusals
+
     async def _check_records(
         self, records: Sequence[StoredRecord], context: ServicerContext, *, batch: bool
     ) -> None:
         """Refuse the whole request if any record is malformed or from the future: nothing half-written."""
-        now_ms = self._clock.now_ms()  # a call's records arrived together: one reading of the clock
-        for i, record in enumerate(records):
-            refusal = self._refusal(record, now_ms)
-            if refusal:
-                code, problem = refusal
-                await context.abort(code, f"record {i}: {problem}" if batch else problem)
+        refusals = self._refusals(records)
+        if refusals:
+            i, (code, problem) = min(refusals.items())
+            await context.abort(code, f"record {i}: {problem}" if batch else problem)
 
     async def _check_count(self, count: int, context: ServicerContext) -> None:
         if count > MAX_APPLY_BATCH:
@@ -201,17 +209,10 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
     ) -> storage_pb2.ApplyManyResponse:
         await self._check_epoch(request.epoch, context)
         await self._check_count(len(request.records), context)
-        refusals: dict[int, tuple[grpc.StatusCode, str]] = {}
-        accepted: list[int] = []
         records = [from_proto(m) for m in request.records]  # each message's fields read once
-        now_ms = self._clock.now_ms()
-        for i, record in enumerate(records):
-            refusal = self._refusal(record, now_ms)
-            if refusal:
-                refusals[i] = refusal
-            else:
-                accepted.append(i)
-        # One group commit (one fsync) for every accepted record of the call.
+        refusals = self._refusals(records)
+        accepted = [i for i in range(len(records)) if i not in refusals] if refusals else range(len(records))
+        # One group commit (one fsync) for every accepted record of the call: one bad record fails alone.
         results = await self._committer.apply(records if not refusals else [records[i] for i in accepted])
         self._load.served(len(request.records))
         if not refusals and all(result.applied for result in results):
