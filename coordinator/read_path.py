@@ -41,7 +41,7 @@ from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.kernel.sabotage import REPAIR_READ_SET_ONLY
 from pairdb.serving.alarms import Alarms
 from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
-from pairdb.storage_node.coalescing import Caps
+from pairdb.storage_node.coalescing import COALESCED_CALL_ITEMS
 
 log = structlog.get_logger()
 
@@ -135,7 +135,7 @@ class ReadPath:
             # Enough keys to be a batch of their own: first asks go in direct calls, as a batch write's,
             # of as many keys as a node's coalescer puts in one (its reply grows with the values read).
             direct = (
-                DirectGets(self._pool, topology.epoch, Caps().items, loop)
+                DirectGets(self._pool, topology.epoch, COALESCED_CALL_ITEMS, loop)
                 if len(keys) >= DIRECT_CALLS_FROM
                 else None
             )

@@ -44,9 +44,13 @@ Result = TypeVar("Result")
 Send = Callable[[int, list[Item], float], Awaitable[Sequence[Result | BaseException]]]
 
 
+# Items in one call at most, by default: a GetMany reply of this many keys stays a few MiB.
+COALESCED_CALL_ITEMS = 512
+
+
 @dataclass(frozen=True, slots=True)
 class Caps:
-    items: int = 512
+    items: int = COALESCED_CALL_ITEMS
     bytes: int = 4 * 1024 * 1024
     # Calls in flight at once. One measured fastest (bench/rpc.py): the next call fills while
     # the current one is out, so calls grow with the load and their fixed cost is paid less often.
