@@ -6,9 +6,10 @@ joining node of an addition, the replacement of a dead node, the nodes that
 take over a removed node's ranges, the new replicas of a tenant whose RF rises.
 
 The copy moves the bulk; verification makes it exact. A range the target
-takes for every tenant is scanned on one old replica as the engine's packed
-entries and forwarded untouched (no record is decoded on the way), as
-Cassandra's bootstrap streams each range from one replica. A range it takes
+takes for every tenant the target pulls from one old replica itself, as the
+engine's packed entries (storage_node/pull.py): no record is decoded on the
+way, and the bytes never pass through this worker, as Cassandra's bootstrap
+streams each range from one replica. A range it takes
 only for some tenants (their replication factors differ) is streamed from a
 quorum of old replicas, merged on the fly by version (merge.py), filtered and
 applied in batches. Either way a few batches are in flight, and memory holds
@@ -61,9 +62,15 @@ APPLY_BATCH = 500
 # Apply batches in flight to a target while the merge prepares the next.
 APPLY_IN_FLIGHT = 3
 SCAN_BATCH = 1000
-# Packed entries per forwarded batch (an ApplyEntries call each), and at most these bytes.
+# Packed entries per batch a source streams to a pulling target (a commit each there), and per
+# group of small ranges pulled together.
 ENTRY_BATCH = 2000
-FORWARD_BYTES = 1024 * 1024
+# A group of ranges pulled together holds about these bytes (so that large values still spread over
+# several groups at once). A pull call moves at most PULL_ENTRIES (fewer as the pace allows) or
+# PULL_BYTES; the next call goes on from there.
+GROUP_BYTES = 4 * 1024 * 1024
+PULL_ENTRIES = 20_000
+PULL_BYTES = 16 * 1024 * 1024
 # A packed entry's bytes besides its value: lengths, token, tenant, key, version.
 ENTRY_OVERHEAD = 64
 SCAN_TIMEOUT = 300.0
@@ -74,7 +81,7 @@ PARALLEL_RANGES = 16
 # more per call than per key.
 GROUP_RANGES = 64
 # How a range reaches its target (see copy_ranges); also the copy metrics' label.
-How = Literal["forwarded", "merged"]
+How = Literal["pulled", "merged"]
 # Ranges one count call may ask a node for (a count reads no value).
 ESTIMATE_RANGES = 1000
 
@@ -180,30 +187,30 @@ class CopySteps:
         todo = [p for p in plan if not p.copied]  # checkpointed ranges are never copied twice
         pace = self._pace(chunk, topology, row, todo)
 
-        # A target that replicates a range for every tenant takes its bytes as they are (forwarded);
-        # one that holds some tenants only gets the old replicas' merged records of those (merged).
-        forwarded: list[PlannedRange] = []
+        # A target that replicates a range for every tenant pulls its bytes as they are (pulled); one
+        # that holds some tenants only gets the old replicas' merged records of those (merged).
+        pulled: list[PlannedRange] = []
         merged: list[PlannedRange] = []
         for planned in todo:
             whole = _holders(topology, _target_id(row, planned), planned) == set(topology.tenants)
-            (forwarded if whole else merged).append(planned)
+            (pulled if whole else merged).append(planned)
 
         async def copy_group(group: list[PlannedRange], how: How) -> None:
-            """Ranges of one route (target and sources), forwarded in one stream; or one range, merged."""
+            """Ranges of one route (target and sources), pulled together; or one range, merged."""
             first = group[0]
             target = self._target(topology, row, first)
             async with pace.turn():
 
-                async def forward(sources: list[str]) -> dict[int, tuple[int, int]]:
+                async def pull(sources: list[str]) -> dict[int, tuple[int, int]]:
                     source = self._ctx.node(topology, sources[0])
-                    return await self._forward(target, source, group, pace, topology.epoch)
+                    return await self._pull(target, source, group, pace, topology.epoch)
 
                 async def merge(sources: list[str]) -> dict[int, tuple[int, int]]:
                     old = self._old_view(topology, target.node_id, first, sources)
                     return {first.index: await self._apply(target, old, pace, topology.epoch)}
 
                 moved = await self._from_quorum(
-                    topology, row, target, first, forward if how == "forwarded" else merge
+                    topology, row, target, first, pull if how == "pulled" else merge
                 )
                 metrics.COPY_RANGES.labels(how).inc(len(group))
                 for planned in group:
@@ -211,15 +218,15 @@ class CopySteps:
                 activity.heartbeat()
 
         routes: dict[tuple[str, tuple[str, ...]], list[PlannedRange]] = defaultdict(list)
-        for planned in forwarded:
+        for planned in pulled:
             routes[_target_id(row, planned), tuple(planned.sources)].append(planned)
-        # Ranges go together only up to about one call's bytes: measured with 16 KiB values, one range
-        # per stream cost the joining node half the CPU of ~30 ranges per stream.
+        # Small ranges go together (a pull call and a source's scan each cost more than a small range's
+        # bytes), up to about GROUP_BYTES, so that large values still spread over parallel pulls.
         groups: list[tuple[list[PlannedRange], How]] = []
         if routes:
-            entry_bytes = await self._entry_bytes(topology, {p.sources[0] for p in forwarded} - row.dead)
-            per_group = max(1, min(pace.turn_keys(ENTRY_BATCH), FORWARD_BYTES // entry_bytes))
-            groups = [(g, "forwarded") for ranges in routes.values() for g in _groups(ranges, per_group)]
+            entry_bytes = await self._entry_bytes(topology, {p.sources[0] for p in pulled} - row.dead)
+            per_group = max(1, min(pace.turn_keys(ENTRY_BATCH), GROUP_BYTES // entry_bytes))
+            groups = [(g, "pulled") for ranges in routes.values() for g in _groups(ranges, per_group)]
         groups += [([planned], "merged") for planned in merged]
 
         try:
@@ -452,44 +459,45 @@ class CopySteps:
                 return stats.bytes // max(stats.keys, 1) + ENTRY_OVERHEAD
         return ENTRY_OVERHEAD
 
-    async def _forward(
+    async def _pull(
         self, target: NodeClient, source: NodeClient, group: list[PlannedRange], pace: Pace, epoch: int
     ) -> dict[int, tuple[int, int]]:
-        """The ranges' packed entries, scanned on source in one stream, passed on to the target untouched.
+        """The target pulls the ranges from source itself, their packed entries untouched; a call per piece.
 
-        Small ranges' batches go together into one ApplyEntries call (one commit
-        on the target). Returns each range's keys and bytes. One source may have
-        missed writes the others hold: verification finds and copies them.
+        Each call moves about what the pace allows in one (a turn's keys, at
+        most PULL_BYTES), so the throttle and the yielding to clients hold as
+        when the worker sent every batch. Returns each range's keys and bytes.
+        One source may have missed writes the others hold: verification finds
+        and copies them.
         """
         moved = {planned.index: (0, 0) for planned in group}
-        scan = source.scan_entries_many(
-            [(p.start, p.end) for p in group],
-            batch_size=pace.batch(ENTRY_BATCH),
-            epoch=epoch,
-            timeout=SCAN_TIMEOUT,
-        )
-
-        async def sends() -> AsyncIterator[tuple[int, int, Callable[[], Awaitable[object]]]]:
-            pending: list[bytes] = []
+        ranges = [(p.start, p.end) for p in group]
+        at, after = 0, b""
+        while True:
+            pulled = await target.pull_ranges(
+                source,
+                ranges,
+                at=at,
+                after=after,
+                max_entries=pace.turn_keys(PULL_ENTRIES),
+                max_bytes=PULL_BYTES,
+                batch_size=pace.batch(ENTRY_BATCH),
+                epoch=epoch,
+                timeout=SCAN_TIMEOUT,
+            )
             count = size = 0
-
-            def send() -> tuple[int, int, Callable[[], Awaitable[object]]]:
-                joined = b"".join(pending)
-                return count, size, functools.partial(target.apply_entries, joined, epoch=epoch, timeout=30)
-
-            async for at, entries, n in scan:
-                keys, nbytes = moved[group[at].index]
-                moved[group[at].index] = (keys + n, nbytes + len(entries))
-                pending.append(entries)
-                count, size = count + n, size + len(entries)
-                if count >= pace.batch(ENTRY_BATCH) or size >= FORWARD_BYTES:
-                    yield send()
-                    pending, count, size = [], 0, 0
-            if pending:
-                yield send()
-
-        await self._pipelined(sends(), pace)
-        return moved
+            for position, (n, nbytes) in pulled.moved.items():
+                done_keys, done_bytes = moved[group[position].index]
+                moved[group[position].index] = (done_keys + n, done_bytes + nbytes)
+                count, size = count + n, size + nbytes
+            metrics.COPY_KEYS.inc(count)
+            metrics.COPY_BYTES.inc(size)
+            activity.heartbeat()
+            # The keys are moved: the pace counts them after the call, so the next one waits its turn.
+            await pace.take(count)
+            if pulled.next is None:
+                return moved
+            at, after = pulled.next
 
     async def _apply(
         self,

@@ -161,20 +161,24 @@ class GetManyResponse(_message.Message):
     def __init__(self, outcomes: _Optional[_Iterable[_Union[GetOutcome, _Mapping]]] = ...) -> None: ...
 
 class ScanRangeRequest(_message.Message):
-    __slots__ = ("range", "batch_size", "include_tombstones", "epoch", "entries", "ranges")
+    __slots__ = ("range", "batch_size", "include_tombstones", "epoch", "entries", "ranges", "at", "after")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     RANGES_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
     range: TokenRange
     batch_size: int
     include_tombstones: bool
     epoch: int
     entries: bool
     ranges: _containers.RepeatedCompositeFieldContainer[TokenRange]
-    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_tombstones: _Optional[bool] = ..., epoch: _Optional[int] = ..., entries: _Optional[bool] = ..., ranges: _Optional[_Iterable[_Union[TokenRange, _Mapping]]] = ...) -> None: ...
+    at: int
+    after: bytes
+    def __init__(self, range: _Optional[_Union[TokenRange, _Mapping]] = ..., batch_size: _Optional[int] = ..., include_tombstones: _Optional[bool] = ..., epoch: _Optional[int] = ..., entries: _Optional[bool] = ..., ranges: _Optional[_Iterable[_Union[TokenRange, _Mapping]]] = ..., at: _Optional[int] = ..., after: _Optional[bytes] = ...) -> None: ...
 
 class ScanRangeBatch(_message.Message):
     __slots__ = ("records", "load", "entries", "entry_count", "range")
@@ -190,21 +194,55 @@ class ScanRangeBatch(_message.Message):
     range: int
     def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., entries: _Optional[bytes] = ..., entry_count: _Optional[int] = ..., range: _Optional[int] = ...) -> None: ...
 
-class ApplyEntriesRequest(_message.Message):
-    __slots__ = ("entries", "epoch")
-    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+class PullRangesRequest(_message.Message):
+    __slots__ = ("source_id", "source_address", "ranges", "at", "after", "epoch", "max_entries", "max_bytes", "batch_size")
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
-    entries: bytes
+    MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    source_id: str
+    source_address: str
+    ranges: _containers.RepeatedCompositeFieldContainer[TokenRange]
+    at: int
+    after: bytes
     epoch: int
-    def __init__(self, entries: _Optional[bytes] = ..., epoch: _Optional[int] = ...) -> None: ...
+    max_entries: int
+    max_bytes: int
+    batch_size: int
+    def __init__(self, source_id: _Optional[str] = ..., source_address: _Optional[str] = ..., ranges: _Optional[_Iterable[_Union[TokenRange, _Mapping]]] = ..., at: _Optional[int] = ..., after: _Optional[bytes] = ..., epoch: _Optional[int] = ..., max_entries: _Optional[int] = ..., max_bytes: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
-class ApplyEntriesResponse(_message.Message):
-    __slots__ = ("applied", "load")
+class RangePulled(_message.Message):
+    __slots__ = ("range", "entries", "bytes", "applied")
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
-    LOAD_FIELD_NUMBER: _ClassVar[int]
+    range: int
+    entries: int
+    bytes: int
     applied: int
+    def __init__(self, range: _Optional[int] = ..., entries: _Optional[int] = ..., bytes: _Optional[int] = ..., applied: _Optional[int] = ...) -> None: ...
+
+class PullRangesResponse(_message.Message):
+    __slots__ = ("pulled", "done", "next_at", "next_after", "load", "source_load")
+    PULLED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_LOAD_FIELD_NUMBER: _ClassVar[int]
+    pulled: _containers.RepeatedCompositeFieldContainer[RangePulled]
+    done: bool
+    next_at: int
+    next_after: bytes
     load: NodeLoad
-    def __init__(self, applied: _Optional[int] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ...) -> None: ...
+    source_load: NodeLoad
+    def __init__(self, pulled: _Optional[_Iterable[_Union[RangePulled, _Mapping]]] = ..., done: _Optional[bool] = ..., next_at: _Optional[int] = ..., next_after: _Optional[bytes] = ..., load: _Optional[_Union[NodeLoad, _Mapping]] = ..., source_load: _Optional[_Union[NodeLoad, _Mapping]] = ...) -> None: ...
 
 class RangeDigestRequest(_message.Message):
     __slots__ = ("range", "epoch", "count_only", "tenants")

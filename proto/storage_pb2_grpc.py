@@ -44,11 +44,6 @@ class StorageServiceStub:
                 request_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchRequest.SerializeToString,
                 response_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchResponse.FromString,
                 _registered_method=True)
-        self.ApplyEntries = channel.unary_unary(
-                '/pairdb.v1.StorageService/ApplyEntries',
-                request_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyEntriesRequest.SerializeToString,
-                response_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyEntriesResponse.FromString,
-                _registered_method=True)
         self.ApplyMany = channel.unary_unary(
                 '/pairdb.v1.StorageService/ApplyMany',
                 request_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyManyRequest.SerializeToString,
@@ -68,6 +63,11 @@ class StorageServiceStub:
                 '/pairdb.v1.StorageService/ScanRange',
                 request_serializer=pairdb_dot_proto_dot_storage__pb2.ScanRangeRequest.SerializeToString,
                 response_deserializer=pairdb_dot_proto_dot_storage__pb2.ScanRangeBatch.FromString,
+                _registered_method=True)
+        self.PullRanges = channel.unary_unary(
+                '/pairdb.v1.StorageService/PullRanges',
+                request_serializer=pairdb_dot_proto_dot_storage__pb2.PullRangesRequest.SerializeToString,
+                response_deserializer=pairdb_dot_proto_dot_storage__pb2.PullRangesResponse.FromString,
                 _registered_method=True)
         self.RangeDigest = channel.unary_unary(
                 '/pairdb.v1.StorageService/RangeDigest',
@@ -116,12 +116,6 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ApplyEntries(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def ApplyMany(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -141,6 +135,12 @@ class StorageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ScanRange(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullRanges(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,11 +195,6 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     request_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchRequest.FromString,
                     response_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyBatchResponse.SerializeToString,
             ),
-            'ApplyEntries': grpc.unary_unary_rpc_method_handler(
-                    servicer.ApplyEntries,
-                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyEntriesRequest.FromString,
-                    response_serializer=pairdb_dot_proto_dot_storage__pb2.ApplyEntriesResponse.SerializeToString,
-            ),
             'ApplyMany': grpc.unary_unary_rpc_method_handler(
                     servicer.ApplyMany,
                     request_deserializer=pairdb_dot_proto_dot_storage__pb2.ApplyManyRequest.FromString,
@@ -219,6 +214,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.ScanRange,
                     request_deserializer=pairdb_dot_proto_dot_storage__pb2.ScanRangeRequest.FromString,
                     response_serializer=pairdb_dot_proto_dot_storage__pb2.ScanRangeBatch.SerializeToString,
+            ),
+            'PullRanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.PullRanges,
+                    request_deserializer=pairdb_dot_proto_dot_storage__pb2.PullRangesRequest.FromString,
+                    response_serializer=pairdb_dot_proto_dot_storage__pb2.PullRangesResponse.SerializeToString,
             ),
             'RangeDigest': grpc.unary_unary_rpc_method_handler(
                     servicer.RangeDigest,
@@ -305,33 +305,6 @@ class StorageService:
             '/pairdb.v1.StorageService/ApplyBatch',
             pairdb_dot_proto_dot_storage__pb2.ApplyBatchRequest.SerializeToString,
             pairdb_dot_proto_dot_storage__pb2.ApplyBatchResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ApplyEntries(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/pairdb.v1.StorageService/ApplyEntries',
-            pairdb_dot_proto_dot_storage__pb2.ApplyEntriesRequest.SerializeToString,
-            pairdb_dot_proto_dot_storage__pb2.ApplyEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -440,6 +413,33 @@ class StorageService:
             '/pairdb.v1.StorageService/ScanRange',
             pairdb_dot_proto_dot_storage__pb2.ScanRangeRequest.SerializeToString,
             pairdb_dot_proto_dot_storage__pb2.ScanRangeBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullRanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pairdb.v1.StorageService/PullRanges',
+            pairdb_dot_proto_dot_storage__pb2.PullRangesRequest.SerializeToString,
+            pairdb_dot_proto_dot_storage__pb2.PullRangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

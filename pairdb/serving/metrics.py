@@ -90,12 +90,10 @@ STORAGE_OLDEST_REPAIR = Gauge(
 
 # -- migration worker ------------------------------------------------------------------
 COPY_KEYS = Counter("pairdb_copy_keys", "Keys copied to joining nodes")
-COPY_BYTES = Counter(
-    "pairdb_copy_bytes", "Bytes copied to joining nodes (values; whole entries when forwarded)"
-)
+COPY_BYTES = Counter("pairdb_copy_bytes", "Bytes copied to joining nodes (values; whole entries when pulled)")
 COPY_RANGES = Counter(
     "pairdb_copy_ranges",
-    "Ranges copied, by how: forwarded (from one source) or merged (a quorum's newest, some tenants only)",
+    "Ranges copied, by how: pulled (from one source) or merged (a quorum's newest, some tenants only)",
     ["how"],
 )
 REPAIR_RANGES = Counter(

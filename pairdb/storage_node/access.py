@@ -1,10 +1,11 @@
-"""Who may call a storage node: with TLS, only the cluster's coordinators and workers.
+"""Who may call a storage node: with TLS, only the cluster's coordinators, workers and nodes.
 
 The TLS handshake has already checked the caller's certificate against the
 cluster CA; this checks the role it names. Copies, repairs and cleanups (the
-worker) may stream out or delete whole ranges and move the fence; coordinators
-only read and write records. Health and reflection stay open to any certificate
-of the CA, for probes.
+worker) may stream out or delete whole ranges and move the fence; a copy's
+target (a storage node) may stream out the ranges it pulls, and nothing else;
+coordinators only read and write records. Health and reflection stay open to
+any certificate of the CA, for probes.
 """
 
 from __future__ import annotations
@@ -21,16 +22,25 @@ from pairdb.serving.interception import ServicerContext, Stream, Unary
 
 SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
 _METHOD_PREFIX = f"/{SERVICE}/"
-# Bulk reads and deletes of ranges, and the fence: the migration worker's steps only.
-WORKER_ONLY = frozenset({"ScanRange", "DeleteRange", "PurgeTombstones", "ApplyEntries", "SetFence"})
 _CLUSTER = frozenset({Role.COORDINATOR, Role.WORKER})
+_WORKER = frozenset({Role.WORKER})
+# Methods not for every cluster process. Deleting ranges, purging and the fence are the migration
+# worker's steps only, as is having a node pull ranges; a copy's target (a storage node) streams
+# the ranges it pulls out of its source.
+_ROLES = {
+    "ScanRange": frozenset({Role.WORKER, Role.STORAGE_NODE}),
+    "DeleteRange": _WORKER,
+    "PurgeTombstones": _WORKER,
+    "PullRanges": _WORKER,
+    "SetFence": _WORKER,
+}
 
 
 def allowed_roles(method: str) -> frozenset[Role] | None:
     """The roles that may call method; None: any certificate of the CA (health, reflection)."""
     if not method.startswith(_METHOD_PREFIX):
         return None
-    return frozenset({Role.WORKER}) if method.removeprefix(_METHOD_PREFIX) in WORKER_ONLY else _CLUSTER
+    return _ROLES.get(method.removeprefix(_METHOD_PREFIX), _CLUSTER)
 
 
 class ClusterOnly:

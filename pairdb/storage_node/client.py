@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +23,7 @@ from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.security.tls import ChannelTls, secure_channel
 from pairdb.serving import request_ids
 from pairdb.storage_node.coalescing import Caps, Coalescer
-from pairdb.storage_node.wire import from_proto, to_proto
-
-# Trailing metadata of a fence refusal (service.py).
-FENCE_METADATA = "pairdb-fence"
+from pairdb.storage_node.wire import FAILED_NODE_METADATA, FENCE_METADATA, from_proto, to_proto
 
 DEFAULT_TIMEOUT = 2.0
 # A client replaced after a certificate rotation is closed this much later: its calls have ended.
@@ -59,8 +56,11 @@ class StaleEpoch(StorageError):
 
 def _error(node_id: str, exc: grpc.aio.AioRpcError) -> StorageError:
     # (key, value) pairs at run time, whatever the stubs call them.
-    trailing: Any = exc.trailing_metadata() or ()
-    fence = dict(trailing).get(FENCE_METADATA)
+    metadata: Any = exc.trailing_metadata() or ()
+    trailing = dict(metadata)
+    # A pull that failed on its source's side is the source's failure (PullRanges).
+    node_id = trailing.get(FAILED_NODE_METADATA, node_id)
+    fence = trailing.get(FENCE_METADATA)
     if exc.code() == grpc.StatusCode.ABORTED and fence is not None:
         return StaleEpoch(node_id, exc.details() or "", int(fence))
     return StorageError(node_id, exc.code(), exc.details() or "")
@@ -111,6 +111,16 @@ class NodeLoad:
     scheduling_delay_ms: float
     # time.monotonic() when it arrived: an old report says little.
     at: float
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """What one PullRanges call moved: (entries, bytes) by range position, how many of those entries
+    were newer than the target's, and where the next call goes on (None: every range is done)."""
+
+    moved: dict[int, tuple[int, int]]
+    applied: int
+    next: tuple[int, bytes] | None
 
 
 class NodeClient:
@@ -305,13 +315,16 @@ class NodeClient:
         self,
         ranges: Sequence[tuple[int, int]],
         *,
+        at: int = 0,
+        after: bytes = b"",
         batch_size: int = 0,
         epoch: int = 0,
         timeout: float | None = None,
-    ) -> AsyncIterator[tuple[int, bytes, int]]:
+    ) -> AsyncGenerator[tuple[int, bytes, int]]:
         """scan_entries of each (start, end] in turn, in one call: (position in ranges, entries, count).
 
-        A batch holds entries of one range; a range with none has no batch.
+        From ranges[at], after the engine key after in it (empty: its start). A
+        batch holds entries of one range; a range with none has no batch.
         """
         request = storage_pb2.ScanRangeRequest(
             ranges=[storage_pb2.TokenRange(start=start, end=end) for start, end in ranges],
@@ -319,6 +332,8 @@ class NodeClient:
             include_tombstones=True,
             epoch=epoch,
             entries=True,
+            at=at,
+            after=after,
         )
         async for batch in self._scan(request, timeout):
             yield batch.range, batch.entries, batch.entry_count
@@ -335,12 +350,42 @@ class NodeClient:
         except grpc.aio.AioRpcError as exc:
             raise _error(self.node_id, exc) from None
 
-    async def apply_entries(self, entries: bytes, *, epoch: int = 0, timeout: float | None = None) -> int:
-        """Store packed entries (from scan_entries), each where newer; how many were."""
-        request = storage_pb2.ApplyEntriesRequest(entries=entries, epoch=epoch)
-        reply = await self._call(self._stub.ApplyEntries, request, timeout or self.timeout)
+    async def pull_ranges(
+        self,
+        source: NodeClient,
+        ranges: Sequence[tuple[int, int]],
+        *,
+        at: int = 0,
+        after: bytes = b"",
+        max_entries: int = 0,
+        max_bytes: int = 0,
+        batch_size: int = 0,
+        epoch: int = 0,
+        timeout: float | None = None,
+    ) -> Pulled:
+        """Have this node pull the ranges from source (from ranges[at], after the key after) and apply
+        them, up to about max_entries or max_bytes (0: no limit). A failure on the source's side
+        raises a StorageError naming the source; the source's load is updated from the reply."""
+        request = storage_pb2.PullRangesRequest(
+            source_id=source.node_id,
+            source_address=source.address,
+            ranges=[storage_pb2.TokenRange(start=start, end=end) for start, end in ranges],
+            at=at,
+            after=after,
+            epoch=epoch,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            batch_size=batch_size,
+        )
+        reply = await self._call(self._stub.PullRanges, request, timeout or self.timeout)
         self._heard(reply.load)
-        return int(reply.applied)
+        if reply.HasField("source_load"):
+            source._heard(reply.source_load)
+        return Pulled(
+            {p.range: (p.entries, p.bytes) for p in reply.pulled},
+            sum(p.applied for p in reply.pulled),
+            None if reply.done else (reply.next_at, reply.next_after),
+        )
 
     async def count_range(self, start: int, end: int, *, epoch: int = 0, timeout: float | None = None) -> int:
         """How many records (tombstones included) the node holds in (start, end]."""

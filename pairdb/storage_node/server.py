@@ -14,12 +14,13 @@ from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
 from pairdb.kernel.sabotage import from_env as sabotage_from_env
 from pairdb.proto import storage_pb2_grpc
 from pairdb.security.exposure import check_listen
-from pairdb.security.tls import ServerTls, TlsFiles
+from pairdb.security.tls import ChannelTls, ServerTls, TlsFiles
 from pairdb.serving import metrics
 from pairdb.serving.server import STORAGE_NODE_MAX_CONCURRENT_RPCS, Health, new_server
 from pairdb.storage_node import access
 from pairdb.storage_node.access import ClusterOnly
 from pairdb.storage_node.background import ReaderProcess
+from pairdb.storage_node.client import StoragePool
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine
 from pairdb.storage_node.load import LoadMeter
@@ -42,7 +43,8 @@ class StorageNodeConfig:
     # Versions further ahead of this node's clock are refused (see pairdb/kernel/clocks.py).
     max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
     # The cluster CA and this node's certificate (role storage-node, issued for node_id): mutual TLS,
-    # only the cluster's coordinators and workers get in. Without: plaintext, loopback only.
+    # only the cluster's coordinators, workers and (to pull a copy's ranges) storage nodes get in.
+    # The node dials its peers with the same certificate. Without: plaintext, loopback only.
     tls: TlsFiles | None = None
     # Listen beyond loopback without TLS anyway.
     insecure: bool = False
@@ -92,6 +94,8 @@ async def serve(config: StorageNodeConfig) -> None:
         sabotage=sabotage,
         load=load,
         background=background,
+        # A copy's target pulls from its source with this node's own certificate (role storage-node).
+        peers=StoragePool(tls=ChannelTls(config.tls) if config.tls else None),
     )
     storage_pb2_grpc.add_StorageServiceServicer_to_server(service, server)
     health = Health(server, [STORAGE_SERVICE], ready=lambda: True)

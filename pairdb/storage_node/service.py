@@ -21,11 +21,13 @@ from pairdb.kernel.keyspace import MAX_KEY_BYTES, MAX_TENANT_ID_BYTES, MAX_VALUE
 from pairdb.kernel.sabotage import SKIP_FENCE
 from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.serving.interception import ServicerContext
+from pairdb.storage_node import pull
 from pairdb.storage_node.background import BackgroundReadFailed, BackgroundReads, ReaderThread
+from pairdb.storage_node.client import StoragePool
 from pairdb.storage_node.committer import GroupCommitter
-from pairdb.storage_node.engine import Engine, MalformedEntries, unpack_entries
+from pairdb.storage_node.engine import Engine
 from pairdb.storage_node.load import LoadMeter
-from pairdb.storage_node.wire import from_proto, to_proto
+from pairdb.storage_node.wire import FAILED_NODE_METADATA, FENCE_METADATA, from_proto, to_proto
 
 T = TypeVar("T")
 
@@ -42,8 +44,6 @@ MAX_RANGES = 10_000
 # Values a GetMany reply carries at most before it leaves the remaining keys out: a reply stays
 # well inside the message limit (server.py) however large the values read.
 MAX_GET_MANY_REPLY_BYTES = 32 * 1024 * 1024
-# Trailing metadata of an ABORTED refusal: the fence the request ran into.
-FENCE_METADATA = "pairdb-fence"
 
 
 def _check_key(tenant_id: str, key: str) -> str | None:
@@ -87,9 +87,11 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         sabotage: frozenset[str] = frozenset(),
         load: LoadMeter | None = None,
         background: BackgroundReads | None = None,
+        peers: StoragePool | None = None,
     ) -> None:
         """background: where scans, digests and counts for copies and repairs run (background.py);
-        by default on a thread of this process."""
+        by default on a thread of this process. peers: clients of the nodes it pulls from
+        (PullRanges), with this node's certificate when the cluster runs TLS."""
         self._node_id = node_id
         # Client traffic is counted here; the copy's calls carry the count back to it.
         self._load = load or LoadMeter()
@@ -101,6 +103,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         # Raised here first, then on disk: from the moment SetFence starts, stale requests are refused.
         self._fence = engine.fence()
         self._background = background or ReaderThread(engine)
+        self._peers = peers or StoragePool()
 
     async def _read_in_background(self, read: Awaitable[T], context: ServicerContext) -> T:
         """The read's result; a failed one (its reader process died twice over) is UNAVAILABLE: retry."""
@@ -112,6 +115,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
 
     async def close(self) -> None:
         await self._background.close()
+        await self._peers.close()
 
     async def _check_epoch(self, epoch: int, context: ServicerContext) -> None:
         if epoch and epoch < self._fence and not self._skip_fence:
@@ -189,20 +193,48 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         results = await self._committer.apply(records)
         return storage_pb2.ApplyBatchResponse(applied=[r.applied for r in results], load=self._load.report())
 
-    async def ApplyEntries(
-        self, request: storage_pb2.ApplyEntriesRequest, context: ServicerContext
-    ) -> storage_pb2.ApplyEntriesResponse:
+    async def PullRanges(
+        self, request: storage_pb2.PullRangesRequest, context: ServicerContext
+    ) -> storage_pb2.PullRangesResponse:
         await self._check_epoch(request.epoch, context)
+        problem = None
+        if not request.source_id or not request.source_address:
+            problem = "source_id and source_address are required: the old replica to pull from"
+        elif request.source_id == self._node_id:
+            problem = f"node {self._node_id} cannot pull from itself"
+        elif not 0 < len(request.ranges) <= MAX_RANGES:
+            problem = f"ask for 1 to {MAX_RANGES} ranges at a time, not {len(request.ranges)}"
+        elif request.at >= len(request.ranges):
+            problem = f"at {request.at} is past the {len(request.ranges)} ranges"
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        epoch = request.epoch
+
+        async def apply(records: list[StoredRecord]) -> int:
+            if epoch and epoch < self._fence and not self._skip_fence:
+                raise pull.Fenced(self._fence)  # a cancel raised the fence mid-pull: write no more
+            refusals = self._refusals(records)
+            if refusals:
+                i, (code, why) = min(refusals.items())
+                raise pull.SourceFailed(code, f"record {i} of a batch: {why}")
+            return sum(r.applied for r in await self._committer.apply(records))
+
+        source = self._peers.node(request.source_id, request.source_address)
         try:
-            records = unpack_entries(request.entries)
-        except MalformedEntries as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"entries: {exc}")
-        await self._check_count(len(records), context)
-        await self._check_records(records, context, batch=True)
-        results = await self._committer.apply(records)
-        return storage_pb2.ApplyEntriesResponse(
-            applied=sum(r.applied for r in results), load=self._load.report()
-        )
+            reply = await pull.pull(source, request, apply, context.time_remaining())
+        except pull.Fenced:
+            await self._check_epoch(epoch, context)  # refuses, as any request of that epoch now
+            raise
+        except pull.SourceFailed as exc:
+            trailing = [(FAILED_NODE_METADATA, request.source_id)]
+            if exc.fence is not None:
+                trailing.append((FENCE_METADATA, str(exc.fence)))
+            await context.abort(
+                exc.code, f"pulling from {request.source_id}: {exc.why}", trailing_metadata=tuple(trailing)
+            )
+            raise
+        reply.load.CopyFrom(self._load.report())
+        return reply
 
     async def ApplyMany(
         self, request: storage_pb2.ApplyManyRequest, context: ServicerContext
@@ -284,11 +316,16 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "range is required")
         batch_size = min(request.batch_size or DEFAULT_SCAN_BATCH, MAX_SCAN_BATCH)
         if request.entries:
-            position: tuple[int, bytes | None] | None = (0, None)
+            ranges = ranges or [(request.range.start, request.range.end)]
+            if request.at >= len(ranges):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"at {request.at} is past the {len(ranges)} ranges"
+                )
+            position: tuple[int, bytes | None] | None = (request.at, request.after or None)
             while position is not None:
                 pieces, position = await self._read_in_background(
                     self._background.scan_entries_many(
-                        ranges or [(request.range.start, request.range.end)],
+                        ranges,
                         limit=batch_size,
                         max_bytes=MAX_SCAN_BATCH_BYTES,
                         at=position[0],

@@ -131,7 +131,7 @@ async def test_a_copy_forwards_whole_ranges_from_one_source_and_verification_bri
     await env.run(registry.enter_phase, EnterPhase(migration_id, Phase.DATA_COPY))
 
     # Newer versions of a few keys on a quorum of the old replicas only (as a write whose
-    # third copy is still on its way): a range forwarded from node-3 misses them.
+    # third copy is still on its way): a range pulled from node-3 misses them.
     newer = {f"key-{i}": StoredRecord("t", f"key-{i}", b"newer", now_version()) for i in range(0, 300, 5)}
     for node_id in ("node-1", "node-2"):
         storage = cluster.nodes[node_id].client()
@@ -140,7 +140,7 @@ async def test_a_copy_forwards_whole_ranges_from_one_source_and_verification_bri
         finally:
             await storage.close()
 
-    forwarded, merged = copied_ranges("forwarded"), copied_ranges("merged")
+    pulled, merged = copied_ranges("pulled"), copied_ranges("merged")
     plan = await env.run(copy.plan_copy, ref)
     everything = CopyChunk(migration_id, list(range(plan.ranges_total)))
     await env.run(copy.copy_ranges, everything)
@@ -157,7 +157,7 @@ async def test_a_copy_forwards_whole_ranges_from_one_source_and_verification_bri
     assert gained and all(record == newer[key] for key, record in gained.items())
     # Of the replication-factor-1 tenant, only the keys the joining node now replicates.
     assert ones and all(topology.future.replicas(token("one", key), 1) == ("node-5",) for key in ones)
-    assert copied_ranges("forwarded") > forwarded and copied_ranges("merged") > merged
+    assert copied_ranges("pulled") > pulled and copied_ranges("merged") > merged
 
     await env.run(registry.remove_joining_node, ref)
     await env.run(cleanup.wipe_joining_node, ref)

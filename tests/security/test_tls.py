@@ -119,6 +119,34 @@ async def test_only_the_worker_may_scan_or_delete_ranges_or_move_the_fence(secur
     assert unnamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_a_storage_node_s_certificate_may_only_scan_ranges_as_a_copy_s_target(
+    secured: LocalCluster,
+) -> None:
+    """A copy's target pulls its ranges from the source itself; it may not write, delete or fence."""
+    node = _node_stub(secured, "node-1", _issue(secured, "node-9", Role.STORAGE_NODE))
+    with pytest.raises(grpc.aio.AioRpcError) as unnamed:  # past the role check: only the request is wrong
+        async for _ in node.ScanRange(storage_pb2.ScanRangeRequest(), timeout=3):
+            pass
+    assert unnamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    everything = storage_pb2.TokenRange(start=0, end=0)
+    refused = [
+        node.DeleteRange(storage_pb2.DeleteRangeRequest(range=everything), timeout=3),
+        node.SetFence(storage_pb2.SetFenceRequest(epoch=1 << 60), timeout=3),
+        node.PullRanges(storage_pb2.PullRangesRequest(ranges=[everything]), timeout=3),
+        node.ApplyMany(storage_pb2.ApplyManyRequest(), timeout=3),
+        node.Get(storage_pb2.GetRequest(tenant_id="default", key="k"), timeout=3),
+    ]
+    for call in refused:
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await call
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    coordinator = _node_stub(secured, "node-1", _issue(secured, "coordinator", Role.COORDINATOR))
+    with pytest.raises(grpc.aio.AioRpcError) as pull:
+        await coordinator.PullRanges(storage_pb2.PullRangesRequest(ranges=[everything]), timeout=3)
+    assert pull.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "PullRanges needs a cluster certificate with role worker" in (pull.value.details() or "")
+
+
 async def test_a_node_without_a_certificate_of_the_cluster_cannot_join(
     secured: LocalCluster, scratch_dir: Path
 ) -> None:
