@@ -5,8 +5,8 @@ and sent them on, so every byte crossed gRPC and TLS twice more, and the
 worker's CPU was about a quarter of what a copy of large values cost. Now the
 worker asks the target for a bounded piece of the ranges (PullRanges), and the
 target streams that piece from the source (ScanRange, packed entries), checks
-every record as ApplyBatch would, and applies each batch where newer: one
-commit in flight while the next batch arrives. The piece's bounds are the
+every record as ApplyBatch would, and applies each batch where newer: a few
+commits in flight while the next batch arrives. The piece's bounds are the
 worker's pace: it asks for about what its rate allows per call.
 
 A failure on the source's side (unreachable, fenced, entries that do not
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,9 @@ from pairdb.kernel.keyspace import StoredRecord
 from pairdb.proto import storage_pb2
 from pairdb.storage_node.client import NodeClient, StaleEpoch, StorageError
 from pairdb.storage_node.engine import MalformedEntries, encode_key, unpack_entries
+
+# Batches committing at once on the target while the next arrives.
+COMMITS_IN_FLIGHT = 3
 
 # Applies a batch of the source's records where newer; how many were. Raises SourceFailed for
 # records its checks refuse, Fenced once the target is fenced past the pull's epoch.
@@ -81,7 +85,9 @@ async def pull(
     """The request's piece of its ranges, streamed from source and applied; what moved, where to go on."""
     ranges = [(r.start, r.end) for r in request.ranges]
     progress = _Progress()
-    committing: tuple[storage_pb2.RangePulled, asyncio.Future[int]] | None = None
+    # Commits in flight while the next batch arrives: the group committer makes one of those that
+    # queue up meanwhile (and of other pulls' batches), so a big range is not one fsync per batch.
+    committing: deque[tuple[storage_pb2.RangePulled, asyncio.Future[int]]] = deque()
     done = True
     scan = source.scan_entries_many(
         ranges,
@@ -91,6 +97,12 @@ async def pull(
         epoch=request.epoch,
         timeout=timeout,
     )
+
+    async def settle_one() -> None:
+        one, commit = committing[0]
+        one.applied += await commit
+        committing.popleft()
+
     try:
         async with contextlib.aclosing(scan):
             async for at, entries, count in scan:
@@ -100,27 +112,26 @@ async def pull(
                     raise SourceFailed(grpc.StatusCode.DATA_LOSS, f"entries: {exc}") from None
                 if not records:
                     continue
-                if committing is not None:  # one commit in flight while the next batch arrives
-                    one, commit = committing
-                    one.applied += await commit
+                if len(committing) >= COMMITS_IN_FLIGHT:
+                    await settle_one()
                 last = records[-1]
                 progress.last = (at, encode_key(last.tenant_id, last.key))
-                committing = (progress.add(at, count, len(entries)), asyncio.ensure_future(apply(records)))
+                committing.append(
+                    (progress.add(at, count, len(entries)), asyncio.ensure_future(apply(records)))
+                )
                 if progress.full(request.max_entries, request.max_bytes):
                     done = False
                     break
-            if committing is not None:
-                one, commit = committing
-                committing = None
-                one.applied += await commit
+            while committing:
+                await settle_one()
     except StaleEpoch as exc:
         raise SourceFailed(exc.code, exc.details, exc.fence) from None
     except StorageError as exc:
         raise SourceFailed(exc.code, exc.details) from None
     finally:
-        if committing is not None:  # the call failed: its last commit still ends before the reply
+        for _, commit in committing:  # the call failed: its commits still end before the reply
             with contextlib.suppress(Exception):
-                await committing[1]
+                await commit
     reply = storage_pb2.PullRangesResponse(pulled=progress.pulled.values(), done=done)
     if not done and progress.last is not None:
         reply.next_at, reply.next_after = progress.last

@@ -149,7 +149,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
     def _refusals(self, records: Sequence[StoredRecord]) -> dict[int, tuple[grpc.StatusCode, str]]:
         """Each refused record's index, with its status and why."""
         now_ms = self._clock.now_ms()  # a call's records arrived together: one reading of the clock
-        refusals = {}
+        refusals: dict[int, tuple[grpc.StatusCode, str]] = {}
         for i, record in enumerate(records):
             refusal = self._refusal(record, now_ms)
             if refusal:
