@@ -490,8 +490,7 @@ class CopySteps:
                 done_keys, done_bytes = moved[group[position].index]
                 moved[group[position].index] = (done_keys + n, done_bytes + nbytes)
                 count, size = count + n, size + nbytes
-            metrics.COPY_KEYS.inc(count)
-            metrics.COPY_BYTES.inc(size)
+            _count_moved(count, size)
             activity.heartbeat()
             # The keys are moved: the pace counts them after the call, so the next one waits its turn.
             await pace.take(count)
@@ -506,22 +505,7 @@ class CopySteps:
         pace: Pace,
         epoch: int,
     ) -> tuple[int, int]:
-        """Apply the records to the target in batches of APPLY_BATCH, routed by epoch."""
-
-        async def sends() -> AsyncIterator[tuple[int, int, Callable[[], Awaitable[object]]]]:
-            async for merged_batch in batches:
-                step = pace.batch(APPLY_BATCH)
-                for at in range(0, len(merged_batch), step):
-                    part = merged_batch[at : at + step]
-                    send = functools.partial(target.apply_batch, part, epoch=epoch, timeout=30)
-                    yield len(part), sum(len(r.value) for r in part), send
-
-        return await self._pipelined(sends(), pace)
-
-    async def _pipelined(
-        self, sends: AsyncIterator[tuple[int, int, Callable[[], Awaitable[object]]]], pace: Pace
-    ) -> tuple[int, int]:
-        """Make each (keys, bytes, send) call at the pace, a few in flight; the keys and bytes sent.
+        """Apply the records to the target in batches at the pace, a few in flight; the keys and bytes sent.
 
         After a cancel, the node's fence refuses what this step still sends: a
         copy learns of its cancel only at its next heartbeat.
@@ -529,20 +513,22 @@ class CopySteps:
         in_flight: deque[asyncio.Future[object]] = deque()
         keys = size = 0
         try:
-            async for count, nbytes, send in sends:
-                await pace.take(count)
-                if len(in_flight) >= APPLY_IN_FLIGHT:
-                    await in_flight.popleft()
-                in_flight.append(asyncio.ensure_future(send()))
-                keys, size = keys + count, size + nbytes
-                activity.heartbeat()
+            async for merged_batch in batches:
+                step = pace.batch(APPLY_BATCH)
+                for at in range(0, len(merged_batch), step):
+                    part = merged_batch[at : at + step]
+                    await pace.take(len(part))
+                    if len(in_flight) >= APPLY_IN_FLIGHT:
+                        await in_flight.popleft()
+                    in_flight.append(asyncio.ensure_future(target.apply_batch(part, epoch=epoch, timeout=30)))
+                    keys, size = keys + len(part), size + sum(len(r.value) for r in part)
+                    activity.heartbeat()
             while in_flight:
                 await in_flight.popleft()
         finally:
             for task in in_flight:
                 task.cancel()
-        metrics.COPY_KEYS.inc(keys)
-        metrics.COPY_BYTES.inc(size)
+        _count_moved(keys, size)
         return keys, size
 
     async def _report(self, migration_id: str) -> Progress:
@@ -564,6 +550,11 @@ class CopySteps:
         payload = {**progress.__dict__, "percent": round(progress.percent, 2), "copy_started_at": started}
         await self._ctx.store.save_progress(migration_id, payload, datetime.now(UTC) + timedelta(seconds=eta))
         return progress
+
+
+def _count_moved(keys: int, size: int) -> None:
+    metrics.COPY_KEYS.inc(keys)
+    metrics.COPY_BYTES.inc(size)
 
 
 def _groups(todo: list[PlannedRange], keys: int) -> list[list[PlannedRange]]:

@@ -112,6 +112,15 @@ class NodeLoad:
     # time.monotonic() when it arrived: an old report says little.
     at: float
 
+    @classmethod
+    def from_proto(cls, load: storage_pb2.NodeLoad) -> NodeLoad:
+        return cls(load.client_ops_per_second, load.scheduling_delay_ms, time.monotonic())
+
+    def to_proto(self) -> storage_pb2.NodeLoad:
+        return storage_pb2.NodeLoad(
+            client_ops_per_second=self.client_ops_per_second, scheduling_delay_ms=self.scheduling_delay_ms
+        )
+
 
 @dataclass(frozen=True)
 class Pulled:
@@ -230,7 +239,7 @@ class NodeClient:
         return list(reply.applied)
 
     def _heard(self, load: storage_pb2.NodeLoad) -> None:
-        self.load = NodeLoad(load.client_ops_per_second, load.scheduling_delay_ms, time.monotonic())
+        self.load = NodeLoad.from_proto(load)
 
     def submit_get(
         self, tenant_id: str, key: str, *, epoch: int = 0, timeout: float | None = None
@@ -379,8 +388,8 @@ class NodeClient:
         )
         reply = await self._call(self._stub.PullRanges, request, timeout or self.timeout)
         self._heard(reply.load)
-        if reply.HasField("source_load"):
-            source._heard(reply.source_load)
+        if reply.HasField("source_load"):  # the target heard the source: its load paces the copy too
+            source.load = NodeLoad.from_proto(reply.source_load)
         return Pulled(
             {p.range: (p.entries, p.bytes) for p in reply.pulled},
             sum(p.applied for p in reply.pulled),

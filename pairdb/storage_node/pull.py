@@ -136,6 +136,5 @@ async def pull(
     if not done and progress.last is not None:
         reply.next_at, reply.next_after = progress.last
     if source.load is not None:
-        reply.source_load.client_ops_per_second = source.load.client_ops_per_second
-        reply.source_load.scheduling_delay_ms = source.load.scheduling_delay_ms
+        reply.source_load.CopyFrom(source.load.to_proto())
     return reply

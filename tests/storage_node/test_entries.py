@@ -192,3 +192,17 @@ async def test_an_unreachable_source_is_named_as_the_failure(nodes: tuple[Node, 
     finally:
         await nobody.close()
     assert failed.value.node_id == "gone" and failed.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_sources_load_as_the_joining_node_heard_it_reaches_the_copys_client_of_the_source(
+    nodes: tuple[Node, Node],
+) -> None:
+    source, joining = nodes
+    await source.client.apply_batch([rec(f"k{i}", 20) for i in range(10)])
+    unheard = NodeClient("source", source.address)  # the copy never called the source itself
+    try:
+        assert unheard.load is None
+        await pull_all(unheard, joining.client, [(0, 0)])
+        assert unheard.load is not None
+    finally:
+        await unheard.close()
