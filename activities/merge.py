@@ -16,7 +16,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from typing import TypeAlias
 
 from pairdb.kernel.keyspace import StoredRecord
-from pairdb.storage_node.engine import DIGEST_BYTES, digest_entry, encode_key, range_hash
+from pairdb.storage_node.engine import DIGEST_BYTES, digest_entry, range_hash
+from pairdb.storage_node.layout import encode_key
 
 # Batches read ahead per stream.
 READ_AHEAD = 4

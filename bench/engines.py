@@ -59,7 +59,7 @@ from typing import cast
 import lmdb
 import rocksdict
 
-from pairdb.storage_node.engine import encode_key
+from pairdb.storage_node.layout import encode_key
 
 Record = tuple[bytes, bytes]
 

@@ -36,10 +36,9 @@ from pairdb.coordinator.hints import HintStore, hintable
 from pairdb.coordinator.quorum import ReplicaPlan, Tally
 from pairdb.coordinator.topology import Topology, TopologyCache
 from pairdb.kernel.keyspace import Applied, StoredRecord, Version
-from pairdb.proto import storage_pb2
 from pairdb.serving import metrics
 from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
-from pairdb.storage_node.wire import to_proto
+from pairdb.storage_node.layout import encode_entry, pack_entry
 
 log = structlog.get_logger()
 
@@ -70,6 +69,8 @@ class Delivery:
     record: StoredRecord
     # Nodes that hold the record already: they count as acknowledged and get nothing.
     holding: Collection[str] = ()
+    # The key's token, when routing computed it already (None: computed again if needed).
+    token: int | None = None
 
 
 class _Round:
@@ -202,17 +203,20 @@ class Replicator:
         waiting: set[str] = set()  # nodes with patient sends of ours
         coalesced = len(rounds) < DIRECT_CALLS_FROM
         if not coalesced:
-            per_node: dict[str, list[tuple[_Round, storage_pb2.Record]]] = {}
+            per_node: dict[str, list[tuple[_Round, bytes]]] = {}
             for round_ in rounds:
-                message = to_proto(round_.delivery.record)  # encoded once for all its replicas
-                for node in round_.delivery.plan.targets:
+                # Encoded once for all its replicas, in the form the nodes store.
+                delivery = round_.delivery
+                entry = pack_entry(encode_entry(delivery.record, delivery.token))
+                for node in delivery.plan.targets:
                     if node not in round_.outcome.acked:
-                        per_node.setdefault(node, []).append((round_, message))
+                        per_node.setdefault(node, []).append((round_, entry))
             for node, group in per_node.items():
                 client = self._pool.node(node, topology.address(node))
                 for at in range(0, len(group), CALL_ITEMS):
                     chunk = group[at : at + CALL_ITEMS]
-                    call = client.apply_encoded([m for _, m in chunk], epoch=topology.epoch)
+                    packed = b"".join(e for _, e in chunk)
+                    call = client.apply_entries(packed, len(chunk), epoch=topology.epoch)
                     sends[asyncio.ensure_future(call)] = (node, [r for r, _ in chunk])
         else:
             for round_ in rounds:

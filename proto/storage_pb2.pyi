@@ -81,12 +81,14 @@ class NodeLoad(_message.Message):
     def __init__(self, client_ops_per_second: _Optional[float] = ..., scheduling_delay_ms: _Optional[float] = ...) -> None: ...
 
 class ApplyManyRequest(_message.Message):
-    __slots__ = ("records", "epoch")
+    __slots__ = ("records", "epoch", "entries")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[Record]
     epoch: int
-    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., epoch: _Optional[int] = ...) -> None: ...
+    entries: bytes
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., epoch: _Optional[int] = ..., entries: _Optional[bytes] = ...) -> None: ...
 
 class ItemError(_message.Message):
     __slots__ = ("code", "message")

@@ -23,6 +23,7 @@ from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.security.tls import ChannelTls, secure_channel
 from pairdb.serving import request_ids
 from pairdb.storage_node.coalescing import Caps, Coalescer
+from pairdb.storage_node.layout import encode_entry, pack_entry
 from pairdb.storage_node.wire import FAILED_NODE_METADATA, FENCE_METADATA, from_proto, to_proto
 
 DEFAULT_TIMEOUT = 2.0
@@ -215,16 +216,18 @@ class NodeClient:
         self, records: Sequence[StoredRecord], *, epoch: int = 0, timeout: float | None = None
     ) -> list[Applied | StorageError]:
         """Independent writes in one call (ApplyMany): each record's outcome, or the error it failed with."""
-        return await self.apply_encoded([to_proto(r) for r in records], epoch=epoch, timeout=timeout)
+        packed = b"".join(pack_entry(encode_entry(r)) for r in records)
+        return await self.apply_entries(packed, len(records), epoch=epoch, timeout=timeout)
 
-    async def apply_encoded(
-        self, messages: Sequence[storage_pb2.Record], *, epoch: int = 0, timeout: float | None = None
+    async def apply_entries(
+        self, packed: bytes, count: int, *, epoch: int = 0, timeout: float | None = None
     ) -> list[Applied | StorageError]:
-        """apply_many of records already in wire form (a batch sent to several replicas encodes once)."""
-        request = storage_pb2.ApplyManyRequest(records=messages, epoch=epoch)
+        """apply_many of count records already packed as entries (layout.py): how a batch sent to
+        several replicas is encoded once, and what the node stores as it comes."""
+        request = storage_pb2.ApplyManyRequest(entries=packed, epoch=epoch)
         reply = await self._call(self._stub.ApplyMany, request, timeout or self.timeout)
         if reply.all_applied:
-            return [APPLIED] * len(messages)
+            return [APPLIED] * count
         return [
             _item_error(self.node_id, o.error) if o.HasField("error") else _applied(o.result)
             for o in reply.outcomes

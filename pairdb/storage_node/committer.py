@@ -13,7 +13,8 @@ import functools
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from pairdb.storage_node.engine import Applied, Engine, StoredRecord
+from pairdb.storage_node.engine import Applied, Engine
+from pairdb.storage_node.layout import Entry
 
 MAX_GROUP = 2048
 # Records a range deletion visits per commit.
@@ -25,7 +26,7 @@ class GroupCommitter:
         self._engine = engine
         # One thread: LMDB allows one write transaction at a time anyway.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-writer")
-        self._pending: list[tuple[Sequence[StoredRecord], asyncio.Future[list[Applied]]]] = []
+        self._pending: list[tuple[Sequence[Entry], asyncio.Future[list[Applied]]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -44,10 +45,10 @@ class GroupCommitter:
                 future.set_exception(RuntimeError("storage node is shutting down"))
         self._writer.shutdown(wait=True)
 
-    async def apply(self, records: Sequence[StoredRecord]) -> list[Applied]:
-        """Apply records durably; returns once they are committed to disk."""
+    async def apply(self, entries: Sequence[Entry]) -> list[Applied]:
+        """Engine.apply_entries, durably; returns once they are committed to disk."""
         future: asyncio.Future[list[Applied]] = asyncio.get_running_loop().create_future()
-        self._pending.append((records, future))
+        self._pending.append((entries, future))
         self._wakeup.set()
         return await future
 
@@ -101,16 +102,16 @@ class GroupCommitter:
                     item = self._pending.pop(0)
                     group.append(item)
                     size += len(item[0])
-                flat = [r for records, _ in group for r in records]
+                flat = [e for entries, _ in group for e in entries]
                 try:
-                    results = await loop.run_in_executor(self._writer, self._engine.apply_records, flat)
+                    results = await loop.run_in_executor(self._writer, self._engine.apply_entries, flat)
                 except Exception as exc:  # a failed commit fails every write in it
                     for _, future in group:
                         if not future.done():
                             future.set_exception(exc)
                     continue
                 offset = 0
-                for records, future in group:
+                for entries, future in group:
                     if not future.done():
-                        future.set_result(results[offset : offset + len(records)])
-                    offset += len(records)
+                        future.set_result(results[offset : offset + len(entries)])
+                    offset += len(entries)

@@ -4,17 +4,14 @@ Chosen over RocksDB by bench/engines.py (figures in the README). Every method
 is synchronous and short; committer.py runs writes on one thread
 with group commit, so the event loop never waits on an fsync.
 
-Layout of the `records` database:
-    key   = token (8 bytes, big-endian) | len(tenant) (1 byte) | tenant | key
-    value = hlc (8) | origin (4) | flags (1) | value
-Keys sort by token, so a token range is one sequential cursor walk. The `meta`
+The `records` database holds each record in layout.py's form: keys sort by
+token, so a token range is one sequential cursor walk. The `meta`
 database holds counters kept in the same transaction as the writes they count
 (the node's, and each tenant's live keys and bytes, for storage quotas), and the
 node's fence epoch (see proto/storage.proto).
 
-A copy moves records as *entries*: (key, value) pairs in this very layout,
-packed back to back, each behind its lengths (`>HI`). A node scans them
-without decoding a record and the migration worker forwards them untouched.
+Writes take entries (layout.py): what a coordinator sent or a copy pulled is
+stored as it came, once checked, without being decoded into a record.
 """
 
 from __future__ import annotations
@@ -27,23 +24,32 @@ from pathlib import Path
 
 import lmdb
 
-from pairdb.kernel.keyspace import APPLIED, TOKEN_MAX, Applied, StoredRecord, Version, in_range, token
+from pairdb.kernel.keyspace import APPLIED, TOKEN_MAX, Applied, StoredRecord, Version, in_range
+from pairdb.storage_node.layout import (
+    ENTRY,
+    TOKEN,
+    TOMBSTONE,
+    VERSION,
+    Entry,
+    decode,
+    encode_entry,
+    encode_key,
+    encode_value,
+    is_tombstone,
+    order,
+    tenant_of,
+)
 
 __all__ = [
     "Applied",
     "Engine",
-    "MalformedEntries",
     "RangeRepair",
     "Stats",
     "StoredRecord",
     "TenantUsage",
     "digest_of",
-    "unpack_entries",
 ]
 
-_VERSION = struct.Struct(">QIB")
-_TOMBSTONE = 0x01
-_TOKEN = struct.Struct(">Q")
 _COUNTERS = struct.Struct(">QQQ")
 _COUNTERS_KEY = b"counters"
 _FENCE = struct.Struct(">Q")
@@ -59,10 +65,7 @@ _USAGE = struct.Struct(">QQ")
 # Present once every record was counted into the usage counters (a node older than them
 # counts its records once, when it opens).
 _USAGE_COUNTED_KEY = b"usage-counted"
-_ENTRY = struct.Struct(">HI")
 DIGEST_BYTES = 16
-# The shortest key an entry may have: a token, a tenant length and a one-byte tenant and key.
-_MIN_KEY = _TOKEN.size + 3
 DEFAULT_MAP_SIZE = 1 << 40  # address space, not disk: LMDB files grow as written
 
 
@@ -90,26 +93,25 @@ class _UsageChange:
         self.keys = self.size = self.tombstones = 0
         self.by_tenant: dict[bytes, list[int]] = {}
 
-    def came(self, db_key: bytes, record: StoredRecord) -> None:
-        """record is stored under db_key now."""
-        if record.tombstone:
-            self.tombstones += 1
-        else:
-            self.keys += 1
-            self.size += len(record.value)
-            self.add(db_key, len(record.value), 1)
+    def came(self, db_key: bytes, db_value: bytes) -> None:
+        """db_value is stored under db_key now."""
+        self._count(db_key, db_value, 1)
 
-    def went(self, db_key: bytes, record: StoredRecord) -> None:
-        """record, stored under db_key, is gone (deleted or replaced)."""
-        if record.tombstone:
-            self.tombstones -= 1
+    def went(self, db_key: bytes, db_value: bytes) -> None:
+        """db_value, stored under db_key, is gone (deleted or replaced)."""
+        self._count(db_key, db_value, -1)
+
+    def _count(self, db_key: bytes, db_value: bytes, sign: int) -> None:
+        if is_tombstone(db_value):
+            self.tombstones += sign
         else:
-            self.keys -= 1
-            self.size -= len(record.value)
-            self.add(db_key, len(record.value), -1)
+            value_bytes = len(db_value) - VERSION.size
+            self.keys += sign
+            self.size += sign * value_bytes
+            self.add(db_key, value_bytes, sign)
 
     def add(self, db_key: bytes, value_bytes: int, sign: int) -> None:
-        tenant = _tenant_of(db_key)
+        tenant = tenant_of(db_key)
         change = self.by_tenant.get(tenant)
         if change is None:
             change = self.by_tenant[tenant] = [0, 0]
@@ -126,59 +128,6 @@ class RangeRepair:
     repaired_at: int
 
 
-def encode_key(tenant_id: str, key: str) -> bytes:
-    tenant = tenant_id.encode()
-    return _TOKEN.pack(token(tenant_id, key)) + bytes([len(tenant)]) + tenant + key.encode()
-
-
-def _tenant_of(db_key: bytes) -> bytes:
-    return db_key[9 : 9 + db_key[8]]
-
-
-def _decode(db_key: bytes, db_value: bytes | memoryview) -> StoredRecord:
-    tenant_len = db_key[8]
-    tenant_id = db_key[9 : 9 + tenant_len].decode()
-    key = db_key[9 + tenant_len :].decode()
-    hlc, origin, flags = _VERSION.unpack_from(db_value)
-    return StoredRecord(
-        tenant_id, key, bytes(db_value[_VERSION.size :]), Version(hlc, origin), bool(flags & _TOMBSTONE)
-    )
-
-
-class MalformedEntries(ValueError):
-    """Packed entries that do not parse: cut short, or a key or value too short to be one."""
-
-
-def unpack_entries(blob: bytes) -> list[StoredRecord]:
-    """The records of packed entries (see the module docstring), in their order."""
-    records: list[StoredRecord] = []
-    at, size = 0, len(blob)
-    view = memoryview(blob)  # slices of it copy nothing; _decode copies each value once
-    while at < size:
-        if at + _ENTRY.size > size:
-            raise MalformedEntries(f"entry {len(records)} is cut short")
-        key_len, value_len = _ENTRY.unpack_from(blob, at)
-        at += _ENTRY.size
-        end = at + key_len + value_len
-        if end > size or key_len < _MIN_KEY or value_len < _VERSION.size:
-            raise MalformedEntries(f"entry {len(records)} is malformed")
-        db_key = bytes(view[at : at + key_len])
-        tenant_len = db_key[_TOKEN.size]
-        if _TOKEN.size + 1 + tenant_len >= key_len or tenant_len == 0:
-            raise MalformedEntries(f"entry {len(records)} has a malformed key")
-        try:
-            records.append(_decode(db_key, view[at + key_len : end]))
-        except UnicodeDecodeError:
-            raise MalformedEntries(f"entry {len(records)} has a key that is not UTF-8") from None
-        at = end
-    return records
-
-
-def _encode_value(record: StoredRecord) -> bytes:
-    flags = _TOMBSTONE if record.tombstone else 0
-    return _VERSION.pack(record.version.hlc, record.version.origin, flags) + record.value
-
-
 def range_hash() -> hashlib._Hash:
     """The hash of range digests: SHA-256, which CPUs compute in hardware (SHA-NI, ARMv8): on this
     project's machine twice as fast as blake2b over large values. A digest keeps its first 16 bytes."""
@@ -191,7 +140,7 @@ def _digest(
     h = range_hash()
     count = 0
     for db_key, db_value in entries:
-        if tenants and _tenant_of(db_key) not in tenants:
+        if tenants and tenant_of(db_key) not in tenants:
             continue
         # _entry's bytes, fed piece by piece: no copy of a large value.
         h.update(len(db_key).to_bytes(2, "big"))
@@ -207,7 +156,7 @@ def _entry(db_key: bytes, db_value: bytes) -> bytes:
 
 def digest_entry(record: StoredRecord) -> bytes:
     """What one record adds to a range digest; fed in scan order, they give Engine.digest."""
-    return _entry(encode_key(record.tenant_id, record.key), _encode_value(record))
+    return _entry(encode_key(record.tenant_id, record.key), encode_value(record))
 
 
 def digest_of(records: Iterable[StoredRecord], start: int, end: int) -> tuple[bytes, int]:
@@ -216,9 +165,9 @@ def digest_of(records: Iterable[StoredRecord], start: int, end: int) -> tuple[by
     Lets the migration worker compare a merged view of several replicas with
     one node's RangeDigest.
     """
-    entries = [(encode_key(r.tenant_id, r.key), _encode_value(r)) for r in records]
+    entries = [(encode_key(r.tenant_id, r.key), encode_value(r)) for r in records]
     # Clockwise from start, as the engine walks: tokens above start first when the range wraps.
-    entries.sort(key=lambda e: (start >= end and _TOKEN.unpack_from(e[0])[0] <= start, e[0]))
+    entries.sort(key=lambda e: (start >= end and TOKEN.unpack_from(e[0])[0] <= start, e[0]))
     return _digest(entries)
 
 
@@ -234,10 +183,10 @@ def _segments(start: int, end: int) -> list[tuple[int, int]]:
 def _count(cursor: lmdb.Cursor, start: int, end: int) -> int:
     count = 0
     for lo, hi in _segments(start, end):
-        if not cursor.set_range(_TOKEN.pack(lo)):
+        if not cursor.set_range(TOKEN.pack(lo)):
             continue
         for db_key in cursor.iternext(keys=True, values=False):
-            if _TOKEN.unpack_from(db_key)[0] > hi:
+            if TOKEN.unpack_from(db_key)[0] > hi:
                 break
             count += 1
     return count
@@ -281,25 +230,35 @@ class Engine:
         return [a.applied for a in self.apply_records(records)]
 
     def apply_records(self, records: Sequence[StoredRecord]) -> list[Applied]:
-        """Apply each record newer than the stored one (StoredRecord.order); one durable commit.
+        """apply_entries of the records, encoded."""
+        return self.apply_entries([encode_entry(r) for r in records])
 
-        An equal or older record is ignored, which makes retries and copies
-        idempotent; its answer says which version the node holds instead.
+    def apply_entries(self, entries: Sequence[Entry]) -> list[Applied]:
+        """Store each entry newer than the stored one (StoredRecord.order, read from the bytes); one commit.
+
+        An equal or older entry is ignored, which makes retries and copies
+        idempotent; its answer says which version the node holds instead. The
+        caller checked the entries (layout.read_entry): they are stored as they are.
         """
         applied: list[Applied] = []
         usage = _UsageChange()
+        header = VERSION.unpack_from
         with self._env.begin(write=True) as txn:
-            for record in records:
-                db_key = encode_key(record.tenant_id, record.key)
+            for db_key, db_value in entries:
                 current = txn.get(db_key, db=self._records)
                 if current is not None:
-                    old = _decode(db_key, current)
-                    if not record.newer_than(old):
-                        applied.append(Applied(False, old.version, same=record.order == old.order))
+                    new_hlc, new_origin, _ = header(db_value)
+                    old_hlc, old_origin, _ = header(current)
+                    if (new_hlc, new_origin) != (old_hlc, old_origin):
+                        newer = (new_hlc, new_origin) > (old_hlc, old_origin)
+                    else:  # one version, two writers: the content decides, as on every replica
+                        newer = order(db_value) > order(current)
+                    if not newer:
+                        applied.append(Applied(False, Version(old_hlc, old_origin), same=db_value == current))
                         continue
-                    usage.went(db_key, old)
-                txn.put(db_key, _encode_value(record), db=self._records)
-                usage.came(db_key, record)
+                    usage.went(db_key, current)
+                txn.put(db_key, db_value, db=self._records)
+                usage.came(db_key, db_value)
                 applied.append(APPLIED)
             self._add_usage(txn, usage)
         return applied
@@ -345,13 +304,13 @@ class Engine:
         with self._env.begin(write=True) as txn:
             last: bytes | None = None
             for visited, (db_key, db_value) in enumerate(self._walk(txn, start, end, after), 1):
-                if not wanted or _tenant_of(db_key) in wanted:
+                if not wanted or tenant_of(db_key) in wanted:
                     doomed.append((db_key, db_value))
                 if visited == limit:
                     last = db_key
                     break
             for db_key, db_value in doomed:
-                usage.went(db_key, _decode(db_key, db_value))
+                usage.went(db_key, db_value)
                 txn.delete(db_key, db=self._records)
             self._add_usage(txn, usage)
         return len(doomed), last
@@ -371,16 +330,16 @@ class Engine:
         with self._env.begin(write=True) as txn:
             cursor = txn.cursor(db=self._records)
             for lo, hi in _segments(start, end) if wanted else []:
-                if not cursor.set_range(_TOKEN.pack(lo)):
+                if not cursor.set_range(TOKEN.pack(lo)):
                     continue
                 while True:
                     db_key = cursor.key()
-                    if _TOKEN.unpack_from(db_key)[0] > hi:
+                    if TOKEN.unpack_from(db_key)[0] > hi:
                         break
-                    cutoff = wanted.get(_tenant_of(db_key))
+                    cutoff = wanted.get(tenant_of(db_key))
                     db_value = cursor.value()
-                    hlc, _, flags = _VERSION.unpack_from(db_value)
-                    if cutoff is None or not flags & _TOMBSTONE or hlc >= cutoff:
+                    hlc, _, flags = VERSION.unpack_from(db_value)
+                    if cutoff is None or not flags & TOMBSTONE or hlc >= cutoff:
                         if not cursor.next():
                             break
                         continue
@@ -406,7 +365,7 @@ class Engine:
         db_key = encode_key(tenant_id, key)
         with self._env.begin() as txn:
             raw = txn.get(db_key, db=self._records)
-            return None if raw is None else _decode(db_key, raw)
+            return None if raw is None else decode(db_key, raw)
 
     def scan(
         self, start: int, end: int, *, limit: int, after: bytes | None = None, include_tombstones: bool = True
@@ -422,7 +381,7 @@ class Engine:
         with self._env.begin() as txn:
             for db_key, db_value in self._walk(txn, start, end, after):
                 last = db_key
-                record = _decode(db_key, db_value)
+                record = decode(db_key, db_value)
                 if include_tombstones or not record.tombstone:
                     out.append(record)
                 if len(out) >= limit:
@@ -440,7 +399,7 @@ class Engine:
         count = 0
         with self._env.begin() as txn:
             for db_key, db_value in self._walk(txn, start, end, after):
-                out += _ENTRY.pack(len(db_key), len(db_value))
+                out += ENTRY.pack(len(db_key), len(db_value))
                 out += db_key
                 out += db_value
                 count += 1
@@ -547,8 +506,8 @@ class Engine:
                 return
             usage = _UsageChange()
             for db_key, db_value in txn.cursor(db=self._records):
-                if not _VERSION.unpack_from(db_value)[2] & _TOMBSTONE:
-                    usage.add(bytes(db_key), len(db_value) - _VERSION.size, 1)
+                if not VERSION.unpack_from(db_value)[2] & TOMBSTONE:
+                    usage.add(bytes(db_key), len(db_value) - VERSION.size, 1)
             self._add_usage(txn, usage)
             txn.put(_USAGE_COUNTED_KEY, b"", db=self._meta)
 
@@ -579,7 +538,7 @@ class Engine:
         segments = _segments(start, end)
         resume_in = 0
         if after is not None:
-            after_token = _TOKEN.unpack_from(after)[0]
+            after_token = TOKEN.unpack_from(after)[0]
             resume_in = next(i for i, (lo, hi) in enumerate(segments) if lo <= after_token <= hi)
         for i, (lo, hi) in enumerate(segments):
             if i < resume_in:
@@ -589,11 +548,11 @@ class Engine:
                     continue
                 if cursor.key() == after and not cursor.next():
                     continue
-            elif not cursor.set_range(_TOKEN.pack(lo)):
+            elif not cursor.set_range(TOKEN.pack(lo)):
                 continue
             while True:
                 db_key = cursor.key()
-                if _TOKEN.unpack_from(db_key)[0] > hi:
+                if TOKEN.unpack_from(db_key)[0] > hi:
                     break
                 yield bytes(db_key), bytes(cursor.value())
                 if not cursor.next():

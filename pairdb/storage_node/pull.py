@@ -25,17 +25,16 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from pairdb.kernel.keyspace import StoredRecord
 from pairdb.proto import storage_pb2
 from pairdb.storage_node.client import NodeClient, StaleEpoch, StorageError
-from pairdb.storage_node.engine import MalformedEntries, encode_key, unpack_entries
+from pairdb.storage_node.layout import Entry, MalformedEntries, split_entries
 
 # Batches committing at once on the target while the next arrives.
 COMMITS_IN_FLIGHT = 3
 
-# Applies a batch of the source's records where newer; how many were. Raises SourceFailed for
-# records its checks refuse, Fenced once the target is fenced past the pull's epoch.
-Apply = Callable[[list[StoredRecord]], Awaitable[int]]
+# Applies a batch of the source's entries where newer; how many were. Raises SourceFailed for
+# entries its checks refuse, Fenced once the target is fenced past the pull's epoch.
+Apply = Callable[[list[Entry]], Awaitable[int]]
 
 
 class Fenced(Exception):
@@ -107,17 +106,16 @@ async def pull(
         async with contextlib.aclosing(scan):
             async for at, entries, count in scan:
                 try:
-                    records = unpack_entries(entries)
+                    batch = split_entries(entries)  # stored as they came: not decoded into records
                 except MalformedEntries as exc:
                     raise SourceFailed(grpc.StatusCode.DATA_LOSS, f"entries: {exc}") from None
-                if not records:
+                if not batch:
                     continue
                 if len(committing) >= COMMITS_IN_FLIGHT:
                     await settle_one()
-                last = records[-1]
-                progress.last = (at, encode_key(last.tenant_id, last.key))
+                progress.last = (at, batch[-1][0])
                 committing.append(
-                    (progress.add(at, count, len(entries)), asyncio.ensure_future(apply(records)))
+                    (progress.add(at, count, len(entries)), asyncio.ensure_future(apply(batch)))
                 )
                 if progress.full(request.max_entries, request.max_bytes):
                     done = False

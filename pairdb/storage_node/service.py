@@ -10,14 +10,21 @@ otherwise win over every later write of its key.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
 import structlog
 
 from pairdb.kernel.clocks import DEFAULT_MAX_OFFSET_MS, WallClock
-from pairdb.kernel.keyspace import MAX_KEY_BYTES, MAX_TENANT_ID_BYTES, MAX_VALUE_BYTES, Applied, StoredRecord
+from pairdb.kernel.keyspace import (
+    MAX_KEY_BYTES,
+    MAX_TENANT_ID_BYTES,
+    MAX_VALUE_BYTES,
+    Applied,
+    StoredRecord,
+    Version,
+)
 from pairdb.kernel.sabotage import SKIP_FENCE
 from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.serving.interception import ServicerContext
@@ -26,10 +33,13 @@ from pairdb.storage_node.background import BackgroundReadFailed, BackgroundReads
 from pairdb.storage_node.client import StoragePool
 from pairdb.storage_node.committer import GroupCommitter
 from pairdb.storage_node.engine import Engine
+from pairdb.storage_node.layout import Entry, MalformedEntries, encode_entry, read_entry, split_entries
 from pairdb.storage_node.load import LoadMeter
 from pairdb.storage_node.wire import FAILED_NODE_METADATA, FENCE_METADATA, from_proto, to_proto
 
 T = TypeVar("T")
+# Why a record is refused: its status and a message.
+Refusal = tuple[grpc.StatusCode, str]
 
 log = structlog.get_logger()
 
@@ -48,21 +58,19 @@ MAX_GET_MANY_REPLY_BYTES = 32 * 1024 * 1024
 
 def _check_key(tenant_id: str, key: str) -> str | None:
     """Why (tenant_id, key) cannot address a record, or None: the engine's key holds only so much."""
-    if not tenant_id or len(tenant_id.encode()) > MAX_TENANT_ID_BYTES:
+    return _check_sizes(len(tenant_id.encode()), len(key.encode()))
+
+
+def _check_sizes(tenant_bytes: int, key_bytes: int, value_bytes: int = 0, hlc: int = 1) -> str | None:
+    """Why a record of these sizes and hlc cannot be stored, or None. Coordinators check too; a node
+    trusts no caller."""
+    if not 0 < tenant_bytes <= MAX_TENANT_ID_BYTES:
         return f"tenant_id must be 1..{MAX_TENANT_ID_BYTES} bytes"
-    if not key or len(key.encode()) > MAX_KEY_BYTES:
+    if not 0 < key_bytes <= MAX_KEY_BYTES:
         return f"key must be 1..{MAX_KEY_BYTES} bytes"
-    return None
-
-
-def _check_record(record: StoredRecord) -> str | None:
-    """Why a record cannot be stored, or None. Coordinators check too; a node trusts no caller."""
-    problem = _check_key(record.tenant_id, record.key)
-    if problem:
-        return problem
-    if len(record.value) > MAX_VALUE_BYTES:
+    if value_bytes > MAX_VALUE_BYTES:
         return f"value must be at most {MAX_VALUE_BYTES} bytes"
-    if record.version.hlc == 0:  # an unset version reads as 0 too
+    if hlc == 0:  # an unset version reads as 0 too
         return "record needs a version with a non-zero hlc"
     return None
 
@@ -126,41 +134,51 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
                 trailing_metadata=((FENCE_METADATA, str(self._fence)),),
             )
 
-    def _check_clock(self, record: StoredRecord, now_ms: int) -> str | None:
-        ahead = (record.version.hlc >> 16) - now_ms
+    def _refusal(self, record: StoredRecord, now_ms: int) -> Refusal | None:
+        """Why one record is refused (and with which status), or None; now_ms: this node's clock."""
+        tenant_bytes, key_bytes = len(record.tenant_id.encode()), len(record.key.encode())
+        hlc, origin = record.version
+        return self._checked(tenant_bytes, key_bytes, len(record.value), hlc, origin, now_ms)
+
+    def _entry_refusal(self, entry: Entry, now_ms: int) -> Refusal | None:
+        """_refusal of an entry, read from its bytes, which must be of the engine's layout."""
+        try:
+            sizes_and_version = read_entry(*entry)
+        except MalformedEntries as exc:
+            return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        return self._checked(*sizes_and_version, now_ms)
+
+    def _checked(
+        self, tenant_bytes: int, key_bytes: int, value_bytes: int, hlc: int, origin: int, now_ms: int
+    ) -> Refusal | None:
+        problem = _check_sizes(tenant_bytes, key_bytes, value_bytes, hlc)
+        if problem:
+            return grpc.StatusCode.INVALID_ARGUMENT, problem
+        ahead = (hlc >> 16) - now_ms
         if ahead > self._max_offset_ms:
-            return (
-                f"version {record.version.hlc >> 16}.{record.version.hlc & 0xFFFF}@{record.version.origin} "
-                f"is {ahead} ms ahead of this node's clock (max offset {self._max_offset_ms} ms); "
-                "check the clock of the coordinator that wrote it"
+            return grpc.StatusCode.FAILED_PRECONDITION, (
+                f"version {Version(hlc, origin)} is {ahead} ms ahead of this node's clock (max offset "
+                f"{self._max_offset_ms} ms); check the clock of the coordinator that wrote it"
             )
         return None
 
-    def _refusal(self, record: StoredRecord, now_ms: int) -> tuple[grpc.StatusCode, str] | None:
-        """Why one record is refused (and with which status), or None; now_ms: this node's clock."""
-        problem = _check_record(record)
-        if problem:
-            return grpc.StatusCode.INVALID_ARGUMENT, problem
-        problem = self._check_clock(record, now_ms)
-        if problem:
-            return grpc.StatusCode.FAILED_PRECONDITION, problem
-        return None
-
-    def _refusals(self, records: Sequence[StoredRecord]) -> dict[int, tuple[grpc.StatusCode, str]]:
-        """Each refused record's index, with its status and why."""
+    def _refusals(
+        self, items: Sequence[T], refusal: Callable[[T, int], Refusal | None]
+    ) -> dict[int, Refusal]:
+        """Each refused item's index, with its status and why."""
         now_ms = self._clock.now_ms()  # a call's records arrived together: one reading of the clock
-        refusals: dict[int, tuple[grpc.StatusCode, str]] = {}
-        for i, record in enumerate(records):
-            refusal = self._refusal(record, now_ms)
-            if refusal:
-                refusals[i] = refusal
+        refusals: dict[int, Refusal] = {}
+        for i, item in enumerate(items):
+            refused = refusal(item, now_ms)
+            if refused:
+                refusals[i] = refused
         return refusals
 
     async def _check_records(
         self, records: Sequence[StoredRecord], context: ServicerContext, *, batch: bool
     ) -> None:
         """Refuse the whole request if any record is malformed or from the future: nothing half-written."""
-        refusals = self._refusals(records)
+        refusals = self._refusals(records, self._refusal)
         if refusals:
             i, (code, problem) = min(refusals.items())
             await context.abort(code, f"record {i}: {problem}" if batch else problem)
@@ -177,7 +195,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         await self._check_epoch(request.epoch, context)
         record = from_proto(request.record)
         await self._check_records([record], context, batch=False)
-        [result] = await self._committer.apply([record])
+        [result] = await self._committer.apply([encode_entry(record)])
         self._load.served(1)
         reply = storage_pb2.ApplyResponse()
         _fill_applied(reply, result)
@@ -190,7 +208,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         await self._check_count(len(request.records), context)
         records = [from_proto(r) for r in request.records]
         await self._check_records(records, context, batch=True)
-        results = await self._committer.apply(records)
+        results = await self._committer.apply([encode_entry(r) for r in records])
         return storage_pb2.ApplyBatchResponse(applied=[r.applied for r in results], load=self._load.report())
 
     async def PullRanges(
@@ -210,14 +228,14 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         epoch = request.epoch
 
-        async def apply(records: list[StoredRecord]) -> int:
+        async def apply(entries: list[Entry]) -> int:
             if epoch and epoch < self._fence and not self._skip_fence:
                 raise pull.Fenced(self._fence)  # a cancel raised the fence mid-pull: write no more
-            refusals = self._refusals(records)
+            refusals = self._refusals(entries, self._entry_refusal)
             if refusals:
                 i, (code, why) = min(refusals.items())
                 raise pull.SourceFailed(code, f"record {i} of a batch: {why}")
-            return sum(r.applied for r in await self._committer.apply(records))
+            return sum(r.applied for r in await self._committer.apply(entries))
 
         source = self._peers.node(request.source_id, request.source_address)
         try:
@@ -240,18 +258,34 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
         self, request: storage_pb2.ApplyManyRequest, context: ServicerContext
     ) -> storage_pb2.ApplyManyResponse:
         await self._check_epoch(request.epoch, context)
-        await self._check_count(len(request.records), context)
-        records = [from_proto(m) for m in request.records]  # each message's fields read once
-        refusals = self._refusals(records)
-        accepted = [i for i in range(len(records)) if i not in refusals] if refusals else range(len(records))
+        entries: Sequence[Entry]
+        if request.entries:
+            if request.records:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "send records or entries, not both")
+            try:
+                entries = split_entries(request.entries)
+            except MalformedEntries as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"entries: {exc}")
+                raise
+            await self._check_count(len(entries), context)
+            refusals = self._refusals(entries, self._entry_refusal)
+            if refusals:
+                entries = [e for i, e in enumerate(entries) if i not in refusals]
+        else:
+            await self._check_count(len(request.records), context)
+            records = [from_proto(m) for m in request.records]  # each message's fields read once
+            refusals = self._refusals(records, self._refusal)
+            entries = [encode_entry(r) for i, r in enumerate(records) if i not in refusals]
+        count = len(entries) + len(refusals)
         # One group commit (one fsync) for every accepted record of the call: one bad record fails alone.
-        results = await self._committer.apply(records if not refusals else [records[i] for i in accepted])
-        self._load.served(len(request.records))
+        results = await self._committer.apply(entries)
+        self._load.served(count)
         if not refusals and all(result.applied for result in results):
             return storage_pb2.ApplyManyResponse(all_applied=True)
-        outcomes = [storage_pb2.ApplyOutcome() for _ in request.records]
+        outcomes = [storage_pb2.ApplyOutcome() for _ in range(count)]
         for i, (code, why) in refusals.items():
             outcomes[i].error.code, outcomes[i].error.message = code.value[0], why
+        accepted = (i for i in range(count) if i not in refusals)
         for i, result in zip(accepted, results, strict=True):
             _fill_applied(outcomes[i].result, result)
         return storage_pb2.ApplyManyResponse(outcomes=outcomes)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -103,7 +102,7 @@ class Node:
     def submit_apply(self, record: StoredRecord, *, epoch: int, patient: bool = False) -> asyncio.Future[Any]:
         return self._call()
 
-    def apply_encoded(self, messages: Sequence[Any], *, epoch: int) -> asyncio.Future[Any]:
+    def apply_entries(self, packed: bytes, count: int, *, epoch: int) -> asyncio.Future[Any]:
         return self._call()
 
     def answer(self, result: Any) -> None:

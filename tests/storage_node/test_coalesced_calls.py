@@ -16,7 +16,8 @@ from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.storage_node import service
 from pairdb.storage_node.client import NodeClient, StaleEpoch, StorageError
 from pairdb.storage_node.coalescing import Caps
-from pairdb.storage_node.engine import StoredRecord
+from pairdb.storage_node.engine import Applied, StoredRecord
+from pairdb.storage_node.layout import decode, encode_entry, encode_key, pack_entry
 from pairdb.storage_node.wire import to_proto
 from tests.support import MAX_OFFSET_MS, now_version, start_node
 
@@ -50,6 +51,69 @@ async def test_apply_many_refuses_a_bad_record_alone_and_applies_the_rest(addres
     client = NodeClient("coalesced", address)
     try:
         assert [await client.get("t", k) for k in "abc"] == [records[0], None, records[2]]
+    finally:
+        await client.close()
+
+
+def forged(entry: tuple[bytes, bytes], *, key: bytes | None = None, value: bytes | None = None) -> bytes:
+    """An entry packed as a caller might forge it: its key or value bytes replaced as they are."""
+    return pack_entry((entry[0] if key is None else key, entry[1] if value is None else value))
+
+
+async def test_entries_are_checked_one_by_one_and_a_bad_one_fails_alone(address: str) -> None:
+    good = [encode_entry(rec(k)) for k in ("e1", "e2")]
+    wrong_token = encode_entry(rec("e3"))
+    token_of_another = encode_key("t", "e4")[:8] + wrong_token[0][8:]
+    ahead = encode_entry(rec("e5", ahead_ms=10 * MAX_OFFSET_MS))
+    not_utf8 = encode_key("t", "e6")[:10] + b"\xff\xfe"
+    flags = encode_entry(rec("e7"))
+    unknown_flags = flags[1][:12] + b"\x80" + flags[1][13:]
+    packed = [
+        pack_entry(good[0]),
+        forged(wrong_token, key=token_of_another),
+        pack_entry(ahead),
+        forged(good[1], key=not_utf8),
+        forged(flags, value=unknown_flags),
+        pack_entry(good[1]),
+    ]
+    client = NodeClient("coalesced", address)
+    try:
+        outcomes = await client.apply_entries(b"".join(packed), len(packed), epoch=1)
+        first, token, future, utf8, flag, last = outcomes
+        assert isinstance(first, Applied) and first.applied and isinstance(last, Applied) and last.applied
+        for refused, why in ((token, "token"), (utf8, "UTF-8"), (flag, "flags")):
+            assert isinstance(refused, StorageError) and refused.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert why in refused.details
+        assert isinstance(future, StorageError) and future.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert [await client.get("t", k) for k in ("e1", "e2", "e3", "e5", "e7")] == [
+            rec_of(good[0]),
+            rec_of(good[1]),
+            None,
+            None,
+            None,
+        ]
+    finally:
+        await client.close()
+
+
+def rec_of(entry: tuple[bytes, bytes]) -> StoredRecord:
+    return decode(*entry)
+
+
+async def test_entries_that_do_not_parse_or_come_with_records_refuse_the_call(address: str) -> None:
+    entry = pack_entry(encode_entry(rec("p")))
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = storage_pb2_grpc.StorageServiceStub(channel)
+        for request in (
+            storage_pb2.ApplyManyRequest(entries=entry[:-1], epoch=1),  # cut short
+            storage_pb2.ApplyManyRequest(entries=entry, records=[to_proto(rec("q"))], epoch=1),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ApplyMany(request)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    client = NodeClient("coalesced", address)
+    try:
+        assert await client.get("t", "p") is None and await client.get("t", "q") is None
     finally:
         await client.close()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from pairdb.kernel.keyspace import Version
 from pairdb.storage_node.committer import DELETE_SLICE, GroupCommitter
 from pairdb.storage_node.engine import Engine, StoredRecord
+from pairdb.storage_node.layout import encode_entry
 
 
 async def test_a_client_write_commits_between_the_slices_of_a_big_deletion(tmp_path: Path) -> None:
@@ -25,7 +26,7 @@ async def test_a_client_write_commits_between_the_slices_of_a_big_deletion(tmp_p
             if engine.stats().keys < len(doomed):
                 break
             await asyncio.sleep(0.001)
-        await committer.apply([StoredRecord("t", "k", b"v", Version(20 << 16, 1))])
+        await committer.apply([encode_entry(StoredRecord("t", "k", b"v", Version(20 << 16, 1)))])
         assert not deleting.done(), "the write did not wait for the whole range"
         assert await deleting == len(doomed)
         assert engine.stats().keys == 1

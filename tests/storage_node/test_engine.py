@@ -9,7 +9,8 @@ import lmdb
 import pytest
 
 from pairdb.kernel.keyspace import TOKEN_MAX, Version, in_range, token
-from pairdb.storage_node.engine import Engine, MalformedEntries, StoredRecord, digest_of, unpack_entries
+from pairdb.storage_node.engine import Engine, StoredRecord, digest_of
+from pairdb.storage_node.layout import MalformedEntries, unpack_entries
 
 
 def rec(key: str, hlc: int, value: bytes = b"v", tombstone: bool = False, tenant: str = "t") -> StoredRecord:

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from pairdb.kernel.keyspace import TOKEN_MAX, Version, token
-from pairdb.storage_node.engine import Engine, StoredRecord, digest_of, encode_key
+from pairdb.storage_node.engine import Engine, StoredRecord, digest_of
+from pairdb.storage_node.layout import encode_key
 
 # A small pool, so batches collide on the same key and tenants share key names.
 TENANTS = ("t", "tenant-2", "x.y")

@@ -13,7 +13,8 @@ import pytest
 from pairdb.kernel.keyspace import StoredRecord, Version
 from pairdb.proto import storage_pb2
 from pairdb.storage_node.client import NodeClient
-from pairdb.storage_node.engine import Engine, encode_key
+from pairdb.storage_node.engine import Engine
+from pairdb.storage_node.layout import Entry, decode, encode_key
 from pairdb.storage_node.pull import COMMITS_IN_FLIGHT, Fenced, SourceFailed, pull
 
 
@@ -64,12 +65,12 @@ async def test_a_few_commits_are_in_flight_while_the_next_batches_arrive(tmp_pat
     in_flight, most = 0, 0
     applied: list[str] = []
 
-    async def apply(batch: list[StoredRecord]) -> int:
+    async def apply(batch: list[Entry]) -> int:
         nonlocal in_flight, most
         in_flight += 1
         most = max(most, in_flight)
         await asyncio.sleep(0.01)
-        applied.extend(r.key for r in batch)
+        applied.extend(decode(*entry).key for entry in batch)
         in_flight -= 1
         return len(batch)
 
@@ -82,7 +83,7 @@ async def test_a_few_commits_are_in_flight_while_the_next_batches_arrive(tmp_pat
 async def test_a_pull_at_its_limit_says_where_the_next_goes_on(tmp_path: Path) -> None:
     batches, records = packed(tmp_path, 5)
 
-    async def apply(batch: list[StoredRecord]) -> int:
+    async def apply(batch: list[Entry]) -> int:
         return len(batch)
 
     source = ScriptedSource(batches)
@@ -96,9 +97,9 @@ async def test_entries_that_do_not_parse_are_the_source_s_failure_and_nothing_is
     tmp_path: Path,
 ) -> None:
     batches, _ = packed(tmp_path, 1)
-    applied: list[StoredRecord] = []
+    applied: list[Entry] = []
 
-    async def apply(batch: list[StoredRecord]) -> int:
+    async def apply(batch: list[Entry]) -> int:
         applied.extend(batch)
         return len(batch)
 
@@ -113,7 +114,7 @@ async def test_a_fence_raised_mid_pull_stops_it_before_the_next_commit(tmp_path:
     batches, _ = packed(tmp_path, 4)
     commits = 0
 
-    async def apply(batch: list[StoredRecord]) -> int:
+    async def apply(batch: list[Entry]) -> int:
         nonlocal commits
         if commits == 2:  # the node was fenced past the pull's epoch meanwhile
             raise Fenced(7)
