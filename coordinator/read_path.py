@@ -33,7 +33,7 @@ from pairdb.coordinator.hlc import HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan, required
 from pairdb.coordinator.replica_reads import Countdown, DirectGets, KeyRead, first_asks
 from pairdb.coordinator.replication import DIRECT_CALLS_FROM, Replicator
-from pairdb.coordinator.routing import Route, StaleView, route
+from pairdb.coordinator.routing import Route, StaleView, route, route_many
 from pairdb.coordinator.topology import Topology, TopologyCache
 from pairdb.coordinator.write_path import ROUTE_ATTEMPTS
 from pairdb.kernel.errors import PairdbError, Unavailable
@@ -139,14 +139,13 @@ class ReadPath:
                 if len(keys) >= DIRECT_CALLS_FROM
                 else None
             )
-            for i, (tenant_id, key) in enumerate(keys):
-                try:
-                    r = await route(self._cache, topology, tenant_id, key, level, write=False)
-                except StaleView:
+            routes = await route_many(self._cache, topology, keys, level, write=False)
+            for i, ((tenant_id, key), r) in enumerate(zip(keys, routes, strict=True)):
+                if isinstance(r, StaleView):
                     single.append(i)
                     continue
-                except PairdbError as exc:
-                    results[i] = exc
+                if isinstance(r, PairdbError):
+                    results[i] = r
                     continue
                 reads.append((i, r, self._ask(r, tenant_id, key, None, batch, direct)))
             calls = direct.send() if direct is not None else []

@@ -52,6 +52,8 @@ class Outcome:
     newer: dict[str, Version] = field(default_factory=dict)
     # A replica fenced at a newer epoch than the request's view: route again.
     stale: StaleEpoch | None = None
+    # Whether acked meets the plan: the tally's answer, so a caller need not count again.
+    met: bool = False
 
     def shortfall(self, plan: ReplicaPlan) -> str:
         failures = ", ".join(f"{n} ({why})" for n, why in sorted(self.failed.items())) or "none"
@@ -105,6 +107,11 @@ class _Round:
             assert result.current is not None, "a node that did not apply a record says what it holds"
             outcome.newer[node] = result.current
             self.tally.miss(node)
+
+    def settled(self) -> Outcome:
+        """The outcome, once decided: later answers change it no more."""
+        self.outcome.met = self.tally.met
+        return self.outcome
 
     def decide(self) -> bool:
         """Whether this round's outcome is settled: the plan met, or no longer possible, or stale."""
@@ -285,7 +292,7 @@ class Replicator:
                 if not send.done():
                     # Still writing by this epoch's view: a barrier waits for it too.
                     self._cache.track(topology.epoch, send)
-        return [round_.outcome for round_ in rounds]
+        return [round_.settled() for round_ in rounds]
 
 
 def _log_failures(node: str, part: list[_Round], results: list[Applied | BaseException]) -> None:

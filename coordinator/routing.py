@@ -9,11 +9,13 @@ or new.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
+from pairdb.coordinator.metadata import TenantInfo
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan
 from pairdb.coordinator.topology import Topology, TopologyCache
-from pairdb.kernel.errors import NotFound, Unavailable
+from pairdb.kernel.errors import NotFound, PairdbError, Unavailable
 from pairdb.kernel.keyspace import token
 from pairdb.kernel.migration import ROUTING, Writes
 
@@ -60,6 +62,39 @@ def _steady_plan(level: Consistency, replicas: tuple[str, ...]) -> ReplicaPlan:
 async def route(
     cache: TopologyCache, topology: Topology, tenant_id: str, key: str, level: Consistency, *, write: bool
 ) -> Route:
+    return _route(topology, await _tenant(cache, topology, tenant_id), key, level, write=write)
+
+
+async def route_many(
+    cache: TopologyCache,
+    topology: Topology,
+    keys: Sequence[tuple[str, str]],
+    level: Consistency,
+    *,
+    write: bool,
+) -> list[Route | PairdbError | StaleView]:
+    """route() of each (tenant_id, key), or what it raised; a batch's tenants are looked up once each."""
+    tenants: dict[str, TenantInfo | PairdbError | StaleView] = {}
+    routes: list[Route | PairdbError | StaleView] = []
+    for tenant_id, key in keys:
+        tenant = tenants.get(tenant_id)
+        if tenant is None:
+            try:
+                tenant = await _tenant(cache, topology, tenant_id)
+            except (PairdbError, StaleView) as exc:
+                tenant = exc
+            tenants[tenant_id] = tenant
+        if isinstance(tenant, PairdbError | StaleView):
+            routes.append(tenant)
+            continue
+        try:
+            routes.append(_route(topology, tenant, key, level, write=write))
+        except PairdbError as exc:
+            routes.append(exc)
+    return routes
+
+
+async def _tenant(cache: TopologyCache, topology: Topology, tenant_id: str) -> TenantInfo:
     tenant = topology.tenants.get(tenant_id) or await cache.tenant(tenant_id)
     if tenant is None:
         raise NotFound(f"tenant {tenant_id!r} does not exist; create it with CreateTenant")
@@ -67,15 +102,20 @@ async def route(
         # Created after the view this request pinned: that ring may lack nodes that
         # joined before the tenant existed (a direct join), so never route it by that.
         raise StaleView(f"tenant {tenant_id!r} is newer than epoch {topology.epoch}")
+    return tenant
+
+
+def _route(topology: Topology, tenant: TenantInfo, key: str, level: Consistency, *, write: bool) -> Route:
+    tenant_id, rf = tenant.tenant_id, tenant.replication_factor
     t = token(tenant_id, key)
-    p = plan(topology, t, tenant.replication_factor, level, write=write, tenant_id=tenant_id)
+    p = plan(topology, t, rf, level, write=write, tenant_id=tenant_id)
     # Once reads (or writes) moved to a lowered RF's smaller sets, those are what must be whole.
-    if len(p.old) < min(tenant.replication_factor, topology.rf_after(tenant_id, tenant.replication_factor)):
+    if len(p.old) < min(rf, topology.rf_after(tenant_id, rf)):
         raise Unavailable(
-            f"tenant {tenant_id!r} has replication factor {tenant.replication_factor} but the ring "
+            f"tenant {tenant_id!r} has replication factor {rf} but the ring "
             f"has {len(p.old)} active node(s); add storage nodes"
         )
     writes = p
     if not write and topology.future is not None:
-        writes = plan(topology, t, tenant.replication_factor, level, write=True, tenant_id=tenant_id)
-    return Route(topology, t, tenant.replication_factor, p, writes, tenant_id)
+        writes = plan(topology, t, rf, level, write=True, tenant_id=tenant_id)
+    return Route(topology, t, rf, p, writes, tenant_id)

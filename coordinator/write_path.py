@@ -33,7 +33,7 @@ from pairdb.coordinator.batch import one_by_one
 from pairdb.coordinator.hlc import ClockCeiling, HybridLogicalClock
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan
 from pairdb.coordinator.replication import Delivery, Replicator
-from pairdb.coordinator.routing import StaleView, route
+from pairdb.coordinator.routing import StaleView, route, route_many
 from pairdb.coordinator.topology import Topology, TopologyCache
 from pairdb.kernel.errors import PairdbError, Unavailable
 from pairdb.kernel.keyspace import StoredRecord, Version
@@ -116,14 +116,14 @@ class WritePath:
         with self._cache.pin() as topology:
             routed: list[int] = []
             deliveries: list[Delivery] = []
-            for i, w in enumerate(writes):
-                try:
-                    r = await route(self._cache, topology, w.tenant_id, w.key, level, write=True)
-                except StaleView:
+            keys = [(w.tenant_id, w.key) for w in writes]
+            routes = await route_many(self._cache, topology, keys, level, write=True)
+            for i, (w, r) in enumerate(zip(writes, routes, strict=True)):
+                if isinstance(r, StaleView):
                     single.append(i)
                     continue
-                except PairdbError as exc:
-                    results[i] = exc
+                if isinstance(r, PairdbError):
+                    results[i] = r
                     continue
                 routed.append(i)
                 deliveries.append(
@@ -136,7 +136,7 @@ class WritePath:
             outcomes = await self._replicator.send_many(topology, deliveries, dual_write=True)
             self._cache.check_lease()
         for i, delivery, outcome in zip(routed, deliveries, outcomes, strict=True):
-            if delivery.plan.satisfied(outcome.acked):
+            if outcome.met:
                 results[i] = WriteResult(delivery.record.version, len(outcome.acked))
             elif outcome.stale is not None or outcome.newer:
                 single.append(i)
@@ -154,7 +154,7 @@ class WritePath:
             )
             if outcome.stale is not None:
                 raise outcome.stale
-            if plan.satisfied(outcome.acked):
+            if outcome.met:
                 return WriteResult(record.version, len(outcome.acked))
             if not outcome.newer:
                 raise Unavailable(outcome.shortfall(plan))

@@ -145,3 +145,15 @@ async def test_a_write_its_old_replicas_decide_does_not_hurry() -> None:
     assert ADDITION.satisfied(outcome.acked) and "d" not in outcome.acked
     await asyncio.sleep(replicator._decided.delay * 2)  # past when it would have hurried
     assert not pool.nodes["d"].hurried
+
+
+@pytest.mark.parametrize("failing", [(), ("a",), ("a", "b"), ("a", "b", "c")])
+@pytest.mark.parametrize("level", list(Consistency))
+async def test_an_outcome_says_whether_its_acknowledgements_meet_the_plan(
+    failing: tuple[str, ...], level: Consistency
+) -> None:
+    """The write path trusts outcome.met (the tally's count) instead of counting acked again."""
+    pool = Pool(**dict.fromkeys(failing, "failing"))
+    plan = ReplicaPlan(level, ("a", "b", "c"))
+    outcome = await Replicator(Cache(), pool).send(TOPOLOGY, plan, RECORD)  # type: ignore[arg-type]
+    assert outcome.met == plan.satisfied(outcome.acked) == plan.satisfied({"a", "b", "c"} - set(failing))

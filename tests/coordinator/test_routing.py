@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
+from typing import cast
 
 import pytest
 
 from pairdb.coordinator.metadata import InFlight, NodeInfo, Snapshot, TenantInfo
 from pairdb.coordinator.quorum import Consistency
 from pairdb.coordinator.ring import Ring, allocate_tokens
-from pairdb.coordinator.routing import plan
-from pairdb.coordinator.topology import Topology
+from pairdb.coordinator.routing import StaleView, plan, route, route_many
+from pairdb.coordinator.topology import Topology, TopologyCache
+from pairdb.kernel.errors import NotFound
 from pairdb.kernel.keyspace import in_range, token
 from pairdb.kernel.migration import ChangeType, NodeState, Phase
 
@@ -168,3 +170,25 @@ def test_an_rf_change_moves_only_its_tenant(target: int) -> None:
         assert write.old == topology.ring.replicas(tu, 2)
         assert (write.new or write.old) == topology.ring.replicas(tu, target)
         assert plan(topology, tt, 3, Consistency.QUORUM, write=True, tenant_id="t").new is None
+
+
+class NoMoreTenants:
+    """A topology cache that knows no tenant beyond the snapshot's."""
+
+    async def tenant(self, tenant_id: str) -> TenantInfo | None:
+        return None
+
+
+@pytest.mark.parametrize("write", [True, False])
+async def test_a_batch_is_routed_key_by_key_as_one_key_is_and_a_tenants_error_fails_only_its_keys(
+    write: bool,
+) -> None:
+    snap = snapshot(Phase.DATA_COPY)
+    snap.tenants["later"] = TenantInfo("later", 3, datetime.now(UTC), created_epoch=snap.epoch + 1)
+    topology = Topology.from_snapshot(snap)
+    cache = cast(TopologyCache, NoMoreTenants())
+    keys = [("t", f"k{i}") for i in range(40)] + [("nobody", "k"), ("later", "k"), ("t", "last")]
+    routes = await route_many(cache, topology, keys, Consistency.QUORUM, write=write)
+    for (tenant_id, key), got in zip(keys[:40] + keys[-1:], routes[:40] + routes[-1:], strict=True):
+        assert got == await route(cache, topology, tenant_id, key, Consistency.QUORUM, write=write)
+    assert isinstance(routes[40], NotFound) and isinstance(routes[41], StaleView)
