@@ -98,10 +98,19 @@ async def test_a_batch_read_of_more_values_than_one_reply_carries_returns_every_
     # storage node's reply to one call. Each is cut short and asked again for the rest.
     values_written = [bytes([i]) * MAX_VALUE_BYTES for i in range(60)]
     items = [(tenant, f"large-{i}", v) for i, v in enumerate(values_written)]
-    assert all(isinstance(v, tuple) for v in await client.put_many(items))
+    written = await client.put_many(items)
+    assert all(isinstance(v, tuple) for v in written), [
+        (i, v) for i, v in enumerate(written) if not isinstance(v, tuple)
+    ]
     try:
         read = await client.get_many([(tenant, f"large-{i}") for i in range(60)])
-        assert values(read) == values_written
+        # Which keys came back wrong, and as what (an error, or a value's size).
+        wrong = [
+            (i, r if isinstance(r, ClientError) else len(r.value or b""))
+            for i, r in enumerate(read)
+            if values([r]) != [values_written[i]]
+        ]
+        assert not wrong, wrong
     finally:
         # The cluster is the session's: 60 MiB left behind would ride along every later
         # whole-ring scan (tests/integration/test_fuzz.py measures a node's memory across them).
