@@ -123,19 +123,5 @@ def read_entry(db_key: bytes, db_value: bytes) -> tuple[int, int, int, int, int]
     return tenant_len, len(key), len(db_value) - VERSION.size, hlc, origin
 
 
-def unpack_entries(blob: bytes) -> list[StoredRecord]:
-    """The records of packed entries, in their order."""
-    records: list[StoredRecord] = []
-    for i, (db_key, db_value) in enumerate(split_entries(blob)):
-        tenant_len = db_key[TOKEN.size]
-        if TOKEN.size + 1 + tenant_len >= len(db_key) or tenant_len == 0:
-            raise MalformedEntries(f"entry {i} has a malformed key")
-        try:
-            records.append(decode(db_key, db_value))
-        except UnicodeDecodeError:
-            raise MalformedEntries(f"entry {i} has a key that is not UTF-8") from None
-    return records
-
-
 def pack_entries(entries: Iterable[Entry]) -> bytes:
     return b"".join(pack_entry(entry) for entry in entries)

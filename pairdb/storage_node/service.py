@@ -58,16 +58,23 @@ MAX_GET_MANY_REPLY_BYTES = 32 * 1024 * 1024
 
 def _check_key(tenant_id: str, key: str) -> str | None:
     """Why (tenant_id, key) cannot address a record, or None: the engine's key holds only so much."""
-    return _check_sizes(len(tenant_id.encode()), len(key.encode()))
+    return _check_key_sizes(len(tenant_id.encode()), len(key.encode()))
 
 
-def _check_sizes(tenant_bytes: int, key_bytes: int, value_bytes: int = 0, hlc: int = 1) -> str | None:
-    """Why a record of these sizes and hlc cannot be stored, or None. Coordinators check too; a node
-    trusts no caller."""
+def _check_key_sizes(tenant_bytes: int, key_bytes: int) -> str | None:
     if not 0 < tenant_bytes <= MAX_TENANT_ID_BYTES:
         return f"tenant_id must be 1..{MAX_TENANT_ID_BYTES} bytes"
     if not 0 < key_bytes <= MAX_KEY_BYTES:
         return f"key must be 1..{MAX_KEY_BYTES} bytes"
+    return None
+
+
+def _check_record(tenant_bytes: int, key_bytes: int, value_bytes: int, hlc: int) -> str | None:
+    """Why a record of these sizes (UTF-8 bytes) and hlc cannot be stored, or None. Coordinators
+    check too; a node trusts no caller."""
+    problem = _check_key_sizes(tenant_bytes, key_bytes)
+    if problem:
+        return problem
     if value_bytes > MAX_VALUE_BYTES:
         return f"value must be at most {MAX_VALUE_BYTES} bytes"
     if hlc == 0:  # an unset version reads as 0 too
@@ -151,7 +158,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
     def _checked(
         self, tenant_bytes: int, key_bytes: int, value_bytes: int, hlc: int, origin: int, now_ms: int
     ) -> Refusal | None:
-        problem = _check_sizes(tenant_bytes, key_bytes, value_bytes, hlc)
+        problem = _check_record(tenant_bytes, key_bytes, value_bytes, hlc)
         if problem:
             return grpc.StatusCode.INVALID_ARGUMENT, problem
         ahead = (hlc >> 16) - now_ms

@@ -10,7 +10,11 @@ import pytest
 
 from pairdb.kernel.keyspace import TOKEN_MAX, Version, in_range, token
 from pairdb.storage_node.engine import Engine, StoredRecord, digest_of
-from pairdb.storage_node.layout import MalformedEntries, unpack_entries
+from pairdb.storage_node.layout import MalformedEntries, decode, split_entries
+
+
+def unpack_entries(blob: bytes) -> list[StoredRecord]:
+    return [decode(*entry) for entry in split_entries(blob)]
 
 
 def rec(key: str, hlc: int, value: bytes = b"v", tombstone: bool = False, tenant: str = "t") -> StoredRecord:
@@ -257,13 +261,13 @@ def test_many_ranges_scan_as_each_range_would_one_after_the_other(
     assert scanned[2] == []  # no record in it: no piece
 
 
-def test_unpacking_refuses_entries_cut_short_or_malformed(engine: Engine) -> None:
+def test_splitting_refuses_entries_cut_short_or_malformed(engine: Engine) -> None:
     engine.apply_records([rec("k", 10)])
     entries, _, _ = engine.scan_entries(0, 0, limit=10, max_bytes=1 << 20)
     assert unpack_entries(entries) == [rec("k", 10)]
     for bad in (entries[:-1], entries + b"\x00\x00", b"\x00\x02\x00\x00\x00\x0dxx" + bytes(13)):
         with pytest.raises(MalformedEntries):
-            unpack_entries(bad)
+            split_entries(bad)
 
 
 def test_count_counts_the_records_of_a_range_tombstones_included(engine: Engine) -> None:
