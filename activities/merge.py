@@ -17,7 +17,7 @@ from typing import TypeAlias
 
 from pairdb.kernel.keyspace import StoredRecord
 from pairdb.storage_node.engine import DIGEST_BYTES, digest_entry, range_hash
-from pairdb.storage_node.layout import encode_key
+from pairdb.storage_node.layout import TOKEN, encode_key
 
 # Batches read ahead per stream.
 READ_AHEAD = 4
@@ -33,7 +33,8 @@ def position_in(start: int, end: int) -> Callable[[StoredRecord], Position]:
     wraps = start >= end
 
     def position(record: StoredRecord) -> Position:
-        return (wraps and record.token <= start, encode_key(record.tenant_id, record.key))
+        db_key = encode_key(record.tenant_id, record.key)  # its token leads: hashed once, not twice
+        return (wraps and TOKEN.unpack_from(db_key)[0] <= start, db_key)
 
     return position
 

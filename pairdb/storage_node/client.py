@@ -23,7 +23,7 @@ from pairdb.proto import storage_pb2, storage_pb2_grpc
 from pairdb.security.tls import ChannelTls, secure_channel
 from pairdb.serving import request_ids
 from pairdb.storage_node.coalescing import Caps, Coalescer
-from pairdb.storage_node.layout import encode_entry, pack_entry
+from pairdb.storage_node.layout import encode_entry, pack_entries
 from pairdb.storage_node.wire import FAILED_NODE_METADATA, FENCE_METADATA, from_proto, to_proto
 
 DEFAULT_TIMEOUT = 2.0
@@ -216,7 +216,7 @@ class NodeClient:
         self, records: Sequence[StoredRecord], *, epoch: int = 0, timeout: float | None = None
     ) -> list[Applied | StorageError]:
         """Independent writes in one call (ApplyMany): each record's outcome, or the error it failed with."""
-        packed = b"".join(pack_entry(encode_entry(r)) for r in records)
+        packed = pack_entries(encode_entry(r) for r in records)
         return await self.apply_entries(packed, len(records), epoch=epoch, timeout=timeout)
 
     async def apply_entries(

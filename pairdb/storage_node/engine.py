@@ -34,7 +34,6 @@ from pairdb.storage_node.layout import (
     decode,
     encode_entry,
     encode_key,
-    encode_value,
     is_tombstone,
     order,
     tenant_of,
@@ -156,7 +155,7 @@ def _entry(db_key: bytes, db_value: bytes) -> bytes:
 
 def digest_entry(record: StoredRecord) -> bytes:
     """What one record adds to a range digest; fed in scan order, they give Engine.digest."""
-    return _entry(encode_key(record.tenant_id, record.key), encode_value(record))
+    return _entry(*encode_entry(record))
 
 
 def digest_of(records: Iterable[StoredRecord], start: int, end: int) -> tuple[bytes, int]:
@@ -165,7 +164,7 @@ def digest_of(records: Iterable[StoredRecord], start: int, end: int) -> tuple[by
     Lets the migration worker compare a merged view of several replicas with
     one node's RangeDigest.
     """
-    entries = [(encode_key(r.tenant_id, r.key), encode_value(r)) for r in records]
+    entries = [encode_entry(r) for r in records]
     # Clockwise from start, as the engine walks: tokens above start first when the range wraps.
     entries.sort(key=lambda e: (start >= end and TOKEN.unpack_from(e[0])[0] <= start, e[0]))
     return _digest(entries)

@@ -5,8 +5,8 @@ and sent them on, so every byte crossed gRPC and TLS twice more, and the
 worker's CPU was about a quarter of what a copy of large values cost. Now the
 worker asks the target for a bounded piece of the ranges (PullRanges), and the
 target streams that piece from the source (ScanRange, packed entries), checks
-every record as ApplyBatch would, and applies each batch where newer: a few
-commits in flight while the next batch arrives. The piece's bounds are the
+every entry as ApplyMany does, and stores each batch's entries where newer, as
+they came: a few commits in flight while the next batch arrives. The piece's bounds are the
 worker's pace: it asks for about what its rate allows per call.
 
 A failure on the source's side (unreachable, fenced, entries that do not
