@@ -36,8 +36,12 @@ def token(tenant_id: str, key: str) -> int:
 
 def token_of(tenant: bytes, key: bytes) -> int:
     """token() of a key already in bytes (UTF-8), as a storage node reads it from a stored key."""
-    digest = hashlib.blake2b(len(tenant).to_bytes(2, "big") + tenant + key, digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+    return int.from_bytes(token_bytes(len(tenant).to_bytes(2, "big") + tenant + key), "big")
+
+
+def token_bytes(material: bytes) -> bytes:
+    """The token's 8 bytes (big-endian) from what it hashes: len(tenant) (2 bytes) | tenant | key."""
+    return hashlib.blake2b(material, digest_size=8).digest()
 
 
 # Version and StoredRecord are NamedTuples, not frozen dataclasses: as immutable, but built at C

@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from pairdb.kernel.keyspace import StoredRecord, Version, token, token_of
+from pairdb.kernel.keyspace import StoredRecord, Version, token, token_bytes
 
 VERSION = struct.Struct(">QIB")
 TOMBSTONE = 0x01
@@ -25,6 +25,8 @@ ENTRY = struct.Struct(">HI")
 # The shortest key an entry may have: a token, a tenant length and a one-byte tenant and key.
 MIN_KEY = TOKEN.size + 3
 _FLAGS_AT = VERSION.size - 1
+# UTF-8 continuation bytes, 0b10xxxxxx: never the first byte of a character.
+_CONTINUATION_FIRST, _CONTINUATION_END = 0x80, 0xC0
 
 # (key, value) in this layout.
 Entry = tuple[bytes, bytes]
@@ -109,18 +111,20 @@ def read_entry(db_key: bytes, db_value: bytes) -> tuple[int, int, int, int, int]
     key_at = TOKEN.size + 1 + tenant_len
     if tenant_len == 0 or key_at >= len(db_key):
         raise MalformedEntries("the entry's key is malformed")
-    tenant, key = db_key[TOKEN.size + 1 : key_at], db_key[key_at:]
     try:
-        tenant.decode()
-        key.decode()
+        db_key[TOKEN.size + 1 :].decode()
     except UnicodeDecodeError:
         raise MalformedEntries("the entry's tenant_id or key is not UTF-8") from None
-    if TOKEN.unpack_from(db_key)[0] != token_of(tenant, key):
+    if _CONTINUATION_FIRST <= db_key[key_at] < _CONTINUATION_END:
+        # Both decoded as one, but the tenant's last character runs into the key.
+        raise MalformedEntries("the entry's tenant_id or key is not UTF-8")
+    # The hash takes the tenant's length in 2 bytes, the key holds it in 1: a zero byte ahead makes up.
+    if token_bytes(b"\0" + db_key[TOKEN.size :]) != db_key[: TOKEN.size]:
         raise MalformedEntries("the entry's token is not its key's")
     hlc, origin, flags = VERSION.unpack_from(db_value)
     if flags & ~TOMBSTONE:
         raise MalformedEntries(f"the entry has unknown flags {flags:#x}")
-    return tenant_len, len(key), len(db_value) - VERSION.size, hlc, origin
+    return tenant_len, len(db_key) - key_at, len(db_value) - VERSION.size, hlc, origin
 
 
 def pack_entries(entries: Iterable[Entry]) -> bytes:

@@ -33,6 +33,19 @@ def test_newest_version_wins_whatever_the_arrival_order(engine: Engine) -> None:
     assert stored is not None and stored.value == b"third" and stored.version == Version(30, 1)
 
 
+@pytest.mark.parametrize("order", [(10, 20, 15), (20, 10, 15), (15, 10, 20)])
+def test_one_commit_with_several_versions_of_a_key_keeps_the_newest(
+    engine: Engine, order: tuple[int, ...]
+) -> None:
+    """A group commit may hold a key twice (two calls that wrote it): each entry meets the one before."""
+    engine.apply_many([rec("other", 1, b"o")])
+    applied = engine.apply_many([rec("k", hlc, b"v%d" % hlc) for hlc in order])
+    assert applied == [hlc == max(order[: i + 1]) for i, hlc in enumerate(order)]
+    stored = engine.get("t", "k")
+    assert stored is not None and stored.version == Version(20, 1) and stored.value == b"v20"
+    assert (engine.stats().keys, engine.stats().bytes) == (2, 1 + 3)
+
+
 def test_reapplying_the_same_version_is_a_no_op(engine: Engine) -> None:
     assert engine.apply_many([rec("k", 10, b"a")]) == [True]
     assert engine.apply_many([rec("k", 10, b"a")]) == [False]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pairdb.kernel.keyspace import StoredRecord, Version
+from pairdb.kernel.keyspace import StoredRecord, Version, token_of
 from pairdb.storage_node.layout import (
     MalformedEntries,
     decode,
@@ -46,12 +46,19 @@ def test_an_entry_reads_back_as_its_sizes_and_version(record: StoredRecord) -> N
     assert (value_bytes, Version(hlc, origin)) == (len(record.value), record.version)
 
 
+def _keyed(tenant: bytes, key: bytes) -> bytes:
+    """A stored key of these bytes, under their own token."""
+    return token_of(tenant, key).to_bytes(8, "big") + bytes([len(tenant)]) + tenant + key
+
+
 def test_an_entry_not_of_the_layout_is_refused() -> None:
     db_key, db_value = encode_entry(StoredRecord("t", "k", b"v", Version(1 << 16, 1)))
     other_key, _ = encode_entry(StoredRecord("t", "other", b"v", Version(1 << 16, 1)))
     for key, value, why in (
         (other_key[:8] + db_key[8:], db_value, "token"),
         (db_key[:10] + b"\xff", db_value, "UTF-8"),
+        # "é" cut in two, its first byte ending the tenant_id: tenant and key are UTF-8 only as one.
+        (_keyed(b"t\xc3", b"\xa9k"), db_value, "UTF-8"),
         (db_key[:8] + b"\x09" + db_key[9:], db_value, "malformed"),
         (db_key, db_value[:12] + b"\x02" + db_value[13:], "flags"),
     ):
