@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
 from pairdb.coordinator.answer_times import AnswerTimes
 from pairdb.coordinator.hints import HintStore, hintable
-from pairdb.coordinator.quorum import ReplicaPlan, Tally
+from pairdb.coordinator.quorum import Consistency, ReplicaPlan, Tally
 from pairdb.coordinator.topology import Topology, TopologyCache
-from pairdb.kernel.keyspace import Applied, StoredRecord, Version
+from pairdb.kernel.keyspace import APPLIED, Applied, StoredRecord, Version
 from pairdb.serving import metrics
 from pairdb.storage_node.client import StaleEpoch, StoragePool, describe_failure
 from pairdb.storage_node.layout import encode_entry, pack_entry
@@ -76,22 +76,89 @@ class Delivery:
 
 
 class _Round:
-    """The sends of one delivery, and whether their answers decided it yet."""
+    """The sends of deliveries that share their plan's sets and holders, and whether their answers
+    decided them yet.
 
-    __slots__ = ("answers", "decided", "delivery", "expected", "joining", "newer_counts", "outcome", "tally")
+    A batch travels in slices of such deliveries: each target gets a slice whole,
+    in one call, and as long as a target's answer is the same for all of it (the
+    common case: all applied, or the call failed) one tally counts for the slice.
+    The first answer that differs within it splits it into a round per delivery,
+    each starting from what the slice had counted.
+    """
 
-    def __init__(self, delivery: Delivery, newer_counts: bool) -> None:
-        self.delivery = delivery
+    __slots__ = (
+        "answers",
+        "decided",
+        "deliveries",
+        "expected",
+        "joining",
+        "newer_counts",
+        "outcome",
+        "packed",
+        "parts",
+        "positions",
+        "tally",
+    )
+
+    def __init__(self, deliveries: list[Delivery], positions: list[int], newer_counts: bool) -> None:
+        first = deliveries[0]
+        self.deliveries = deliveries
+        self.positions = positions  # where the deliveries' outcomes go in send_many's answer
         self.newer_counts = newer_counts
-        self.outcome = Outcome(set(delivery.holding))
-        self.tally = Tally(delivery.plan, self.outcome.acked)
+        self.outcome = Outcome(set(first.holding))
+        self.tally = Tally(first.plan, self.outcome.acked)
         self.expected = 0  # answers to wait for: one per node it was sent to
-        self.joining = _joining(delivery.plan)
+        self.joining = _joining(first.plan)
         self.decided = False
         # Answers taken in so far; a send may be done before its answer is taken (callbacks run later).
         self.answers = 0
+        self.parts: list[_Round] | None = None  # once split: a round per delivery
+        self.packed = b""  # the deliveries as packed entries, when sent by direct calls
 
-    def take(self, node: str, result: Applied | BaseException) -> None:
+    def answer(self, node: str, results: Sequence[Applied | BaseException]) -> int:
+        """Take node's answers, one per delivery; how many deliveries they decided."""
+        if self.parts is not None:
+            return sum(part.answer(node, [result]) for part, result in zip(self.parts, results, strict=True))
+        if self.decided:  # a late answer: the outcome was given already
+            return 0
+        same = self._same(results)
+        if same is None:
+            self._split()
+            return self.answer(node, results)
+        self._take(node, same)
+        if self.decide():
+            self.decided = True
+            return len(self.deliveries)
+        return 0
+
+    def _same(self, results: Sequence[Applied | BaseException]) -> Applied | BaseException | None:
+        """The one answer results amount to for every delivery, or None if they differ."""
+        first = results[0]
+        if len(results) == 1 or all(r is first for r in results):  # one record, or a failed call
+            return first
+        if all(
+            not isinstance(r, BaseException) and (r.applied or r.same or self.newer_counts) for r in results
+        ):
+            return APPLIED  # acknowledged by every delivery (a node holding something newer says which)
+        return None
+
+    def _split(self) -> None:
+        """A round per delivery, each having taken the answers the slice took."""
+        parts = []
+        for delivery, position in zip(self.deliveries, self.positions, strict=True):
+            part = _Round([delivery], [position], self.newer_counts)
+            for node in self.outcome.acked - part.outcome.acked:  # the holders are counted already
+                part.outcome.acked.add(node)
+                part.tally.ack(node)
+            for node in self.outcome.failed:
+                part.tally.miss(node)
+            part.outcome.failed.update(self.outcome.failed)
+            part.outcome.stale = self.outcome.stale
+            part.expected, part.answers = self.expected, self.answers
+            parts.append(part)
+        self.parts = parts
+
+    def _take(self, node: str, result: Applied | BaseException) -> None:
         self.answers += 1
         outcome = self.outcome
         if isinstance(result, BaseException):
@@ -108,10 +175,13 @@ class _Round:
             outcome.newer[node] = result.current
             self.tally.miss(node)
 
-    def settled(self) -> Outcome:
-        """The outcome, once decided: later answers change it no more."""
+    def settled(self) -> list[tuple[int, Outcome]]:
+        """Each delivery's position and outcome, once decided: later answers change them no more."""
+        if self.parts is not None:
+            return [settled for part in self.parts for settled in part.settled()]
         self.outcome.met = self.tally.met
-        return self.outcome
+        # Undivided, the slice's deliveries had the same answers: one outcome serves them all.
+        return [(position, self.outcome) for position in self.positions]
 
     def decide(self) -> bool:
         """Whether this round's outcome is settled: the plan met, or no longer possible, or stale."""
@@ -200,53 +270,53 @@ class Replicator:
 
         A few records go through each node's coalescer, sharing calls with
         other requests' records; a batch is a coalesced unit already and goes
-        straight to each node in calls of up to CALL_ITEMS records. Either way
-        each record is decided on its own answers.
+        straight to each node in calls of up to CALL_ITEMS records, in slices
+        (_Round) counted as one while their answers agree. Either way each
+        record is decided on its own answers.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        rounds = [_Round(d, newer_counts) for d in deliveries]
         sends: dict[asyncio.Future[Any], tuple[str, list[_Round]]] = {}
         waiting: set[str] = set()  # nodes with patient sends of ours
-        coalesced = len(rounds) < DIRECT_CALLS_FROM
-        if not coalesced:
-            per_node: dict[str, list[tuple[_Round, bytes]]] = {}
+        coalesced = len(deliveries) < DIRECT_CALLS_FROM
+        if coalesced:
+            rounds = [_Round([d], [i], newer_counts) for i, d in enumerate(deliveries)]
             for round_ in rounds:
-                # Encoded once for all its replicas, in the form the nodes store.
-                delivery = round_.delivery
-                entry = pack_entry(encode_entry(delivery.record, delivery.token))
+                delivery = round_.deliveries[0]
+                can_wait = _patient(delivery.plan) if patient else frozenset()
                 for node in delivery.plan.targets:
-                    if node not in round_.outcome.acked:
-                        per_node.setdefault(node, []).append((round_, entry))
-            for node, group in per_node.items():
-                client = self._pool.node(node, topology.address(node))
-                for at in range(0, len(group), CALL_ITEMS):
-                    chunk = group[at : at + CALL_ITEMS]
-                    packed = b"".join(e for _, e in chunk)
-                    call = client.apply_entries(packed, len(chunk), epoch=topology.epoch)
-                    sends[asyncio.ensure_future(call)] = (node, [r for r, _ in chunk])
-        else:
-            for round_ in rounds:
-                can_wait = _patient(round_.delivery.plan) if patient else frozenset()
-                for node in round_.delivery.plan.targets:
                     if node not in round_.outcome.acked:
                         client = self._pool.node(node, topology.address(node))
                         send = client.submit_apply(
-                            round_.delivery.record, epoch=topology.epoch, patient=node in can_wait
+                            delivery.record, epoch=topology.epoch, patient=node in can_wait
                         )
                         sends[send] = (node, [round_])
                         if node in can_wait:
                             waiting.add(node)
+        else:
+            rounds = _slices(deliveries, newer_counts)
+            per_node: dict[str, list[_Round]] = {}
+            for round_ in rounds:
+                for node in round_.deliveries[0].plan.targets:
+                    if node not in round_.outcome.acked:
+                        per_node.setdefault(node, []).append(round_)
+            for node, slices in per_node.items():
+                client = self._pool.node(node, topology.address(node))
+                for part in _calls(slices):
+                    packed = b"".join(round_.packed for round_ in part)
+                    count = sum(len(round_.deliveries) for round_ in part)
+                    call = client.apply_entries(packed, count, epoch=topology.epoch)
+                    sends[asyncio.ensure_future(call)] = (node, part)
         for _, part in sends.values():
             for round_ in part:
                 round_.expected += 1
 
-        undecided = 0
+        undecided = 0  # deliveries
         for round_ in rounds:
             if round_.decide():  # nothing to send, or the holders alone meet the plan
                 round_.decided = True
             else:
-                undecided += 1
+                undecided += len(round_.deliveries)
         all_decided: asyncio.Future[None] = loop.create_future()
 
         def hurry() -> None:
@@ -257,25 +327,29 @@ class Replicator:
         def answered(send: asyncio.Future[Any]) -> None:
             nonlocal undecided
             node, part = sends[send]
-            results = _results(send, len(part))
-            _log_failures(node, part, results)
-            for round_, result in zip(part, results, strict=True):
+            results = _results(send, sum(len(round_.deliveries) for round_ in part))
+            failed = any(isinstance(result, BaseException) for result in results)
+            if failed:
+                _log_failures(node, part, results)
+            at = 0
+            for round_ in part:
+                size = len(round_.deliveries)
+                answers = results[at : at + size] if len(part) > 1 else results
+                at += size
                 if dual_write and node in round_.joining:
-                    metrics.DUAL_WRITES.labels(
-                        "failure" if isinstance(result, BaseException) else "success"
-                    ).inc()
-                if round_.decided:  # a late answer: the outcome was given already
-                    continue
-                round_.take(node, result)
-                if round_.decide():
-                    round_.decided = True
-                    undecided -= 1
-                elif waiting and node not in waiting and node not in round_.outcome.acked:
+                    _count_dual_writes(answers)
+                undecided -= round_.answer(node, answers)
+                if (
+                    waiting
+                    and node not in waiting
+                    and not round_.decided
+                    and node not in round_.outcome.acked
+                ):
                     hurry()  # a replica it counted on failed: the patient answers are needed now
             if not undecided and not all_decided.done():
                 all_decided.set_result(None)
             if self._hints is not None:
-                _leave_hints(self._hints, node, part, results, topology.epoch)
+                _leave_hints(self._hints, node, part, results, topology.epoch, failed)
 
         for send in sends:
             send.add_done_callback(answered)
@@ -292,40 +366,112 @@ class Replicator:
                 if not send.done():
                     # Still writing by this epoch's view: a barrier waits for it too.
                     self._cache.track(topology.epoch, send)
-        return [round_.settled() for round_ in rounds]
+        outcomes: list[Outcome | None] = [None] * len(deliveries)
+        for round_ in rounds:
+            for position, outcome in round_.settled():
+                outcomes[position] = outcome
+        return cast(list[Outcome], outcomes)
+
+
+def _slices(deliveries: Sequence[Delivery], newer_counts: bool) -> list[_Round]:
+    """A batch's deliveries in rounds of up to CALL_ITEMS whose plans have the same sets and holders,
+    each with its records packed as entries once for all its targets, in the form the nodes store."""
+    cohorts: dict[tuple[object, frozenset[str]], list[int]] = {}
+    for i, delivery in enumerate(deliveries):
+        holding = frozenset(delivery.holding) if delivery.holding else _NONE
+        cohorts.setdefault((_sets(delivery.plan), holding), []).append(i)
+    rounds = []
+    for positions in cohorts.values():
+        for at in range(0, len(positions), CALL_ITEMS):
+            chosen = positions[at : at + CALL_ITEMS]
+            members = [deliveries[i] for i in chosen]
+            round_ = _Round(members, chosen, newer_counts)
+            round_.packed = b"".join(pack_entry(encode_entry(d.record, d.token)) for d in members)
+            rounds.append(round_)
+    return rounds
+
+
+def _calls(slices: list[_Round]) -> list[list[_Round]]:
+    """One node's slices in calls of up to CALL_ITEMS records, each slice whole in one call."""
+    calls: list[list[_Round]] = []
+    size = CALL_ITEMS
+    for round_ in slices:
+        if size + len(round_.deliveries) > CALL_ITEMS:
+            calls.append([])
+            size = 0
+        calls[-1].append(round_)
+        size += len(round_.deliveries)
+    return calls
+
+
+_NONE: frozenset[str] = frozenset()
+
+
+@functools.lru_cache(maxsize=4096)
+def _sets(plan: ReplicaPlan) -> tuple[Consistency, frozenset[str], frozenset[str] | None]:
+    """What a tally of plan counts: its level and sets, in whatever order routing gave their nodes."""
+    return plan.level, frozenset(plan.old), None if plan.new is None else frozenset(plan.new)
+
+
+def _count_dual_writes(answers: Sequence[Applied | BaseException]) -> None:
+    failures = sum(1 for answer in answers if isinstance(answer, BaseException))
+    if failures:
+        metrics.DUAL_WRITES.labels("failure").inc(failures)
+    if len(answers) > failures:
+        metrics.DUAL_WRITES.labels("success").inc(len(answers) - failures)
+
+
+def _each(
+    part: list[_Round], results: list[Applied | BaseException]
+) -> Iterator[tuple[Delivery, bool, Applied | BaseException]]:
+    """Each delivery of a call's rounds, whether it was decided before this answer, and its answer."""
+    at = 0
+    for round_ in part:
+        for i, delivery in enumerate(round_.deliveries):
+            decided = round_.parts[i].decided if round_.parts is not None else round_.decided
+            yield delivery, decided, results[at]
+            at += 1
 
 
 def _log_failures(node: str, part: list[_Round], results: list[Applied | BaseException]) -> None:
     """One line per failed call; one per record the node refused on its own. Fences are not failures."""
-    failures = [(r, e) for r, e in zip(part, results, strict=True) if isinstance(e, BaseException)]
-    if not failures or isinstance(failures[0][1], StaleEpoch):
+    failures = [e for e in results if isinstance(e, BaseException)]
+    if not failures or isinstance(failures[0], StaleEpoch):
         return
-    error = failures[0][1]
-    if len(part) > 1 and all(e is error for _, e in failures):
-        log.warning("Replica call failed", node_id=node, records=len(part), error=describe_failure(error))
+    error = failures[0]
+    if len(results) > 1 and all(e is error for e in results):
+        log.warning("Replica call failed", node_id=node, records=len(results), error=describe_failure(error))
         return
-    for round_, exc in failures:
-        record = round_.delivery.record
-        log.warning(
-            "Dual-write failed to migration node" if node in round_.joining else "Replica write failed",
-            node_id=node,
-            tenant_id=record.tenant_id,
-            key=record.key,
-            late=round_.decided,
-            error=describe_failure(exc),
-        )
+    joining = part[0].joining  # a call goes to one node: joining it is, or not, for every plan of it
+    for delivery, decided, result in _each(part, results):
+        if isinstance(result, BaseException):
+            record = delivery.record
+            log.warning(
+                "Dual-write failed to migration node" if node in joining else "Replica write failed",
+                node_id=node,
+                tenant_id=record.tenant_id,
+                key=record.key,
+                late=decided,
+                error=describe_failure(result),
+            )
 
 
 def _leave_hints(
-    hints: HintStore, node: str, part: list[_Round], results: list[Applied | BaseException], epoch: int
+    hints: HintStore,
+    node: str,
+    part: list[_Round],
+    results: list[Applied | BaseException],
+    epoch: int,
+    failed: bool,
 ) -> None:
     """A hint for each record the node could not take then; the node is heard from if it answered."""
-    answered = False
-    for round_, result in zip(part, results, strict=True):
-        if not isinstance(result, BaseException):
-            answered = True
-        elif hintable(result):
-            hints.record(node, round_.delivery.record, epoch)
+    answered = not failed
+    if failed:
+        for delivery, _, result in _each(part, results):
+            if not isinstance(result, BaseException):
+                answered = True
+            elif hintable(result):
+                hints.record(node, delivery.record, epoch)
     if answered:
         hints.heard(node)
 

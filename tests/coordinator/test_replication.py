@@ -10,17 +10,23 @@ a few large calls instead of one per moment; a hurry sends them at once.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
+import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pairdb.coordinator.metadata import NodeInfo
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan
-from pairdb.coordinator.replication import Replicator
+from pairdb.coordinator.replication import DIRECT_CALLS_FROM, Delivery, Outcome, Replicator
 from pairdb.coordinator.ring import Ring
 from pairdb.coordinator.topology import Topology
-from pairdb.kernel.keyspace import Applied, StoredRecord, Version
+from pairdb.kernel.keyspace import APPLIED, Applied, StoredRecord, Version
 from pairdb.kernel.migration import NodeState
+from pairdb.storage_node.client import StaleEpoch, StorageError
+from pairdb.storage_node.layout import decode, split_entries
 
 NODES = ("a", "b", "c", "d", "e")
 TOPOLOGY = Topology(
@@ -30,7 +36,6 @@ TOPOLOGY = Topology(
     {},
 )
 RECORD = StoredRecord("t", "k", b"v", Version(2 << 16, 1))
-APPLIED = Applied(True, Version(1 << 16, 1))
 
 
 class Node:
@@ -157,3 +162,133 @@ async def test_an_outcome_says_whether_its_acknowledgements_meet_the_plan(
     plan = ReplicaPlan(level, ("a", "b", "c"))
     outcome = await Replicator(Cache(), pool).send(TOPOLOGY, plan, RECORD)  # type: ignore[arg-type]
     assert outcome.met == plan.satisfied(outcome.acked) == plan.satisfied({"a", "b", "c"} - set(failing))
+
+
+# A batch's records go to each node in slices counted as one while their answers agree. Whatever
+# each node answers each record, a record's outcome in a batch is the one it gets sent alone.
+
+ANSWERS = ("applied", "same", "newer", "refused")
+NEWER = Version(9 << 16, 1)
+T = TypeVar("T")
+
+
+class Scripted:
+    """A node answering each record as the script says, one by one or in a direct call, once it is
+    let (open); failing: every call fails; fenced: every call is refused by a newer epoch's fence."""
+
+    def __init__(self, node: str, script: dict[tuple[str, str], str], behaviour: str) -> None:
+        self.node, self.script, self.behaviour = node, script, behaviour
+        self.opened = asyncio.Event()
+
+    def _answer(self, record: StoredRecord) -> Applied | BaseException:
+        answer = self.script.get((self.node, record.key), "applied")
+        if answer == "refused":
+            return StorageError(self.node, grpc.StatusCode.INVALID_ARGUMENT, f"{record.key} refused")
+        if answer == "newer":
+            return Applied(False, NEWER)
+        return APPLIED if answer == "applied" else Applied(False, record.version, same=True)
+
+    def _call(self) -> None:
+        if self.behaviour == "failing":
+            raise StorageError(self.node, grpc.StatusCode.UNAVAILABLE, "node down")
+        if self.behaviour == "fenced":
+            raise StaleEpoch(self.node, "fenced at epoch 4", 4)
+
+    def submit_apply(self, record: StoredRecord, *, epoch: int, patient: bool = False) -> asyncio.Future[Any]:
+        async def answer() -> Applied | BaseException:
+            await self.opened.wait()
+            self._call()
+            return self._answer(record)
+
+        return asyncio.ensure_future(answer())
+
+    def hurry_applies(self) -> None:
+        pass  # it answers when opened
+
+    async def apply_entries(self, packed: bytes, count: int, *, epoch: int) -> list[Applied | BaseException]:
+        await self.opened.wait()
+        self._call()
+        records = [decode(*entry) for entry in split_entries(packed)]
+        assert len(records) == count
+        return [self._answer(record) for record in records]
+
+
+class ScriptedPool:
+    def __init__(self, script: dict[tuple[str, str], str], behaviours: dict[str, str]) -> None:
+        self.nodes = {n: Scripted(n, script, behaviours.get(n, "")) for n in NODES}
+
+    def node(self, node_id: str, address: str) -> Scripted:
+        return self.nodes[node_id]
+
+    async def in_node_order(self, work: Awaitable[T]) -> T:
+        """work's result, its nodes answering one after another (a first), each once the last one's
+        answers were taken: which answers decide a record is then the same however it was sent."""
+        task = asyncio.ensure_future(work)
+        for node in self.nodes.values():
+            node.opened.set()
+            for _ in range(10):  # loop turns: a call's answer, its callback, the caller's wake-up
+                await asyncio.sleep(0)
+        return await task
+
+
+PLANS = (
+    ReplicaPlan(Consistency.QUORUM, ("a", "b", "c")),
+    ReplicaPlan(Consistency.QUORUM, ("c", "a", "b")),  # the same sets, in another order
+    ReplicaPlan(Consistency.QUORUM, ("b", "c", "d")),
+    ReplicaPlan(Consistency.QUORUM, ("a", "b", "c"), ("a", "b", "d")),
+    ReplicaPlan(Consistency.ALL, ("a", "b", "c")),
+    ReplicaPlan(Consistency.ONE, ("c", "d", "e")),
+)
+
+
+def _seen(outcome: Outcome) -> tuple[object, ...]:
+    return outcome.met, outcome.acked, outcome.failed, outcome.newer, outcome.stale is not None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    plans=st.lists(st.sampled_from(PLANS), min_size=DIRECT_CALLS_FROM, max_size=80),
+    # Some records get an answer of each node chosen; the others are applied everywhere.
+    answers=st.dictionaries(
+        st.integers(0, 79), st.tuples(*[st.sampled_from(ANSWERS)] * len(NODES)), max_size=12
+    ),
+    behaviours=st.dictionaries(st.sampled_from(NODES), st.sampled_from(("failing", "fenced")), max_size=2),
+    newer_counts=st.booleans(),
+    holders=st.booleans(),
+)
+async def test_a_records_outcome_in_a_batch_is_the_one_it_gets_alone(
+    plans: list[ReplicaPlan],
+    answers: dict[int, tuple[str, ...]],
+    behaviours: dict[str, str],
+    newer_counts: bool,
+    holders: bool,
+) -> None:
+    script = {
+        (node, f"k{i}"): answer
+        for i, chosen in answers.items()
+        for node, answer in zip(NODES, chosen, strict=True)
+    }
+    deliveries = [
+        # Every third record's first replica holds it already (a read's write-back).
+        Delivery(
+            plan,
+            StoredRecord("t", f"k{i}", b"v", Version(2 << 16, 1)),
+            plan.old[:1] if holders and i % 3 == 0 else (),
+        )
+        for i, plan in enumerate(plans)
+    ]
+    pool = ScriptedPool(script, behaviours)
+    replicator = Replicator(Cache(), pool)  # type: ignore[arg-type]
+    batch = await pool.in_node_order(replicator.send_many(TOPOLOGY, deliveries, newer_counts=newer_counts))
+    pool = ScriptedPool(script, behaviours)
+    replicator = Replicator(Cache(), pool)  # type: ignore[arg-type]
+    alone = await pool.in_node_order(
+        asyncio.gather(
+            *(
+                replicator.send_many(TOPOLOGY, [delivery], newer_counts=newer_counts)
+                for delivery in deliveries
+            )
+        )
+    )
+    for delivery, outcome, [single] in zip(deliveries, batch, alone, strict=True):
+        assert _seen(outcome) == _seen(single), delivery.record.key
