@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from pairdb.coordinator.quorum import Consistency
 from pairdb.kernel.errors import InvalidArgument
 from pairdb.kernel.keyspace import (
@@ -18,12 +20,18 @@ MAX_MIGRATION_ID_CHARS = 128
 
 
 def tenant_id(value: str) -> str:
-    if not TENANT_ID_PATTERN.fullmatch(value):
+    if not _well_formed_tenant_id(value):
         raise InvalidArgument(
             f"invalid tenant_id {value[:80]!r}: use 1-64 characters from A-Z a-z 0-9 _ . - "
             "starting with a letter or digit"
         )
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _well_formed_tenant_id(value: str) -> bool:
+    # Asked for every key of every request, of a few tenants: a lookup instead of the pattern.
+    return TENANT_ID_PATTERN.fullmatch(value) is not None
 
 
 def key(value: str) -> str:

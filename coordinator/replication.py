@@ -139,7 +139,7 @@ class _Round:
         if all(
             not isinstance(r, BaseException) and (r.applied or r.same or self.newer_counts) for r in results
         ):
-            return APPLIED  # acknowledged by every delivery (a node holding something newer says which)
+            return APPLIED  # every delivery acknowledged
         return None
 
     def _split(self) -> None:
