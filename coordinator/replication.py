@@ -378,7 +378,7 @@ def _slices(deliveries: Sequence[Delivery], newer_counts: bool) -> list[_Round]:
     each with its records packed as entries once for all its targets, in the form the nodes store."""
     cohorts: dict[tuple[object, frozenset[str]], list[int]] = {}
     for i, delivery in enumerate(deliveries):
-        holding = frozenset(delivery.holding) if delivery.holding else _NONE
+        holding = frozenset(delivery.holding) if delivery.holding else _NO_HOLDERS
         cohorts.setdefault((_sets(delivery.plan), holding), []).append(i)
     rounds = []
     for positions in cohorts.values():
@@ -404,7 +404,7 @@ def _calls(slices: list[_Round]) -> list[list[_Round]]:
     return calls
 
 
-_NONE: frozenset[str] = frozenset()
+_NO_HOLDERS: frozenset[str] = frozenset()
 
 
 @functools.lru_cache(maxsize=4096)
