@@ -4,6 +4,11 @@ Writes queue up while a commit (and its fsync) runs on the single writer
 thread; the next commit takes everything queued. Throughput follows the
 number of concurrent writers instead of the fsync rate, and the event loop
 never blocks on the disk.
+
+A copy's writes (a pull) queue apart, as background: client writes commit
+first, and while clients write, a background commit stays small, since a
+client write that arrives meanwhile waits for it; with no clients writing,
+background commits are as large as any.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from pairdb.storage_node.engine import Applied, Engine
 from pairdb.storage_node.layout import Entry
 
 MAX_GROUP = 2048
+# Background entries per commit while clients write (one arrived within BUSY_FOR seconds):
+# about 2-3 ms of the writer's time for 100-byte values.
+BACKGROUND_GROUP_WHILE_BUSY = 256
+BUSY_FOR = 0.1
 # Records a range deletion visits per commit.
 DELETE_SLICE = 1000
 
@@ -27,6 +36,8 @@ class GroupCommitter:
         # One thread: LMDB allows one write transaction at a time anyway.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdb-writer")
         self._pending: list[tuple[Sequence[Entry], asyncio.Future[list[Applied]]]] = []
+        self._background: list[tuple[Sequence[Entry], asyncio.Future[list[Applied]]]] = []
+        self._client_wrote_at = float("-inf")
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -40,17 +51,39 @@ class GroupCommitter:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for _, future in self._pending:
+        for _, future in self._pending + self._background:
             if not future.done():
                 future.set_exception(RuntimeError("storage node is shutting down"))
         self._writer.shutdown(wait=True)
 
     async def apply(self, entries: Sequence[Entry]) -> list[Applied]:
         """Engine.apply_entries, durably; returns once they are committed to disk."""
-        future: asyncio.Future[list[Applied]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._client_wrote_at = loop.time()
+        future: asyncio.Future[list[Applied]] = loop.create_future()
         self._pending.append((entries, future))
         self._wakeup.set()
         return await future
+
+    async def apply_background(self, entries: Sequence[Entry]) -> list[Applied]:
+        """apply() for a copy: after the client writes queued, in slices a commit may take alone."""
+        loop = asyncio.get_running_loop()
+        slices = []
+        for at in range(0, len(entries), BACKGROUND_GROUP_WHILE_BUSY):
+            future: asyncio.Future[list[Applied]] = loop.create_future()
+            self._background.append((entries[at : at + BACKGROUND_GROUP_WHILE_BUSY], future))
+            slices.append(future)
+        self._wakeup.set()
+        return [result for results in await asyncio.gather(*slices) for result in results]
+
+    async def _queued_before(self) -> None:
+        """Once every apply queued before this call, client or background, has committed."""
+        loop = asyncio.get_running_loop()
+        marks = (loop.create_future(), loop.create_future())
+        self._pending.append(([], marks[0]))
+        self._background.append(([], marks[1]))
+        self._wakeup.set()
+        await asyncio.gather(*marks)
 
     async def raise_fence(self, epoch: int) -> int:
         """Engine.raise_fence, after every apply queued before this call has committed.
@@ -58,7 +91,7 @@ class GroupCommitter:
         The caller refuses stale requests from the moment it calls this; what it
         let in before must be on disk before the fence is reported raised.
         """
-        await self.apply([])
+        await self._queued_before()
         return await asyncio.get_running_loop().run_in_executor(self._writer, self._engine.raise_fence, epoch)
 
     async def delete_range(self, start: int, end: int, tenants: frozenset[str] = frozenset()) -> int:
@@ -69,7 +102,7 @@ class GroupCommitter:
         range (a cleanup deletes a quarter of a node's data). Only ranges no replica
         set holds the node to are deleted, so nobody reads one half done.
         """
-        await self.apply([])
+        await self._queued_before()
         loop = asyncio.get_running_loop()
         deleted, after = 0, None
         while True:
@@ -86,7 +119,7 @@ class GroupCommitter:
         self, start: int, end: int, cutoffs: Mapping[str, int], repaired_at: int = 0
     ) -> int:
         """Engine.purge_tombstones on the writer thread, after every apply queued before it."""
-        await self.apply([])
+        await self._queued_before()
         return await asyncio.get_running_loop().run_in_executor(
             self._writer, self._engine.purge_tombstones, start, end, cutoffs, repaired_at
         )
@@ -96,10 +129,18 @@ class GroupCommitter:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending:
+            client_last = False
+            while self._pending or self._background:
+                # Clients first, but never twice in a row while a copy waits: it would wait for ever.
+                if self._pending and not (client_last and self._background):
+                    queue, limit, client_last = self._pending, MAX_GROUP, True
+                else:
+                    busy = loop.time() - self._client_wrote_at < BUSY_FOR
+                    limit = BACKGROUND_GROUP_WHILE_BUSY if busy else MAX_GROUP
+                    queue, client_last = self._background, False
                 group, size = [], 0
-                while self._pending and size < MAX_GROUP:
-                    item = self._pending.pop(0)
+                while queue and size < limit:
+                    item = queue.pop(0)
                     group.append(item)
                     size += len(item[0])
                 flat = [e for entries, _ in group for e in entries]

@@ -242,7 +242,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             if refusals:
                 i, (code, why) = min(refusals.items())
                 raise pull.SourceFailed(code, f"record {i} of a batch: {why}")
-            return sum(r.applied for r in await self._committer.apply(entries))
+            return sum(r.applied for r in await self._committer.apply_background(entries))
 
         source = self._peers.node(request.source_id, request.source_address)
         try:

@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 
 from pairdb.kernel.keyspace import Version
-from pairdb.storage_node.committer import DELETE_SLICE, GroupCommitter
+from pairdb.storage_node.committer import BACKGROUND_GROUP_WHILE_BUSY, DELETE_SLICE, GroupCommitter
 from pairdb.storage_node.engine import Engine, StoredRecord
 from pairdb.storage_node.layout import encode_entry
 
@@ -30,6 +30,79 @@ async def test_a_client_write_commits_between_the_slices_of_a_big_deletion(tmp_p
         assert not deleting.done(), "the write did not wait for the whole range"
         assert await deleting == len(doomed)
         assert engine.stats().keys == 1
+    finally:
+        await committer.stop()
+        engine.close()
+
+
+def _entries(tenant: str, count: int, hlc: int = 10) -> list[tuple[bytes, bytes]]:
+    return [encode_entry(StoredRecord(tenant, f"k{i}", b"v", Version(hlc << 16, 1))) for i in range(count)]
+
+
+async def test_a_client_write_commits_before_the_rest_of_a_copy_queued_ahead_of_it(tmp_path: Path) -> None:
+    """A copy's entries commit in small slices while clients write: a client write waits for one."""
+    engine = Engine(tmp_path / "db")
+    committer = GroupCommitter(engine)
+    committer.start()
+    try:
+        await committer.apply(_entries("t", 1))  # clients are writing
+        copying = asyncio.ensure_future(
+            committer.apply_background(_entries("copy", 40 * BACKGROUND_GROUP_WHILE_BUSY))
+        )
+        await asyncio.sleep(0)  # the copy is queued first
+        await committer.apply(_entries("t", 1, hlc=20))
+        assert not copying.done(), "the client write waited for the whole copy"
+        assert all(result.applied for result in await copying)
+        assert engine.stats().keys == 1 + 40 * BACKGROUND_GROUP_WHILE_BUSY
+    finally:
+        await committer.stop()
+        engine.close()
+
+
+async def test_a_copy_goes_on_while_clients_write_without_a_pause(tmp_path: Path) -> None:
+    """Client writes that never stop queueing do not hold a copy back for ever."""
+    engine = Engine(tmp_path / "db")
+    committer = GroupCommitter(engine)
+    committer.start()
+    stop = False
+    writes: list[asyncio.Future[object]] = []
+
+    async def clients() -> None:
+        i = 0
+        while not stop:  # a new write at every turn of the loop, up to 50 in flight: always one queued
+            if sum(not write.done() for write in writes[-50:]) < 50:
+                writes.append(asyncio.ensure_future(committer.apply(_entries("t", 1, hlc=10 + i))))
+                i += 1
+            await asyncio.sleep(0)
+
+    try:
+        writing = asyncio.ensure_future(clients())
+        await asyncio.sleep(0.05)
+        copied = await asyncio.wait_for(
+            committer.apply_background(_entries("copy", 10 * BACKGROUND_GROUP_WHILE_BUSY)), 10
+        )
+        assert len(copied) == 10 * BACKGROUND_GROUP_WHILE_BUSY
+    finally:
+        stop = True
+        await writing
+        await asyncio.gather(*writes)
+        await committer.stop()
+        engine.close()
+
+
+async def test_a_fence_is_raised_after_every_copy_entry_queued_before_it(tmp_path: Path) -> None:
+    """What a node let in before the fence is on disk before the fence counts: copies too."""
+    engine = Engine(tmp_path / "db")
+    committer = GroupCommitter(engine)
+    committer.start()
+    try:
+        await committer.apply(_entries("t", 1))
+        copying = asyncio.ensure_future(
+            committer.apply_background(_entries("copy", 20 * BACKGROUND_GROUP_WHILE_BUSY))
+        )
+        await asyncio.sleep(0)
+        assert await committer.raise_fence(5) == 5
+        assert copying.done() and engine.stats().keys == 1 + 20 * BACKGROUND_GROUP_WHILE_BUSY
     finally:
         await committer.stop()
         engine.close()
