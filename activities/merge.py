@@ -17,7 +17,7 @@ from typing import TypeAlias
 
 from pairdb.kernel.keyspace import StoredRecord
 from pairdb.storage_node.engine import DIGEST_BYTES, digest_entry, range_hash
-from pairdb.storage_node.layout import TOKEN, encode_key
+from pairdb.storage_node.layout import clockwise, encode_key
 
 # Batches read ahead per stream.
 READ_AHEAD = 4
@@ -30,11 +30,10 @@ Position: TypeAlias = tuple[bool, bytes]
 
 def position_in(start: int, end: int) -> Callable[[StoredRecord], Position]:
     """Where a record comes in a scan of (start, end]: the key streams are ordered by."""
-    wraps = start >= end
 
     def position(record: StoredRecord) -> Position:
-        db_key = encode_key(record.tenant_id, record.key)  # its token leads: hashed once, not twice
-        return (wraps and TOKEN.unpack_from(db_key)[0] <= start, db_key)
+        # The token is read back from the key, which leads with it: hashed once, not twice.
+        return clockwise(encode_key(record.tenant_id, record.key), start, end)
 
     return position
 

@@ -31,6 +31,7 @@ from pairdb.storage_node.layout import (
     TOMBSTONE,
     VERSION,
     Entry,
+    clockwise,
     decode,
     encode_entry,
     encode_key,
@@ -166,7 +167,7 @@ def digest_of(records: Iterable[StoredRecord], start: int, end: int) -> tuple[by
     """
     entries = [encode_entry(r) for r in records]
     # Clockwise from start, as the engine walks: tokens above start first when the range wraps.
-    entries.sort(key=lambda e: (start >= end and TOKEN.unpack_from(e[0])[0] <= start, e[0]))
+    entries.sort(key=lambda e: clockwise(e[0], start, end))
     return _digest(entries)
 
 

@@ -57,6 +57,12 @@ def pack_entry(entry: Entry) -> bytes:
     return ENTRY.pack(len(db_key), len(db_value)) + db_key + db_value
 
 
+def clockwise(db_key: bytes, start: int, end: int) -> tuple[bool, bytes]:
+    """Where a stored key comes in a walk of (start, end] as the engine scans it: by key, and when
+    the range wraps past the ring's end, the tokens above start first."""
+    return (start >= end and TOKEN.unpack_from(db_key)[0] <= start, db_key)
+
+
 def tenant_of(db_key: bytes) -> bytes:
     return db_key[9 : 9 + db_key[8]]
 
