@@ -229,6 +229,7 @@ class CopySteps:
             groups = [(g, "pulled") for ranges in routes.values() for g in _groups(ranges, per_group)]
         groups += [([planned], "merged") for planned in merged]
 
+        started = time.monotonic()
         try:
             async with Checkpoints(
                 functools.partial(self._ctx.store.mark_copied, chunk.migration_id),
@@ -237,6 +238,15 @@ class CopySteps:
                 await gather_all(copy_group(g, how) for g, how in groups)
         finally:
             self._paces[chunk.migration_id] = pace.state
+        log.info(
+            "Copy step done",
+            migration_id=chunk.migration_id,
+            ranges=len(todo),
+            keys=sum(p.keys_estimate for p in todo),
+            rate=round(pace.rate),
+            yielding=pace.state.yielding,
+            duration=round(time.monotonic() - started, 3),
+        )
         return await self._report(chunk.migration_id)
 
     @activity.defn(name="verify_ranges")
@@ -258,6 +268,7 @@ class CopySteps:
             async with pace.turn():
                 await pace.take(max(sum(p.keys_estimate for p in group), 1))
                 agreed = await self._digests_agree(topology, row, group)
+                by_digest.update(agreed)
                 for planned in group:
                     if planned.index in agreed:
                         verified.add(planned.index)
@@ -272,14 +283,26 @@ class CopySteps:
                 activity.heartbeat()
                 return recopied
 
+        by_digest: set[int] = set()
+        started = time.monotonic()
         try:
             async with Checkpoints(
                 functools.partial(self._ctx.store.mark_verified, chunk.migration_id)
             ) as verified:
                 groups = _groups(todo, pace.turn_keys(ENTRY_BATCH))
-                return sum(await gather_all(verify_group(g) for g in groups))
+                recopied = sum(await gather_all(verify_group(g) for g in groups))
         finally:
             self._paces[chunk.migration_id] = pace.state
+        log.info(
+            "Verify step done",
+            migration_id=chunk.migration_id,
+            ranges=len(todo),
+            by_digest=len(by_digest),
+            compared_in_full=len(todo) - len(by_digest),
+            recopied=recopied,
+            duration=round(time.monotonic() - started, 3),
+        )
+        return recopied
 
     def _pace(
         self, chunk: CopyChunk, topology: Topology, row: MigrationRow, todo: list[PlannedRange]
