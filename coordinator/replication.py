@@ -423,13 +423,14 @@ def _count_dual_writes(answers: Sequence[Applied | BaseException]) -> None:
 
 def _each(
     part: list[_Round], results: list[Applied | BaseException]
-) -> Iterator[tuple[Delivery, bool, Applied | BaseException]]:
-    """Each delivery of a call's rounds, whether it was decided before this answer, and its answer."""
+) -> Iterator[tuple[_Round, Delivery, bool, Applied | BaseException]]:
+    """Each delivery of a call's rounds: its round, whether it was decided before this answer, and
+    its answer."""
     at = 0
     for round_ in part:
         for i, delivery in enumerate(round_.deliveries):
             decided = round_.parts[i].decided if round_.parts is not None else round_.decided
-            yield delivery, decided, results[at]
+            yield round_, delivery, decided, results[at]
             at += 1
 
 
@@ -442,12 +443,12 @@ def _log_failures(node: str, part: list[_Round], results: list[Applied | BaseExc
     if len(results) > 1 and all(e is error for e in results):
         log.warning("Replica call failed", node_id=node, records=len(results), error=describe_failure(error))
         return
-    joining = part[0].joining  # a call goes to one node: joining it is, or not, for every plan of it
-    for delivery, decided, result in _each(part, results):
+    for round_, delivery, decided, result in _each(part, results):
         if isinstance(result, BaseException):
             record = delivery.record
             log.warning(
-                "Dual-write failed to migration node" if node in joining else "Replica write failed",
+                # A call carries several plans' records: the node may be joining in some only.
+                "Dual-write failed to migration node" if node in round_.joining else "Replica write failed",
                 node_id=node,
                 tenant_id=record.tenant_id,
                 key=record.key,
@@ -467,7 +468,7 @@ def _leave_hints(
     """A hint for each record the node could not take then; the node is heard from if it answered."""
     answered = not failed
     if failed:
-        for delivery, _, result in _each(part, results):
+        for _, delivery, _, result in _each(part, results):
             if not isinstance(result, BaseException):
                 answered = True
             elif hintable(result):

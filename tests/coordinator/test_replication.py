@@ -17,6 +17,7 @@ import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from pairdb.coordinator.metadata import NodeInfo
 from pairdb.coordinator.quorum import Consistency, ReplicaPlan
@@ -292,3 +293,21 @@ async def test_a_records_outcome_in_a_batch_is_the_one_it_gets_alone(
     )
     for delivery, outcome, [single] in zip(deliveries, batch, alone, strict=True):
         assert _seen(outcome) == _seen(single), delivery.record.key
+
+
+async def test_a_batchs_failed_sends_are_logged_as_dual_writes_only_where_the_node_is_joining() -> None:
+    """One call to a node carries records of several plans: the node may be joining in some only."""
+    joining_in = ReplicaPlan(Consistency.QUORUM, ("a", "b", "c"), ("a", "b", "d"))  # d: a dual write
+    member_of = ReplicaPlan(Consistency.QUORUM, ("b", "c", "d"))  # d: an ordinary replica
+    plans = [joining_in if i % 2 else member_of for i in range(DIRECT_CALLS_FROM)]
+    deliveries = [
+        Delivery(plan, StoredRecord("t", f"k{i}", b"v", Version(2 << 16, 1))) for i, plan in enumerate(plans)
+    ]
+    pool = ScriptedPool({("d", f"k{i}"): "refused" for i in range(len(plans))}, {})
+    with capture_logs() as logs:
+        await pool.in_node_order(Replicator(Cache(), pool).send_many(TOPOLOGY, deliveries))  # type: ignore[arg-type]
+    events = {entry["key"]: entry["event"] for entry in logs if entry.get("node_id") == "d"}
+    assert events == {
+        f"k{i}": "Dual-write failed to migration node" if plan is joining_in else "Replica write failed"
+        for i, plan in enumerate(plans)
+    }
