@@ -242,7 +242,7 @@ class CopySteps:
             "Copy step done",
             migration_id=chunk.migration_id,
             ranges=len(todo),
-            keys=sum(p.keys_estimate for p in todo),
+            keys_planned=sum(p.keys_estimate for p in todo),
             rate=round(pace.rate),
             yielding=pace.state.yielding,
             duration=round(time.monotonic() - started, 3),
