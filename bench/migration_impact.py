@@ -26,7 +26,15 @@ Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] 
    headroom, as a production cluster has: the clients offer ``--offered``
    (a share of the saturating run's steady ops/s) at fixed intervals, and a
    latency counts from when a request was due, not sent (a client that falls
-   behind shows it as latency, not as fewer requests).
+   behind shows it as latency, not as fewer requests). The default, 30 %, kept
+   this machine's two cores about 60-70 % busy (every process's, the bench's
+   clients included); at 60 % they were 80-90 % busy, since a saturated
+   coordinator gathers more requests into each replica call and so spends
+   less per request: that was no headroom, and a quiet window's p99 strayed
+   2-13x from the steady one's with nothing running.
+
+Every window shows the share of the machine's CPU time in use meanwhile
+(``/proc/stat``), so a reader sees how much headroom a load left.
 5. Nearly empty: a cluster whose tenant holds 100 keys; the seconds from
    AddStorageNode until ``completed`` (the fixed cost of an addition).
 
@@ -74,6 +82,28 @@ class Window:
     ops_per_second: float
     p50_ms: float
     p99_ms: float
+    # The share of the machine's CPU time in use meanwhile, every process's (None: no /proc/stat).
+    busy: float | None = None
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """The machine's CPU time so far, in clock ticks: (busy, total); None where /proc/stat is not."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(t) for t in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait
+    total = sum(ticks[:8])  # guest time is counted in user time already
+    return total - idle, total
+
+
+@dataclass(frozen=True)
+class Mark:
+    """When a window starts: the time and the machine's CPU time then."""
+
+    at: float
+    cpu: tuple[int, int] | None
 
 
 class Load:
@@ -115,12 +145,25 @@ class Load:
             self._latencies.append((end, end - started))
             i += 1
 
-    def window(self, label: str, start: float, end: float) -> Window:
-        inside = sorted(seconds for at, seconds in self._latencies if start <= at <= end)
+    @staticmethod
+    def mark() -> Mark:
+        return Mark(time.perf_counter(), cpu_times())
+
+    def window(self, label: str, since: Mark) -> Window:
+        """The requests completed from since until now."""
+        end, cpu = time.perf_counter(), cpu_times()
+        inside = sorted(seconds for at, seconds in self._latencies if since.at <= at <= end)
         if not inside:
             raise RuntimeError(f"{label}: no request completed")
+        busy = None
+        if cpu is not None and since.cpu is not None and cpu[1] > since.cpu[1]:
+            busy = (cpu[0] - since.cpu[0]) / (cpu[1] - since.cpu[1])
         return Window(
-            label, len(inside) / (end - start), percentile(inside, 0.5) * 1e3, percentile(inside, 0.99) * 1e3
+            label,
+            len(inside) / (end - since.at),
+            percentile(inside, 0.5) * 1e3,
+            percentile(inside, 0.99) * 1e3,
+            busy,
         )
 
     async def stop(self) -> None:
@@ -157,17 +200,17 @@ async def repair_and_wait(client: Client, poll: float) -> float:
 
 async def repairs_under_load(cluster: LocalCluster, client: Client, load: Load) -> list[tuple[Window, float]]:
     say("repairing a cluster whose replicas agree, under load ...")
-    start = time.perf_counter()
+    start = load.mark()
     in_sync = await repair_and_wait(client, poll=0.5)
-    windows = [(load.window("repair, in sync", start, time.perf_counter()), in_sync)]
+    windows = [(load.window("repair, in sync", start), in_sync)]
     say("node-3 loses its data directory and restarts empty ...")
     await cluster.kill_storage_node("node-3")
     shutil.rmtree(cluster.data_dir / "nodes" / "node-3")
     await cluster.restart_storage_node("node-3")
     say("repairing it under load ...")
-    start = time.perf_counter()
+    start = load.mark()
     refill = await repair_and_wait(client, poll=0.5)
-    windows.append((load.window("repair, node-3 empty", start, time.perf_counter()), refill))
+    windows.append((load.window("repair, node-3 empty", start), refill))
     return windows
 
 
@@ -199,29 +242,29 @@ async def addition_under_load(workdir: Path, args: argparse.Namespace, rate: flo
         async with cluster.client() as client:
             load = Load(client, args.keys, args.concurrency, rate)
             await asyncio.sleep(2)  # warm-up
-            start = time.perf_counter()
+            start = load.mark()
             await asyncio.sleep(args.seconds)
-            steady = load.window("steady", start, time.perf_counter())
+            steady = load.window("steady", start)
             quiet: Window | None = None
             if args.quiet_seconds:
                 # The same load for about as long as an addition takes, nothing else running: how far a
                 # long window's p99 strays from the steady one's on this machine by itself.
                 say(f"the same load for {args.quiet_seconds:.0f} s more, nothing else running ...")
-                start = time.perf_counter()
+                start = load.mark()
                 await asyncio.sleep(args.quiet_seconds)
-                quiet = load.window("quiet (no change)", start, time.perf_counter())
+                quiet = load.window("quiet (no change)", start)
             # The operator starts the node's process first (on a machine of its own, usually): its
             # start-up is not the addition's.
             node4 = await cluster.add_storage_node("node-4")
             await asyncio.sleep(1)
             say("adding node-4 under load ...")
-            start = time.perf_counter()
+            start = load.mark()
             # Each status poll is a Temporal query: poll as an operator would, not 20 times a second.
             duration = await add_node_and_wait(client, node4, poll=0.5)
-            during = load.window("during the addition", start, time.perf_counter())
-            start = time.perf_counter()
+            during = load.window("during the addition", start)
+            start = load.mark()
             await asyncio.sleep(args.seconds)
-            after = load.window("after it (4 nodes)", start, time.perf_counter())
+            after = load.window("after it (4 nodes)", start)
             await load.stop()
     finally:
         await cluster.stop()
@@ -243,9 +286,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
             async with cluster.client() as client:
                 load = Load(client, args.keys, args.concurrency)
                 await asyncio.sleep(2)  # warm-up
-                start = time.perf_counter()
+                start = load.mark()
                 await asyncio.sleep(args.seconds)
-                steady = load.window("steady", start, time.perf_counter())
+                steady = load.window("steady", start)
                 windows = await repairs_under_load(cluster, client, load)
                 await load.stop()
         finally:
@@ -288,10 +331,11 @@ def _report(observed: Observed) -> None:
     steady, quiet = observed.steady, observed.quiet
     later: list[tuple[Window, float | None]] = [(quiet, None)] if quiet is not None else []
     later += observed.windows
-    print(f"{'window':<22} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7}")
-    print("-" * 53)
+    print(f"{'window':<22} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'CPU busy':>8}")
+    print("-" * 64)
     for w in (steady, *(w for w, _ in later)):
-        print(f"{w.label:<22} | {w.ops_per_second:>8,.0f} | {w.p50_ms:>7.2f} | {w.p99_ms:>7.2f}")
+        busy = f"{w.busy:.0%}" if w.busy is not None else "-"
+        print(f"{w.label:<22} | {w.ops_per_second:>8,.0f} | {w.p50_ms:>7.2f} | {w.p99_ms:>7.2f} | {busy:>8}")
     print()
     for w, seconds in later:
         took = f" (it took {seconds:.1f} s)" if seconds is not None else ""
@@ -316,8 +360,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--offered",
         type=float,
-        default=0.6,
-        help="the headroom run's load, a share of the saturating steady ops/s (default %(default)s)",
+        default=0.3,
+        help="the headroom run's load, a share of the saturating steady ops/s; at 0.3 this machine's "
+        "two cores were about 60%% busy (default %(default)s)",
     )
     parser.add_argument(
         "--quiet-seconds",
