@@ -27,16 +27,16 @@ Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] 
    (a share of the saturating run's steady ops/s) at fixed intervals, and a
    latency counts from when a request was due, not sent (a client that falls
    behind shows it as latency, not as fewer requests). The default, 30 %, kept
-   this machine's two cores about 60-70 % busy (every process's, the bench's
+   this machine's two cores 64-71 % busy (every process's, the bench's
    clients included); at 60 % they were 80-90 % busy, since a saturated
    coordinator gathers more requests into each replica call and so spends
    less per request: that was no headroom, and a quiet window's p99 strayed
-   2-13x from the steady one's with nothing running.
+   0.96-13x from the steady one's with nothing running.
+5. Nearly empty: a cluster whose tenant holds 100 keys; the seconds from
+   AddStorageNode until ``completed`` (the fixed cost of an addition).
 
 Every window shows the share of the machine's CPU time in use meanwhile
 (``/proc/stat``), so a reader sees how much headroom a load left.
-5. Nearly empty: a cluster whose tenant holds 100 keys; the seconds from
-   AddStorageNode until ``completed`` (the fixed cost of an addition).
 
 With ``--operation repair``, step 3 is two anti-entropy repairs under the same
 load instead: one of a cluster whose replicas agree (the daily case: digests
@@ -93,8 +93,10 @@ def cpu_times() -> tuple[int, int] | None:
             ticks = [int(t) for t in stat.readline().split()[1:]]
     except (OSError, ValueError):
         return None
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait
-    total = sum(ticks[:8])  # guest time is counted in user time already
+    # Busy: all but idle and iowait. Steal (the host ran another guest while ours wanted the CPU)
+    # counts as busy; guest time is counted in user time already.
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    total = sum(ticks[:8])
     return total - idle, total
 
 
@@ -362,7 +364,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.3,
         help="the headroom run's load, a share of the saturating steady ops/s; at 0.3 this machine's "
-        "two cores were about 60%% busy (default %(default)s)",
+        "two cores were 64-71%% busy (default %(default)s)",
     )
     parser.add_argument(
         "--quiet-seconds",
