@@ -266,13 +266,15 @@ class NodeClient:
         self, epoch: int, keys: list[tuple[str, str]], timeout: float
     ) -> list[StoredRecord | StorageError | None]:
         results: list[StoredRecord | StorageError | None] = []
-        deadline = time.monotonic() + timeout
         while len(results) < len(keys):
-            # A node answers only as many keys as fit one reply: the rest are asked again.
+            # A node answers only as many keys as fit one reply: the rest are asked again. Each reply
+            # has the whole timeout: a read of many large values takes as many as it needs, and a
+            # deadline shared by all of them would fail it on a slow machine however steadily it went.
+            # (The caller's own deadline bounds the whole.)
             request = storage_pb2.GetManyRequest(
                 keys=[storage_pb2.RecordKey(tenant_id=t, key=k) for t, k in keys[len(results) :]], epoch=epoch
             )
-            reply = await self._call(self._stub.GetMany, request, max(deadline - time.monotonic(), 0.001))
+            reply = await self._call(self._stub.GetMany, request, timeout)
             if not reply.outcomes or len(results) + len(reply.outcomes) > len(keys):
                 raise StorageError(
                     self.node_id,

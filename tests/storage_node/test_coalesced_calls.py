@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -199,5 +200,32 @@ async def test_a_get_many_reply_stops_at_its_size_and_the_client_asks_again_for_
             reply = await stub.GetMany(request)
         assert len(reply.outcomes) == 3  # its values passed 250 bytes: the rest is left out
         assert await client.get_many(keys, epoch=1) == [*records, None]  # in four calls
+    finally:
+        await client.close()
+
+
+async def test_a_get_many_cut_into_replies_gives_each_reply_the_whole_timeout(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large values take one reply each: a read of many is as many calls as it needs, each of them
+    # timed on its own (a deadline shared by all would fail a big read on a slow machine however
+    # steadily it went; the caller's own deadline bounds the whole).
+    monkeypatch.setattr(service, "MAX_GET_MANY_REPLY_BYTES", 100)
+    records = [rec(f"big-{i}", bytes([i]) * 100) for i in range(4)]
+    client = NodeClient("coalesced", address, timeout=0.5)
+    slow = 0.3  # each reply comes well within the timeout; the four together do not
+    call = client._call
+
+    async def late_call(method: Any, request: object, timeout: float) -> Any:
+        # A reply that takes `slow` seconds: what gRPC does with a shorter deadline.
+        if timeout < slow:
+            raise StorageError("coalesced", grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        await asyncio.sleep(slow)
+        return await call(method, request, timeout)
+
+    try:
+        await client.apply_many(records, epoch=1)
+        monkeypatch.setattr(client, "_call", late_call)
+        assert await client.get_many([("t", r.key) for r in records], epoch=1) == records
     finally:
         await client.close()
