@@ -36,7 +36,7 @@ Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] 
    AddStorageNode until ``completed`` (the fixed cost of an addition).
 
 Every window shows the share of the machine's CPU time in use meanwhile
-(``/proc/stat``), so a reader sees how much headroom a load left.
+(psutil's ``cpu_times``), so a reader sees how much headroom a load left.
 
 With ``--operation repair``, step 3 is two anti-entropy repairs under the same
 load instead: one of a cluster whose replicas agree (the daily case: digests
@@ -63,6 +63,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -82,22 +84,20 @@ class Window:
     ops_per_second: float
     p50_ms: float
     p99_ms: float
-    # The share of the machine's CPU time in use meanwhile, every process's (None: no /proc/stat).
-    busy: float | None = None
+    # The share of the machine's CPU time in use meanwhile, every process's.
+    busy: float
 
 
-def cpu_times() -> tuple[int, int] | None:
-    """The machine's CPU time so far, in clock ticks: (busy, total); None where /proc/stat is not."""
-    try:
-        with open("/proc/stat") as stat:
-            ticks = [int(t) for t in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # Busy: all but idle and iowait. Steal (the host ran another guest while ours wanted the CPU)
-    # counts as busy; guest time is counted in user time already.
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-    total = sum(ticks[:8])
-    return total - idle, total
+def cpu_times() -> tuple[float, float]:
+    """The machine's CPU seconds so far: (busy, total).
+
+    Busy is all but idle and iowait; steal (the host ran another guest while
+    ours wanted the CPU) counts as busy. Linux counts guest time in user and
+    nice already.
+    """
+    times = psutil.cpu_times()
+    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    return total - times.idle - getattr(times, "iowait", 0.0), total
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class Mark:
     """When a window starts: the time and the machine's CPU time then."""
 
     at: float
-    cpu: tuple[int, int] | None
+    cpu: tuple[float, float]
 
 
 class Load:
@@ -157,9 +157,7 @@ class Load:
         inside = sorted(seconds for at, seconds in self._latencies if since.at <= at <= end)
         if not inside:
             raise RuntimeError(f"{label}: no request completed")
-        busy = None
-        if cpu is not None and since.cpu is not None and cpu[1] > since.cpu[1]:
-            busy = (cpu[0] - since.cpu[0]) / (cpu[1] - since.cpu[1])
+        busy = (cpu[0] - since.cpu[0]) / max(cpu[1] - since.cpu[1], 1e-9)
         return Window(
             label,
             len(inside) / (end - since.at),
@@ -336,8 +334,8 @@ def _report(observed: Observed) -> None:
     print(f"{'window':<22} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'CPU busy':>8}")
     print("-" * 64)
     for w in (steady, *(w for w, _ in later)):
-        busy = f"{w.busy:.0%}" if w.busy is not None else "-"
-        print(f"{w.label:<22} | {w.ops_per_second:>8,.0f} | {w.p50_ms:>7.2f} | {w.p99_ms:>7.2f} | {busy:>8}")
+        figures = f"{w.ops_per_second:>8,.0f} | {w.p50_ms:>7.2f} | {w.p99_ms:>7.2f} | {w.busy:>8.0%}"
+        print(f"{w.label:<22} | {figures}")
     print()
     for w, seconds in later:
         took = f" (it took {seconds:.1f} s)" if seconds is not None else ""
