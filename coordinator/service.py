@@ -18,7 +18,7 @@ from pairdb.coordinator.membership import ChangeOutcome, Membership
 from pairdb.coordinator.metadata import Metadata, TenantInfo
 from pairdb.coordinator.migrations import Migrations
 from pairdb.coordinator.quotas import Quotas
-from pairdb.coordinator.read_path import ReadPath
+from pairdb.coordinator.read_path import ReadPath, ReadResult
 from pairdb.coordinator.repairs import Repairs
 from pairdb.coordinator.topology import LeaseLapsed, TopologyCache
 from pairdb.coordinator.write_path import Write, WritePath
@@ -29,7 +29,7 @@ from pairdb.kernel.errors import (
     PairdbError,
     ResourceExhausted,
 )
-from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, MAX_BATCH_VALUE_BYTES, Version
+from pairdb.kernel.keyspace import DEFAULT_REPLICATION_FACTOR, MAX_BATCH_VALUE_BYTES, MAX_VALUE_BYTES, Version
 from pairdb.kernel.migration import TERMINAL, Status
 from pairdb.kernel.repair import DEFAULT_GC_GRACE_SECONDS, DEFAULT_INTERVAL_HOURS, SCHEDULE_ID
 from pairdb.proto import coordinator_pb2 as pb
@@ -42,6 +42,11 @@ log = structlog.get_logger()
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, ServicerContext], Awaitable[Resp]]
+
+# Keys a batch read asks the replicas for before it knows its values' size: as many as
+# fit one reply even at the largest value, so a batch of large values reads little more
+# than its replies carry. Later rounds ask for as many as the mean size read so far fills.
+FIRST_READ_KEYS = MAX_BATCH_VALUE_BYTES // MAX_VALUE_BYTES
 
 
 def rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
@@ -62,6 +67,21 @@ def rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
 def _version(v: Version | None) -> pb.WriteVersion:
     return pb.WriteVersion() if v is None else pb.WriteVersion(hlc=v.hlc, origin=v.origin)
+
+
+def _found(result: pb.BatchReadResult, outcome: ReadResult) -> None:
+    result.found, result.value = outcome.found, outcome.value
+    version = result.version
+    version.SetInParent()  # present even when empty, as a single read's is
+    if outcome.version is not None:
+        version.hlc, version.origin = outcome.version.hlc, outcome.version.origin
+
+
+def _defer(result: pb.BatchReadResult) -> None:
+    # A reply carries a batch's worth of values, as a BatchWrite request does.
+    full = f"this reply is full ({MAX_BATCH_VALUE_BYTES // (1024 * 1024)} MiB of values)"
+    _fail(result, ResourceExhausted(f"{full}: read the key again"))
+    result.deferred = True
 
 
 def _write(item: pb.BatchWriteItem) -> Write:
@@ -200,23 +220,30 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServiceServicer):
         admitted = self._admitted([tenant for tenant, _ in keys], valid, results)
         kept = [(k, i) for k, i in zip(keys, valid, strict=True) if k[0] in admitted]
         keys, valid = [k for k, _ in kept], [i for _, i in kept]
-        size = 0
-        for i, outcome in zip(valid, await self._reads.get_many(keys, level), strict=True):
-            result = results[i]
-            if isinstance(outcome, PairdbError):
-                _fail(result, outcome)
-            elif size and size + len(outcome.value) > MAX_BATCH_VALUE_BYTES:
-                # A reply carries a batch's worth of values, as a BatchWrite request does.
-                full = f"this reply is full ({MAX_BATCH_VALUE_BYTES // (1024 * 1024)} MiB of values)"
-                _fail(result, ResourceExhausted(f"{full}: read the key again"))
-                result.deferred = True
-            else:
-                size += len(outcome.value)
-                result.found, result.value = outcome.found, outcome.value
-                version = result.version
-                version.SetInParent()  # present even when empty, as a single read's is
-                if outcome.version is not None:
-                    version.hlc, version.origin = outcome.version.hlc, outcome.version.origin
+        size = read = 0  # bytes in the reply; value bytes read
+        start, count = 0, FIRST_READ_KEYS
+        while start < len(keys) and size < MAX_BATCH_VALUE_BYTES:
+            chunk = slice(start, start + count)
+            full = False
+            for i, outcome in zip(valid[chunk], await self._reads.get_many(keys[chunk], level), strict=True):
+                if isinstance(outcome, PairdbError):
+                    _fail(results[i], outcome)
+                    continue
+                read += len(outcome.value)
+                if size and size + len(outcome.value) > MAX_BATCH_VALUE_BYTES:
+                    _defer(results[i])
+                    full = True
+                else:
+                    size += len(outcome.value)
+                    _found(results[i], outcome)
+            start = min(start + count, len(keys))
+            if full:
+                break
+            # Enough keys, at the mean size read so far, to fill what is left of the reply.
+            mean = read / start
+            count = int((MAX_BATCH_VALUE_BYTES - size) / mean) + 1 if mean else len(keys)
+        for i in valid[start:]:
+            _defer(results[i])  # left unread: the client asks again
         return response
 
     def _admitted(

@@ -79,6 +79,9 @@ HINTS_PENDING = Gauge(
 # -- storage node ---------------------------------------------------------------------
 STORAGE_KEYS = Gauge("pairdb_storage_keys", "Live keys on this storage node")
 STORAGE_BYTES = Gauge("pairdb_storage_bytes", "Bytes of live values on this storage node")
+STORAGE_READ_BYTES = Counter(
+    "pairdb_storage_read_bytes", "Bytes of values this storage node's point reads (Get, GetMany) returned"
+)
 STORAGE_TOMBSTONES = Gauge("pairdb_storage_tombstones", "Tombstones on this storage node")
 STORAGE_PURGED = Gauge(
     "pairdb_storage_tombstones_purged", "Tombstones this storage node purged after covering repairs"

@@ -27,6 +27,7 @@ from pairdb.kernel.keyspace import (
 )
 from pairdb.kernel.sabotage import SKIP_FENCE
 from pairdb.proto import storage_pb2, storage_pb2_grpc
+from pairdb.serving import metrics
 from pairdb.serving.interception import ServicerContext
 from pairdb.storage_node import pull
 from pairdb.storage_node.background import BackgroundReadFailed, BackgroundReads, ReaderThread
@@ -304,6 +305,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         reply = storage_pb2.GetResponse()
         self._read_into(reply, request.tenant_id, request.key)
+        metrics.STORAGE_READ_BYTES.inc(len(reply.record.value))
         self._load.served(1)
         return reply
 
@@ -324,6 +326,7 @@ class StorageService(storage_pb2_grpc.StorageServiceServicer):
             else:
                 self._read_into(outcome.result, k.tenant_id, k.key)
                 size += len(outcome.result.record.value)
+        metrics.STORAGE_READ_BYTES.inc(size)
         self._load.served(len(reply.outcomes))
         return reply
 

@@ -13,7 +13,7 @@ from pairdb.kernel.keyspace import MAX_BATCH_ITEMS, MAX_BATCH_VALUE_BYTES, MAX_K
 from pairdb.local.cluster import LocalCluster
 from pairdb.proto import coordinator_pb2 as pb
 from pairdb.proto import coordinator_pb2_grpc
-from tests.support import credentials, hints_replayed
+from tests.support import credentials, hints_replayed, scrape
 
 
 def values(results: list[Value | ClientError]) -> list[bytes | None]:
@@ -92,7 +92,7 @@ async def test_a_batch_over_the_limits_is_refused_whole(cluster: LocalCluster, t
 
 
 async def test_a_batch_read_of_more_values_than_one_reply_carries_returns_every_value(
-    client: Client, tenant: str
+    cluster: LocalCluster, client: Client, tenant: str
 ) -> None:
     # 60 MiB of values: more than a coordinator's reply to a batch carries, and more than a
     # storage node's reply to one call. Each is cut short and asked again for the rest.
@@ -103,7 +103,9 @@ async def test_a_batch_read_of_more_values_than_one_reply_carries_returns_every_
         (i, v) for i, v in enumerate(written) if not isinstance(v, tuple)
     ]
     try:
+        served_before = await _read_bytes_served(cluster)
         read = await client.get_many([(tenant, f"large-{i}") for i in range(60)])
+        served = await _read_bytes_served(cluster) - served_before
         # Which keys came back wrong, and as what (an error, or a value's size).
         wrong = [
             (i, r if isinstance(r, ClientError) else len(r.value or b""))
@@ -111,6 +113,10 @@ async def test_a_batch_read_of_more_values_than_one_reply_carries_returns_every_
             if values([r]) != [values_written[i]]
         ]
         assert not wrong, wrong
+        # The coordinator asks the replicas for about what each of its replies carries and leaves
+        # the rest unread: each value from at most every replica (3 x 60 MiB), not re-read for every
+        # round the client asks again (a quorum of 2 x (60 + 44 + 28 + 12) MiB, 288 MiB).
+        assert served <= 3 * 60 * MAX_VALUE_BYTES, f"the nodes served {served / MAX_VALUE_BYTES:.0f} MiB"
     finally:
         # The cluster is the session's: 60 MiB left behind would ride along every later
         # whole-ring scan (tests/integration/test_fuzz.py measures a node's memory across them).
@@ -130,3 +136,8 @@ async def test_with_a_node_down_a_quorum_batch_succeeds_and_an_all_batch_names_i
     finally:
         await cluster.restart_storage_node("node-2")
         await hints_replayed(cluster, "node-2")
+
+
+async def _read_bytes_served(cluster: LocalCluster) -> float:
+    samples = [await scrape(node.metrics_port) for node in cluster.nodes.values()]
+    return sum(s.get("pairdb_storage_read_bytes_total", 0.0) for s in samples)
