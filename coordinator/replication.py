@@ -15,10 +15,14 @@ or late, leaves a hint (hints.py) that is replayed once the replica is back.
 Hints are taken after the answers are counted and never change an outcome.
 
 A dual write to a joining node whose answer the plan can do without waits in
-that node's coalescer for company (patient). A write still undecided after
-what most writes take lately (p90), or one whose other replica failed, needs
-that answer after all: it hurries the patient sends, so a slow old replica
-costs one round trip to the joining node, not the patient linger.
+that node's coalescer for company (patient), while the old replicas' calls are
+crowded (a busy coordinator, where the joining node's per-call cost is what
+patience saves). A write still undecided after what most writes take lately
+(p90), or one whose other replica failed, needs that answer after all: it
+hurries the patient sends, so a slow old replica costs one round trip to the
+joining node, not the patient linger. Under a load with headroom nothing is
+patient: a write the joining node does not delay would wait for both old
+replicas it shares with the future set instead of the first two of three.
 """
 
 from __future__ import annotations
@@ -283,7 +287,7 @@ class Replicator:
             rounds = [_Round([d], [i], newer_counts) for i, d in enumerate(deliveries)]
             for round_ in rounds:
                 delivery = round_.deliveries[0]
-                can_wait = _patient(delivery.plan) if patient else frozenset()
+                can_wait = self._patient(topology, delivery.plan) if patient else frozenset()
                 for node in delivery.plan.targets:
                     if node not in round_.outcome.acked:
                         client = self._pool.node(node, topology.address(node))
@@ -371,6 +375,14 @@ class Replicator:
             for position, outcome in round_.settled():
                 outcomes[position] = outcome
         return cast(list[Outcome], outcomes)
+
+    def _patient(self, topology: Topology, plan: ReplicaPlan) -> frozenset[str]:
+        """The sends of plan that may wait for company now: _patient(plan) while every old
+        replica's calls are crowded, none otherwise."""
+        can_wait = _patient(plan)
+        if can_wait and all(self._pool.node(n, topology.address(n)).writes_crowded for n in plan.old):
+            return can_wait
+        return frozenset()
 
 
 def _slices(deliveries: Sequence[Delivery], newer_counts: bool) -> list[_Round]:

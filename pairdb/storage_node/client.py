@@ -200,6 +200,11 @@ class NodeClient:
             record, epoch=epoch, size=size, timeout=timeout or self.timeout, patient=patient
         )
 
+    @property
+    def writes_crowded(self) -> bool:
+        """Most writes to this node lately found a call out already (coalescing.py)."""
+        return self._writes.crowded
+
     def hurry_applies(self) -> None:
         """Send the patient applies waiting for company now: a write waits for one of them after all."""
         self._writes.hurry()

@@ -66,6 +66,8 @@ class Caps:
 
 # Weight of the newest submission in the moving share of submissions that found a call out.
 _BUSY_WEIGHT = 0.125
+# The share past which a node's calls are crowded: most requests find a call out already.
+CROWDED = 0.5
 
 
 @dataclass(slots=True)
@@ -91,7 +93,11 @@ class Coalescer(Generic[Item, Result]):
         self._caps = caps
         self._queue: deque[_Pending[Item, Result]] = deque()
         self._in_flight = 0
-        # Moving share of submissions that found every call slot taken: many callers at once.
+        self._sending = 0  # calls out at the node (in flight but not waiting for company)
+        # Moving share of submissions that found as many calls out at the node as allowed: many
+        # callers at once. A call waiting for company does not count: what joins it is what the
+        # wait is for, and counting it kept a node crowded, and its calls waiting, at a rate its
+        # calls alone would rarely overlap.
         self._busy = 0.0
         self._calls: set[asyncio.Task[None]] = set()
         # Resolved to end the patient wait of a call: an item somebody waits for came, or a full call.
@@ -108,7 +114,7 @@ class Coalescer(Generic[Item, Result]):
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
-        busy = 1.0 if self._in_flight >= self._caps.in_flight else 0.0
+        busy = 1.0 if self._sending >= self._caps.in_flight else 0.0
         self._busy += (busy - self._busy) * _BUSY_WEIGHT
         deadline = loop.time() + timeout
         self._queue.append(_Pending(value, epoch, size, deadline, future, patient))
@@ -117,6 +123,11 @@ class Coalescer(Generic[Item, Result]):
             _resolve(self._wake)
         self._dispatch()
         return future
+
+    @property
+    def crowded(self) -> bool:
+        """Most requests lately found calls out at the node: many callers at once (a busy coordinator)."""
+        return self._busy > CROWDED
 
     def hurry(self) -> None:
         """Somebody now waits for the queued patient items (a replica it counted on is slow): send them."""
@@ -183,7 +194,7 @@ class Coalescer(Generic[Item, Result]):
         if len(self._queue) < caps.items:  # a full call never waits for company
             if caps.patient_linger and self._queue and all(p.patient for p in self._queue):
                 await self._wait_patiently()
-            elif caps.linger and self._busy > 0.5:
+            elif caps.linger and self.crowded:
                 await asyncio.sleep(caps.linger)
         # Taken now, not at dispatch: what arrived meanwhile leaves in this call.
         call = self._take()
@@ -191,6 +202,7 @@ class Coalescer(Generic[Item, Result]):
             self._in_flight -= 1
             self._dispatch()
             return
+        self._sending += 1
         try:
             timeout = max(p.deadline for p in call) - loop.time()
             results = await self._send(call[0].epoch, [p.value for p in call], timeout)
@@ -203,6 +215,7 @@ class Coalescer(Generic[Item, Result]):
             for p, result in zip(call, results, strict=True):
                 _settle(p, result)
         finally:
+            self._sending -= 1
             self._in_flight -= 1
             self._dispatch()
 

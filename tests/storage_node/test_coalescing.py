@@ -206,6 +206,26 @@ async def test_one_caller_at_a_time_never_waits_for_company() -> None:
         assert await future == f"K{i}"
 
 
+async def test_a_node_is_crowded_while_most_requests_find_a_call_out_and_not_one_caller_at_a_time() -> None:
+    node = Node()
+    c = coalescer(node)
+    for i in range(30):  # one caller at a time
+        future = c.submit(f"k{i}", epoch=1, size=1, timeout=5)
+        await settle()
+        node.echo(i)
+        await future
+    assert not c.crowded
+    # Many callers at once: all but the first find its call out.
+    futures = [c.submit("first", epoch=1, size=1, timeout=5)]
+    await settle()
+    futures += [c.submit(f"a{i}", epoch=1, size=1, timeout=5) for i in range(19)]
+    assert c.crowded
+    node.echo(30)
+    await settle()
+    node.echo(31)  # the other 19, together
+    await asyncio.gather(*futures)
+
+
 async def test_while_most_requests_find_a_call_out_the_next_call_waits_for_the_linger() -> None:
     node = Node()
     c = coalescer(node, linger=0.05)
@@ -220,6 +240,30 @@ async def test_while_most_requests_find_a_call_out_the_next_call_waits_for_the_l
     assert len(node.calls) == 2 and len(node.calls[1].items) == 25  # those that came meanwhile joined
     node.echo(1)
     assert len(await asyncio.gather(*futures)) == 26
+
+
+async def test_requests_that_join_a_lingering_call_do_not_keep_the_node_crowded() -> None:
+    # The linger holds the call slot while nothing is out: counting what arrives meanwhile as
+    # "found a call out" kept a node crowded, and its calls lingering, at a rate its calls alone
+    # would rarely overlap (seen: 150 writes/s, a 2 ms call, and every write 5 ms later for minutes).
+    node = Node()
+    c = coalescer(node, linger=0.02)
+    futures = [c.submit("first", epoch=1, size=1, timeout=5)]
+    await settle()
+    futures += [c.submit(f"a{i}", epoch=1, size=1, timeout=5) for i in range(20)]  # all find "first" out
+    assert c.crowded
+
+    async def answered(futures: list[asyncio.Future[str]]) -> None:
+        while not all(f.done() for f in futures):
+            await asyncio.sleep(0.005)
+            for i, call in enumerate(node.calls):
+                if not call.answer.done():
+                    node.echo(i)
+
+    await answered(futures)
+    for round_ in range(4):  # a few requests at a time, each call answered at once
+        await answered([c.submit(f"r{round_}-{i}", epoch=1, size=1, timeout=5) for i in range(4)])
+    assert not c.crowded
 
 
 async def test_closing_cancels_the_items_a_lingering_call_had_not_taken_yet() -> None:
