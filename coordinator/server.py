@@ -42,6 +42,7 @@ from pairdb.security.exposure import check_listen, postgres_warning
 from pairdb.security.temporal_access import TemporalAccess
 from pairdb.security.tls import ChannelTls, ServerTls, TlsFiles
 from pairdb.serving import metrics
+from pairdb.serving.loop_demand import LoopDemand
 from pairdb.serving.server import COORDINATOR_MAX_CONCURRENT_RPCS, Health, new_server
 from pairdb.storage_node.client import StoragePool
 
@@ -126,8 +127,13 @@ async def serve(config: CoordinatorConfig) -> None:
         lease_metadata=lease_metadata,
     )
     await cache.start()
+    # A coordinator whose loop has work nearly all the time gathers replica calls harder (coalescing.py).
+    demand = LoopDemand()
+    demand.start()
     pool = StoragePool(
-        timeout=config.storage_timeout, tls=ChannelTls(config.tls) if config.tls is not None else None
+        timeout=config.storage_timeout,
+        tls=ChannelTls(config.tls) if config.tls is not None else None,
+        short_of_cpu=demand.busy if demand.available else None,
     )
     hints = await HintStore.connect(
         config.postgres_dsn, HintLimits(config.max_hints_per_node, config.max_hint_window)
@@ -210,6 +216,7 @@ async def serve(config: CoordinatorConfig) -> None:
     await quotas.stop()
     await cache.stop()
     await pool.close()
+    await demand.stop()
     await hints.stop()  # after the pool: sends it cancelled may have left hints
     await metadata.close()
     await lease_metadata.close()

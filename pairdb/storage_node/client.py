@@ -141,8 +141,12 @@ class NodeClient:
         timeout: float = DEFAULT_TIMEOUT,
         caps: Caps | None = None,
         tls: ChannelTls | None = None,
+        short_of_cpu: Callable[[], bool] | None = None,
     ) -> None:
-        """tls: this process's cluster certificate; the node must then prove it is node_id of the cluster."""
+        """tls: this process's cluster certificate; the node must then prove it is node_id of the cluster.
+
+        short_of_cpu: whether this process waits for CPU now, for the coalescers' linger (coalescing.py).
+        """
         self.node_id = node_id
         self.address = address
         self.timeout = timeout
@@ -154,9 +158,11 @@ class NodeClient:
         )
         self._stub = storage_pb2_grpc.StorageServiceStub(self._channel)
         caps = caps or Caps()
-        self._writes: Coalescer[StoredRecord, Applied] = Coalescer(self._coalesced_apply, self._expired, caps)
+        self._writes: Coalescer[StoredRecord, Applied] = Coalescer(
+            self._coalesced_apply, self._expired, caps, short_of_cpu
+        )
         self._reads: Coalescer[tuple[str, str], StoredRecord | None] = Coalescer(
-            self._get_many, self._expired, caps
+            self._get_many, self._expired, caps, short_of_cpu
         )
         # What the node last said of its client traffic, on a reply to ScanRange or ApplyBatch.
         self.load: NodeLoad | None = None
@@ -534,9 +540,16 @@ class NodeClient:
 class StoragePool:
     """NodeClients by node id, kept while the node's address and this process's certificate stay the same."""
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT, tls: ChannelTls | None = None) -> None:
+    def __init__(
+        self,
+        timeout: float = DEFAULT_TIMEOUT,
+        tls: ChannelTls | None = None,
+        short_of_cpu: Callable[[], bool] | None = None,
+    ) -> None:
+        """short_of_cpu: whether this process waits for CPU now (NodeClient)."""
         self.timeout = timeout
         self.tls = tls
+        self._short_of_cpu = short_of_cpu
         self._clients: dict[str, NodeClient] = {}
         # Clients replaced after a certificate rotation, each with the task that closes it later.
         self._retired: dict[NodeClient, asyncio.Task[None]] = {}
@@ -547,7 +560,7 @@ class StoragePool:
         if client is None or client.address != address or client.tls_version != version:
             if client is not None and client.tls_version != version:
                 self._retire(client)
-            client = NodeClient(node_id, address, self.timeout, tls=self.tls)
+            client = NodeClient(node_id, address, self.timeout, tls=self.tls, short_of_cpu=self._short_of_cpu)
             self._clients[node_id] = client
         return client
 

@@ -4,11 +4,13 @@ Per node and per kind (writes, reads) there is one sender. A request that
 finds a free call slot goes out at once, alone: no delay is added while the
 node is idle. Requests arriving while calls are in flight queue up and leave
 together in the next call, within caps on items and bytes (natural batching).
-While most requests find a call already out (many callers at once), a call
-waits a short linger before it leaves, so that the requests of the next
-moments share it: a fast node (reads) otherwise answers each call before a
-second request arrived, and every request paid for a call of its own. One
-caller at a time never finds a call out, so it never waits.
+While most requests find a call already out (many callers at once) and the
+calling process is short of CPU, a call waits a short linger before it
+leaves, so that the requests of the next moments share it: a fast node
+(reads) otherwise answers each call before a second request arrived, and
+every request paid for a call of its own. With CPU to spare the linger would
+only add latency. One caller at a time never finds a call out, so it never
+waits.
 Items nobody waits for (a dual write to a joining node when the old replicas'
 acknowledgements suffice) wait longer, up to a patient linger, as long as no
 item somebody waits for joins them: the node that only follows along gets a
@@ -86,11 +88,17 @@ class Coalescer(Generic[Item, Result]):
         send: Send[Item, Result],
         expired: Callable[[], BaseException],
         caps: Caps = Caps(),
+        short_of_cpu: Callable[[], bool] | None = None,
     ) -> None:
-        """expired: the exception an item fails with when its deadline passes first."""
+        """expired: the exception an item fails with when its deadline passes first.
+
+        short_of_cpu: whether the calling process waits for CPU now; a crowded call lingers only
+        then (None: always), since the linger trades each request's latency for CPU.
+        """
         self._send = send
         self._expired = expired
         self._caps = caps
+        self._short_of_cpu = short_of_cpu
         self._queue: deque[_Pending[Item, Result]] = deque()
         self._in_flight = 0
         self._sending = 0  # calls out at the node (in flight but not waiting for company)
@@ -194,7 +202,7 @@ class Coalescer(Generic[Item, Result]):
         if len(self._queue) < caps.items:  # a full call never waits for company
             if caps.patient_linger and self._queue and all(p.patient for p in self._queue):
                 await self._wait_patiently()
-            elif caps.linger and self.crowded:
+            elif caps.linger and self.crowded and (self._short_of_cpu is None or self._short_of_cpu()):
                 await asyncio.sleep(caps.linger)
         # Taken now, not at dispatch: what arrived meanwhile leaves in this call.
         call = self._take()

@@ -266,6 +266,20 @@ async def test_requests_that_join_a_lingering_call_do_not_keep_the_node_crowded(
     assert not c.crowded
 
 
+async def test_a_crowded_call_does_not_linger_while_the_process_has_cpu_to_spare() -> None:
+    node = Node()
+    c: Coalescer[str, str] = Coalescer(node.send, Expired, Caps(linger=10.0), short_of_cpu=lambda: False)
+    futures = [c.submit("first", epoch=1, size=1, timeout=5)]
+    await settle()
+    futures += [c.submit(f"a{i}", epoch=1, size=1, timeout=5) for i in range(20)]  # all find "first" out
+    assert c.crowded
+    node.echo(0)
+    await settle()
+    assert len(node.calls) == 2 and len(node.calls[1].items) == 20  # left at once, not 10 s later
+    node.echo(1)
+    assert len(await asyncio.gather(*futures)) == 21
+
+
 async def test_closing_cancels_the_items_a_lingering_call_had_not_taken_yet() -> None:
     node = Node()
     c = coalescer(node, linger=10.0)
