@@ -22,8 +22,8 @@ from pairdb.storage_node.engine import Applied, Engine
 from pairdb.storage_node.layout import Entry
 
 MAX_GROUP = 2048
-# Background entries per commit while clients write (one arrived within BUSY_FOR seconds):
-# about 2-3 ms of the writer's time for 100-byte values.
+# Background entries per commit (a copy's, or records a deletion visits) while clients write (one
+# arrived within BUSY_FOR seconds): about 2-3 ms of the writer's time for 100-byte values.
 BACKGROUND_GROUP_WHILE_BUSY = 256
 BUSY_FOR = 0.1
 # Records a range deletion visits per commit.
@@ -99,15 +99,20 @@ class GroupCommitter:
 
         In slices of DELETE_SLICE records, a commit each: the client writes that
         arrive meanwhile commit between two slices instead of waiting for a whole
-        range (a cleanup deletes a quarter of a node's data). Only ranges no replica
+        range (a cleanup deletes a quarter of a node's data). While clients write,
+        a slice is as small as a copy's commit, since a client write that arrives
+        meanwhile waits for it (measured at 650 client ops/s: a cleanup's seconds
+        reached p99 80-114 ms at 1,000 records a slice). Only ranges no replica
         set holds the node to are deleted, so nobody reads one half done.
         """
         await self._queued_before()
         loop = asyncio.get_running_loop()
         deleted, after = 0, None
         while True:
+            busy = loop.time() - self._client_wrote_at < BUSY_FOR
+            limit = BACKGROUND_GROUP_WHILE_BUSY if busy else DELETE_SLICE
             slice_ = functools.partial(
-                self._engine.delete_slice, start, end, tenants, limit=DELETE_SLICE, after=after
+                self._engine.delete_slice, start, end, tenants, limit=limit, after=after
             )
             # The writer runs jobs in turn: a group of client writes queued meanwhile goes first.
             count, after = await loop.run_in_executor(self._writer, slice_)

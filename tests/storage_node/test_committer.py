@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +45,29 @@ async def test_a_client_write_commits_between_the_slices_of_a_big_deletion(
     assert not deleting.done(), "the write did not wait for the whole range"
     assert await deleting == len(doomed)
     assert engine.stats().keys == 1
+
+
+@pytest.mark.parametrize("clients_writing", [True, False])
+async def test_while_clients_write_a_deletion_commits_slices_no_larger_than_a_copys(
+    started: tuple[Engine, GroupCommitter], clients_writing: bool
+) -> None:
+    """A client write that arrives during a slice waits for its commit: keep it as short as a copy's."""
+    engine, committer = started
+    doomed = [StoredRecord("old", f"k{i}", b"v", Version(10 << 16, 1)) for i in range(2 * DELETE_SLICE)]
+    engine.apply_many(doomed)
+    slices: list[int] = []
+    delete_slice = engine.delete_slice
+
+    def recorded(*args: Any, **kwargs: Any) -> tuple[int, bytes | None]:
+        count, after = delete_slice(*args, **kwargs)
+        slices.append(count)
+        return count, after
+
+    engine.delete_slice = recorded  # type: ignore[method-assign]
+    if clients_writing:
+        await committer.apply([encode_entry(StoredRecord("t", "k", b"v", Version(20 << 16, 1)))])
+    assert await committer.delete_range(0, 0, frozenset({"old"})) == len(doomed)
+    assert slices[0] == (BACKGROUND_GROUP_WHILE_BUSY if clients_writing else DELETE_SLICE)
 
 
 def _entries(tenant: str, count: int, hlc: int = 10) -> list[tuple[bytes, bytes]]:
