@@ -145,7 +145,7 @@ class NodeClient:
     ) -> None:
         """tls: this process's cluster certificate; the node must then prove it is node_id of the cluster.
 
-        short_of_cpu: whether this process waits for CPU now, for the coalescers' linger (coalescing.py).
+        short_of_cpu: whether this process is short of CPU now, for the coalescers' linger (coalescing.py).
         """
         self.node_id = node_id
         self.address = address
@@ -546,7 +546,7 @@ class StoragePool:
         tls: ChannelTls | None = None,
         short_of_cpu: Callable[[], bool] | None = None,
     ) -> None:
-        """short_of_cpu: whether this process waits for CPU now (NodeClient)."""
+        """short_of_cpu: whether this process is short of CPU now (NodeClient)."""
         self.timeout = timeout
         self.tls = tls
         self._short_of_cpu = short_of_cpu

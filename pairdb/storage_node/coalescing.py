@@ -92,8 +92,9 @@ class Coalescer(Generic[Item, Result]):
     ) -> None:
         """expired: the exception an item fails with when its deadline passes first.
 
-        short_of_cpu: whether the calling process waits for CPU now; a crowded call lingers only
-        then (None: always), since the linger trades each request's latency for CPU.
+        short_of_cpu: whether the calling process is short of CPU now (its loop has work nearly all
+        the time, serving/loop_demand.py); a crowded call lingers only then (None: always), since
+        the linger trades each request's latency for CPU.
         """
         self._send = send
         self._expired = expired
