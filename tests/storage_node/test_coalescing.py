@@ -55,6 +55,13 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def many_callers(c: Coalescer[str, str], behind: int = 20) -> list[asyncio.Future[str]]:
+    """A call out, then `behind` requests that all find it out: the node is crowded."""
+    futures = [c.submit("first", epoch=1, size=1, timeout=5)]
+    await settle()
+    return futures + [c.submit(f"a{i}", epoch=1, size=1, timeout=5) for i in range(behind)]
+
+
 async def test_an_item_sent_to_an_idle_node_goes_out_at_once_alone() -> None:
     node = Node()
     c = coalescer(node)
@@ -216,9 +223,7 @@ async def test_a_node_is_crowded_while_most_requests_find_a_call_out_and_not_one
         await future
     assert not c.crowded
     # Many callers at once: all but the first find its call out.
-    futures = [c.submit("first", epoch=1, size=1, timeout=5)]
-    await settle()
-    futures += [c.submit(f"a{i}", epoch=1, size=1, timeout=5) for i in range(19)]
+    futures = await many_callers(c, 19)
     assert c.crowded
     node.echo(30)
     await settle()
@@ -229,9 +234,7 @@ async def test_a_node_is_crowded_while_most_requests_find_a_call_out_and_not_one
 async def test_while_most_requests_find_a_call_out_the_next_call_waits_for_the_linger() -> None:
     node = Node()
     c = coalescer(node, linger=0.05)
-    futures = [c.submit("first", epoch=1, size=1, timeout=5)]
-    await settle()
-    futures += [c.submit(f"a{i}", epoch=1, size=1, timeout=5) for i in range(20)]  # all find "first" out
+    futures = await many_callers(c)
     node.echo(0)
     await settle()
     assert len(node.calls) == 1  # the next call lingers: many callers at once
@@ -248,9 +251,7 @@ async def test_requests_that_join_a_lingering_call_do_not_keep_the_node_crowded(
     # would rarely overlap (seen: 150 writes/s, a 2 ms call, and every write 5 ms later for minutes).
     node = Node()
     c = coalescer(node, linger=0.02)
-    futures = [c.submit("first", epoch=1, size=1, timeout=5)]
-    await settle()
-    futures += [c.submit(f"a{i}", epoch=1, size=1, timeout=5) for i in range(20)]  # all find "first" out
+    futures = await many_callers(c)
     assert c.crowded
 
     async def answered(futures: list[asyncio.Future[str]]) -> None:
@@ -269,9 +270,7 @@ async def test_requests_that_join_a_lingering_call_do_not_keep_the_node_crowded(
 async def test_a_crowded_call_does_not_linger_while_the_process_has_cpu_to_spare() -> None:
     node = Node()
     c: Coalescer[str, str] = Coalescer(node.send, Expired, Caps(linger=10.0), short_of_cpu=lambda: False)
-    futures = [c.submit("first", epoch=1, size=1, timeout=5)]
-    await settle()
-    futures += [c.submit(f"a{i}", epoch=1, size=1, timeout=5) for i in range(20)]  # all find "first" out
+    futures = await many_callers(c)
     assert c.crowded
     node.echo(0)
     await settle()
