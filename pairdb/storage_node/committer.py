@@ -109,8 +109,7 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         deleted, after = 0, None
         while True:
-            busy = loop.time() - self._client_wrote_at < BUSY_FOR
-            limit = BACKGROUND_GROUP_WHILE_BUSY if busy else DELETE_SLICE
+            limit = self._background_limit(DELETE_SLICE)
             slice_ = functools.partial(
                 self._engine.delete_slice, start, end, tenants, limit=limit, after=after
             )
@@ -129,6 +128,12 @@ class GroupCommitter:
             self._writer, self._engine.purge_tombstones, start, end, cutoffs, repaired_at
         )
 
+    def _background_limit(self, idle: int) -> int:
+        """Entries a background commit may take: few while clients write (one did within BUSY_FOR
+        seconds), since a client write that arrives meanwhile waits for it; idle otherwise."""
+        busy = asyncio.get_running_loop().time() - self._client_wrote_at < BUSY_FOR
+        return BACKGROUND_GROUP_WHILE_BUSY if busy else idle
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -140,8 +145,7 @@ class GroupCommitter:
                 if self._pending and not (client_last and self._background):
                     queue, limit, client_last = self._pending, MAX_GROUP, True
                 else:
-                    busy = loop.time() - self._client_wrote_at < BUSY_FOR
-                    limit = BACKGROUND_GROUP_WHILE_BUSY if busy else MAX_GROUP
+                    limit = self._background_limit(MAX_GROUP)
                     queue, client_last = self._background, False
                 group, size = [], 0
                 while queue and size < limit:
