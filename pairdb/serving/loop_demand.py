@@ -19,6 +19,8 @@ import asyncio
 import time
 from pathlib import Path
 
+from pairdb.serving.loops import stop_task
+
 SCHEDSTAT = Path("/proc/thread-self/schedstat")
 # How often the share is read: the window it is the share of.
 WINDOW_SECONDS = 0.5
@@ -53,9 +55,7 @@ class LoopDemand:
         self._task = asyncio.create_task(self._sample(), name="loop-demand")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
 
     async def _sample(self) -> None:
         last, at = _read(self._path), time.monotonic()

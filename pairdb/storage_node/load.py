@@ -15,6 +15,7 @@ import asyncio
 import time
 
 from pairdb.proto import storage_pb2
+from pairdb.serving.loops import stop_task
 
 # The meter's window: client ops are counted, and the delay averaged, per window,
 # and a report is of the last full window (or the current one, when it is worse). Short, so
@@ -37,9 +38,7 @@ class LoadMeter:
         self._task = asyncio.create_task(self._sample(), name="load-meter")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
 
     def served(self, items: int) -> None:
         """Count client reads or writes just served."""
