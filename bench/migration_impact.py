@@ -1,7 +1,7 @@
 """What a node addition (or a repair) costs the clients of a live cluster, and an addition at the least.
 
 Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] [--concurrency 32]
-                                                 [--quiet-seconds 90] [--operation addition|repair]
+                                                 [--rounds 3] [--operation addition|repair]
 
 1. A LocalCluster (PostgreSQL, Temporal, 3 storage nodes, a coordinator, a
    worker) with one RF 3 tenant holding ``--keys`` keys of 100 bytes (loaded
@@ -9,19 +9,21 @@ Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] 
 2. Steady: ``--concurrency`` clients, half writing and half reading (QUORUM),
    for ``--seconds``: ops/s, p50 and p99 latency. Each client sends its next
    request when the last one is answered: the load saturates the machine.
-3. Quiet: the same load for ``--quiet-seconds`` (about as long as an
-   addition under load takes), nothing else running: quiet / steady is how
-   far a long window's figures stray from a short one's on this machine by
-   itself, the yardstick for the ratios below.
-   During: the same load while node-4 is added, from AddStorageNode until the
-   migration completed (its status polled every 0.5 s; node-4's process was
-   started a second before, as an operator starts it): the same figures, and
-   their ratios to the steady ones. The copy yields to the clients
-   (activities/pace.py), so it takes longer than on an idle cluster.
-   After: the same load for ``--seconds`` once the addition completed. Every
-   process shares this machine's cores, so a 4th storage node adds processes
-   and replica calls but no CPU: after / steady is what the 4-node cluster
-   costs here with no migration running, part of what "during" shows.
+3. ``--rounds`` times, under the same load throughout:
+   During: node-4 (node-5, ...) is added, from AddStorageNode until the
+   migration completed (its status polled every 0.5 s; the node's process was
+   started a second before, as an operator starts it). The copy yields to the
+   clients (activities/pace.py), so it takes longer than on an idle cluster.
+   After: ``--seconds`` on the 4 nodes, nothing running. Every process shares
+   this machine's cores, so a 4th storage node adds processes and replica
+   calls but no CPU.
+   Removal: the node is removed again, under the load; then ``--seconds`` on
+   the 3 nodes, which is the next round's steady window.
+   Each round's ratios are to the mean of the 3-node windows either side of
+   it (the bracket), and the medians of the rounds' ratios are the result:
+   this machine's speed drifts by ±20 % within minutes (every process's CPU
+   per operation rising and falling together), so a window measured minutes
+   before an addition is no yardstick for it by itself.
 4. Steps 1-3 again on a fresh cluster under a load that leaves the machine
    headroom, as a production cluster has: the clients offer ``--offered``
    (a share of the saturating run's steady ops/s) at fixed intervals, and a
@@ -30,16 +32,16 @@ Run:  .venv/bin/python bench/migration_impact.py [--keys 100000] [--seconds 15] 
    this machine's two cores 64-71 % busy (every process's, the bench's
    clients included); at 60 % they were 80-90 % busy, since a saturated
    coordinator gathers more requests into each replica call and so spends
-   less per request: that was no headroom, and a quiet window's p99 strayed
-   0.96-13x from the steady one's with nothing running.
+   less per request: that was no headroom, and a long window's p99 strayed
+   0.96-13x from a short one's with nothing running.
 5. Nearly empty: a cluster whose tenant holds 100 keys; the seconds from
    AddStorageNode until ``completed`` (the fixed cost of an addition).
 
 Every window shows the share of the machine's CPU time in use meanwhile
 (psutil's ``cpu_times``), so a reader sees how much headroom a load left.
 
-With ``--operation repair``, step 3 is two anti-entropy repairs under the same
-load instead: one of a cluster whose replicas agree (the daily case: digests
+With ``--operation repair``, step 3 is instead two anti-entropy repairs under the same
+load: one of a cluster whose replicas agree (the daily case: digests
 only), and one after node-3 lost its data directory and restarted empty (the
 worst case: a third of all replicas streamed).
 """
@@ -56,6 +58,7 @@ import argparse
 import asyncio
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -182,11 +185,19 @@ async def completed(client: Client, migration_id: str, what: str, poll: float) -
         raise RuntimeError(f"the {what} ended {status.status}: {status.error}")
 
 
-async def add_node_and_wait(client: Client, node4: StorageNodeProcess, poll: float) -> float:
-    """Add node-4 (its process is up); the seconds from AddStorageNode until its migration completed."""
+async def add_node_and_wait(client: Client, node: StorageNodeProcess, poll: float) -> float:
+    """Add a node whose process is up; the seconds from AddStorageNode until its migration completed."""
     started = time.perf_counter()
-    added = await client.add_node("node-4", "127.0.0.1", node4.port)
+    added = await client.add_node(node.node_id, "127.0.0.1", node.port)
     await completed(client, added.migration_id, "node addition", poll)
+    return time.perf_counter() - started
+
+
+async def remove_node_and_wait(client: Client, node_id: str, poll: float) -> float:
+    """Remove a live node; the seconds from RemoveStorageNode until its migration completed."""
+    started = time.perf_counter()
+    removal = await client.remove_node(node_id)
+    await completed(client, removal.migration_id, "node removal", poll)
     return time.perf_counter() - started
 
 
@@ -225,50 +236,90 @@ async def start_cluster(workdir: Path, keys: int) -> LocalCluster:
 
 @dataclass(frozen=True)
 class Observed:
-    """A loaded cluster's windows: steady, quiet (when measured: the same load, nothing running), then
-    each later window with its operation's seconds (None: plain)."""
+    """A loaded cluster's windows: steady, then each later window with its operation's seconds (None:
+    plain)."""
 
     steady: Window
     windows: Sequence[tuple[Window, float | None]]
-    quiet: Window | None = None
 
 
-async def addition_under_load(workdir: Path, args: argparse.Namespace, rate: float | None) -> Observed:
-    """A loaded cluster: the steady window; the window of an addition of node-4 (and its seconds), and
-    a window after it, node-4 in the ring and nothing else running."""
+@dataclass(frozen=True)
+class Round:
+    """One addition on a loaded cluster, bracketed by 3-node windows before it and after the added node
+    was removed again: this machine's speed drifts by minutes, and the bracket's mean is the steady
+    figure of the addition's own minutes."""
+
+    before: Window
+    during: Window
+    took: float
+    after: Window  # the 4-node cluster, nothing running
+    removal: Window
+    removal_took: float
+    again: Window  # the 3 nodes once more: the next round's `before`
+
+    @property
+    def steady(self) -> Window:
+        """The bracket: the mean of the 3-node windows either side of the addition."""
+        a, b = self.before, self.again
+        return Window(
+            "steady (bracket)",
+            (a.ops_per_second + b.ops_per_second) / 2,
+            (a.p50_ms + b.p50_ms) / 2,
+            (a.p99_ms + b.p99_ms) / 2,
+            (a.busy + b.busy) / 2,
+        )
+
+
+async def measured(load: Load, label: str, seconds: float) -> Window:
+    start = load.mark()
+    await asyncio.sleep(seconds)
+    return load.window(label, start)
+
+
+async def additions_under_load(workdir: Path, args: argparse.Namespace, rate: float | None) -> list[Round]:
+    """A loaded cluster, --rounds times: a node added under load, a window with it, its removal under
+    load, and a window on the 3 nodes again. Each round adds a new node (node-4, node-5, ...): a
+    removed node's identity is not reused."""
     say(f"starting a cluster with {args.keys:,} keys ...")
     cluster = await start_cluster(workdir, args.keys)
+    rounds: list[Round] = []
     try:
         async with cluster.client() as client:
             load = Load(client, args.keys, args.concurrency, rate)
-            await asyncio.sleep(2)  # warm-up
-            start = load.mark()
-            await asyncio.sleep(args.seconds)
-            steady = load.window("steady", start)
-            quiet: Window | None = None
-            if args.quiet_seconds:
-                # The same load for about as long as an addition takes, nothing else running: how far a
-                # long window's p99 strays from the steady one's on this machine by itself.
-                say(f"the same load for {args.quiet_seconds:.0f} s more, nothing else running ...")
-                start = load.mark()
-                await asyncio.sleep(args.quiet_seconds)
-                quiet = load.window("quiet (no change)", start)
-            # The operator starts the node's process first (on a machine of its own, usually): its
-            # start-up is not the addition's.
-            node4 = await cluster.add_storage_node("node-4")
-            await asyncio.sleep(1)
-            say("adding node-4 under load ...")
-            start = load.mark()
-            # Each status poll is a Temporal query: poll as an operator would, not 20 times a second.
-            duration = await add_node_and_wait(client, node4, poll=0.5)
-            during = load.window("during the addition", start)
-            start = load.mark()
-            await asyncio.sleep(args.seconds)
-            after = load.window("after it (4 nodes)", start)
-            await load.stop()
+            try:
+                await rounds_of_additions(cluster, client, load, args, rounds)
+            finally:
+                await load.stop()
     finally:
         await cluster.stop()
-    return Observed(steady, [(during, duration), (after, None)], quiet)
+    return rounds
+
+
+async def rounds_of_additions(
+    cluster: LocalCluster, client: Client, load: Load, args: argparse.Namespace, rounds: list[Round]
+) -> None:
+    await asyncio.sleep(2)  # warm-up
+    before = await measured(load, "steady (3 nodes)", args.seconds)
+    for r in range(args.rounds):
+        node_id = f"node-{4 + r}"
+        # The operator starts the node's process first (on a machine of its own, usually): its
+        # start-up is not the addition's.
+        node = await cluster.add_storage_node(node_id)
+        await asyncio.sleep(1)
+        say(f"round {r + 1} of {args.rounds}: adding {node_id} under load ...")
+        start = load.mark()
+        # Each status poll is a Temporal query: poll as an operator would, not 20 times a second.
+        took = await add_node_and_wait(client, node, poll=0.5)
+        during = load.window("during the addition", start)
+        after = await measured(load, "after it (4 nodes)", args.seconds)
+        say(f"removing {node_id} under load ...")
+        start = load.mark()
+        removal_took = await remove_node_and_wait(client, node_id, poll=0.5)
+        removal = load.window("during its removal", start)
+        await cluster.kill_storage_node(node_id)
+        again = await measured(load, "steady (3 nodes)", args.seconds)
+        rounds.append(Round(before, during, took, after, removal, removal_took, again))
+        before = again
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
@@ -296,10 +347,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         _report(Observed(steady, windows))
         return
 
-    saturated = await addition_under_load(workdir / "saturated", args, None)
-    rate = args.offered * saturated.steady.ops_per_second
+    saturated = await additions_under_load(workdir / "saturated", args, None)
+    rate = args.offered * statistics.median(w.ops_per_second for w in _steady_windows(saturated))
     say(f"again, the clients offering {rate:,.0f} ops/s ({args.offered:.0%} of the saturating load) ...")
-    headroom = await addition_under_load(workdir / "headroom", args, rate)
+    headroom = await additions_under_load(workdir / "headroom", args, rate)
     say(f"starting a cluster with {EMPTY_KEYS} keys ...")
     empty = await start_cluster(workdir / "empty", EMPTY_KEYS)
     try:
@@ -310,40 +361,58 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         await empty.stop()
 
     print("saturating load (each client sends when answered):")
-    _report(saturated)
+    _report_rounds(saturated)
+    offered = f"{rate:,.0f} ops/s offered, {args.offered:.0%} of the saturating steady rate"
+    print(f"load with headroom ({offered}):")
+    _report_rounds(headroom)
     print(
-        f"load with headroom ({rate:,.0f} ops/s offered, {args.offered:.0%} of the saturating steady rate):"
-    )
-    _report(headroom)
-    print(
-        "(after it: the same load once the addition completed. Every process shares this machine's\n"
-        " cores: a 4th storage node adds processes and replica calls, not CPUs, as it would on a machine\n"
-        " of its own. after / steady is what the 4-node cluster costs here with no migration running.\n"
-        " quiet: the same load on the 3 nodes for --quiet-seconds before the addition, nothing else\n"
-        " running; quiet / steady is how far a long window strays from a short one here by itself,\n"
-        " and during / quiet compares the addition with a window as long, on the same cluster.)"
+        "(steady: the mean of the 3-node windows before the addition and after the added node's removal,\n"
+        " the addition's own minutes; this machine's speed drifts by ±20 % within minutes. after it: the\n"
+        " same load on 4 nodes, nothing running. Every process shares this machine's cores: a 4th storage\n"
+        " node adds processes and replica calls, not CPUs, as it would on a machine of its own.)"
     )
     print(f"addition to a nearly empty cluster ({EMPTY_KEYS} keys): {empty_seconds:.2f} s")
 
 
-def _report(observed: Observed) -> None:
-    """Each window next to the steady one (and an operation's next to the quiet one, if measured)."""
-    steady, quiet = observed.steady, observed.quiet
-    later: list[tuple[Window, float | None]] = [(quiet, None)] if quiet is not None else []
-    later += observed.windows
+def _steady_windows(rounds: Sequence[Round]) -> list[Window]:
+    return [rounds[0].before, *(r.again for r in rounds)]
+
+
+def _table(windows: Sequence[Window]) -> None:
     print(f"{'window':<22} | {'ops/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'CPU busy':>8}")
     print("-" * 64)
-    for w in (steady, *(w for w, _ in later)):
+    for w in windows:
         figures = f"{w.ops_per_second:>8,.0f} | {w.p50_ms:>7.2f} | {w.p99_ms:>7.2f} | {w.busy:>8.0%}"
         print(f"{w.label:<22} | {figures}")
     print()
-    for w, seconds in later:
+
+
+def _report_rounds(rounds: Sequence[Round]) -> None:
+    """Every window in the order measured, each round's ratios to its bracket, and their medians."""
+    _table([rounds[0].before, *(w for r in rounds for w in (r.during, r.after, r.removal, r.again))])
+    for i, r in enumerate(rounds, 1):
+        steady = r.steady
+        print(
+            f"round {i}: addition {r.took:.1f} s, during / steady: {_ratios(r.during, steady)}; "
+            f"after / steady: {_ratios(r.after, steady)}; removal {r.removal_took:.1f} s, "
+            f"during it / steady: {_ratios(r.removal, steady)}"
+        )
+    throughput = statistics.median(r.during.ops_per_second / r.steady.ops_per_second for r in rounds)
+    p99 = statistics.median(r.during.p99_ms / r.steady.p99_ms for r in rounds)
+    took = statistics.median(r.took for r in rounds)
+    print(
+        f"during the addition / steady, median of {len(rounds)}: "
+        f"throughput {throughput:.2f}x, p99 {p99:.2f}x (it took {took:.1f} s)"
+    )
+    print()
+
+
+def _report(observed: Observed) -> None:
+    """Each window next to the steady one."""
+    _table([observed.steady, *(w for w, _ in observed.windows)])
+    for w, seconds in observed.windows:
         took = f" (it took {seconds:.1f} s)" if seconds is not None else ""
-        print(f"{w.label} / steady: {_ratios(w, steady)}{took}")
-    if quiet is not None:
-        for w, seconds in observed.windows:
-            if seconds is not None:  # an operation's window, as long as the quiet one
-                print(f"{w.label} / quiet: {_ratios(w, quiet)}")
+        print(f"{w.label} / steady: {_ratios(w, observed.steady)}{took}")
 
 
 def _ratios(w: Window, base: Window) -> str:
@@ -365,11 +434,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "two cores were 64-71%% busy (default %(default)s)",
     )
     parser.add_argument(
-        "--quiet-seconds",
-        type=float,
-        default=90.0,
-        help="a window with nothing running before each addition, as long as an addition under load "
-        "takes here; 0 skips it (default %(default)s)",
+        "--rounds",
+        type=int,
+        default=3,
+        help="additions per load, each bracketed by 3-node windows (default %(default)s)",
     )
     parser.add_argument(
         "--operation",
@@ -381,12 +449,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if (
         args.keys < EMPTY_KEYS
         or args.seconds <= 0
-        or args.quiet_seconds < 0
+        or args.rounds < 1
         or args.concurrency < 1
         or not 0 < args.offered <= 1
     ):
         parser.error(
-            f"--keys at least {EMPTY_KEYS}, --seconds positive, --quiet-seconds not negative, "
+            f"--keys at least {EMPTY_KEYS}, --seconds positive, --rounds at least 1, "
             "--concurrency at least 1, --offered in (0, 1]"
         )
     return args
