@@ -8,8 +8,7 @@ without a throttle); while clients are busy, it runs as TCP sends: from a
 modest rate, growing by a quarter each adjustment while the nodes' scheduling
 delay stays low (slow start), halving when it rises, and after the first
 halving growing by a fixed step only (congestion avoidance); never under a
-floor, so that it always finishes, and never over a cap that the delay alone
-would not keep it under. The same idea as CockroachDB's elastic
+floor, so that it always finishes. The same idea as CockroachDB's elastic
 admission control, which slows rebalancing when the Go scheduler's latency
 rises. A copy whose clients leave is back at the ceiling at the next
 adjustment.
@@ -52,11 +51,6 @@ YIELDING_RANGES = 2
 # While clients are busy but the nodes keep up, each adjustment raises the rate by a quarter until
 # it first had to halve, by this after.
 INCREASE_KEYS_PER_SECOND = 250.0
-# While clients are busy the copy never goes faster than this, however on time the nodes' loops run:
-# their delay does not see what a faster copy costs the clients. Per second at 400 client ops/s, copy
-# steps at 3,000-10,000 keys/s (loop delay under 1 ms) made an addition's slowest seconds, p99 50-100
-# ms; capped here, two additions had 0 and 15 requests over 50 ms against 62 and 65 uncapped.
-YIELDING_MAX_KEYS_PER_SECOND = 2000.0
 
 
 class Throttle:
@@ -216,7 +210,6 @@ class Pace:
             rate = current + INCREASE_KEYS_PER_SECOND
         else:
             rate = current * 1.25
-        rate = min(rate, YIELDING_MAX_KEYS_PER_SECOND)
         if self.ceiling:
             rate = min(rate, self.ceiling)
         self._bucket.set_rate(rate)
