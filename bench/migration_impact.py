@@ -271,6 +271,7 @@ class Round:
 
 
 async def measured(load: Load, label: str, seconds: float) -> Window:
+    """The load's window over the next seconds."""
     start = load.mark()
     await asyncio.sleep(seconds)
     return load.window(label, start)
@@ -282,12 +283,11 @@ async def additions_under_load(workdir: Path, args: argparse.Namespace, rate: fl
     removed node's identity is not reused."""
     say(f"starting a cluster with {args.keys:,} keys ...")
     cluster = await start_cluster(workdir, args.keys)
-    rounds: list[Round] = []
     try:
         async with cluster.client() as client:
             load = Load(client, args.keys, args.concurrency, rate)
             try:
-                await rounds_of_additions(cluster, client, load, args, rounds)
+                rounds = await rounds_of_additions(cluster, client, load, args)
             finally:
                 await load.stop()
     finally:
@@ -296,8 +296,9 @@ async def additions_under_load(workdir: Path, args: argparse.Namespace, rate: fl
 
 
 async def rounds_of_additions(
-    cluster: LocalCluster, client: Client, load: Load, args: argparse.Namespace, rounds: list[Round]
-) -> None:
+    cluster: LocalCluster, client: Client, load: Load, args: argparse.Namespace
+) -> list[Round]:
+    rounds: list[Round] = []
     await asyncio.sleep(2)  # warm-up
     before = await measured(load, "steady (3 nodes)", args.seconds)
     for r in range(args.rounds):
@@ -320,6 +321,7 @@ async def rounds_of_additions(
         again = await measured(load, "steady (3 nodes)", args.seconds)
         rounds.append(Round(before, during, took, after, removal, removal_took, again))
         before = again
+    return rounds
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
