@@ -42,13 +42,16 @@ from pairdb.serving import logs
 VALUE_BYTES = 100
 
 
-async def timed(client: Client, start: Awaitable[str | StartedChange]) -> tuple[float, int]:
-    """Seconds until the migration started by `start` completed, and the keys it copied."""
+async def timed(
+    client: Client, start: Awaitable[str | StartedChange], poll: float = 0.2
+) -> tuple[float, int]:
+    """Seconds until the migration started by `start` completed (its status asked every poll seconds),
+    and the keys it copied."""
     began = time.perf_counter()
     started = await start
     migration_id = started if isinstance(started, str) else started.migration_id
     while not (status := await client.migration(migration_id)).ended:  # noqa: ASYNC110 - polling a status
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(poll)
     if status.status != "completed":
         raise RuntimeError(f"migration {migration_id} ended {status.status}: {status.error}")
     return time.perf_counter() - began, status.keys_copied

@@ -71,6 +71,7 @@ import psutil
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.lifecycle import added, timed
 from bench.rebalance import TENANT, load_pairdb, say
 from bench.rpc import percentile
 from pairdb.client import Client
@@ -174,45 +175,19 @@ class Load:
         await asyncio.gather(*self._tasks)
 
 
-async def completed(client: Client, migration_id: str, what: str, poll: float) -> None:
-    """Poll the migration's (or repair's) status every poll seconds until it ends; it must complete."""
-    while True:
-        status = await client.migration(migration_id)
-        if status.ended:
-            break
-        await asyncio.sleep(poll)
-    if status.status != "completed":
-        raise RuntimeError(f"the {what} ended {status.status}: {status.error}")
+# Each status poll is a Temporal query: poll as an operator would, not 20 times a second.
+OPERATOR_POLL = 0.5
 
 
-async def add_node_and_wait(client: Client, node: StorageNodeProcess, poll: float) -> float:
+async def add_node_and_wait(client: Client, node: StorageNodeProcess, poll: float = OPERATOR_POLL) -> float:
     """Add a node whose process is up; the seconds from AddStorageNode until its migration completed."""
-    started = time.perf_counter()
-    added = await client.add_node(node.node_id, "127.0.0.1", node.port)
-    await completed(client, added.migration_id, "node addition", poll)
-    return time.perf_counter() - started
-
-
-async def remove_node_and_wait(client: Client, node_id: str, poll: float) -> float:
-    """Remove a live node; the seconds from RemoveStorageNode until its migration completed."""
-    started = time.perf_counter()
-    removal = await client.remove_node(node_id)
-    await completed(client, removal.migration_id, "node removal", poll)
-    return time.perf_counter() - started
-
-
-async def repair_and_wait(client: Client, poll: float) -> float:
-    """Run a repair of every tenant; the seconds until it completed."""
-    started = time.perf_counter()
-    repair = await client.repair()
-    await completed(client, repair.migration_id, "repair", poll)
-    return time.perf_counter() - started
+    return (await timed(client, added(client, node.node_id, node.port), poll))[0]
 
 
 async def repairs_under_load(cluster: LocalCluster, client: Client, load: Load) -> list[tuple[Window, float]]:
     say("repairing a cluster whose replicas agree, under load ...")
     start = load.mark()
-    in_sync = await repair_and_wait(client, poll=0.5)
+    in_sync = (await timed(client, client.repair(), OPERATOR_POLL))[0]
     windows = [(load.window("repair, in sync", start), in_sync)]
     say("node-3 loses its data directory and restarts empty ...")
     await cluster.kill_storage_node("node-3")
@@ -220,7 +195,7 @@ async def repairs_under_load(cluster: LocalCluster, client: Client, load: Load) 
     await cluster.restart_storage_node("node-3")
     say("repairing it under load ...")
     start = load.mark()
-    refill = await repair_and_wait(client, poll=0.5)
+    refill = (await timed(client, client.repair(), OPERATOR_POLL))[0]
     windows.append((load.window("repair, node-3 empty", start), refill))
     return windows
 
@@ -309,13 +284,12 @@ async def rounds_of_additions(
         await asyncio.sleep(1)
         say(f"round {r + 1} of {args.rounds}: adding {node_id} under load ...")
         start = load.mark()
-        # Each status poll is a Temporal query: poll as an operator would, not 20 times a second.
-        took = await add_node_and_wait(client, node, poll=0.5)
+        took = await add_node_and_wait(client, node)
         during = load.window("during the addition", start)
         after = await measured(load, "after it (4 nodes)", args.seconds)
         say(f"removing {node_id} under load ...")
         start = load.mark()
-        removal_took = await remove_node_and_wait(client, node_id, poll=0.5)
+        removal_took, _ = await timed(client, client.remove_node(node_id), OPERATOR_POLL)
         removal = load.window("during its removal", start)
         await cluster.kill_storage_node(node_id)
         again = await measured(load, "steady (3 nodes)", args.seconds)
@@ -339,9 +313,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
             async with cluster.client() as client:
                 load = Load(client, args.keys, args.concurrency)
                 await asyncio.sleep(2)  # warm-up
-                start = load.mark()
-                await asyncio.sleep(args.seconds)
-                steady = load.window("steady", start)
+                steady = await measured(load, "steady", args.seconds)
                 windows = await repairs_under_load(cluster, client, load)
                 await load.stop()
         finally:
